@@ -1,0 +1,306 @@
+//! Sentence embeddings with a BERT-family encoder: batched, length-sorted,
+//! mean pooling over real tokens, L2-normalised (as sentence-transformers does).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use magpie_core::{Embedder, Error, Result, TokenCounter};
+use tokenizers::{Tokenizer, TruncationParams};
+use tracing::{debug, info};
+
+use crate::device::select_device;
+use crate::resolve::resolve_model_dir;
+use crate::CandleError;
+
+fn stage(e: impl Into<CandleError>) -> Error {
+    Error::stage("embedder", e.into())
+}
+
+/// Configures and loads a [`BertEmbedder`].
+#[derive(Debug, Clone)]
+pub struct BertEmbedderBuilder {
+    spec: String,
+    max_tokens: Option<usize>,
+    batch_size: usize,
+    device: Option<Device>,
+}
+
+impl BertEmbedderBuilder {
+    /// Longest input in tokens (default: the model's `max_seq_length`, else 256).
+    pub fn max_tokens(mut self, n: usize) -> Self {
+        self.max_tokens = Some(n);
+        self
+    }
+
+    /// Sentences per forward pass (default 32).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Run on this device instead of the automatic choice.
+    pub fn device(mut self, d: Device) -> Self {
+        self.device = Some(d);
+        self
+    }
+
+    /// Load the model.
+    pub fn build(self) -> Result<BertEmbedder> {
+        let dir = resolve_model_dir(&self.spec).map_err(stage)?;
+        let file = |name: &str| -> Result<PathBuf> {
+            let p = dir.join(name);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(stage(CandleError::Model(format!(
+                    "{} has no {name}; a BERT embedding model needs config.json, tokenizer.json and model.safetensors",
+                    dir.display()
+                ))))
+            }
+        };
+        let config_path = file("config.json")?;
+        let tokenizer_path = file("tokenizer.json")?;
+        let weights = file("model.safetensors")?;
+        let config: Config = serde_json::from_slice(
+            &std::fs::read(&config_path).map_err(|e| Error::io(config_path.display().to_string(), e))?,
+        )
+        .map_err(|e| stage(CandleError::Model(format!("{}: {e}", config_path.display()))))?;
+        let max_tokens = self
+            .max_tokens
+            .or_else(|| sentence_bert_max_len(&dir))
+            .unwrap_or(256)
+            .min(config.max_position_embeddings);
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| stage(CandleError::Tokenizer(format!("{}: {e}", tokenizer_path.display()))))?;
+        // tokenizer.json files often fix padding/truncation at 128: we pad per batch
+        // to the longest input and truncate at the model's sequence length.
+        tokenizer.with_padding(None);
+        let mut counter_tok = tokenizer.clone();
+        counter_tok
+            .with_truncation(None)
+            .map_err(|e| stage(CandleError::Tokenizer(e.to_string())))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| stage(CandleError::Tokenizer(e.to_string())))?;
+        let device = self.device.unwrap_or_else(select_device);
+        // SAFETY: the weights file is memory-mapped read-only and not modified while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
+            .map_err(stage)?;
+        let model = BertModel::load(vb, &config).map_err(stage)?;
+        let model_id = model_id_for(&self.spec, &dir);
+        info!(model = %model_id, dim = config.hidden_size, max_tokens, "embedding model loaded");
+        Ok(BertEmbedder {
+            inner: Arc::new(Inner {
+                model,
+                tokenizer,
+                device,
+                batch_size: self.batch_size,
+            }),
+            counter: Arc::new(HfTokenCounter {
+                tokenizer: counter_tok,
+            }),
+            model_id,
+            dim: config.hidden_size,
+            max_tokens,
+        })
+    }
+}
+
+fn sentence_bert_max_len(dir: &Path) -> Option<usize> {
+    let raw = std::fs::read(dir.join("sentence_bert_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v["max_seq_length"].as_u64().map(|n| n as usize)
+}
+
+fn model_id_for(spec: &str, dir: &Path) -> String {
+    let from_config = std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["_name_or_path"].as_str().map(str::to_string));
+    let name = Path::new(spec.trim_end_matches('/'))
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| spec.to_string());
+    match from_config {
+        Some(c) if !c.is_empty() && spec.contains('/') && !Path::new(spec).exists() => spec.to_string(),
+        _ => name,
+    }
+}
+
+struct Inner {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    batch_size: usize,
+}
+
+/// A BERT-family sentence embedder on candle.
+#[derive(Clone)]
+pub struct BertEmbedder {
+    inner: Arc<Inner>,
+    counter: Arc<HfTokenCounter>,
+    model_id: String,
+    dim: usize,
+    max_tokens: usize,
+}
+
+impl std::fmt::Debug for BertEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BertEmbedder")
+            .field("model", &self.model_id)
+            .field("dim", &self.dim)
+            .finish()
+    }
+}
+
+impl BertEmbedder {
+    /// Start configuring an embedder for a model directory or hub id.
+    pub fn builder(spec: impl Into<String>) -> BertEmbedderBuilder {
+        BertEmbedderBuilder {
+            spec: spec.into(),
+            max_tokens: None,
+            batch_size: 32,
+            device: None,
+        }
+    }
+
+    /// Load with defaults.
+    pub fn load(spec: impl Into<String>) -> Result<Self> {
+        Self::builder(spec).build()
+    }
+
+    /// A token counter with this model's tokenizer (for sizing chunks).
+    pub fn token_counter(&self) -> Arc<HfTokenCounter> {
+        self.counter.clone()
+    }
+
+    /// Longest input in tokens; longer inputs are truncated.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Embed synchronously (the async trait method runs this on a blocking thread).
+    pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        self.inner.embed(texts)
+    }
+}
+
+impl Inner {
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.iter().map(|s| s.as_str()).collect::<Vec<_>>(), true)
+            .map_err(|e| stage(CandleError::Tokenizer(e.to_string())))?;
+        // Sort by length so each batch pads little.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        for group in order.chunks(self.batch_size) {
+            let longest = group
+                .iter()
+                .map(|&i| encodings[i].get_ids().len())
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            let n = group.len();
+            let mut ids = vec![0u32; n * longest];
+            let mut mask = vec![0u32; n * longest];
+            for (row, &i) in group.iter().enumerate() {
+                let e = &encodings[i];
+                for (col, (&id, &m)) in e.get_ids().iter().zip(e.get_attention_mask()).enumerate() {
+                    ids[row * longest + col] = id;
+                    mask[row * longest + col] = m;
+                }
+            }
+            let vectors = self.forward(ids, mask, n, longest).map_err(stage)?;
+            for (row, &i) in group.iter().enumerate() {
+                out[i] = vectors[row].clone();
+            }
+        }
+        debug!(count = texts.len(), "embedded");
+        Ok(out)
+    }
+
+    fn forward(
+        &self,
+        ids: Vec<u32>,
+        mask: Vec<u32>,
+        n: usize,
+        len: usize,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let input_ids = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let type_ids = input_ids.zeros_like()?;
+        let hidden = self.model.forward(&input_ids, &type_ids, Some(&mask))?; // (n, len, dim)
+        let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+        let summed = hidden.broadcast_mul(&maskf)?.sum(1)?; // (n, dim)
+        let counts = maskf.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        mean.broadcast_div(&norm)?.to_vec2::<f32>()
+    }
+}
+
+#[async_trait]
+impl Embedder for BertEmbedder {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn dimension(&self) -> usize {
+        self.dim
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let inner = self.inner.clone();
+        let texts = texts.to_vec();
+        tokio::task::spawn_blocking(move || inner.embed(&texts))
+            .await
+            .map_err(|e| Error::stage("embedder", e))?
+    }
+}
+
+/// Counts tokens with a Hugging Face tokenizer (no truncation, no special tokens).
+pub struct HfTokenCounter {
+    tokenizer: Tokenizer,
+}
+
+impl HfTokenCounter {
+    /// A counter from a tokenizer.json file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let mut tokenizer = Tokenizer::from_file(path.as_ref())
+            .map_err(|e| stage(CandleError::Tokenizer(e.to_string())))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| stage(CandleError::Tokenizer(e.to_string())))?;
+        Ok(Self { tokenizer })
+    }
+}
+
+impl TokenCounter for HfTokenCounter {
+    fn token_offsets(&self, text: &str) -> Vec<(usize, usize)> {
+        match self.tokenizer.encode(text, false) {
+            Ok(enc) => enc
+                .get_offsets()
+                .iter()
+                .copied()
+                .filter(|(a, b)| b > a)
+                .collect(),
+            Err(e) => {
+                tracing::warn!("tokenizer failed ({e}); counting words instead");
+                Vec::new()
+            }
+        }
+    }
+}

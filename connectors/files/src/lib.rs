@@ -1,0 +1,15 @@
+//! magpie-files: loaders and parsers for local documents, and the token-aware splitter.
+//!
+//! [`DirectoryLoader`] walks a directory (gitignore-style excludes, globs, symlink-loop
+//! detection) and reads plain text, Markdown (heading sections), HTML (visible text)
+//! and source code, detecting encodings and refusing binaries with a reason.
+//! [`TokenSplitter`] cuts documents into chunks counted in the embedding model's tokens.
+#![warn(missing_docs)]
+
+pub mod decode;
+pub mod loader;
+pub mod parse;
+pub mod split;
+
+pub use loader::{human_bytes, DirectoryLoader, JsonlLoader, DEFAULT_MAX_FILE_SIZE};
+pub use split::{TokenSplitter, WordCounter};

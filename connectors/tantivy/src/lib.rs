@@ -1,0 +1,430 @@
+//! magpie-tantivy: a BM25 keyword store for chunks on tantivy, with snippets,
+//! English stemming and stop words, and Chinese segmentation (jieba).
+#![warn(missing_docs)]
+
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use magpie_core::{Chunk, Error, Hit, KeywordStore, Result, StoredChunk};
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// Errors of the keyword store.
+#[derive(Debug, thiserror::Error)]
+pub enum TantivyStoreError {
+    /// tantivy failed.
+    #[error("tantivy: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    /// The directory could not be opened.
+    #[error("opening {path}: {msg}")]
+    Open {
+        /// The index directory.
+        path: PathBuf,
+        /// What went wrong.
+        msg: String,
+    },
+    /// A stored document lacks a field (index written by another version).
+    #[error("stored chunk is missing field {0}; re-create the index")]
+    MissingField(&'static str),
+}
+
+fn err(e: impl Into<TantivyStoreError>) -> Error {
+    Error::stage("keyword store", e.into())
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    chunk_id: Field,
+    doc_id: Field,
+    doc_hash: Field,
+    title: Field,
+    text: Field,
+    chunk: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut sb = Schema::builder();
+    let indexing = TextFieldIndexing::default()
+        .set_tokenizer(tokenizer::ANALYZER)
+        .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+    let text_opts = TextOptions::default()
+        .set_indexing_options(indexing.clone())
+        .set_stored();
+    let title_opts = TextOptions::default().set_indexing_options(indexing);
+    let fields = Fields {
+        chunk_id: sb.add_text_field("chunk_id", STRING | STORED),
+        doc_id: sb.add_text_field("doc_id", STRING | STORED),
+        doc_hash: sb.add_text_field("doc_hash", STRING | STORED),
+        title: sb.add_text_field("title", title_opts),
+        text: sb.add_text_field("text", text_opts),
+        chunk: sb.add_text_field("chunk", STORED),
+    };
+    (sb.build(), fields)
+}
+
+/// BM25 over chunk text and titles, persisted in one directory.
+pub struct TantivyStore {
+    index: Index,
+    reader: IndexReader,
+    writer: Option<Arc<Mutex<IndexWriter>>>,
+    fields: Fields,
+    title_boost: f32,
+    path: Option<PathBuf>,
+}
+
+impl TantivyStore {
+    /// Open the index in `dir`, creating it if needed.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let mmap = MmapDirectory::open(dir).map_err(|e| {
+            err(TantivyStoreError::Open {
+                path: dir.into(),
+                msg: e.to_string(),
+            })
+        })?;
+        let (schema, fields) = schema();
+        let index = Index::open_or_create(mmap, schema).map_err(err)?;
+        Self::from_index(index, fields, Some(dir.to_path_buf()), true)
+    }
+
+    /// Open an existing index in `dir` for searching only (no writer lock is taken,
+    /// so it works while another process indexes).
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let mmap = MmapDirectory::open(dir).map_err(|e| {
+            err(TantivyStoreError::Open {
+                path: dir.into(),
+                msg: e.to_string(),
+            })
+        })?;
+        let index = Index::open(mmap).map_err(err)?;
+        let (_, fields) = schema();
+        Self::from_index(index, fields, Some(dir.to_path_buf()), false)
+    }
+
+    /// A store kept in memory (tests, throwaway indexes).
+    pub fn in_memory() -> Result<Self> {
+        let (schema, fields) = schema();
+        Self::from_index(Index::create_in_ram(schema), fields, None, true)
+    }
+
+    fn from_index(index: Index, fields: Fields, path: Option<PathBuf>, write: bool) -> Result<Self> {
+        index
+            .tokenizers()
+            .register(tokenizer::ANALYZER, tokenizer::analyzer());
+        let writer = if write {
+            let w: IndexWriter = index
+                .writer_with_num_threads(1, 64 * 1024 * 1024)
+                .map_err(|e| match &e {
+                    tantivy::TantivyError::LockFailure(..) => Error::Index(format!(
+                        "the keyword index is in use by another process ({e}); wait for it to finish"
+                    )),
+                    _ => err(e),
+                })?;
+            Some(Arc::new(Mutex::new(w)))
+        } else {
+            None
+        };
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(err)?;
+        Ok(Self {
+            index,
+            reader,
+            writer,
+            fields,
+            title_boost: 1.0,
+            path,
+        })
+    }
+
+    /// Weight of title matches relative to body matches (default 1).
+    pub fn with_title_boost(mut self, boost: f32) -> Self {
+        self.title_boost = boost;
+        self
+    }
+
+    /// Where the index lives, if on disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn build_query(&self, query: &str) -> Option<Box<dyn Query>> {
+        let mut analyzer = tokenizer::analyzer();
+        let terms = tokenizer::terms(&mut analyzer, query);
+        if terms.is_empty() {
+            return None;
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for t in &terms {
+            clauses.push((
+                Occur::Should,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(self.fields.text, t),
+                    IndexRecordOption::WithFreqs,
+                )),
+            ));
+            let tq: Box<dyn Query> = Box::new(TermQuery::new(
+                Term::from_field_text(self.fields.title, t),
+                IndexRecordOption::WithFreqs,
+            ));
+            clauses.push((Occur::Should, Box::new(BoostQuery::new(tq, self.title_boost))));
+        }
+        Some(Box::new(BooleanQuery::new(clauses)))
+    }
+
+    fn search_blocking(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
+        let Some(q) = self.build_query(query) else {
+            return Ok(Vec::new());
+        };
+        let searcher = self.reader.searcher();
+        let top = searcher
+            .search(&*q, &TopDocs::with_limit(k).order_by_score())
+            .map_err(err)?;
+        let mut gen = SnippetGenerator::create(&searcher, &*q, self.fields.text).map_err(err)?;
+        gen.set_max_num_chars(240);
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let doc: TantivyDocument = searcher.doc(addr).map_err(err)?;
+            let chunk = self.chunk_from(&doc)?;
+            let snippet = gen.snippet_from_doc(&doc);
+            let mut s = String::new();
+            let frag = snippet.fragment();
+            let mut last = 0;
+            for r in snippet.highlighted() {
+                s.push_str(&frag[last..r.start]);
+                s.push('«');
+                s.push_str(&frag[r.start..r.end]);
+                s.push('»');
+                last = r.end;
+            }
+            s.push_str(&frag[last..]);
+            hits.push(Hit {
+                chunk,
+                score,
+                snippet: (!s.is_empty()).then_some(s),
+            });
+        }
+        Ok(hits)
+    }
+
+    fn chunk_from(&self, doc: &TantivyDocument) -> Result<Chunk> {
+        let raw = doc
+            .get_first(self.fields.chunk)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| err(TantivyStoreError::MissingField("chunk")))?;
+        let mut chunk: Chunk = serde_json::from_str(raw)
+            .map_err(|e| Error::stage("keyword store", format!("stored chunk is not valid JSON: {e}")))?;
+        chunk.text = doc
+            .get_first(self.fields.text)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        Ok(chunk)
+    }
+
+    fn with_writer<T>(&self, f: impl FnOnce(&mut IndexWriter) -> Result<T>) -> Result<T> {
+        let mut w = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| Error::stage("keyword store", "opened read-only"))?
+            .lock()
+            .map_err(|_| Error::stage("keyword store", "writer lock poisoned by an earlier panic"))?;
+        f(&mut w)
+    }
+
+    /// Number of chunks visible to searches.
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// True when no chunk is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl KeywordStore for TantivyStore {
+    async fn upsert(&self, chunks: &[Chunk]) -> Result<()> {
+        let f = self.fields;
+        self.with_writer(|w| {
+            for c in chunks {
+                w.delete_term(Term::from_field_text(f.chunk_id, &c.id));
+                let mut meta = c.clone();
+                meta.text = String::new();
+                let json = serde_json::to_string(&meta)
+                    .map_err(|e| Error::stage("keyword store", e))?;
+                let mut doc = TantivyDocument::default();
+                doc.add_text(f.chunk_id, &c.id);
+                doc.add_text(f.doc_id, &c.doc_id);
+                doc.add_text(f.doc_hash, &c.doc_hash);
+                let mut title = c.title.clone().unwrap_or_default();
+                for h in &c.heading_path {
+                    if Some(h) != c.title.as_ref() {
+                        title.push('\n');
+                        title.push_str(h);
+                    }
+                }
+                doc.add_text(f.title, &title);
+                doc.add_text(f.text, &c.text);
+                doc.add_text(f.chunk, &json);
+                w.add_document(doc).map_err(err)?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn delete_docs(&self, doc_ids: &[String]) -> Result<()> {
+        let f = self.fields;
+        self.with_writer(|w| {
+            for d in doc_ids {
+                w.delete_term(Term::from_field_text(f.doc_id, d));
+            }
+            Ok(())
+        })
+    }
+
+    async fn delete_chunks(&self, chunk_ids: &[String]) -> Result<()> {
+        let f = self.fields;
+        self.with_writer(|w| {
+            for c in chunk_ids {
+                w.delete_term(Term::from_field_text(f.chunk_id, c));
+            }
+            Ok(())
+        })
+    }
+
+    async fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
+        self.search_blocking(query, k)
+    }
+
+    async fn commit(&self) -> Result<()> {
+        let Some(writer) = self.writer.clone() else {
+            return self.reader.reload().map_err(err);
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut w = writer
+                .lock()
+                .map_err(|_| Error::stage("keyword store", "writer lock poisoned"))?;
+            w.commit().map_err(err)?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::stage("keyword store", e))??;
+        self.reader.reload().map_err(err)
+    }
+
+    async fn list_chunks(&self) -> Result<Vec<StoredChunk>> {
+        let searcher = self.reader.searcher();
+        let addrs = searcher
+            .search(&tantivy::query::AllQuery, &DocSetCollector)
+            .map_err(err)?;
+        let mut out = Vec::with_capacity(addrs.len());
+        let get = |doc: &TantivyDocument, field: Field, name: &'static str| {
+            doc.get_first(field)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| err(TantivyStoreError::MissingField(name)))
+        };
+        for addr in addrs {
+            let doc: TantivyDocument = searcher.doc(addr).map_err(err)?;
+            out.push(StoredChunk {
+                chunk_id: get(&doc, self.fields.chunk_id, "chunk_id")?,
+                doc_id: get(&doc, self.fields.doc_id, "doc_id")?,
+                doc_hash: get(&doc, self.fields.doc_hash, "doc_hash")?,
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for TantivyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TantivyStore").field("path", &self.path).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use magpie_core::{Document, Splitter};
+
+    fn chunks(uri: &str, text: &str) -> Vec<Chunk> {
+        let d = Document::from_text(uri, text);
+        struct One;
+        impl Splitter for One {
+            fn split(&self, d: &Document) -> Vec<Chunk> {
+                vec![Chunk {
+                    id: magpie_core::chunk_id_for(&d.id, &d.content_hash, 0),
+                    doc_id: d.id.clone(),
+                    doc_hash: d.content_hash.clone(),
+                    source: d.uri.clone(),
+                    index: 0,
+                    text: d.text.clone(),
+                    span: Default::default(),
+                    heading_path: vec![],
+                    title: None,
+                    metadata: Default::default(),
+                }]
+            }
+        }
+        One.split(&d)
+    }
+
+    #[tokio::test]
+    async fn bm25_finds_and_highlights() {
+        let s = TantivyStore::in_memory().unwrap();
+        s.upsert(&chunks("a", "Rust is a systems programming language.")).await.unwrap();
+        s.upsert(&chunks("b", "Python is popular for data science.")).await.unwrap();
+        s.commit().await.unwrap();
+        let hits = s.search("programming languages", 5).await.unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].chunk.source, "a");
+        assert!(hits[0].snippet.as_deref().unwrap().contains("«programming»"), "{:?}", hits[0].snippet);
+        assert!(s.search("the of and", 5).await.unwrap().is_empty(), "stop words only");
+        assert!(s.search("\"(unbalanced: AND", 5).await.is_ok(), "query syntax is not interpreted");
+    }
+
+    #[tokio::test]
+    async fn chinese_query_finds_chinese_passage() {
+        let s = TantivyStore::in_memory().unwrap();
+        s.upsert(&chunks("zh", "北京是中华人民共和国的首都，也是全国的政治中心。")).await.unwrap();
+        s.upsert(&chunks("zh2", "上海是中国最大的经济中心城市。")).await.unwrap();
+        s.upsert(&chunks("en", "Paris is the capital of France.")).await.unwrap();
+        s.commit().await.unwrap();
+        let hits = s.search("中国的首都是哪里", 3).await.unwrap();
+        assert_eq!(hits[0].chunk.source, "zh", "{hits:?}");
+    }
+
+    #[tokio::test]
+    async fn upsert_replaces_and_delete_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = chunks("a", "alpha beta");
+        {
+            let s = TantivyStore::open(dir.path()).unwrap();
+            s.upsert(&c).await.unwrap();
+            s.upsert(&c).await.unwrap();
+            s.commit().await.unwrap();
+            assert_eq!(s.list_chunks().await.unwrap().len(), 1, "upsert twice is one chunk");
+        }
+        let s = TantivyStore::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 1, "persisted");
+        s.delete_docs(&[c[0].doc_id.clone()]).await.unwrap();
+        s.commit().await.unwrap();
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,182 @@
+//! The document catalog: which document versions the index holds, saved atomically.
+//!
+//! The catalog is the index's source of truth. It is written only after both
+//! stores have committed, so after a crash any chunk the catalog does not
+//! account for is a leftover to remove, and any document whose chunks are not
+//! all present in both stores is re-indexed.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::types::chunk_id_for;
+
+/// One indexed document version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// The document's uri.
+    pub uri: String,
+    /// Content hash of the indexed version.
+    pub hash: String,
+    /// Number of chunks it was cut into (their ids follow from id, hash and position).
+    pub chunks: usize,
+    /// The loader origin it came from (for `--sync`).
+    pub origin: String,
+    /// MIME type.
+    #[serde(default)]
+    pub mime: String,
+    /// Title, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+impl CatalogEntry {
+    /// The ids of this version's chunks.
+    pub fn chunk_ids(&self, doc_id: &str) -> impl Iterator<Item = String> + '_ {
+        let doc_id = doc_id.to_string();
+        (0..self.chunks).map(move |i| chunk_id_for(&doc_id, &self.hash, i))
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CatalogFile {
+    version: u32,
+    docs: BTreeMap<String, CatalogEntry>,
+}
+
+/// Documents in the index, keyed by document id, persisted as one JSON file.
+#[derive(Debug)]
+pub struct Catalog {
+    path: PathBuf,
+    docs: BTreeMap<String, CatalogEntry>,
+}
+
+impl Catalog {
+    /// Open the catalog at `path`, or start an empty one if the file does not exist.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let docs = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: CatalogFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Index(format!(
+                        "the catalog {} is damaged ({e}); remove the index directory and index again",
+                        path.display()
+                    ))
+                })?;
+                file.docs
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        Ok(Self { path, docs })
+    }
+
+    /// The entry for a document id.
+    pub fn get(&self, doc_id: &str) -> Option<&CatalogEntry> {
+        self.docs.get(doc_id)
+    }
+
+    /// Add or replace a document's entry (in memory until [`Catalog::save`]).
+    pub fn insert(&mut self, doc_id: String, entry: CatalogEntry) {
+        self.docs.insert(doc_id, entry);
+    }
+
+    /// Remove a document's entry (in memory until [`Catalog::save`]).
+    pub fn remove(&mut self, doc_id: &str) -> Option<CatalogEntry> {
+        self.docs.remove(doc_id)
+    }
+
+    /// All entries, by document id.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &CatalogEntry)> {
+        self.docs.iter()
+    }
+
+    /// Number of documents.
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// True when no document is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// Total chunks over all documents.
+    pub fn chunk_count(&self) -> usize {
+        self.docs.values().map(|e| e.chunks).sum()
+    }
+
+    /// Write the catalog atomically: a temporary file, fsync, rename, fsync of the directory.
+    pub fn save(&self) -> Result<()> {
+        let file = CatalogFile {
+            version: 1,
+            docs: self.docs.clone(),
+        };
+        let bytes = serde_json::to_vec(&file)
+            .map_err(|e| Error::Index(format!("serialising the catalog: {e}")))?;
+        atomic_write(&self.path, &bytes)
+    }
+
+    /// Where the catalog lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Replace `path` with `bytes` so that a crash leaves either the old or the new file.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("file")
+    ));
+    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(ctx("creating"), e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(ctx("writing"), e))?;
+    f.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::io(format!("replacing {}", path.display()), e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_and_reopen() {
+        let dir = std::env::temp_dir().join(format!("magpie-cat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("catalog.json");
+        let mut c = Catalog::open(&p).unwrap();
+        assert!(c.is_empty());
+        c.insert(
+            "d1".into(),
+            CatalogEntry {
+                uri: "a.txt".into(),
+                hash: "h".into(),
+                chunks: 3,
+                origin: "root".into(),
+                mime: "text/plain".into(),
+                title: None,
+            },
+        );
+        c.save().unwrap();
+        let c2 = Catalog::open(&p).unwrap();
+        assert_eq!(c2.len(), 1);
+        assert_eq!(c2.chunk_count(), 3);
+        assert_eq!(c2.get("d1").unwrap().chunk_ids("d1").count(), 3);
+        std::fs::write(&p, b"{not json").unwrap();
+        let err = Catalog::open(&p).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,57 @@
+//! The error type shared by magpie's traits and pipelines.
+
+/// A boxed error from a connector, kept as the source of a [`enum@Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias used throughout magpie.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in a magpie pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller passed something unusable (an empty query, a zero `k`, ...).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A pipeline stage (loader, embedder, store, ...) failed.
+    #[error("{stage}: {source}")]
+    Stage {
+        /// Which stage: "embedder", "vector store", "keyword store", "loader", ...
+        stage: &'static str,
+        /// The connector's own error.
+        #[source]
+        source: BoxError,
+    },
+    /// Reading or writing a file of the index failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The index on disk was made with other settings or is damaged.
+    #[error("index: {0}")]
+    Index(String),
+    /// The operation was cancelled by the caller.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// Wrap a connector error as a failure of `stage`.
+    pub fn stage(stage: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Stage {
+            stage,
+            source: source.into(),
+        }
+    }
+
+    /// Wrap an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The indexing pipeline: load → split → embed → upsert into both stores → commit.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::catalog::{Catalog, CatalogEntry};
+use crate::error::Result;
+use crate::traits::{Embedder, KeywordStore, Loader, Skipped, Splitter, StoredChunk, VectorStore};
+use crate::types::{Chunk, Document};
+
+/// What happened to one source during a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocStatus {
+    /// New or changed, and indexed with this many chunks.
+    Indexed(usize),
+    /// Same content hash as the indexed version: nothing to do.
+    Unchanged,
+    /// Not indexed, with the reason.
+    Skipped(String),
+}
+
+/// Receives progress events; the default methods do nothing.
+pub trait IndexProgress: Send + Sync {
+    /// The run found `total` sources.
+    fn start(&self, _total: usize) {}
+    /// One source was handled.
+    fn source_done(&self, _uri: &str, _status: &DocStatus) {}
+    /// `n` more chunks were embedded.
+    fn embedded(&self, _n: usize) {}
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl IndexProgress for NoProgress {}
+
+/// Options for one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Remove documents of the loader's origin whose sources are gone.
+    pub sync: bool,
+}
+
+/// What a consistency check of the stores against the catalog found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consistency {
+    /// Documents in the catalog.
+    pub documents: usize,
+    /// Chunks the catalog accounts for.
+    pub chunks: usize,
+    /// Chunks in the vector store.
+    pub vector_chunks: usize,
+    /// Chunks in the keyword store.
+    pub keyword_chunks: usize,
+    /// Chunk ids stored more than once in one store.
+    pub duplicates: usize,
+    /// Stored chunks the catalog does not account for (leftovers of an interrupted run).
+    pub orphans: usize,
+    /// Catalog documents missing at least one chunk in one store.
+    pub incomplete_docs: Vec<String>,
+}
+
+impl Consistency {
+    /// True when both stores hold exactly the catalog's chunks, once each.
+    pub fn is_consistent(&self) -> bool {
+        self.duplicates == 0
+            && self.orphans == 0
+            && self.incomplete_docs.is_empty()
+            && self.vector_chunks == self.chunks
+            && self.keyword_chunks == self.chunks
+    }
+}
+
+/// Summary of an indexing run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IndexReport {
+    /// Sources the loader listed.
+    pub sources: usize,
+    /// Documents indexed (new or changed).
+    pub indexed: usize,
+    /// Documents whose content was unchanged.
+    pub unchanged: usize,
+    /// Chunks embedded and stored.
+    pub chunks: usize,
+    /// Documents removed by `--sync`.
+    pub removed: usize,
+    /// Leftover chunks from an interrupted run that were cleaned up first.
+    pub repaired_chunks: usize,
+    /// Documents dropped by the repair because a store was missing some of their chunks.
+    pub repaired_docs: usize,
+    /// Sources not indexed, with reasons.
+    pub skipped: Vec<Skipped>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Time spent embedding.
+    pub embed_time: Duration,
+}
+
+impl IndexReport {
+    /// Chunks stored per second of wall time.
+    pub fn chunks_per_sec(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.chunks as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Indexes documents into a vector store and a keyword store, idempotently and crash-safely.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use magpie_core::*;
+/// # async fn demo(loader: &dyn Loader, splitter: Arc<dyn Splitter>, embedder: Arc<dyn Embedder>,
+/// #   vectors: Arc<dyn VectorStore>, keywords: Arc<dyn KeywordStore>) -> Result<()> {
+/// let catalog = Catalog::open("index/catalog.json")?;
+/// let mut pipeline = IndexingPipeline::new(splitter, embedder, vectors, keywords, catalog);
+/// let report = pipeline.run(loader, &RunOptions::default(), &NoProgress).await?;
+/// println!("{} documents, {} chunks", report.indexed, report.chunks);
+/// # Ok(()) }
+/// ```
+pub struct IndexingPipeline {
+    splitter: Arc<dyn Splitter>,
+    embedder: Arc<dyn Embedder>,
+    vectors: Arc<dyn VectorStore>,
+    keywords: Arc<dyn KeywordStore>,
+    catalog: Catalog,
+    batch_chunks: usize,
+    commit_chunks: usize,
+    concurrency: usize,
+}
+
+struct Pending {
+    doc: Document,
+    origin: String,
+    chunks: Vec<Chunk>,
+}
+
+impl IndexingPipeline {
+    /// A pipeline writing into `vectors` and `keywords`, tracking documents in `catalog`.
+    pub fn new(
+        splitter: Arc<dyn Splitter>,
+        embedder: Arc<dyn Embedder>,
+        vectors: Arc<dyn VectorStore>,
+        keywords: Arc<dyn KeywordStore>,
+        catalog: Catalog,
+    ) -> Self {
+        Self {
+            splitter,
+            embedder,
+            vectors,
+            keywords,
+            catalog,
+            batch_chunks: 256,
+            commit_chunks: 2048,
+            concurrency: 4,
+        }
+    }
+
+    /// Chunks embedded and written per batch.
+    pub fn batch_chunks(mut self, n: usize) -> Self {
+        self.batch_chunks = n.max(1);
+        self
+    }
+
+    /// Chunks written between commits (a crash loses at most this much work).
+    pub fn commit_chunks(mut self, n: usize) -> Self {
+        self.commit_chunks = n.max(1);
+        self
+    }
+
+    /// Sources loaded concurrently.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The catalog of indexed documents.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Compare both stores with the catalog without changing anything.
+    pub async fn check(&self) -> Result<Consistency> {
+        let v = self.vectors.list_chunks().await?;
+        let k = self.keywords.list_chunks().await?;
+        Ok(self.compare(&v, &k).0)
+    }
+
+    fn compare(
+        &self,
+        v: &[StoredChunk],
+        k: &[StoredChunk],
+    ) -> (Consistency, BTreeSet<String>, BTreeSet<String>) {
+        let mut expected: HashMap<String, String> = HashMap::new();
+        for (doc_id, e) in self.catalog.iter() {
+            for id in e.chunk_ids(doc_id) {
+                expected.insert(id, doc_id.clone());
+            }
+        }
+        let mut c = Consistency {
+            documents: self.catalog.len(),
+            chunks: expected.len(),
+            vector_chunks: v.len(),
+            keyword_chunks: k.len(),
+            ..Default::default()
+        };
+        let mut orphan_ids = BTreeSet::new();
+        let mut incomplete = BTreeSet::new();
+        for store in [v, k] {
+            let mut seen = HashSet::new();
+            for s in store {
+                if !seen.insert(s.chunk_id.as_str()) {
+                    c.duplicates += 1;
+                }
+                if !expected.contains_key(&s.chunk_id) {
+                    c.orphans += 1;
+                    orphan_ids.insert(s.chunk_id.clone());
+                }
+            }
+            for (id, doc) in &expected {
+                if !seen.contains(id.as_str()) {
+                    incomplete.insert(doc.clone());
+                }
+            }
+        }
+        c.incomplete_docs = incomplete.iter().cloned().collect();
+        (c, orphan_ids, incomplete)
+    }
+
+    /// Bring the stores back in line with the catalog after an interrupted run:
+    /// remove chunks it does not account for, drop documents that lost chunks
+    /// (they are indexed again by the next run). Returns (chunks removed, docs dropped).
+    pub async fn repair(&mut self) -> Result<(usize, usize)> {
+        let v = self.vectors.list_chunks().await?;
+        let k = self.keywords.list_chunks().await?;
+        let (c, orphans, incomplete) = self.compare(&v, &k);
+        if c.is_consistent() {
+            return Ok((0, 0));
+        }
+        warn!(
+            orphans = c.orphans,
+            incomplete = incomplete.len(),
+            duplicates = c.duplicates,
+            "index was interrupted; repairing"
+        );
+        let orphans: Vec<String> = orphans.into_iter().collect();
+        let incomplete: Vec<String> = incomplete.into_iter().collect();
+        if !orphans.is_empty() {
+            self.vectors.delete_chunks(&orphans).await?;
+            self.keywords.delete_chunks(&orphans).await?;
+        }
+        if !incomplete.is_empty() {
+            self.vectors.delete_docs(&incomplete).await?;
+            self.keywords.delete_docs(&incomplete).await?;
+            for d in &incomplete {
+                self.catalog.remove(d);
+            }
+        }
+        self.vectors.commit().await?;
+        self.keywords.commit().await?;
+        self.catalog.save()?;
+        Ok((orphans.len(), incomplete.len()))
+    }
+
+    /// Index everything `loader` lists. Unchanged documents are skipped without
+    /// embedding; changed ones have their old chunks replaced.
+    pub async fn run(
+        &mut self,
+        loader: &dyn Loader,
+        opts: &RunOptions,
+        progress: &dyn IndexProgress,
+    ) -> Result<IndexReport> {
+        let t0 = Instant::now();
+        let mut report = IndexReport::default();
+        let (rc, rd) = self.repair().await?;
+        report.repaired_chunks = rc;
+        report.repaired_docs = rd;
+
+        let origin = loader.origin();
+        let listing = loader
+            .list()
+            .instrument(info_span!("list", %origin))
+            .await?;
+        report.sources = listing.sources.len();
+        progress.start(listing.sources.len() + listing.skipped.len());
+        for s in listing.skipped {
+            progress.source_done(&s.uri, &DocStatus::Skipped(s.reason.clone()));
+            report.skipped.push(s);
+        }
+
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut pending_chunks = 0usize;
+        let mut since_commit = 0usize;
+        let mut loads = futures::stream::iter(listing.sources.iter())
+            .map(|src| loader.load(src))
+            .buffered(self.concurrency);
+
+        while let Some(result) = loads.next().await {
+            let doc = match result {
+                Ok(doc) => doc,
+                Err(skip) => {
+                    progress.source_done(&skip.uri, &DocStatus::Skipped(skip.reason.clone()));
+                    report.skipped.push(skip);
+                    continue;
+                }
+            };
+            if !seen.insert(doc.id.clone()) {
+                let skip = Skipped {
+                    uri: doc.uri.clone(),
+                    reason: "another source in this run has the same document id".into(),
+                };
+                progress.source_done(&skip.uri, &DocStatus::Skipped(skip.reason.clone()));
+                report.skipped.push(skip);
+                continue;
+            }
+            if self
+                .catalog
+                .get(&doc.id)
+                .is_some_and(|e| e.hash == doc.content_hash)
+            {
+                report.unchanged += 1;
+                progress.source_done(&doc.uri, &DocStatus::Unchanged);
+                continue;
+            }
+            let chunks = self.splitter.split(&doc);
+            if chunks.is_empty() {
+                let skip = Skipped {
+                    uri: doc.uri.clone(),
+                    reason: "no text to index after extraction".into(),
+                };
+                progress.source_done(&skip.uri, &DocStatus::Skipped(skip.reason.clone()));
+                report.skipped.push(skip);
+                continue;
+            }
+            pending_chunks += chunks.len();
+            pending.push(Pending {
+                doc,
+                origin: origin.clone(),
+                chunks,
+            });
+            if pending_chunks >= self.batch_chunks {
+                let n = self
+                    .write_batch(std::mem::take(&mut pending), &mut report, progress)
+                    .await?;
+                pending_chunks = 0;
+                since_commit += n;
+                if since_commit >= self.commit_chunks {
+                    self.commit().await?;
+                    since_commit = 0;
+                }
+            }
+        }
+        drop(loads);
+        if !pending.is_empty() {
+            self.write_batch(std::mem::take(&mut pending), &mut report, progress)
+                .await?;
+        }
+
+        if opts.sync {
+            let gone: Vec<String> = self
+                .catalog
+                .iter()
+                .filter(|(id, e)| e.origin == origin && !seen.contains(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !gone.is_empty() {
+                info!(count = gone.len(), "removing documents whose sources are gone");
+                self.vectors.delete_docs(&gone).await?;
+                self.keywords.delete_docs(&gone).await?;
+                for id in &gone {
+                    self.catalog.remove(id);
+                }
+                report.removed = gone.len();
+            }
+        }
+        self.commit().await?;
+        report.elapsed = t0.elapsed();
+        info!(
+            indexed = report.indexed,
+            unchanged = report.unchanged,
+            chunks = report.chunks,
+            skipped = report.skipped.len(),
+            secs = report.elapsed.as_secs_f64(),
+            "indexing finished"
+        );
+        Ok(report)
+    }
+
+    async fn write_batch(
+        &mut self,
+        batch: Vec<Pending>,
+        report: &mut IndexReport,
+        progress: &dyn IndexProgress,
+    ) -> Result<usize> {
+        let span = info_span!("batch", docs = batch.len());
+        async {
+            let replaced: Vec<String> = batch
+                .iter()
+                .filter(|p| self.catalog.get(&p.doc.id).is_some())
+                .map(|p| p.doc.id.clone())
+                .collect();
+            if !replaced.is_empty() {
+                debug!(count = replaced.len(), "replacing changed documents");
+                self.vectors.delete_docs(&replaced).await?;
+                self.keywords.delete_docs(&replaced).await?;
+            }
+            let chunks: Vec<Chunk> = batch.iter().flat_map(|p| p.chunks.clone()).collect();
+            let texts: Vec<String> = chunks.iter().map(|c| c.embedding_text()).collect();
+            let te = Instant::now();
+            let mut vectors = Vec::with_capacity(texts.len());
+            for part in texts.chunks(64) {
+                vectors.extend(self.embedder.embed(part).await?);
+                progress.embedded(part.len());
+            }
+            report.embed_time += te.elapsed();
+            self.vectors.upsert(&chunks, &vectors).await?;
+            self.keywords.upsert(&chunks).await?;
+            for p in batch {
+                let n = p.chunks.len();
+                self.catalog.insert(
+                    p.doc.id.clone(),
+                    CatalogEntry {
+                        uri: p.doc.uri.clone(),
+                        hash: p.doc.content_hash.clone(),
+                        chunks: n,
+                        origin: p.origin,
+                        mime: p.doc.mime.clone(),
+                        title: p.doc.title().map(str::to_string),
+                    },
+                );
+                report.indexed += 1;
+                report.chunks += n;
+                progress.source_done(&p.doc.uri, &DocStatus::Indexed(n));
+            }
+            Ok(chunks.len())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Commit both stores, then the catalog: the order that makes a crash recoverable.
+    pub async fn commit(&mut self) -> Result<()> {
+        self.vectors.commit().await?;
+        self.keywords.commit().await?;
+        self.catalog.save()
+    }
+
+    /// Remove documents by id from both stores and the catalog.
+    pub async fn delete_docs(&mut self, doc_ids: &[String]) -> Result<usize> {
+        let present: Vec<String> = doc_ids
+            .iter()
+            .filter(|d| self.catalog.get(d).is_some())
+            .cloned()
+            .collect();
+        self.vectors.delete_docs(&present).await?;
+        self.keywords.delete_docs(&present).await?;
+        for d in &present {
+            self.catalog.remove(d);
+        }
+        self.commit().await?;
+        Ok(present.len())
+    }
+}

@@ -1,0 +1,33 @@
+//! magpie-core: the types, traits and pipelines of magpie, a framework for
+//! retrieval-augmented applications. Connectors (candle, qdrant, tantivy, files)
+//! implement the traits; this crate has no heavy dependency.
+//!
+//! Indexing: [`Loader`] → [`Splitter`] → [`Embedder`] → [`VectorStore`] +
+//! [`KeywordStore`], driven by [`IndexingPipeline`]. Query: [`Retriever`]s
+//! (dense, BM25, [`HybridRetriever`] with reciprocal-rank fusion) → optional
+//! [`Reranker`] → [`QueryPipeline`].
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod error;
+pub mod indexing;
+pub mod retrieve;
+pub mod traits;
+pub mod types;
+
+pub use catalog::{atomic_write, Catalog, CatalogEntry};
+pub use error::{BoxError, Error, Result};
+pub use indexing::{
+    Consistency, DocStatus, IndexProgress, IndexReport, IndexingPipeline, NoProgress, RunOptions,
+};
+pub use retrieve::{
+    reciprocal_rank_fusion, DenseRetriever, HybridRetriever, KeywordRetriever, QueryPipeline,
+    SearchResult,
+};
+pub use traits::{
+    Embedder, KeywordStore, Listing, Loader, Reranker, Retriever, Skipped, SourceRef, Splitter,
+    StoredChunk, TokenCounter, VectorStore,
+};
+pub use types::{
+    chunk_id_for, content_hash, doc_id_for, Chunk, Document, Hit, Metadata, Section, Span,
+};

@@ -1,0 +1,335 @@
+//! Retrievers over the stores, reciprocal-rank fusion, and the query pipeline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::traits::{Embedder, KeywordStore, Reranker, Retriever, VectorStore};
+use crate::types::Hit;
+
+fn check_query(query: &str, k: usize) -> Result<()> {
+    if query.trim().is_empty() {
+        return Err(Error::InvalidInput(
+            "the query is empty: type a question or some keywords".into(),
+        ));
+    }
+    if k == 0 {
+        return Err(Error::InvalidInput("k must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Nearest-neighbour search: embeds the query, asks the vector store.
+pub struct DenseRetriever {
+    embedder: Arc<dyn Embedder>,
+    store: Arc<dyn VectorStore>,
+}
+
+impl DenseRetriever {
+    /// A dense retriever over `store`, embedding queries with `embedder`.
+    pub fn new(embedder: Arc<dyn Embedder>, store: Arc<dyn VectorStore>) -> Self {
+        Self { embedder, store }
+    }
+
+    /// Search with a query vector that is already embedded.
+    pub async fn retrieve_vector(&self, vector: &[f32], k: usize) -> Result<Vec<Hit>> {
+        self.store.search(vector, k).await
+    }
+}
+
+#[async_trait]
+impl Retriever for DenseRetriever {
+    fn name(&self) -> &str {
+        "dense"
+    }
+
+    async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
+        check_query(query, k)?;
+        let v = self.embedder.embed_query(query).await?;
+        self.store.search(&v, k).await
+    }
+}
+
+/// BM25 search over the keyword store.
+pub struct KeywordRetriever {
+    store: Arc<dyn KeywordStore>,
+}
+
+impl KeywordRetriever {
+    /// A BM25 retriever over `store`.
+    pub fn new(store: Arc<dyn KeywordStore>) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait]
+impl Retriever for KeywordRetriever {
+    fn name(&self) -> &str {
+        "bm25"
+    }
+
+    async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
+        check_query(query, k)?;
+        self.store.search(query, k).await
+    }
+}
+
+/// Reciprocal-rank fusion: each list adds `weight / (rrf_k + rank)` to a chunk's score
+/// (rank is 1-based). Snippets are kept from the first list that has one.
+pub fn reciprocal_rank_fusion(lists: &[(f32, Vec<Hit>)], rrf_k: f32) -> Vec<Hit> {
+    let mut fused: HashMap<String, (f32, Hit)> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (weight, hits) in lists {
+        for (rank, hit) in hits.iter().enumerate() {
+            let add = weight / (rrf_k + rank as f32 + 1.0);
+            match fused.get_mut(&hit.chunk.id) {
+                Some((score, existing)) => {
+                    *score += add;
+                    if existing.snippet.is_none() {
+                        existing.snippet = hit.snippet.clone();
+                    }
+                }
+                None => {
+                    order.push(hit.chunk.id.clone());
+                    fused.insert(hit.chunk.id.clone(), (add, hit.clone()));
+                }
+            }
+        }
+    }
+    let mut out: Vec<Hit> = order
+        .into_iter()
+        .filter_map(|id| fused.remove(&id))
+        .map(|(score, mut hit)| {
+            hit.score = score;
+            hit
+        })
+        .collect();
+    // Stable sort keeps first-seen order among ties.
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out
+}
+
+/// Runs several retrievers concurrently and fuses their lists with RRF.
+pub struct HybridRetriever {
+    retrievers: Vec<(f32, Arc<dyn Retriever>)>,
+    rrf_k: f32,
+    candidates: usize,
+}
+
+impl HybridRetriever {
+    /// Fuse `retrievers` (each with weight 1) with the usual `rrf_k = 60`.
+    pub fn new(retrievers: Vec<Arc<dyn Retriever>>) -> Self {
+        Self {
+            retrievers: retrievers.into_iter().map(|r| (1.0, r)).collect(),
+            rrf_k: 60.0,
+            candidates: 100,
+        }
+    }
+
+    /// Set the weight of each retriever's contribution, in order.
+    pub fn with_weights(mut self, weights: &[f32]) -> Self {
+        for (slot, w) in self.retrievers.iter_mut().zip(weights) {
+            slot.0 = *w;
+        }
+        self
+    }
+
+    /// Set the RRF constant (larger flattens the rank curve).
+    pub fn with_rrf_k(mut self, rrf_k: f32) -> Self {
+        self.rrf_k = rrf_k;
+        self
+    }
+
+    /// How many candidates each retriever contributes before fusion (at least `k`).
+    pub fn with_candidates(mut self, n: usize) -> Self {
+        self.candidates = n;
+        self
+    }
+}
+
+#[async_trait]
+impl Retriever for HybridRetriever {
+    fn name(&self) -> &str {
+        "hybrid"
+    }
+
+    async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
+        check_query(query, k)?;
+        let n = self.candidates.max(k);
+        let futures = self.retrievers.iter().map(|(w, r)| async move {
+            let span = tracing::debug_span!("retrieve", retriever = r.name());
+            let _e = span.enter();
+            r.retrieve(query, n).await.map(|hits| (*w, hits))
+        });
+        let lists = futures::future::try_join_all(futures).await?;
+        let mut fused = reciprocal_rank_fusion(&lists, self.rrf_k);
+        fused.truncate(k);
+        Ok(fused)
+    }
+}
+
+/// What a query returned, and how long each part took.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchResult {
+    /// The query as given.
+    pub query: String,
+    /// Hits, best first.
+    pub hits: Vec<Hit>,
+    /// Time spent retrieving (and fusing).
+    pub retrieval: Duration,
+    /// Time spent reranking, when a reranker ran.
+    pub rerank: Option<Duration>,
+}
+
+/// Retrieval for a question: a retriever, an optional reranker, a result size.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use magpie_core::{QueryPipeline, Retriever};
+/// # async fn demo(retriever: Arc<dyn Retriever>) -> magpie_core::Result<()> {
+/// let pipeline = QueryPipeline::new(retriever).top_k(5);
+/// let result = pipeline.search("how do I install it?").await?;
+/// for hit in &result.hits {
+///     println!("{} {:.3} {}", hit.chunk.source, hit.score, hit.chunk.text);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct QueryPipeline {
+    retriever: Arc<dyn Retriever>,
+    reranker: Option<Arc<dyn Reranker>>,
+    top_k: usize,
+    rerank_candidates: usize,
+}
+
+impl QueryPipeline {
+    /// A pipeline that returns the retriever's 10 best chunks.
+    pub fn new(retriever: Arc<dyn Retriever>) -> Self {
+        Self {
+            retriever,
+            reranker: None,
+            top_k: 10,
+            rerank_candidates: 50,
+        }
+    }
+
+    /// Rerank retrieved candidates with `reranker` before cutting to `top_k`.
+    pub fn reranker(mut self, reranker: Arc<dyn Reranker>) -> Self {
+        self.reranker = Some(reranker);
+        self
+    }
+
+    /// How many hits to return.
+    pub fn top_k(mut self, k: usize) -> Self {
+        self.top_k = k;
+        self
+    }
+
+    /// How many candidates the reranker sees.
+    pub fn rerank_candidates(mut self, n: usize) -> Self {
+        self.rerank_candidates = n;
+        self
+    }
+
+    /// Retrieve (and rerank) chunks for `query`.
+    pub async fn search(&self, query: &str) -> Result<SearchResult> {
+        check_query(query, self.top_k)?;
+        let fetch = if self.reranker.is_some() {
+            self.rerank_candidates.max(self.top_k)
+        } else {
+            self.top_k
+        };
+        let t0 = Instant::now();
+        let mut hits = self.retriever.retrieve(query, fetch).await?;
+        let retrieval = t0.elapsed();
+        let mut rerank = None;
+        if let Some(r) = &self.reranker {
+            let t1 = Instant::now();
+            hits = r.rerank(query, hits).await?;
+            rerank = Some(t1.elapsed());
+        }
+        hits.truncate(self.top_k);
+        Ok(SearchResult {
+            query: query.to_string(),
+            hits,
+            retrieval,
+            rerank,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Chunk, Span};
+
+    fn hit(id: &str, score: f32) -> Hit {
+        Hit {
+            chunk: Chunk {
+                id: id.into(),
+                doc_id: format!("doc-{id}"),
+                doc_hash: "h".into(),
+                source: format!("{id}.txt"),
+                index: 0,
+                text: id.into(),
+                span: Span::default(),
+                heading_path: vec![],
+                title: None,
+                metadata: Default::default(),
+            },
+            score,
+            snippet: None,
+        }
+    }
+
+    #[test]
+    fn rrf_rewards_agreement() {
+        let a = vec![hit("x", 9.0), hit("y", 8.0), hit("z", 7.0)];
+        let b = vec![hit("y", 0.9), hit("w", 0.8), hit("x", 0.1)];
+        let fused = reciprocal_rank_fusion(&[(1.0, a), (1.0, b)], 60.0);
+        let ids: Vec<_> = fused.iter().map(|h| h.chunk.id.as_str()).collect();
+        // y: 1/62 + 1/61, x: 1/61 + 1/63, w: 1/62, z: 1/63
+        assert_eq!(ids, ["y", "x", "w", "z"]);
+        assert!((fused[0].score - (1.0 / 62.0 + 1.0 / 61.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rrf_weights_shift_the_order() {
+        let a = vec![hit("x", 1.0)];
+        let b = vec![hit("y", 1.0)];
+        let fused = reciprocal_rank_fusion(&[(1.0, a), (2.0, b)], 60.0);
+        assert_eq!(fused[0].chunk.id, "y");
+    }
+
+    struct Fixed(&'static str, Vec<Hit>);
+    #[async_trait]
+    impl Retriever for Fixed {
+        fn name(&self) -> &str {
+            self.0
+        }
+        async fn retrieve(&self, _q: &str, k: usize) -> Result<Vec<Hit>> {
+            Ok(self.1.iter().take(k).cloned().collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn hybrid_fuses_and_truncates() {
+        let a: Arc<dyn Retriever> = Arc::new(Fixed("a", vec![hit("1", 1.0), hit("2", 0.5)]));
+        let b: Arc<dyn Retriever> = Arc::new(Fixed("b", vec![hit("2", 1.0), hit("3", 0.5)]));
+        let h = HybridRetriever::new(vec![a, b]);
+        let out = h.retrieve("q", 2).await.unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].chunk.id, "2");
+    }
+
+    #[tokio::test]
+    async fn empty_query_is_a_clear_error() {
+        let a: Arc<dyn Retriever> = Arc::new(Fixed("a", vec![hit("1", 1.0)]));
+        let p = QueryPipeline::new(a);
+        let err = p.search("   ").await.unwrap_err();
+        assert!(err.to_string().contains("query is empty"), "{err}");
+    }
+}

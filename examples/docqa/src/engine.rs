@@ -1,0 +1,212 @@
+//! Opening an index directory: its settings, the embedder, both stores and the catalog.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use magpie_candle::BertEmbedder;
+use magpie_core::{
+    Catalog, DenseRetriever, Embedder, HybridRetriever, IndexingPipeline, KeywordRetriever,
+    KeywordStore, Retriever, Splitter, VectorStore,
+};
+use magpie_files::TokenSplitter;
+use magpie_qdrant::EdgeStore;
+use magpie_tantivy::TantivyStore;
+use serde::{Deserialize, Serialize};
+
+/// Settings fixed when an index is created, stored as `magpie.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexSettings {
+    pub format: u32,
+    pub embedding_model: String,
+    pub dimension: usize,
+    pub chunk_tokens: usize,
+    pub overlap_tokens: usize,
+}
+
+/// Retrieval mode for `search` and `eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Dense and BM25 fused by reciprocal rank.
+    Hybrid,
+    /// Nearest neighbours of the query embedding.
+    Dense,
+    /// BM25 keyword search.
+    Bm25,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Hybrid => "hybrid",
+            Mode::Dense => "dense",
+            Mode::Bm25 => "bm25",
+        }
+    }
+}
+
+/// Where models live and which embedding model to use.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Directory of downloaded models (filled by `docqa models fetch`).
+    #[arg(long, global = true, env = "MAGPIE_MODELS", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Embedding model: a directory (config.json, tokenizer.json, model.safetensors)
+    /// or a Hugging Face hub id present in the local hub cache.
+    /// Default: all-MiniLM-L6-v2 from the models directory.
+    #[arg(long, global = true, env = "MAGPIE_EMBED_MODEL")]
+    pub embed_model: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn embed_spec(&self) -> String {
+        self.embed_model.clone().unwrap_or_else(|| {
+            self.models_dir
+                .join(crate::models::MINILM_DIR)
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+
+    pub fn load_embedder(&self) -> Result<BertEmbedder> {
+        let spec = self.embed_spec();
+        if self.embed_model.is_none() && !Path::new(&spec).exists() {
+            bail!(
+                "the default embedding model is not installed in {}: run `docqa models fetch` first \
+                 (or pass --embed-model <dir|hub-id>)",
+                self.models_dir.display()
+            );
+        }
+        BertEmbedder::load(spec).context("loading the embedding model")
+    }
+}
+
+/// An open index: settings, embedder, stores.
+pub struct Engine {
+    pub dir: PathBuf,
+    pub settings: IndexSettings,
+    pub embedder: Arc<BertEmbedder>,
+    pub vectors: Arc<EdgeStore>,
+    pub keywords: Arc<TantivyStore>,
+}
+
+pub struct OpenOptions {
+    pub create: bool,
+    pub chunk_tokens: Option<usize>,
+    pub overlap_tokens: Option<usize>,
+    pub read_only: bool,
+}
+
+impl Engine {
+    pub fn open(dir: &Path, models: &ModelArgs, opts: OpenOptions) -> Result<Self> {
+        let settings_path = dir.join("magpie.json");
+        let existing: Option<IndexSettings> = match std::fs::read(&settings_path) {
+            Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
+                format!("{} is damaged; remove {} and index again", settings_path.display(), dir.display())
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", settings_path.display())),
+        };
+        if existing.is_none() && !opts.create {
+            bail!(
+                "no index at {}: run `docqa index <path>` first (or pass --index <dir>)",
+                dir.display()
+            );
+        }
+        let embedder = Arc::new(models.load_embedder()?);
+        let settings = match existing {
+            Some(s) => {
+                if s.embedding_model != embedder.model_id() || s.dimension != embedder.dimension() {
+                    bail!(
+                        "the index at {} was built with embedding model {:?} ({} dims) but {:?} is loaded; \
+                         pass --embed-model for that model, or use another --index",
+                        dir.display(),
+                        s.embedding_model,
+                        s.dimension,
+                        embedder.model_id()
+                    );
+                }
+                for (name, asked, have) in [
+                    ("--chunk-tokens", opts.chunk_tokens, s.chunk_tokens),
+                    ("--overlap", opts.overlap_tokens, s.overlap_tokens),
+                ] {
+                    if asked.is_some_and(|a| a != have) {
+                        bail!(
+                            "the index at {} uses {name} {have}; to change it, index into a new --index directory",
+                            dir.display()
+                        );
+                    }
+                }
+                s
+            }
+            None => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the index directory {}", dir.display()))?;
+                let s = IndexSettings {
+                    format: 1,
+                    embedding_model: embedder.model_id().to_string(),
+                    dimension: embedder.dimension(),
+                    chunk_tokens: opts.chunk_tokens.unwrap_or(200),
+                    overlap_tokens: opts.overlap_tokens.unwrap_or(40),
+                };
+                magpie_core::atomic_write(&settings_path, &serde_json::to_vec_pretty(&s)?)?;
+                s
+            }
+        };
+        let vectors = Arc::new(EdgeStore::open(dir.join("vectors"), settings.dimension)?);
+        let keywords = Arc::new(if opts.read_only {
+            TantivyStore::open_read_only(dir.join("keywords"))?
+        } else {
+            TantivyStore::open(dir.join("keywords"))?
+        });
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            settings,
+            embedder,
+            vectors,
+            keywords,
+        })
+    }
+
+    pub fn splitter(&self) -> Arc<dyn Splitter> {
+        Arc::new(
+            TokenSplitter::new(self.embedder.token_counter())
+                .chunk_tokens(self.settings.chunk_tokens)
+                .overlap_tokens(self.settings.overlap_tokens),
+        )
+    }
+
+    pub fn pipeline(&self) -> Result<IndexingPipeline> {
+        let catalog = Catalog::open(self.dir.join("catalog.json"))?;
+        Ok(IndexingPipeline::new(
+            self.splitter(),
+            self.embedder.clone() as Arc<dyn Embedder>,
+            self.vectors.clone() as Arc<dyn VectorStore>,
+            self.keywords.clone() as Arc<dyn KeywordStore>,
+            catalog,
+        ))
+    }
+
+    pub fn dense(&self) -> DenseRetriever {
+        DenseRetriever::new(
+            self.embedder.clone() as Arc<dyn Embedder>,
+            self.vectors.clone() as Arc<dyn VectorStore>,
+        )
+    }
+
+    pub fn bm25(&self) -> KeywordRetriever {
+        KeywordRetriever::new(self.keywords.clone() as Arc<dyn KeywordStore>)
+    }
+
+    pub fn retriever(&self, mode: Mode) -> Arc<dyn Retriever> {
+        match mode {
+            Mode::Dense => Arc::new(self.dense()),
+            Mode::Bm25 => Arc::new(self.bm25()),
+            Mode::Hybrid => Arc::new(HybridRetriever::new(vec![
+                Arc::new(self.dense()) as Arc<dyn Retriever>,
+                Arc::new(self.bm25()) as Arc<dyn Retriever>,
+            ])),
+        }
+    }
+}

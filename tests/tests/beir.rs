@@ -1,0 +1,55 @@
+//! BM25 retrieval quality on BEIR SciFact (needs ../shared/data; skipped loudly without it).
+//! The dense and hybrid figures come from `docqa eval beir` (BENCHMARKS.md): embedding
+//! the 5,183 abstracts takes minutes, too long for the test suite.
+
+use std::sync::Arc;
+
+use magpie_core::{KeywordStore, Loader, Splitter};
+use magpie_files::{JsonlLoader, TokenSplitter, WordCounter};
+use magpie_tantivy::TantivyStore;
+
+#[tokio::test]
+async fn scifact_bm25_ndcg_at_least_066() {
+    let Some(dir) = magpie_tests::shared_data("scifact") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let keywords = TantivyStore::open(tmp.path()).unwrap();
+    let loader = JsonlLoader::beir(dir.join("corpus.jsonl"));
+    let splitter = TokenSplitter::new(Arc::new(WordCounter)).chunk_tokens(100_000);
+    let listing = loader.list().await.unwrap();
+    assert_eq!(listing.sources.len(), 5183);
+    for s in &listing.sources {
+        let doc = loader.load(s).await.unwrap();
+        keywords.upsert(&splitter.split(&doc)).await.unwrap();
+    }
+    keywords.commit().await.unwrap();
+
+    let qrels = std::fs::read_to_string(dir.join("qrels/test.tsv")).unwrap();
+    let mut rel: std::collections::HashMap<String, std::collections::HashSet<String>> = Default::default();
+    for line in qrels.lines().skip(1) {
+        let c: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
+        if c.len() == 3 && c[2].trim().parse::<i32>().unwrap_or(0) > 0 {
+            rel.entry(c[0].into()).or_default().insert(c[1].into());
+        }
+    }
+    let mut total = 0.0;
+    let mut n = 0;
+    for line in std::fs::read_to_string(dir.join("queries.jsonl")).unwrap().lines() {
+        let q: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = q["_id"].as_str().unwrap();
+        let Some(r) = rel.get(id) else { continue };
+        let hits = keywords.search(q["text"].as_str().unwrap(), 10).await.unwrap();
+        let dcg: f64 = hits
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| r.contains(&h.chunk.doc_id))
+            .map(|(i, _)| 1.0 / ((i + 2) as f64).log2())
+            .sum();
+        let idcg: f64 = (0..r.len().min(10)).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
+        total += dcg / idcg;
+        n += 1;
+    }
+    assert_eq!(n, 300);
+    let ndcg = total / n as f64;
+    println!("SciFact BM25 nDCG@10 = {ndcg:.4}");
+    assert!(ndcg >= 0.66, "SciFact BM25 nDCG@10 {ndcg:.4} is below 0.66");
+}
