@@ -372,7 +372,10 @@ impl IndexingPipeline {
                 .map(|(id, _)| id.clone())
                 .collect();
             if !gone.is_empty() {
-                info!(count = gone.len(), "removing documents whose sources are gone");
+                info!(
+                    count = gone.len(),
+                    "removing documents whose sources are gone"
+                );
                 self.vectors.delete_docs(&gone).await?;
                 self.keywords.delete_docs(&gone).await?;
                 for id in &gone {

@@ -10,7 +10,9 @@ use magpie_tantivy::TantivyStore;
 
 #[tokio::test]
 async fn scifact_bm25_ndcg_at_least_066() {
-    let Some(dir) = magpie_tests::shared_data("scifact") else { return };
+    let Some(dir) = magpie_tests::shared_data("scifact") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let keywords = TantivyStore::open(tmp.path()).unwrap();
     let loader = JsonlLoader::beir(dir.join("corpus.jsonl"));
@@ -24,7 +26,8 @@ async fn scifact_bm25_ndcg_at_least_066() {
     keywords.commit().await.unwrap();
 
     let qrels = std::fs::read_to_string(dir.join("qrels/test.tsv")).unwrap();
-    let mut rel: std::collections::HashMap<String, std::collections::HashSet<String>> = Default::default();
+    let mut rel: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
     for line in qrels.lines().skip(1) {
         let c: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
         if c.len() == 3 && c[2].trim().parse::<i32>().unwrap_or(0) > 0 {
@@ -33,18 +36,26 @@ async fn scifact_bm25_ndcg_at_least_066() {
     }
     let mut total = 0.0;
     let mut n = 0;
-    for line in std::fs::read_to_string(dir.join("queries.jsonl")).unwrap().lines() {
+    for line in std::fs::read_to_string(dir.join("queries.jsonl"))
+        .unwrap()
+        .lines()
+    {
         let q: serde_json::Value = serde_json::from_str(line).unwrap();
         let id = q["_id"].as_str().unwrap();
         let Some(r) = rel.get(id) else { continue };
-        let hits = keywords.search(q["text"].as_str().unwrap(), 10).await.unwrap();
+        let hits = keywords
+            .search(q["text"].as_str().unwrap(), 10)
+            .await
+            .unwrap();
         let dcg: f64 = hits
             .iter()
             .enumerate()
             .filter(|(_, h)| r.contains(&h.chunk.doc_id))
             .map(|(i, _)| 1.0 / ((i + 2) as f64).log2())
             .sum();
-        let idcg: f64 = (0..r.len().min(10)).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
+        let idcg: f64 = (0..r.len().min(10))
+            .map(|i| 1.0 / ((i + 2) as f64).log2())
+            .sum();
         total += dcg / idcg;
         n += 1;
     }

@@ -15,8 +15,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[tokio::test]
 async fn matches_sentence_transformers() {
     let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(magpie_tests::workspace().join("tests/fixtures/minilm_reference.json"))
-            .unwrap(),
+        &std::fs::read_to_string(
+            magpie_tests::workspace().join("tests/fixtures/minilm_reference.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let sentences: Vec<String> = fixture["sentences"]
@@ -33,7 +35,10 @@ async fn matches_sentence_transformers() {
         .build()
         .unwrap();
     assert_eq!(emb.dimension(), 384);
-    assert_eq!(emb.max_tokens(), fixture["max_seq_length"].as_u64().unwrap() as usize);
+    assert_eq!(
+        emb.max_tokens(),
+        fixture["max_seq_length"].as_u64().unwrap() as usize
+    );
     let got = emb.embed(&sentences).await.unwrap();
     assert_eq!(got.len(), reference.len());
     for (i, (g, r)) in got.iter().zip(&reference).enumerate() {

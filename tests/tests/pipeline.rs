@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use magpie_candle::BertEmbedder;
 use magpie_core::{
-    Catalog, Embedder, HybridRetriever, IndexingPipeline, KeywordRetriever, KeywordStore,
-    NoProgress, QueryPipeline, Retriever, RunOptions, VectorStore, DenseRetriever,
+    Catalog, DenseRetriever, Embedder, HybridRetriever, IndexingPipeline, KeywordRetriever,
+    KeywordStore, NoProgress, QueryPipeline, Retriever, RunOptions, VectorStore,
 };
 use magpie_files::{DirectoryLoader, TokenSplitter};
 use magpie_qdrant::EdgeStore;
@@ -23,7 +23,8 @@ struct Setup {
 fn setup(index: &Path, embedder: Arc<BertEmbedder>) -> Setup {
     let vectors: Arc<dyn VectorStore> =
         Arc::new(EdgeStore::open(index.join("vectors"), embedder.dimension()).unwrap());
-    let keywords: Arc<dyn KeywordStore> = Arc::new(TantivyStore::open(index.join("keywords")).unwrap());
+    let keywords: Arc<dyn KeywordStore> =
+        Arc::new(TantivyStore::open(index.join("keywords")).unwrap());
     let splitter = Arc::new(TokenSplitter::new(embedder.token_counter()).chunk_tokens(120));
     let pipeline = IndexingPipeline::new(
         splitter,
@@ -65,11 +66,16 @@ async fn index_search_update_sync() {
     let corpus = tmp.path().join("corpus");
     copy_dir(&magpie_tests::sample_corpus(), &corpus);
     let index = tmp.path().join("index");
-    let embedder = Arc::new(BertEmbedder::load(magpie_tests::minilm_dir().to_string_lossy()).unwrap());
+    let embedder =
+        Arc::new(BertEmbedder::load(magpie_tests::minilm_dir().to_string_lossy()).unwrap());
     let mut s = setup(&index, embedder.clone());
     let loader = DirectoryLoader::new(&corpus);
 
-    let first = s.pipeline.run(&loader, &RunOptions::default(), &NoProgress).await.unwrap();
+    let first = s
+        .pipeline
+        .run(&loader, &RunOptions::default(), &NoProgress)
+        .await
+        .unwrap();
     assert_eq!(first.indexed, 7, "{first:?}");
     assert!(first.chunks >= first.indexed);
     assert!(first.skipped.is_empty(), "{:?}", first.skipped);
@@ -78,29 +84,61 @@ async fn index_search_update_sync() {
     // Hybrid search finds the right passages, with citations.
     let r = s.hybrid.search("what does error E42 mean?").await.unwrap();
     let top = &r.hits[0].chunk;
-    assert!(top.source.ends_with("faq.txt") || top.source.ends_with("configuration.md"), "{top:?}");
+    assert!(
+        top.source.ends_with("faq.txt") || top.source.ends_with("configuration.md"),
+        "{top:?}"
+    );
     assert!(top.text.contains("E42"));
-    let r = s.hybrid.search("can magpies recognise themselves in a mirror").await.unwrap();
+    let r = s
+        .hybrid
+        .search("can magpies recognise themselves in a mirror")
+        .await
+        .unwrap();
     let top = &r.hits[0].chunk;
-    assert!(top.source.ends_with("species-notes.html"), "{:?}", top.source);
+    assert!(
+        top.source.ends_with("species-notes.html"),
+        "{:?}",
+        top.source
+    );
     assert_eq!(top.heading_path, ["The Eurasian magpie", "Behaviour"]);
-    assert_eq!(top.title.as_deref(), Some("Species notes: the Eurasian magpie"));
+    assert_eq!(
+        top.title.as_deref(),
+        Some("Species notes: the Eurasian magpie")
+    );
     // Chinese: BM25 with jieba segmentation
     let hits = s.bm25.retrieve("喜鹊的巢", 3).await.unwrap();
-    assert!(hits[0].chunk.source.ends_with("magpie-zh.md"), "{:?}", hits[0].chunk.source);
+    assert!(
+        hits[0].chunk.source.ends_with("magpie-zh.md"),
+        "{:?}",
+        hits[0].chunk.source
+    );
     // Dense search understands paraphrase without shared keywords.
-    let hits = s.dense.retrieve("putting the program on a computer running Ubuntu", 3).await.unwrap();
-    assert!(hits.iter().any(|h| h.chunk.source.ends_with("install.md")), "{hits:?}");
+    let hits = s
+        .dense
+        .retrieve("putting the program on a computer running Ubuntu", 3)
+        .await
+        .unwrap();
+    assert!(
+        hits.iter().any(|h| h.chunk.source.ends_with("install.md")),
+        "{hits:?}"
+    );
     // Spans point into the file.
     let faq_text = std::fs::read_to_string(corpus.join("faq.txt")).unwrap();
     for h in s.bm25.retrieve("sync", 10).await.unwrap() {
         if h.chunk.source.ends_with("faq.txt") {
-            assert_eq!(&faq_text[h.chunk.span.byte_start..h.chunk.span.byte_end], h.chunk.text);
+            assert_eq!(
+                &faq_text[h.chunk.span.byte_start..h.chunk.span.byte_end],
+                h.chunk.text
+            );
         }
     }
 
     // Unchanged corpus: nothing embedded.
-    let again = s.pipeline.run(&loader, &RunOptions::default(), &NoProgress).await.unwrap();
+    let again = s
+        .pipeline
+        .run(&loader, &RunOptions::default(), &NoProgress)
+        .await
+        .unwrap();
     assert_eq!((again.indexed, again.unchanged, again.chunks), (0, 7, 0));
 
     // A changed file replaces its chunks.
@@ -109,19 +147,34 @@ async fn index_search_update_sync() {
         "What does error E77 mean?\nThe battery is too low to record a sighting.\n",
     )
     .unwrap();
-    let changed = s.pipeline.run(&loader, &RunOptions::default(), &NoProgress).await.unwrap();
+    let changed = s
+        .pipeline
+        .run(&loader, &RunOptions::default(), &NoProgress)
+        .await
+        .unwrap();
     assert_eq!((changed.indexed, changed.unchanged), (1, 6));
     let hits = s.bm25.retrieve("E42 observer code", 10).await.unwrap();
-    assert!(hits.iter().all(|h| !h.chunk.source.ends_with("faq.txt")), "old chunks remain");
+    assert!(
+        hits.iter().all(|h| !h.chunk.source.ends_with("faq.txt")),
+        "old chunks remain"
+    );
     let hits = s.bm25.retrieve("battery E77", 3).await.unwrap();
     assert!(hits[0].chunk.source.ends_with("faq.txt"));
 
     // Deleted file: kept without --sync, removed with it.
     std::fs::remove_file(corpus.join("grid.rs")).unwrap();
-    let kept = s.pipeline.run(&loader, &RunOptions::default(), &NoProgress).await.unwrap();
+    let kept = s
+        .pipeline
+        .run(&loader, &RunOptions::default(), &NoProgress)
+        .await
+        .unwrap();
     assert_eq!(kept.removed, 0);
     assert_eq!(s.pipeline.catalog().len(), 7);
-    let synced = s.pipeline.run(&loader, &RunOptions { sync: true }, &NoProgress).await.unwrap();
+    let synced = s
+        .pipeline
+        .run(&loader, &RunOptions { sync: true }, &NoProgress)
+        .await
+        .unwrap();
     assert_eq!(synced.removed, 1);
     assert_eq!(s.pipeline.catalog().len(), 6);
     let c = s.pipeline.check().await.unwrap();
@@ -139,7 +192,8 @@ async fn index_search_update_sync() {
 #[tokio::test]
 async fn empty_query_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let embedder = Arc::new(BertEmbedder::load(magpie_tests::minilm_dir().to_string_lossy()).unwrap());
+    let embedder =
+        Arc::new(BertEmbedder::load(magpie_tests::minilm_dir().to_string_lossy()).unwrap());
     let s = setup(tmp.path(), embedder);
     let e = s.hybrid.search("  ").await.unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");

@@ -66,16 +66,26 @@ impl BertEmbedderBuilder {
         let tokenizer_path = file("tokenizer.json")?;
         let weights = file("model.safetensors")?;
         let config: Config = serde_json::from_slice(
-            &std::fs::read(&config_path).map_err(|e| Error::io(config_path.display().to_string(), e))?,
+            &std::fs::read(&config_path)
+                .map_err(|e| Error::io(config_path.display().to_string(), e))?,
         )
-        .map_err(|e| stage(CandleError::Model(format!("{}: {e}", config_path.display()))))?;
+        .map_err(|e| {
+            stage(CandleError::Model(format!(
+                "{}: {e}",
+                config_path.display()
+            )))
+        })?;
         let max_tokens = self
             .max_tokens
             .or_else(|| sentence_bert_max_len(&dir))
             .unwrap_or(256)
             .min(config.max_position_embeddings);
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| stage(CandleError::Tokenizer(format!("{}: {e}", tokenizer_path.display()))))?;
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| {
+            stage(CandleError::Tokenizer(format!(
+                "{}: {e}",
+                tokenizer_path.display()
+            )))
+        })?;
         // tokenizer.json files often fix padding/truncation at 128: we pad per batch
         // to the longest input and truncate at the model's sequence length.
         tokenizer.with_padding(None);
@@ -129,7 +139,9 @@ fn model_id_for(spec: &str, dir: &Path) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| spec.to_string());
     match from_config {
-        Some(c) if !c.is_empty() && spec.contains('/') && !Path::new(spec).exists() => spec.to_string(),
+        Some(c) if !c.is_empty() && spec.contains('/') && !Path::new(spec).exists() => {
+            spec.to_string()
+        }
         _ => name,
     }
 }

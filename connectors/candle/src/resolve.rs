@@ -23,7 +23,9 @@ pub fn hub_cache() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME") {
         return PathBuf::from(p).join("hub");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache/huggingface/hub")
 }
 
@@ -68,7 +70,10 @@ mod tests {
     #[test]
     fn finds_paths_and_hub_snapshots() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(resolve_model_dir(dir.path().to_str().unwrap()).unwrap(), dir.path());
+        assert_eq!(
+            resolve_model_dir(dir.path().to_str().unwrap()).unwrap(),
+            dir.path()
+        );
         let snap = dir.path().join("models--org--name/snapshots/abc123");
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::write(dir.path().join("models--org--name/refs"), "").ok();

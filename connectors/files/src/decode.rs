@@ -34,9 +34,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
     match std::str::from_utf8(bytes) {
         Ok(s) => finish(s.to_string(), None),
         Err(_) => {
-            let mut det = chardetng::EncodingDetector::new();
+            let mut det = chardetng::EncodingDetector::new(chardetng::Iso2022JpDetection::Deny);
             det.feed(bytes, true);
-            let enc = det.guess(None, true);
+            let enc = det.guess(None, chardetng::Utf8Detection::Allow);
             match enc.decode_without_bom_handling_and_without_replacement(bytes) {
                 Some(text) if enc != encoding_rs::UTF_8 => finish(text.into_owned(), Some(enc.name())),
                 _ => Err(
@@ -106,7 +106,9 @@ mod tests {
     fn binary_and_empty_are_refused() {
         assert!(decode(b"").unwrap_err().contains("empty"));
         assert!(decode(b"  \n ").unwrap_err().contains("empty"));
-        assert!(decode(b"\x89PNG\r\n\x1a\n\0\0\0IHDR").unwrap_err().contains("binary"));
+        assert!(decode(b"\x89PNG\r\n\x1a\n\0\0\0IHDR")
+            .unwrap_err()
+            .contains("binary"));
         assert!(decode(&[1u8, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8])
             .unwrap_err()
             .contains("binary"));

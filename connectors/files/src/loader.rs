@@ -86,9 +86,7 @@ impl DirectoryLoader {
 
     fn overrides(&self) -> Result<ignore::overrides::Override> {
         let mut b = ignore::overrides::OverrideBuilder::new(&self.root);
-        let bad = |g: &str, e: ignore::Error| {
-            Error::InvalidInput(format!("bad glob {g:?}: {e}"))
-        };
+        let bad = |g: &str, e: ignore::Error| Error::InvalidInput(format!("bad glob {g:?}: {e}"));
         for g in &self.include {
             b.add(g).map_err(|e| bad(g, e))?;
         }
@@ -385,8 +383,13 @@ impl Loader for JsonlLoader {
             uri: source.uri.clone(),
             reason: reason.into(),
         };
-        let docs = self.docs.get().ok_or_else(|| skip("list() was not called first"))?;
-        let (title, text) = docs.get(&source.locator).ok_or_else(|| skip("not in the corpus"))?;
+        let docs = self
+            .docs
+            .get()
+            .ok_or_else(|| skip("list() was not called first"))?;
+        let (title, text) = docs
+            .get(&source.locator)
+            .ok_or_else(|| skip("not in the corpus"))?;
         if text.trim().is_empty() && title.is_none() {
             return Err(skip("empty document"));
         }

@@ -155,25 +155,46 @@ pub fn markdown_sections(text: &str) -> (Vec<Section>, Option<String>) {
                 if level == 1 && title.is_none() && !name.is_empty() {
                     title = Some(name.clone());
                 }
-                push_heading(level, name, line_start, &mut sections, &mut cur_start, &mut cur_path);
+                push_heading(
+                    level,
+                    name,
+                    line_start,
+                    &mut sections,
+                    &mut cur_start,
+                    &mut cur_path,
+                );
                 prev_line = None;
                 continue;
             }
         }
         // Setext: a line of = or - under a non-empty paragraph line.
-        if indent < 4 && !t.is_empty() && (t.chars().all(|c| c == '=') || (t.len() >= 2 && t.chars().all(|c| c == '-'))) {
+        if indent < 4
+            && !t.is_empty()
+            && (t.chars().all(|c| c == '=') || (t.len() >= 2 && t.chars().all(|c| c == '-')))
+        {
             if let Some((pstart, ptext)) = prev_line {
                 let level = if t.starts_with('=') { 1 } else { 2 };
                 let name = ptext.trim().to_string();
                 if level == 1 && title.is_none() {
                     title = Some(name.clone());
                 }
-                push_heading(level, name, pstart, &mut sections, &mut cur_start, &mut cur_path);
+                push_heading(
+                    level,
+                    name,
+                    pstart,
+                    &mut sections,
+                    &mut cur_start,
+                    &mut cur_path,
+                );
                 prev_line = None;
                 continue;
             }
         }
-        prev_line = if t.is_empty() { None } else { Some((line_start, trimmed)) };
+        prev_line = if t.is_empty() {
+            None
+        } else {
+            Some((line_start, trimmed))
+        };
     }
     if text.len() > cur_start {
         sections.push(Section {
@@ -232,7 +253,10 @@ pub fn html_to_text(html: &str) -> (String, Vec<Section>, Option<String>) {
     while i < bytes.len() {
         if bytes[i] == b'<' {
             if html[i..].starts_with("<!--") {
-                i = html[i..].find("-->").map(|p| i + p + 3).unwrap_or(bytes.len());
+                i = html[i..]
+                    .find("-->")
+                    .map(|p| i + p + 3)
+                    .unwrap_or(bytes.len());
                 continue;
             }
             let end = match html[i..].find('>') {
@@ -255,7 +279,10 @@ pub fn html_to_text(html: &str) -> (String, Vec<Section>, Option<String>) {
                 continue;
             }
             match name.as_str() {
-                "script" | "style" | "noscript" | "template" | "svg" | "nav" | "iframe" | "object" if !closing && !tag.ends_with('/') => {
+                "script" | "style" | "noscript" | "template" | "svg" | "nav" | "iframe"
+                | "object"
+                    if !closing && !tag.ends_with('/') =>
+                {
                     skip_until = Some(name);
                 }
                 "title" => in_title = !closing,
@@ -294,7 +321,9 @@ pub fn html_to_text(html: &str) -> (String, Vec<Section>, Option<String>) {
                 "br" => newline(&mut out, 1),
                 "p" | "div" | "li" | "ul" | "ol" | "tr" | "table" | "section" | "article"
                 | "header" | "footer" | "main" | "blockquote" | "dd" | "dt" | "dl" | "hr"
-                | "figure" | "figcaption" | "aside" | "form" | "body" => newline(&mut out, if name == "li" || name == "tr" { 1 } else { 2 }),
+                | "figure" | "figcaption" | "aside" | "form" | "body" => {
+                    newline(&mut out, if name == "li" || name == "tr" { 1 } else { 2 })
+                }
                 "td" | "th" => push_text(&mut out, " ", false),
                 _ => {}
             }
@@ -366,7 +395,9 @@ fn decode_entities(s: &str) -> String {
             "rdquo" => Some('”'),
             "ldquo" => Some('“'),
             _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                u32::from_str_radix(&ent[2..], 16).ok().and_then(char::from_u32)
+                u32::from_str_radix(&ent[2..], 16)
+                    .ok()
+                    .and_then(char::from_u32)
             }
             _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
             _ => None,
@@ -396,7 +427,10 @@ mod tests {
         let (secs, title) = markdown_sections(md);
         assert_eq!(title.as_deref(), Some("Guide"));
         let paths: Vec<String> = secs.iter().map(|s| s.heading_path.join("/")).collect();
-        assert_eq!(paths, ["Guide", "Guide/Install", "Guide/Install/Linux", "Guide/Use"]);
+        assert_eq!(
+            paths,
+            ["Guide", "Guide/Install", "Guide/Install/Linux", "Guide/Use"]
+        );
         assert!(md[secs[1].start..secs[1].end].contains("# not a heading"));
         assert_eq!(secs.last().unwrap().end, md.len());
     }
@@ -423,7 +457,10 @@ mod tests {
         assert!(!text.contains("hidden"));
         assert!(text.contains("More\nlines"), "{text}");
         let last = secs.last().unwrap();
-        assert_eq!(last.heading_path, vec!["Intro".to_string(), "Details".to_string()]);
+        assert_eq!(
+            last.heading_path,
+            vec!["Intro".to_string(), "Details".to_string()]
+        );
         assert!(text[last.start..last.end].contains("More"));
     }
 

@@ -166,7 +166,8 @@ impl Splitter for TokenSplitter {
         let mut chunks = Vec::new();
         for sec in sections {
             let end = sec.end.min(text.len());
-            if sec.start >= end || !text.is_char_boundary(sec.start) || !text.is_char_boundary(end) {
+            if sec.start >= end || !text.is_char_boundary(sec.start) || !text.is_char_boundary(end)
+            {
                 continue;
             }
             for (b0, b1) in self.split_range(text, sec.start, end) {
@@ -232,7 +233,9 @@ mod tests {
         let mut text = String::new();
         for p in 0..30 {
             for s in 0..5 {
-                text.push_str(&format!("Paragraph {p} sentence {s} has some words in it. "));
+                text.push_str(&format!(
+                    "Paragraph {p} sentence {s} has some words in it. "
+                ));
             }
             text.push_str("\n\n");
         }
@@ -250,10 +253,18 @@ mod tests {
         }
         // consecutive chunks overlap or touch: nothing is lost
         for w in chunks.windows(2) {
-            assert!(w[1].span.byte_start <= w[0].span.byte_end + 2, "{:?} {:?}", w[0].span, w[1].span);
+            assert!(
+                w[1].span.byte_start <= w[0].span.byte_end + 2,
+                "{:?} {:?}",
+                w[0].span,
+                w[1].span
+            );
             assert!(w[1].span.byte_start > w[0].span.byte_start);
         }
-        assert_eq!(chunks.last().unwrap().span.byte_end, d.text.trim_end().len());
+        assert_eq!(
+            chunks.last().unwrap().span.byte_end,
+            d.text.trim_end().len()
+        );
     }
 
     #[test]
@@ -273,7 +284,9 @@ mod tests {
     fn text_without_spaces_is_cut_hard() {
         let text = "x".repeat(10) + &"中".repeat(500);
         let d = doc(&text);
-        let chunks = TokenSplitter::new(Arc::new(WordCounter)).chunk_tokens(100).split(&d);
+        let chunks = TokenSplitter::new(Arc::new(WordCounter))
+            .chunk_tokens(100)
+            .split(&d);
         assert!(chunks.len() >= 5);
         for c in &chunks {
             assert!(WordCounter.count(&c.text) <= 100);
@@ -289,7 +302,10 @@ mod tests {
         d.metadata.insert("title".into(), title.unwrap().into());
         let chunks = TokenSplitter::new(Arc::new(WordCounter)).split(&d);
         assert_eq!(chunks.len(), 2);
-        assert_eq!(chunks[1].heading_path, vec!["A".to_string(), "B".to_string()]);
+        assert_eq!(
+            chunks[1].heading_path,
+            vec!["A".to_string(), "B".to_string()]
+        );
         assert_eq!(chunks[1].title.as_deref(), Some("A"));
         assert_eq!(chunks[1].span.line_start, 3);
     }

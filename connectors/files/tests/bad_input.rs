@@ -35,7 +35,11 @@ async fn awkward_files_are_skipped_with_reasons() {
     fs::write(root.join("blank.txt"), "   \n\n").unwrap();
     fs::write(root.join("image.bin"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0").unwrap();
     fs::write(root.join("report.pdf"), b"%PDF-1.4 ...").unwrap();
-    fs::write(root.join("latin1.txt"), b"Caf\xe9 cr\xe8me br\xfbl\xe9e na\xefve fa\xe7ade r\xe9sum\xe9").unwrap();
+    fs::write(
+        root.join("latin1.txt"),
+        b"Caf\xe9 cr\xe8me br\xfbl\xe9e na\xefve fa\xe7ade r\xe9sum\xe9",
+    )
+    .unwrap();
     fs::write(root.join("big.txt"), "a".repeat(5000)).unwrap();
     // deeply nested directory
     let mut deep = root.to_path_buf();
@@ -54,12 +58,19 @@ async fn awkward_files_are_skipped_with_reasons() {
 
     let loader = DirectoryLoader::new(root).max_file_size(4096);
     let (docs, skipped) = load_all(&loader).await;
-    let names: Vec<&str> = docs.iter().map(|d| d.uri.rsplit('/').next().unwrap()).collect();
+    let names: Vec<&str> = docs
+        .iter()
+        .map(|d| d.uri.rsplit('/').next().unwrap())
+        .collect();
     assert!(names.contains(&"good.md"), "{names:?}");
     assert!(names.contains(&"deep.txt"), "{names:?}");
     assert!(names.contains(&"latin1.txt"), "{names:?}");
     assert!(!names.contains(&"secret.txt"), "gitignored file was loaded");
-    assert_eq!(names.iter().filter(|n| **n == "good.md").count(), 1, "loop visited twice");
+    assert_eq!(
+        names.iter().filter(|n| **n == "good.md").count(),
+        1,
+        "loop visited twice"
+    );
 
     assert!(reason_for(&skipped, "empty.txt").contains("empty"));
     assert!(reason_for(&skipped, "blank.txt").contains("empty"));
@@ -86,13 +97,19 @@ async fn globs_select_files() {
         .include(["*.md"])
         .exclude(["skip/"]);
     let (docs, _) = load_all(&loader).await;
-    let names: Vec<&str> = docs.iter().map(|d| d.uri.rsplit('/').next().unwrap()).collect();
+    let names: Vec<&str> = docs
+        .iter()
+        .map(|d| d.uri.rsplit('/').next().unwrap())
+        .collect();
     assert_eq!(names, ["a.md"]);
 }
 
 #[tokio::test]
 async fn a_missing_root_is_a_clear_error() {
-    let err = DirectoryLoader::new("/nonexistent/magpie/root").list().await.unwrap_err();
+    let err = DirectoryLoader::new("/nonexistent/magpie/root")
+        .list()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("cannot read"), "{err}");
 }
 

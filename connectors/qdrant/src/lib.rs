@@ -112,7 +112,10 @@ impl EdgeStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let config = EdgeConfig::builder()
-            .vector(DENSE, EdgeVectorParams::builder(dim, Distance::Cosine).build())
+            .vector(
+                DENSE,
+                EdgeVectorParams::builder(dim, Distance::Cosine).build(),
+            )
             .build();
         let existing = dir.join("edge_config.json").exists() || dir.join("segments").exists();
         let shard = if existing {
@@ -239,9 +242,9 @@ impl VectorStore for EdgeStore {
             points.push(p.into());
         }
         self.with_shard(move |s| {
-            s.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-                PointInsertOperations::PointsList(points),
-            )))
+            s.update(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+            ))
             .map_err(edge)
         })
         .await
@@ -273,9 +276,9 @@ impl VectorStore for EdgeStore {
             .map(|c| point_id(c))
             .collect::<Result<Vec<_>>>()?;
         self.with_shard(move |s| {
-            s.update(UpdateOperation::PointOperation(PointOperations::DeletePoints {
-                ids,
-            }))
+            s.update(UpdateOperation::PointOperation(
+                PointOperations::DeletePoints { ids },
+            ))
             .map_err(edge)
         })
         .await
@@ -405,15 +408,24 @@ mod tests {
         let b = chunk("b", 0, "beta");
         {
             let s = EdgeStore::open(dir.path(), 3).unwrap();
-            s.upsert(&[a.clone(), b.clone()], &[vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]])
+            s.upsert(
+                &[a.clone(), b.clone()],
+                &[vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]],
+            )
+            .await
+            .unwrap();
+            s.upsert(&[a.clone()], &[vec![1.0, 0.1, 0.0]])
                 .await
                 .unwrap();
-            s.upsert(&[a.clone()], &[vec![1.0, 0.1, 0.0]]).await.unwrap();
             s.commit().await.unwrap();
             let hits = s.search(&[0.9, 0.1, 0.0], 2).await.unwrap();
             assert_eq!(hits[0].chunk, a, "payload round-trips the whole chunk");
             assert_eq!(hits.len(), 2);
-            assert_eq!(s.list_chunks().await.unwrap().len(), 2, "upsert replaced, not duplicated");
+            assert_eq!(
+                s.list_chunks().await.unwrap().len(),
+                2,
+                "upsert replaced, not duplicated"
+            );
         }
         let s = EdgeStore::open(dir.path(), 3).unwrap();
         assert_eq!(s.count().await.unwrap(), 2, "persisted across reopen");
@@ -431,7 +443,10 @@ mod tests {
     async fn wrong_vector_length_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let s = EdgeStore::open(dir.path(), 3).unwrap();
-        let e = s.upsert(&[chunk("a", 0, "x")], &[vec![1.0]]).await.unwrap_err();
+        let e = s
+            .upsert(&[chunk("a", 0, "x")], &[vec![1.0]])
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("expected 3"), "{e}");
         assert!(s.search(&[1.0], 1).await.is_err());
     }

@@ -70,7 +70,7 @@ impl Tokenizer for MixedTokenizer {
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
         let mut tokens = Vec::new();
-        let mut push = |from: usize, to: usize, tokens: &mut Vec<Token>| {
+        let push = |from: usize, to: usize, tokens: &mut Vec<Token>| {
             let position = tokens.len();
             tokens.push(Token {
                 offset_from: from,
@@ -81,7 +81,7 @@ impl Tokenizer for MixedTokenizer {
             });
         };
         let mut run: Option<(usize, Kind)> = None;
-        let mut flush = |start: usize, end: usize, k: Kind, tokens: &mut Vec<Token>| match k {
+        let flush = |start: usize, end: usize, k: Kind, tokens: &mut Vec<Token>| match k {
             Kind::Word => push(start, end, tokens),
             Kind::Han => {
                 let seg = &text[start..end];
@@ -111,13 +111,61 @@ impl Tokenizer for MixedTokenizer {
     }
 }
 
+/// Common Chinese function words, dropped like English stop words.
+const CHINESE_STOP_WORDS: &[&str] = &[
+    "的",
+    "了",
+    "是",
+    "在",
+    "和",
+    "与",
+    "及",
+    "或",
+    "也",
+    "有",
+    "就",
+    "不",
+    "都",
+    "而",
+    "着",
+    "这",
+    "那",
+    "之",
+    "其",
+    "把",
+    "被",
+    "让",
+    "给",
+    "对",
+    "从",
+    "向",
+    "吗",
+    "呢",
+    "吧",
+    "啊",
+    "呀",
+    "哪",
+    "哪个",
+    "哪里",
+    "什么",
+    "怎么",
+    "如何",
+    "为什么",
+    "一个",
+    "这个",
+    "那个",
+];
+
 /// The analyzer used for chunk text and queries: mixed tokenizer, lower case,
-/// English stop words removed, English (Snowball) stemming.
+/// English and Chinese stop words removed, English (Snowball) stemming.
 pub fn analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(MixedTokenizer)
         .filter(RemoveLongFilter::limit(48))
         .filter(LowerCaser)
         .filter(StopWordFilter::new(Language::English).expect("English stop words are built in"))
+        .filter(StopWordFilter::remove(
+            CHINESE_STOP_WORDS.iter().map(|s| s.to_string()),
+        ))
         .filter(Stemmer::new(Language::English))
         .build()
 }
@@ -139,7 +187,10 @@ mod tests {
     #[test]
     fn english_is_stemmed_and_stopped() {
         let mut a = analyzer();
-        assert_eq!(terms(&mut a, "The Running dogs, of COVID-19!"), ["run", "dog", "covid", "19"]);
+        assert_eq!(
+            terms(&mut a, "The Running dogs, of COVID-19!"),
+            ["run", "dog", "covid", "19"]
+        );
     }
 
     #[test]
@@ -147,8 +198,14 @@ mod tests {
         let mut a = analyzer();
         let t = terms(&mut a, "我来到北京清华大学");
         assert!(t.contains(&"北京".to_string()), "{t:?}");
-        assert!(t.contains(&"清华大学".to_string()) || t.contains(&"清华".to_string()), "{t:?}");
+        assert!(
+            t.contains(&"清华大学".to_string()) || t.contains(&"清华".to_string()),
+            "{t:?}"
+        );
         let mixed = terms(&mut a, "Rust语言很快");
-        assert!(mixed.contains(&"rust".to_string()) && mixed.contains(&"语言".to_string()), "{mixed:?}");
+        assert!(
+            mixed.contains(&"rust".to_string()) && mixed.contains(&"语言".to_string()),
+            "{mixed:?}"
+        );
     }
 }

@@ -36,7 +36,11 @@ struct EmbedBench {
 pub fn embed(args: &EmbedBenchArgs, models: &ModelArgs) -> Result<()> {
     let raw = std::fs::read_to_string(&args.sentences)
         .with_context(|| format!("reading {}", args.sentences.display()))?;
-    let mut sentences: Vec<String> = raw.lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
+    let mut sentences: Vec<String> = raw
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect();
     if let Some(n) = args.limit {
         sentences.truncate(n);
     }

@@ -103,10 +103,16 @@ impl Engine {
         let settings_path = dir.join("magpie.json");
         let existing: Option<IndexSettings> = match std::fs::read(&settings_path) {
             Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
-                format!("{} is damaged; remove {} and index again", settings_path.display(), dir.display())
+                format!(
+                    "{} is damaged; remove {} and index again",
+                    settings_path.display(),
+                    dir.display()
+                )
             })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", settings_path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading {}", settings_path.display()))
+            }
         };
         if existing.is_none() && !opts.create {
             bail!(

