@@ -287,6 +287,9 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Documents of a JSONL corpus by id: (title, text).
+type CorpusDocs = HashMap<String, (Option<String>, String)>;
+
 /// Reads a JSON-lines corpus (one document per line), such as BEIR's `corpus.jsonl`
 /// with `_id`, `title` and `text` fields. Documents keep the corpus ids.
 pub struct JsonlLoader {
@@ -294,7 +297,7 @@ pub struct JsonlLoader {
     id_field: String,
     title_field: String,
     text_field: String,
-    docs: tokio::sync::OnceCell<HashMap<String, (Option<String>, String)>>,
+    docs: tokio::sync::OnceCell<CorpusDocs>,
 }
 
 impl JsonlLoader {
@@ -317,7 +320,7 @@ impl JsonlLoader {
         self
     }
 
-    fn parse(&self) -> Result<(Vec<String>, HashMap<String, (Option<String>, String)>)> {
+    fn parse(&self) -> Result<(Vec<String>, CorpusDocs)> {
         let raw = std::fs::read_to_string(&self.path)
             .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
         let mut order = Vec::new();

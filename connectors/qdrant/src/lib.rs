@@ -414,7 +414,7 @@ mod tests {
             )
             .await
             .unwrap();
-            s.upsert(&[a.clone()], &[vec![1.0, 0.1, 0.0]])
+            s.upsert(std::slice::from_ref(&a), &[vec![1.0, 0.1, 0.0]])
                 .await
                 .unwrap();
             s.commit().await.unwrap();

@@ -170,9 +170,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn init_tracing(verbose: u8) {
+    // qdrant-edge logs start-up notices at WARN that say nothing to a user.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,qdrant_edge=error",
+        1 => "info,qdrant_edge=error",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
