@@ -295,6 +295,9 @@ impl IndexingPipeline {
             report.skipped.push(s);
         }
 
+        // Sources that still exist, even if they fail to load this time: `--sync`
+        // keeps their last good version rather than losing it.
+        let listed: HashSet<String> = listing.sources.iter().map(|s| s.uri.clone()).collect();
         let mut seen: HashSet<String> = HashSet::new();
         let mut pending: Vec<Pending> = Vec::new();
         let mut pending_chunks = 0usize;
@@ -368,7 +371,9 @@ impl IndexingPipeline {
             let gone: Vec<String> = self
                 .catalog
                 .iter()
-                .filter(|(id, e)| e.origin == origin && !seen.contains(*id))
+                .filter(|(id, e)| {
+                    e.origin == origin && !seen.contains(*id) && !listed.contains(&e.uri)
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             if !gone.is_empty() {

@@ -161,6 +161,28 @@ async fn index_search_update_sync() {
     let hits = s.bm25.retrieve("battery E77", 3).await.unwrap();
     assert!(hits[0].chunk.source.ends_with("faq.txt"));
 
+    // A file that can no longer be read keeps its last good version, even with --sync.
+    std::fs::write(corpus.join("guide/install.md"), b"\0\0binary now\0").unwrap();
+    let bad = s
+        .pipeline
+        .run(&loader, &RunOptions { sync: true }, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(bad.removed, 0);
+    assert!(bad
+        .skipped
+        .iter()
+        .any(|k| k.uri.ends_with("install.md") && k.reason.contains("binary")));
+    let hits = s
+        .bm25
+        .retrieve("unpack archive opt fieldnotes", 3)
+        .await
+        .unwrap();
+    assert!(
+        hits[0].chunk.source.ends_with("install.md"),
+        "last good version kept"
+    );
+
     // Deleted file: kept without --sync, removed with it.
     std::fs::remove_file(corpus.join("grid.rs")).unwrap();
     let kept = s

@@ -96,6 +96,8 @@ pub struct OpenOptions {
     pub chunk_tokens: Option<usize>,
     pub overlap_tokens: Option<usize>,
     pub read_only: bool,
+    /// Weight of title matches in BM25 (default: the store's).
+    pub title_boost: Option<f32>,
 }
 
 impl Engine {
@@ -161,11 +163,17 @@ impl Engine {
             }
         };
         let vectors = Arc::new(EdgeStore::open(dir.join("vectors"), settings.dimension)?);
-        let keywords = Arc::new(if opts.read_only {
+        let keywords = if opts.read_only {
             TantivyStore::open_read_only(dir.join("keywords"))?
         } else {
             TantivyStore::open(dir.join("keywords"))?
-        });
+        };
+        let keywords = Arc::new(
+            keywords.with_title_boost(
+                opts.title_boost
+                    .unwrap_or(magpie_tantivy::DEFAULT_TITLE_BOOST),
+            ),
+        );
         Ok(Self {
             dir: dir.to_path_buf(),
             settings,

@@ -169,6 +169,9 @@ pub struct BeirArgs {
     /// Chunks retrieved per query before grouping by document.
     #[arg(long, default_value_t = 300)]
     pub chunks: usize,
+    /// Weight of title matches relative to body matches in BM25.
+    #[arg(long, default_value_t = magpie_tantivy::DEFAULT_TITLE_BOOST)]
+    pub title_boost: f32,
     /// Print one JSON object keyed by mode.
     #[arg(long)]
     pub json: bool,
@@ -204,6 +207,7 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
             chunk_tokens: None,
             overlap_tokens: None,
             read_only: false,
+            title_boost: Some(args.title_boost),
         },
     )?;
     // Index the corpus (a no-op when it is already indexed).

@@ -224,6 +224,7 @@ async fn run(cli: Cli) -> Result<()> {
                     chunk_tokens: *chunk_tokens,
                     overlap_tokens: *overlap,
                     read_only: false,
+                    title_boost: None,
                 },
             )?;
             let mut pipeline = engine
@@ -316,6 +317,7 @@ async fn run(cli: Cli) -> Result<()> {
                     chunk_tokens: None,
                     overlap_tokens: None,
                     read_only: true,
+                    title_boost: None,
                 },
             )?;
             let pipeline = QueryPipeline::new(engine.retriever(*mode)).top_k(*k);
@@ -359,6 +361,7 @@ async fn run(cli: Cli) -> Result<()> {
                     chunk_tokens: None,
                     overlap_tokens: None,
                     read_only: true,
+                    title_boost: None,
                 },
             )?;
             let pipeline = engine.pipeline()?;
