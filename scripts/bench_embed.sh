@@ -3,24 +3,26 @@
 # sentence-transformers (CPU torch) on the same model, sentences and batch size,
 # both on 2 threads, interleaved. Prints one JSON line per run and the ratio.
 #
-#   scripts/bench_embed.sh [BATCH] [N]
+#   scripts/bench_embed.sh [BATCH] [N] [WORDS]
 #
-# Sentences: the first 40 words of the first N SciFact abstracts (../shared/data).
+# Sentences: the first WORDS (default 40) words of the first N SciFact abstracts
+# that are at least that long (../shared/data).
 # sentence-transformers is installed in target/st-venv (about 6 GB with torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BATCH=${1:-16}
 N=${2:-2000}
+WORDS=${3:-40}
 DATA=${MAGPIE_SHARED_DATA:-../shared/data}/scifact/corpus.jsonl
 mkdir -p target/bench
-python3 - "$DATA" "$N" > target/bench/sentences.txt <<'PY'
+python3 - "$DATA" "$N" "$WORDS" > target/bench/sentences.txt <<'PY'
 import json, sys
-n = int(sys.argv[2])
+n, w = int(sys.argv[2]), int(sys.argv[3])
 out = 0
 for line in open(sys.argv[1]):
     words = json.loads(line)["text"].split()
-    if len(words) >= 40:
-        print(" ".join(words[:40]))
+    if len(words) >= w:
+        print(" ".join(words[:w]))
         out += 1
         if out == n:
             break

@@ -36,3 +36,17 @@ pub fn cpu_features_ok() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Keep large tensor buffers in the heap between operations instead of mapping and
+/// unmapping them for every op (glibc's default for blocks over its mmap threshold).
+/// candle allocates a fresh output per op; on 256-token batches the page faults
+/// cost about a fifth of the embedding time (BENCHMARKS.md). Call once at start-up.
+/// Does nothing on platforms other than Linux with glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before heavy allocation.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

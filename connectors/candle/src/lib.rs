@@ -7,7 +7,7 @@ pub mod device;
 pub mod resolve;
 
 pub use bert::{BertEmbedder, BertEmbedderBuilder, HfTokenCounter};
-pub use device::{cpu_features_ok, select_device};
+pub use device::{cpu_features_ok, select_device, tune_allocator};
 pub use resolve::{resolve_model_dir, ResolveError};
 
 /// Errors of the candle connector.

@@ -192,6 +192,7 @@ fn main() {
         eprintln!("error: {msg}");
         std::process::exit(2);
     }
+    magpie_candle::tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
