@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -352,7 +351,6 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
         }
         println!("(latencies include query embedding for dense and hybrid)");
     }
-    let _ = Arc::strong_count(&embedder);
     Ok(())
 }
 
