@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod error;
 pub mod indexing;
+pub mod metrics;
 pub mod retrieve;
 pub mod traits;
 pub mod types;

@@ -2,8 +2,10 @@
 //! The dense and hybrid figures come from `docqa eval beir` (BENCHMARKS.md): embedding
 //! the 5,183 abstracts takes minutes, too long for the test suite.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use magpie_core::metrics::{docs_by_best_chunk, ndcg_at};
 use magpie_core::{KeywordStore, Loader, Splitter};
 use magpie_files::{JsonlLoader, TokenSplitter, WordCounter};
 use magpie_tantivy::TantivyStore;
@@ -26,12 +28,14 @@ async fn scifact_bm25_ndcg_at_least_066() {
     keywords.commit().await.unwrap();
 
     let qrels = std::fs::read_to_string(dir.join("qrels/test.tsv")).unwrap();
-    let mut rel: std::collections::HashMap<String, std::collections::HashSet<String>> =
-        Default::default();
+    let mut rel: HashMap<String, HashMap<String, i32>> = HashMap::new();
     for line in qrels.lines().skip(1) {
         let c: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
-        if c.len() == 3 && c[2].trim().parse::<i32>().unwrap_or(0) > 0 {
-            rel.entry(c[0].into()).or_default().insert(c[1].into());
+        if c.len() == 3 {
+            let grade = c[2].trim().parse::<i32>().unwrap();
+            rel.entry(c[0].into())
+                .or_default()
+                .insert(c[1].into(), grade);
         }
     }
     let mut total = 0.0;
@@ -41,22 +45,14 @@ async fn scifact_bm25_ndcg_at_least_066() {
         .lines()
     {
         let q: serde_json::Value = serde_json::from_str(line).unwrap();
-        let id = q["_id"].as_str().unwrap();
-        let Some(r) = rel.get(id) else { continue };
+        let Some(r) = rel.get(q["_id"].as_str().unwrap()) else {
+            continue;
+        };
         let hits = keywords
             .search(q["text"].as_str().unwrap(), 10)
             .await
             .unwrap();
-        let dcg: f64 = hits
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| r.contains(&h.chunk.doc_id))
-            .map(|(i, _)| 1.0 / ((i + 2) as f64).log2())
-            .sum();
-        let idcg: f64 = (0..r.len().min(10))
-            .map(|i| 1.0 / ((i + 2) as f64).log2())
-            .sum();
-        total += dcg / idcg;
+        total += ndcg_at(&docs_by_best_chunk(&hits), r, 10);
         n += 1;
     }
     assert_eq!(n, 300);

@@ -104,7 +104,7 @@ impl BertEmbedderBuilder {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
             .map_err(stage)?;
         let model = BertModel::load(vb, &config).map_err(stage)?;
-        let model_id = model_id_for(&self.spec, &dir);
+        let model_id = model_id_for(&self.spec);
         info!(model = %model_id, dim = config.hidden_size, max_tokens, "embedding model loaded");
         Ok(BertEmbedder {
             inner: Arc::new(Inner {
@@ -129,21 +129,15 @@ fn sentence_bert_max_len(dir: &Path) -> Option<usize> {
     v["max_seq_length"].as_u64().map(|n| n as usize)
 }
 
-fn model_id_for(spec: &str, dir: &Path) -> String {
-    let from_config = std::fs::read(dir.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["_name_or_path"].as_str().map(str::to_string));
-    let name = Path::new(spec.trim_end_matches('/'))
+/// A hub id names the model as given; a directory by its last component.
+fn model_id_for(spec: &str) -> String {
+    if spec.contains('/') && !Path::new(spec).exists() {
+        return spec.to_string();
+    }
+    Path::new(spec.trim_end_matches('/'))
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| spec.to_string());
-    match from_config {
-        Some(c) if !c.is_empty() && spec.contains('/') && !Path::new(spec).exists() => {
-            spec.to_string()
-        }
-        _ => name,
-    }
+        .unwrap_or_else(|| spec.to_string())
 }
 
 struct Inner {

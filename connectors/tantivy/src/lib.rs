@@ -272,6 +272,15 @@ impl TantivyStore {
         f(&mut w)
     }
 
+    fn delete_terms(&self, field: Field, values: &[String]) -> Result<()> {
+        self.with_writer(|w| {
+            for v in values {
+                w.delete_term(Term::from_field_text(field, v));
+            }
+            Ok(())
+        })
+    }
+
     /// Number of chunks visible to searches.
     pub fn len(&self) -> u64 {
         self.reader.searcher().num_docs()
@@ -315,23 +324,11 @@ impl KeywordStore for TantivyStore {
     }
 
     async fn delete_docs(&self, doc_ids: &[String]) -> Result<()> {
-        let f = self.fields;
-        self.with_writer(|w| {
-            for d in doc_ids {
-                w.delete_term(Term::from_field_text(f.doc_id, d));
-            }
-            Ok(())
-        })
+        self.delete_terms(self.fields.doc_id, doc_ids)
     }
 
     async fn delete_chunks(&self, chunk_ids: &[String]) -> Result<()> {
-        let f = self.fields;
-        self.with_writer(|w| {
-            for c in chunk_ids {
-                w.delete_term(Term::from_field_text(f.chunk_id, c));
-            }
-            Ok(())
-        })
+        self.delete_terms(self.fields.chunk_id, chunk_ids)
     }
 
     async fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>> {

@@ -100,6 +100,7 @@ pub struct Engine {
     pub keywords: Arc<TantivyStore>,
 }
 
+#[derive(Default)]
 pub struct OpenOptions {
     pub create: bool,
     pub chunk_tokens: Option<usize>,
@@ -107,6 +108,24 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Weight of title matches in BM25 (default: the store's).
     pub title_boost: Option<f32>,
+}
+
+impl OpenOptions {
+    /// Open an existing index for searching.
+    pub fn search() -> Self {
+        Self {
+            read_only: true,
+            ..Self::default()
+        }
+    }
+
+    /// Open an index for writing, creating it if needed.
+    pub fn index() -> Self {
+        Self {
+            create: true,
+            ..Self::default()
+        }
+    }
 }
 
 impl Engine {

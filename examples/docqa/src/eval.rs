@@ -1,10 +1,11 @@
 //! `docqa eval beir <dir>`: retrieval quality on a BEIR-format dataset.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use magpie_core::metrics::{docs_by_best_chunk, mrr_at, ndcg_at, recall_at};
 use magpie_core::{reciprocal_rank_fusion, Embedder, Hit, KeywordStore, RunOptions, VectorStore};
 use magpie_files::JsonlLoader;
 use serde::Serialize;
@@ -61,64 +62,6 @@ pub fn read_queries(path: &Path) -> Result<Vec<(String, String)>> {
         out.push((id, v["text"].as_str().unwrap_or_default().to_string()));
     }
     Ok(out)
-}
-
-/// nDCG@k with linear gains (as trec_eval and BEIR compute it).
-pub fn ndcg_at(ranked: &[String], rels: &HashMap<String, i32>, k: usize) -> f64 {
-    let dcg: f64 = ranked
-        .iter()
-        .take(k)
-        .enumerate()
-        .map(|(i, d)| rels.get(d).copied().unwrap_or(0).max(0) as f64 / ((i + 2) as f64).log2())
-        .sum();
-    let mut ideal: Vec<i32> = rels.values().copied().filter(|r| *r > 0).collect();
-    ideal.sort_unstable_by(|a, b| b.cmp(a));
-    let idcg: f64 = ideal
-        .iter()
-        .take(k)
-        .enumerate()
-        .map(|(i, r)| *r as f64 / ((i + 2) as f64).log2())
-        .sum();
-    if idcg > 0.0 {
-        dcg / idcg
-    } else {
-        0.0
-    }
-}
-
-pub fn recall_at(ranked: &[String], rels: &HashMap<String, i32>, k: usize) -> f64 {
-    let relevant: HashSet<&String> = rels
-        .iter()
-        .filter(|(_, r)| **r > 0)
-        .map(|(d, _)| d)
-        .collect();
-    if relevant.is_empty() {
-        return 0.0;
-    }
-    let found = ranked
-        .iter()
-        .take(k)
-        .filter(|d| relevant.contains(d))
-        .count();
-    found as f64 / relevant.len() as f64
-}
-
-pub fn mrr_at(ranked: &[String], rels: &HashMap<String, i32>, k: usize) -> f64 {
-    ranked
-        .iter()
-        .take(k)
-        .position(|d| rels.get(d).is_some_and(|r| *r > 0))
-        .map(|p| 1.0 / (p + 1) as f64)
-        .unwrap_or(0.0)
-}
-
-/// Documents ranked by their best chunk.
-pub fn docs_by_best_chunk(hits: &[Hit]) -> Vec<String> {
-    let mut seen = HashSet::new();
-    hits.iter()
-        .filter(|h| seen.insert(h.chunk.doc_id.clone()))
-        .map(|h| h.chunk.doc_id.clone())
-        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -202,11 +145,8 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
         &index_dir,
         models,
         OpenOptions {
-            create: true,
-            chunk_tokens: None,
-            overlap_tokens: None,
-            read_only: false,
             title_boost: Some(args.title_boost),
+            ..OpenOptions::index()
         },
     )?;
     // Index the corpus (a no-op when it is already indexed).
@@ -357,34 +297,6 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rels(pairs: &[(&str, i32)]) -> HashMap<String, i32> {
-        pairs.iter().map(|(d, r)| (d.to_string(), *r)).collect()
-    }
-    fn ranked(ids: &[&str]) -> Vec<String> {
-        ids.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn perfect_ranking_scores_one() {
-        let r = rels(&[("a", 1), ("b", 1)]);
-        assert!((ndcg_at(&ranked(&["a", "b", "c"]), &r, 10) - 1.0).abs() < 1e-12);
-        assert_eq!(recall_at(&ranked(&["a", "b"]), &r, 100), 1.0);
-        assert_eq!(mrr_at(&ranked(&["a"]), &r, 10), 1.0);
-    }
-
-    #[test]
-    fn ndcg_matches_hand_computation() {
-        let r = rels(&[("a", 1)]);
-        let got = ndcg_at(&ranked(&["x", "a"]), &r, 10);
-        assert!((got - 1.0 / 3f64.log2()).abs() < 1e-12);
-        assert_eq!(mrr_at(&ranked(&["x", "a"]), &r, 10), 0.5);
-        assert_eq!(
-            recall_at(&ranked(&["x", "y"]), &rels(&[("a", 1), ("b", 1)]), 100),
-            0.0
-        );
-        assert_eq!(ndcg_at(&ranked(&["x"]), &rels(&[("a", 0)]), 10), 0.0);
-    }
 
     #[test]
     fn qrels_parse_with_header_and_crlf() {

@@ -221,11 +221,9 @@ async fn run(cli: Cli) -> Result<()> {
                 &cli.index,
                 &cli.models,
                 OpenOptions {
-                    create: true,
                     chunk_tokens: *chunk_tokens,
                     overlap_tokens: *overlap,
-                    read_only: false,
-                    title_boost: None,
+                    ..OpenOptions::index()
                 },
             )?;
             let mut pipeline = engine
@@ -310,17 +308,7 @@ async fn run(cli: Cli) -> Result<()> {
             k,
             json,
         } => {
-            let engine = Engine::open(
-                &cli.index,
-                &cli.models,
-                OpenOptions {
-                    create: false,
-                    chunk_tokens: None,
-                    overlap_tokens: None,
-                    read_only: true,
-                    title_boost: None,
-                },
-            )?;
+            let engine = Engine::open(&cli.index, &cli.models, OpenOptions::search())?;
             let pipeline = QueryPipeline::new(engine.retriever(*mode)).top_k(*k);
             let result = pipeline.search(query).await?;
             if *json {
@@ -354,17 +342,7 @@ async fn run(cli: Cli) -> Result<()> {
             tracing::info!(ms = result.retrieval.as_secs_f64() * 1e3, "search took");
         }
         Command::Status { json } => {
-            let engine = Engine::open(
-                &cli.index,
-                &cli.models,
-                OpenOptions {
-                    create: false,
-                    chunk_tokens: None,
-                    overlap_tokens: None,
-                    read_only: true,
-                    title_boost: None,
-                },
-            )?;
+            let engine = Engine::open(&cli.index, &cli.models, OpenOptions::search())?;
             let pipeline = engine.pipeline()?;
             let c = pipeline.check().await?;
             if *json {
