@@ -8,16 +8,26 @@
 //! [`Reranker`] → [`QueryPipeline`].
 #![warn(missing_docs)]
 
+pub mod answer;
 pub mod catalog;
 pub mod error;
+pub mod generate;
 pub mod indexing;
 pub mod metrics;
 pub mod retrieve;
 pub mod traits;
 pub mod types;
 
+pub use answer::{
+    build_prompt, cited_numbers, pack_sources, Answer, AnswerOptions, PreparedAnswer, Source,
+};
 pub use catalog::{atomic_write, Catalog, CatalogEntry};
 pub use error::{BoxError, Error, Result};
+pub use generate::{
+    argmax, CancelToken, ChatMessage, Completion, FinishReason, GenerationEvent, GenerationOptions,
+    GenerationStream, GenerationSummary, Generator, Prompt, Rng, Role, Sampler, StopFilter,
+    StopOutput, Timings, Usage,
+};
 pub use indexing::{
     Consistency, DocStatus, IndexProgress, IndexReport, IndexingPipeline, NoProgress, RunOptions,
 };
