@@ -265,8 +265,11 @@ pub trait Generator: Send + Sync {
     /// Whether chat prompts use a template from the model (otherwise a plain transcript).
     fn has_chat_template(&self) -> bool;
     /// Start generating; events arrive on the stream.
-    async fn generate(&self, prompt: Prompt, options: GenerationOptions)
-        -> Result<GenerationStream>;
+    async fn generate(
+        &self,
+        prompt: Prompt,
+        options: GenerationOptions,
+    ) -> Result<GenerationStream>;
 
     /// Generate and collect the whole text.
     async fn complete(&self, prompt: Prompt, options: GenerationOptions) -> Result<Completion> {
@@ -278,7 +281,10 @@ pub trait Generator: Send + Sync {
                 GenerationEvent::Done(summary) => return Ok(Completion { text, summary }),
             }
         }
-        Err(Error::stage("generator", "the stream ended without a summary"))
+        Err(Error::stage(
+            "generator",
+            "the stream ended without a summary",
+        ))
     }
 }
 

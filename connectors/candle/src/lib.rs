@@ -1,13 +1,17 @@
 //! magpie-candle: local models on candle. Sentence embeddings with BERT-family
-//! models (all-MiniLM-L6-v2 and friends) from safetensors and tokenizer.json.
+//! models (all-MiniLM-L6-v2 and friends) from safetensors and tokenizer.json,
+//! and quantized GGUF LLMs (gemma3, llama, qwen2/qwen3) with magpie's own
+//! forward pass and KV cache ([`llm`]).
 #![warn(missing_docs)]
 
 pub mod bert;
 pub mod device;
+pub mod llm;
 pub mod resolve;
 
 pub use bert::{BertEmbedder, BertEmbedderBuilder, HfTokenCounter};
 pub use device::{cpu_features_ok, select_device, tune_allocator};
+pub use llm::{resolve_gguf, LlmError, LlmOptions, LocalLlm};
 pub use resolve::{resolve_model_dir, ResolveError};
 
 /// Errors of the candle connector.

@@ -1,0 +1,514 @@
+//! [`LocalLlm`]: a GGUF model behind the [`Generator`] trait. Generation runs
+//! on its own thread and streams text deltas; the KV cache is reused across
+//! calls for the prompt prefix they share, and slides (keep `n_keep`, drop
+//! half of the rest, re-rotate) when the window is full.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use candle_core::Device;
+use magpie_core::{
+    ChatMessage, Error, FinishReason, GenerationEvent, GenerationOptions, GenerationStream,
+    GenerationSummary, Generator, Prompt, Role, Sampler, StopFilter, Timings, Usage,
+};
+
+use super::chat::{message_groups, ChatTemplate};
+use super::gguf::ModelFile;
+use super::model::{KvCache, Transformer};
+use super::vocab::GgufTokenizer;
+use super::LlmError;
+
+/// How a [`LocalLlm`] is loaded.
+#[derive(Debug, Clone)]
+pub struct LlmOptions {
+    /// Largest context the cache holds (default: the model's, at most 4096).
+    pub context_window: Option<usize>,
+    /// Where to run (default: the GPU with the `cuda` feature, else the CPU).
+    pub device: Option<Device>,
+    /// A tokenizer.json to use instead of the GGUF's vocabulary (default: one
+    /// beside the model file, if present).
+    pub tokenizer_json: Option<PathBuf>,
+    /// Prompt tokens processed per forward pass.
+    pub batch: usize,
+    /// Slide the window by moving the cache (true) or by re-encoding the kept tokens.
+    pub shift_in_place: bool,
+}
+
+impl Default for LlmOptions {
+    fn default() -> Self {
+        Self {
+            context_window: None,
+            device: None,
+            tokenizer_json: None,
+            batch: 256,
+            shift_in_place: true,
+        }
+    }
+}
+
+struct State {
+    cache: KvCache,
+    /// Tokens whose keys/values the cache holds, in order.
+    tokens: Vec<u32>,
+    /// The cache was shifted: its content is not a plain encoding of `tokens`.
+    shifted: bool,
+}
+
+struct Inner {
+    model: Transformer,
+    tok: GgufTokenizer,
+    chat: ChatTemplate,
+    id: String,
+    window: usize,
+    batch: usize,
+    shift_in_place: bool,
+    state: Mutex<State>,
+}
+
+/// A local GGUF model.
+#[derive(Clone)]
+pub struct LocalLlm {
+    inner: Arc<Inner>,
+}
+
+impl LocalLlm {
+    /// Load the model at `path` (a .gguf file).
+    pub fn load(path: &Path, opts: LlmOptions) -> Result<Self, LlmError> {
+        let file = ModelFile::open(path)?;
+        let cfg = file.config()?;
+        let json = opts.tokenizer_json.clone().or_else(|| {
+            let p = path.with_file_name("tokenizer.json");
+            p.is_file().then_some(p)
+        });
+        let tok = match json {
+            Some(j) => GgufTokenizer::with_json(&j, &file.metadata)?,
+            None => GgufTokenizer::from_metadata(&file.metadata)?,
+        };
+        let device = opts.device.clone().unwrap_or_else(crate::select_device);
+        let model = Transformer::load(&file, &device)?;
+        let tok_name = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).unwrap_or_default();
+        let chat = ChatTemplate::new(
+            file.metadata.string("tokenizer.chat_template"),
+            &tok_name(tok.special.bos),
+            &tok_name(tok.special.eos),
+        )?;
+        let window = opts
+            .context_window
+            .unwrap_or(4096)
+            .min(cfg.context_length)
+            .max(8);
+        let id = file
+            .metadata
+            .string("general.name")
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+        let cache = model.new_cache(window);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                model,
+                tok,
+                chat,
+                id,
+                window,
+                batch: opts.batch.max(1),
+                shift_in_place: opts.shift_in_place,
+                state: Mutex::new(State {
+                    cache,
+                    tokens: Vec::new(),
+                    shifted: false,
+                }),
+            }),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Transformer {
+        &self.inner.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.inner.tok
+    }
+
+    /// (positions cached, positions allocated) of the KV cache.
+    pub fn cache_stats(&self) -> (usize, usize) {
+        let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.cache.len(), st.cache.capacity())
+    }
+
+    /// Context window of the cache.
+    pub fn window(&self) -> usize {
+        self.inner.window
+    }
+
+    /// Token ids for `text` as a prompt (start-of-text token added when the model wants one).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        let mut ids = self.inner.tok.encode(text)?;
+        if self.inner.tok.special.add_bos {
+            if let Some(b) = self.inner.tok.special.bos {
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Logits of the next token after `tokens`, computed from an empty cache
+    /// (used by parity tests and benchmarks).
+    pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+        let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.cache.truncate(0);
+        st.tokens.clear();
+        st.shifted = false;
+        let mut last = None;
+        for chunk in tokens.chunks(self.inner.batch) {
+            last = Some(self.inner.model.forward(chunk, &mut st.cache, false)?);
+        }
+        st.tokens.extend_from_slice(tokens);
+        let last = last.ok_or_else(|| LlmError::InvalidInput("no tokens".into()))?;
+        Transformer::to_vec(&last)
+    }
+
+    /// The rendered prompt and the number of leading tokens to keep when sliding.
+    fn prepare(
+        &self,
+        prompt: &Prompt,
+        opts: &GenerationOptions,
+    ) -> Result<(Vec<u32>, usize), LlmError> {
+        match prompt {
+            Prompt::Text(t) => {
+                if t.is_empty() {
+                    return Err(LlmError::InvalidInput("the prompt is empty".into()));
+                }
+                let ids = self.encode_prompt(t)?;
+                let keep = opts
+                    .n_keep
+                    .unwrap_or(usize::from(self.inner.tok.special.add_bos));
+                Ok((ids, keep))
+            }
+            Prompt::Chat(messages) => self.prepare_chat(messages, opts),
+        }
+    }
+
+    /// Render a chat; when it does not fit, drop the oldest turns after the
+    /// system message (a tool result goes with its call), never mid-message.
+    fn prepare_chat(
+        &self,
+        messages: &[ChatMessage],
+        opts: &GenerationOptions,
+    ) -> Result<(Vec<u32>, usize), LlmError> {
+        let window = opts
+            .context_window
+            .unwrap_or(self.inner.window)
+            .min(self.inner.window);
+        let budget = window
+            .saturating_sub(opts.max_tokens.min(window / 2))
+            .max(1);
+        let sys_len = messages
+            .iter()
+            .take_while(|m| m.role == Role::System)
+            .count();
+        let groups = message_groups(&messages[sys_len..]);
+        let mut from = 0; // first kept group
+        loop {
+            let mut kept: Vec<ChatMessage> = messages[..sys_len].to_vec();
+            let start = groups
+                .get(from)
+                .map(|g| g.start + sys_len)
+                .unwrap_or(messages.len());
+            kept.extend_from_slice(&messages[start..]);
+            let ids = self.encode_prompt(&self.inner.chat.render(&kept)?)?;
+            if ids.len() <= budget || from + 1 >= groups.len() {
+                let keep = match opts.n_keep {
+                    Some(k) => k,
+                    None if sys_len > 0 => {
+                        // tokens of the rendered system part
+                        let sys = self.inner.chat.render(&messages[..sys_len]).ok();
+                        sys.and_then(|s| self.encode_prompt(&s).ok())
+                            .map(|s| common_prefix(&s, &ids))
+                            .unwrap_or(1)
+                    }
+                    None => usize::from(self.inner.tok.special.add_bos),
+                };
+                if from > 0 {
+                    tracing::info!(
+                        dropped_turns = from,
+                        "chat longer than the window: oldest turns left out"
+                    );
+                }
+                return Ok((ids, keep));
+            }
+            from += 1;
+        }
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+type Tx = tokio::sync::mpsc::Sender<magpie_core::Result<GenerationEvent>>;
+
+impl Inner {
+    fn run(
+        &self,
+        mut prompt: Vec<u32>,
+        n_keep: usize,
+        opts: GenerationOptions,
+        tx: &Tx,
+    ) -> Result<(), LlmError> {
+        let t0 = Instant::now();
+        let window = opts.context_window.unwrap_or(self.window).min(self.window);
+        if window < 2 {
+            return Err(LlmError::InvalidInput(
+                "the context window must hold at least 2 tokens".into(),
+            ));
+        }
+        if n_keep >= window {
+            return Err(LlmError::InvalidInput(format!(
+                "n_keep ({n_keep}) must be smaller than the context window ({window}): keep fewer tokens or use a larger window"
+            )));
+        }
+        let n_keep = n_keep.min(prompt.len());
+        let prompt_tokens = prompt.len();
+        // a prompt longer than the window: keep the first n_keep tokens and the
+        // newest ones, leaving room to generate
+        let room = opts.max_tokens.clamp(1, (window / 2).max(1));
+        if prompt.len() + room > window && prompt.len() > n_keep {
+            let keep_tail = window.saturating_sub(room).saturating_sub(n_keep).max(1);
+            if prompt.len() > n_keep + keep_tail {
+                let cut = prompt.len() - n_keep - keep_tail;
+                tracing::warn!(
+                    dropped = cut,
+                    window,
+                    "prompt longer than the context window: its middle is left out"
+                );
+                prompt.drain(n_keep..n_keep + cut);
+            }
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *st;
+        // reuse the cached prefix (never the whole prompt: the last token must run)
+        let reuse = if st.shifted || st.cache.max_len() != self.window {
+            0
+        } else {
+            common_prefix(&st.tokens, &prompt).min(prompt.len() - 1)
+        };
+        st.cache.truncate(reuse);
+        st.tokens.truncate(reuse);
+        st.shifted = false;
+        let mut logits = None;
+        for chunk in prompt[reuse..].chunks(self.batch) {
+            if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) || tx.is_closed() {
+                return self.finish(
+                    tx,
+                    FinishReason::Cancelled,
+                    prompt_tokens,
+                    0,
+                    t0,
+                    None,
+                    0,
+                    0,
+                );
+            }
+            let l = self.model.forward(chunk, &mut st.cache, false);
+            let l = match l {
+                Ok(l) => l,
+                Err(e) => {
+                    st.cache.truncate(0);
+                    st.tokens.clear();
+                    return Err(e);
+                }
+            };
+            st.tokens.extend_from_slice(chunk);
+            logits = Some(l);
+        }
+        let prompt_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let mut logits = Transformer::to_vec(&logits.expect("prompt is not empty"))?;
+        let mut sampler = Sampler::new(&opts);
+        let mut stop = StopFilter::new(&opts.stop);
+        let mut history = prompt.clone();
+        // decode context: the last prompt token, so the first word keeps its space
+        let mut ctx: Vec<u32> = prompt.last().copied().into_iter().collect();
+        let (mut prefix, mut read) = (0usize, ctx.len());
+        let mut generated = 0usize;
+        let mut first_at: Option<Instant> = None;
+        let mut shifts = 0usize;
+        let reason = loop {
+            if generated >= opts.max_tokens {
+                break FinishReason::Length;
+            }
+            if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                break FinishReason::Cancelled;
+            }
+            let tok = sampler.sample(&mut logits, &history);
+            generated += 1;
+            if first_at.is_none() {
+                first_at = Some(Instant::now());
+            }
+            if self.tok.special.end_of_generation.contains(&tok) {
+                break FinishReason::Stop;
+            }
+            history.push(tok);
+            ctx.push(tok);
+            // emit whole characters only
+            let before = self.tok.decode(&ctx[prefix..read])?;
+            let now = self.tok.decode(&ctx[prefix..])?;
+            if now.len() > before.len()
+                && !now.ends_with('\u{FFFD}')
+                && now.is_char_boundary(before.len())
+            {
+                let delta = &now[before.len()..];
+                prefix = read;
+                read = ctx.len();
+                let out = stop.push(delta);
+                if !out.emit.is_empty()
+                    && tx
+                        .blocking_send(Ok(GenerationEvent::Delta { text: out.emit }))
+                        .is_err()
+                {
+                    break FinishReason::Cancelled;
+                }
+                if out.stopped {
+                    break FinishReason::Stop;
+                }
+            }
+            if generated >= opts.max_tokens {
+                break FinishReason::Length;
+            }
+            // slide the window when it is full
+            if st.cache.len() + 1 > window {
+                let n_discard = ((st.cache.len() - n_keep) / 2).max(1);
+                if self.shift_in_place {
+                    self.model.shift(&mut st.cache, n_keep, n_discard)?;
+                    st.tokens.drain(n_keep..n_keep + n_discard);
+                    st.shifted = true;
+                } else {
+                    st.tokens.drain(n_keep..n_keep + n_discard);
+                    st.cache.truncate(0);
+                    let kept = st.tokens.clone();
+                    for chunk in kept.chunks(self.batch) {
+                        self.model.forward(chunk, &mut st.cache, false)?;
+                    }
+                }
+                shifts += 1;
+                tracing::debug!(n_keep, n_discard, "context window slid");
+            }
+            let l = self.model.forward(&[tok], &mut st.cache, false)?;
+            st.tokens.push(tok);
+            logits = Transformer::to_vec(&l)?;
+        };
+        if reason != FinishReason::Stop {
+            let rest = stop.finish();
+            if !rest.is_empty() {
+                let _ = tx.blocking_send(Ok(GenerationEvent::Delta { text: rest }));
+            }
+        }
+        self.finish(
+            tx,
+            reason,
+            prompt_tokens,
+            generated,
+            t0,
+            first_at,
+            shifts,
+            (prompt_ms * 1000.0) as u64,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        tx: &Tx,
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion: usize,
+        t0: Instant,
+        first_at: Option<Instant>,
+        shifts: usize,
+        prompt_us: u64,
+    ) -> Result<(), LlmError> {
+        let prompt_ms = prompt_us as f64 / 1000.0;
+        let ttft = first_at
+            .map(|f| (f - t0).as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        let gen_ms = first_at
+            .map(|f| f.elapsed().as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        let timings = Timings {
+            prompt_ms,
+            time_to_first_token_ms: ttft,
+            generation_ms: gen_ms,
+            prompt_tokens_per_sec: if prompt_ms > 0.0 {
+                prompt_tokens as f64 / (prompt_ms / 1000.0)
+            } else {
+                0.0
+            },
+            tokens_per_sec: if gen_ms > 0.0 && completion > 1 {
+                (completion - 1) as f64 / (gen_ms / 1000.0)
+            } else {
+                0.0
+            },
+            context_shifts: shifts,
+        };
+        let _ = tx.blocking_send(Ok(GenerationEvent::Done(GenerationSummary {
+            finish_reason: reason,
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens: completion,
+                total_tokens: prompt_tokens + completion,
+            },
+            timings,
+        })));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Generator for LocalLlm {
+    fn model_id(&self) -> &str {
+        &self.inner.id
+    }
+
+    fn context_length(&self) -> usize {
+        self.inner.window
+    }
+
+    fn count_tokens(&self, text: &str) -> magpie_core::Result<usize> {
+        Ok(self.inner.tok.encode(text).map_err(Error::from)?.len())
+    }
+
+    fn has_chat_template(&self) -> bool {
+        self.inner.chat.has_template()
+    }
+
+    async fn generate(
+        &self,
+        prompt: Prompt,
+        options: GenerationOptions,
+    ) -> magpie_core::Result<GenerationStream> {
+        options.validate()?;
+        let (ids, n_keep) = self.prepare(&prompt, &options)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let inner = self.inner.clone();
+        std::thread::Builder::new()
+            .name("magpie-llm".into())
+            .spawn(move || {
+                if let Err(e) = inner.run(ids, n_keep, options, &tx) {
+                    let _ = tx.blocking_send(Err(e.into()));
+                }
+            })
+            .map_err(|e| Error::stage("llm", format!("cannot start the generation thread: {e}")))?;
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        Ok(Box::pin(stream))
+    }
+}

@@ -1,0 +1,558 @@
+//! magpie's own transformer forward pass on candle ops, for the llama, qwen2,
+//! qwen3 and gemma3 block layouts, with a KV cache magpie controls (append,
+//! truncate, and shift with RoPE re-rotation).
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::gguf::{Arch, LlmConfig, ModelFile};
+use super::LlmError;
+
+type CResult<T> = candle_core::Result<T>;
+
+fn cerr(e: candle_core::Error) -> LlmError {
+    LlmError::Runtime(e.to_string())
+}
+
+struct Linear {
+    w: QMatMul,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let y = self.w.forward(x)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    post_ffn_norm: Option<Tensor>,
+    local: bool,
+}
+
+/// Keys and values of every layer for the tokens seen so far.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    len: usize,
+    cap: usize,
+    max: usize,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Most positions it may hold.
+    pub fn max_len(&self) -> usize {
+        self.max
+    }
+    /// Positions allocated.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+    /// Forget everything after the first `n` positions.
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+}
+
+/// A loaded model.
+pub struct Transformer {
+    /// Hyper-parameters.
+    pub cfg: LlmConfig,
+    embed: Arc<QTensor>,
+    embed_scale: Option<f64>,
+    layers: Vec<Layer>,
+    out_norm: Tensor,
+    output: QMatMul,
+    device: Device,
+    /// (name, original type, type used) of tensors converted at load.
+    pub requantized: Vec<(String, GgmlDType, GgmlDType)>,
+}
+
+fn rms(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
+}
+
+struct WeightLoader<'a> {
+    file: &'a ModelFile,
+    arch: &'static str,
+    reader: std::io::BufReader<std::fs::File>,
+    device: &'a Device,
+    requantized: Vec<(String, GgmlDType, GgmlDType)>,
+}
+
+impl WeightLoader<'_> {
+    fn raw(&mut self, name: &str) -> Result<QTensor, LlmError> {
+        if !self.file.content.tensor_infos.contains_key(name) {
+            return Err(LlmError::BadFile(format!(
+                "{}: tensor {name} is missing; the file does not match its declared architecture {}",
+                self.file.path.display(),
+                self.arch
+            )));
+        }
+        self.file
+            .content
+            .tensor(&mut self.reader, name, self.device)
+            .map_err(|e| {
+                LlmError::BadFile(format!("{}: tensor {name}: {e}", self.file.path.display()))
+            })
+    }
+
+    /// A quantized tensor; types candle has no SIMD kernel for become Q8_0
+    /// (keeps accuracy, FINDINGS.md: greedy output unchanged).
+    fn quantized(&mut self, name: &str) -> Result<QTensor, LlmError> {
+        let t = self.raw(name)?;
+        match t.dtype() {
+            d @ (GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1) => {
+                let f = t.dequantize(self.device).map_err(cerr)?;
+                self.requantized
+                    .push((name.to_string(), d, GgmlDType::Q8_0));
+                QTensor::quantize(&f, GgmlDType::Q8_0).map_err(cerr)
+            }
+            _ => Ok(t),
+        }
+    }
+
+    fn matmul(&mut self, name: &str) -> Result<QMatMul, LlmError> {
+        let t = self.quantized(name)?;
+        QMatMul::from_qtensor(t).map_err(cerr)
+    }
+
+    fn vector(&mut self, name: &str) -> Result<Tensor, LlmError> {
+        self.raw(name)?.dequantize(self.device).map_err(cerr)
+    }
+
+    fn optional(&mut self, name: &str) -> Result<Option<Tensor>, LlmError> {
+        if self.file.content.tensor_infos.contains_key(name) {
+            self.vector(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// cos/sin tables `[len, dim/2]` for positions `start..start+len` (may be negative for re-rotation).
+fn rope_tables(
+    start: i64,
+    len: usize,
+    dim: usize,
+    base: f32,
+    scale: f32,
+    dev: &Device,
+) -> CResult<(Tensor, Tensor)> {
+    let half = dim / 2;
+    let mut cos = Vec::with_capacity(len * half);
+    let mut sin = Vec::with_capacity(len * half);
+    for p in 0..len as i64 {
+        let pos = (start + p) as f64 / scale as f64;
+        for i in 0..half {
+            let inv = 1.0 / (base as f64).powf(2.0 * i as f64 / dim as f64);
+            let a = pos * inv;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (len, half), dev)?,
+        Tensor::from_vec(sin, (len, half), dev)?,
+    ))
+}
+
+impl Transformer {
+    /// Load the weights of `file` onto `device`.
+    pub fn load(file: &ModelFile, device: &Device) -> Result<Self, LlmError> {
+        let cfg = file.config()?;
+        let mut ld = WeightLoader {
+            file,
+            arch: cfg.arch.name(),
+            reader: std::io::BufReader::new(
+                std::fs::File::open(&file.path).map_err(|e| LlmError::BadFile(e.to_string()))?,
+            ),
+            device,
+            requantized: Vec::new(),
+        };
+        let has = |name: &str| file.content.tensor_infos.contains_key(name);
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let q_b = ld.optional(&p("attn_q.bias"))?;
+            let k_b = ld.optional(&p("attn_k.bias"))?;
+            let v_b = ld.optional(&p("attn_v.bias"))?;
+            let q_norm = ld.optional(&p("attn_q_norm.weight"))?;
+            let k_norm = ld.optional(&p("attn_k_norm.weight"))?;
+            let post_attn_norm = ld.optional(&p("post_attention_norm.weight"))?;
+            let post_ffn_norm = ld.optional(&p("post_ffw_norm.weight"))?;
+            layers.push(Layer {
+                attn_norm: ld.vector(&p("attn_norm.weight"))?,
+                q: Linear {
+                    w: ld.matmul(&p("attn_q.weight"))?,
+                    b: q_b,
+                },
+                k: Linear {
+                    w: ld.matmul(&p("attn_k.weight"))?,
+                    b: k_b,
+                },
+                v: Linear {
+                    w: ld.matmul(&p("attn_v.weight"))?,
+                    b: v_b,
+                },
+                o: Linear {
+                    w: ld.matmul(&p("attn_output.weight"))?,
+                    b: None,
+                },
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                ffn_norm: ld.vector(&p("ffn_norm.weight"))?,
+                gate: Linear {
+                    w: ld.matmul(&p("ffn_gate.weight"))?,
+                    b: None,
+                },
+                up: Linear {
+                    w: ld.matmul(&p("ffn_up.weight"))?,
+                    b: None,
+                },
+                down: Linear {
+                    w: ld.matmul(&p("ffn_down.weight"))?,
+                    b: None,
+                },
+                post_ffn_norm,
+                local: cfg.is_local(i),
+            });
+        }
+        let out_norm = ld.vector("output_norm.weight")?;
+        let embed = Arc::new(ld.quantized("token_embd.weight")?);
+        let output = if has("output.weight") {
+            ld.matmul("output.weight")?
+        } else {
+            // tied embeddings: one copy serves both
+            QMatMul::from_arc(embed.clone()).map_err(cerr)?
+        };
+        let requantized = ld.requantized;
+        let vocab = embed.shape().dims()[0];
+        let mut cfg = cfg;
+        if cfg.vocab_size == 0 {
+            cfg.vocab_size = vocab;
+        }
+        Ok(Self {
+            embed_scale: (cfg.arch == Arch::Gemma3).then(|| (cfg.n_embd as f64).sqrt()),
+            cfg,
+            embed,
+            layers,
+            out_norm,
+            output,
+            device: device.clone(),
+            requantized,
+        })
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache holding up to `max` positions.
+    pub fn new_cache(&self, max: usize) -> KvCache {
+        KvCache {
+            k: Vec::new(),
+            v: Vec::new(),
+            len: 0,
+            cap: 0,
+            max,
+        }
+    }
+
+    fn ensure_capacity(&self, cache: &mut KvCache, need: usize) -> CResult<()> {
+        if need <= cache.cap {
+            return Ok(());
+        }
+        let new_cap = need.max(cache.cap * 2).max(256).min(cache.max.max(need));
+        let shape = (1, self.cfg.n_head_kv, new_cap, self.cfg.head_dim);
+        let mut ks = Vec::with_capacity(self.layers.len());
+        let mut vs = Vec::with_capacity(self.layers.len());
+        for i in 0..self.layers.len() {
+            let k = Tensor::zeros(shape, DType::F32, &self.device)?;
+            let v = Tensor::zeros(shape, DType::F32, &self.device)?;
+            if cache.len > 0 {
+                k.slice_set(&cache.k[i].narrow(2, 0, cache.len)?.contiguous()?, 2, 0)?;
+                v.slice_set(&cache.v[i].narrow(2, 0, cache.len)?.contiguous()?, 2, 0)?;
+            }
+            ks.push(k);
+            vs.push(v);
+        }
+        cache.k = ks;
+        cache.v = vs;
+        cache.cap = new_cap;
+        Ok(())
+    }
+
+    fn rope_for(&self, local: bool, start: i64, len: usize) -> CResult<(Tensor, Tensor)> {
+        let c = &self.cfg;
+        if local {
+            rope_tables(start, len, c.rope_dim, c.rope_base_local, 1.0, &self.device)
+        } else {
+            rope_tables(
+                start,
+                len,
+                c.rope_dim,
+                c.rope_base,
+                c.rope_scale,
+                &self.device,
+            )
+        }
+    }
+
+    fn apply_rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+        let x = x.contiguous()?;
+        if self.cfg.rope_neox {
+            candle_nn::rotary_emb::rope(&x, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope_i(&x, cos, sin)
+        }
+    }
+
+    /// Run `tokens` (appended after the cached positions) and return the
+    /// logits of the last one (`[vocab]`), or of every one when `all` (`[n, vocab]`).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all: bool,
+    ) -> Result<Tensor, LlmError> {
+        if tokens.is_empty() {
+            return Err(LlmError::Runtime("no tokens to run".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(LlmError::Runtime(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        if cache.len + tokens.len() > cache.max {
+            return Err(LlmError::ContextFull {
+                needed: cache.len + tokens.len(),
+                window: cache.max,
+            });
+        }
+        self.forward_inner(tokens, cache, all).map_err(cerr)
+    }
+
+    fn forward_inner(&self, tokens: &[u32], cache: &mut KvCache, all: bool) -> CResult<Tensor> {
+        let c = &self.cfg;
+        let t = tokens.len();
+        let start = cache.len;
+        self.ensure_capacity(cache, start + t)?;
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut h = self.embed.embedding(&ids)?.unsqueeze(0)?; // [1, t, d]
+        if let Some(s) = self.embed_scale {
+            h = (h * s)?;
+        }
+        let global = self.rope_for(false, start as i64, t)?;
+        let local = if c.sliding_window.is_some() {
+            Some(self.rope_for(true, start as i64, t)?)
+        } else {
+            None
+        };
+        let groups = c.n_head / c.n_head_kv;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let residual = h.clone();
+            let x = rms(&h, &layer.attn_norm, c.rms_eps)?;
+            let q = layer.q.forward(&x)?;
+            let k = layer.k.forward(&x)?;
+            let v = layer.v.forward(&x)?;
+            let q = q.reshape((1, t, c.n_head, c.head_dim))?.transpose(1, 2)?;
+            let k = k
+                .reshape((1, t, c.n_head_kv, c.head_dim))?
+                .transpose(1, 2)?;
+            let v = v
+                .reshape((1, t, c.n_head_kv, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let q = match &layer.q_norm {
+                Some(w) => rms(&q, w, c.rms_eps)?,
+                None => q,
+            };
+            let k = match &layer.k_norm {
+                Some(w) => rms(&k, w, c.rms_eps)?,
+                None => k,
+            };
+            let (cos, sin) = if layer.local {
+                local.as_ref().unwrap_or(&global)
+            } else {
+                &global
+            };
+            let q = self.apply_rope(&q, cos, sin)?;
+            let k = self.apply_rope(&k, cos, sin)?;
+            cache.k[li].slice_set(&k, 2, start)?;
+            cache.v[li].slice_set(&v, 2, start)?;
+            let end = start + t;
+            // keys visible to this chunk: a local layer sees the last `window` positions
+            let first = match (layer.local, c.sliding_window) {
+                (true, Some(w)) => (start + 1).saturating_sub(w),
+                _ => 0,
+            };
+            let kl = end - first;
+            let keys = cache.k[li].narrow(2, first, kl)?;
+            let vals = cache.v[li].narrow(2, first, kl)?;
+            // group the query heads that share a key/value head: [1, kv, groups*t, hd]
+            let qg = q.reshape((1, c.n_head_kv, groups * t, c.head_dim))?;
+            let att = (qg.matmul(&keys.t()?)? * scale)?;
+            let att = if t > 1 {
+                let window = if layer.local { c.sliding_window } else { None };
+                let mask = build_mask(start, t, first, kl, window, groups, &self.device)?;
+                att.broadcast_add(&mask)?
+            } else {
+                att
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let out = att.matmul(&vals.contiguous()?)?; // [1, kv, groups*t, hd]
+            let out = out
+                .reshape((1, c.n_head, t, c.head_dim))?
+                .transpose(1, 2)?
+                .reshape((1, t, c.n_head * c.head_dim))?;
+            let mut o = layer.o.forward(&out)?;
+            if let Some(w) = &layer.post_attn_norm {
+                o = rms(&o, w, c.rms_eps)?;
+            }
+            h = (residual + o)?;
+            let residual = h.clone();
+            let x = rms(&h, &layer.ffn_norm, c.rms_eps)?;
+            let g = layer.gate.forward(&x)?;
+            let g = if c.arch == Arch::Gemma3 {
+                g.gelu()?
+            } else {
+                candle_nn::ops::silu(&g)?
+            };
+            let m = (g * layer.up.forward(&x)?)?;
+            let mut m = layer.down.forward(&m)?;
+            if let Some(w) = &layer.post_ffn_norm {
+                m = rms(&m, w, c.rms_eps)?;
+            }
+            h = (residual + m)?;
+        }
+        cache.len = start + t;
+        let h = if all { h } else { h.narrow(1, t - 1, 1)? };
+        let h = rms(&h, &self.out_norm, c.rms_eps)?;
+        let logits = self.output.forward(&h)?.squeeze(0)?;
+        if all {
+            Ok(logits)
+        } else {
+            logits.squeeze(0)
+        }
+    }
+
+    /// Drop cached positions `n_keep..n_keep+n_discard` and move the rest down,
+    /// re-rotating their keys so they sit at their new positions (llama.cpp's
+    /// context shift).
+    pub fn shift(
+        &self,
+        cache: &mut KvCache,
+        n_keep: usize,
+        n_discard: usize,
+    ) -> Result<(), LlmError> {
+        self.shift_inner(cache, n_keep, n_discard).map_err(cerr)
+    }
+
+    fn shift_inner(&self, cache: &mut KvCache, n_keep: usize, n_discard: usize) -> CResult<()> {
+        if n_discard == 0 || n_keep >= cache.len {
+            return Ok(());
+        }
+        let n_discard = n_discard.min(cache.len - n_keep);
+        let tail = cache.len - n_keep - n_discard;
+        if tail > 0 {
+            let global = self.rope_for(false, -(n_discard as i64), 1)?;
+            let local = self.rope_for(true, -(n_discard as i64), 1)?;
+            for (li, layer) in self.layers.iter().enumerate() {
+                let (cos, sin) = if layer.local && self.cfg.sliding_window.is_some() {
+                    &local
+                } else {
+                    &global
+                };
+                let cos = cos.broadcast_as((tail, cos.dim(1)?))?.contiguous()?;
+                let sin = sin.broadcast_as((tail, sin.dim(1)?))?.contiguous()?;
+                let k = cache.k[li].narrow(2, n_keep + n_discard, tail)?.copy()?;
+                let k = self.apply_rope(&k, &cos, &sin)?;
+                // a copy: with one key/value head the narrowed view is contiguous and
+                // would share storage with the destination
+                let v = cache.v[li].narrow(2, n_keep + n_discard, tail)?.copy()?;
+                cache.k[li].slice_set(&k, 2, n_keep)?;
+                cache.v[li].slice_set(&v, 2, n_keep)?;
+            }
+        }
+        cache.len = n_keep + tail;
+        Ok(())
+    }
+
+    /// Logits `[vocab]` as a Vec.
+    pub fn to_vec(logits: &Tensor) -> Result<Vec<f32>, LlmError> {
+        logits
+            .to_dtype(DType::F32)
+            .and_then(|l| l.to_vec1::<f32>())
+            .map_err(cerr)
+    }
+
+    /// Embedding-row dimension check used by tests.
+    pub fn hidden(&self) -> usize {
+        self.embed.shape().dims()[1]
+    }
+}
+
+/// Additive mask `[groups*t, kl]`: query `i` (position `start+i`) sees key `j`
+/// (position `first+j`) when it is not in the future and, for local layers,
+/// within the window.
+fn build_mask(
+    start: usize,
+    t: usize,
+    first: usize,
+    kl: usize,
+    window: Option<usize>,
+    groups: usize,
+    dev: &Device,
+) -> CResult<Tensor> {
+    let mut m = vec![0f32; t * kl];
+    for i in 0..t {
+        let qp = start + i;
+        for j in 0..kl {
+            let kp = first + j;
+            let visible = kp <= qp && window.is_none_or(|w| qp - kp < w);
+            if !visible {
+                m[i * kl + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let mask = Tensor::from_vec(m, (t, kl), dev)?;
+    let mask = if groups > 1 {
+        mask.unsqueeze(0)?
+            .broadcast_as((groups, t, kl))?
+            .reshape((groups * t, kl))?
+    } else {
+        mask
+    };
+    mask.unsqueeze(0)?.unsqueeze(0)
+}

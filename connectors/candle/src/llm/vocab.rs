@@ -1,0 +1,319 @@
+//! Tokenizers built from a GGUF file's metadata, so a lone `.gguf` is enough.
+//!
+//! Two vocabularies are in use: SentencePiece-style (`tokenizer.ggml.model =
+//! llama`, used by Llama 1/2, Mistral, TinyLlama, Gemma: tokens with scores)
+//! and GPT-2 byte-level BPE (`gpt2`: Llama 3, Qwen: tokens with merges).
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSequence};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use super::gguf::Metadata;
+use super::LlmError;
+
+/// GGUF token types (6 = byte tokens, found by the BPE's byte fallback).
+const TYPE_NORMAL: i32 = 1;
+const TYPE_UNKNOWN: i32 = 2;
+const TYPE_CONTROL: i32 = 3;
+const TYPE_USER_DEFINED: i32 = 4;
+
+/// Special token ids and flags read from the metadata.
+#[derive(Debug, Clone, Default)]
+pub struct SpecialTokens {
+    /// Start of text.
+    pub bos: Option<u32>,
+    /// End of text.
+    pub eos: Option<u32>,
+    /// Every token that ends generation (eos, end-of-turn, ...).
+    pub end_of_generation: Vec<u32>,
+    /// Whether prompts start with `bos`.
+    pub add_bos: bool,
+}
+
+/// The tokenizer and its special tokens.
+pub struct GgufTokenizer {
+    /// A `tokenizers` tokenizer equivalent to llama.cpp's for this vocabulary.
+    pub tokenizer: Tokenizer,
+    /// Special tokens.
+    pub special: SpecialTokens,
+    /// `llama` (SentencePiece) or `gpt2`.
+    pub kind: String,
+}
+
+/// Regex splits of the GPT-2-style pre-tokenizers llama.cpp knows by name.
+fn pre_tokenizer_regex(pre: &str) -> &'static str {
+    match pre {
+        "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => {
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        }
+        "qwen2" | "qwen35" | "deepseek-r1-qwen" => {
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        }
+        // GPT-2's own
+        _ => r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> LlmError {
+    LlmError::Tokenizer(e.to_string())
+}
+
+impl GgufTokenizer {
+    /// Build the tokenizer described by `md`.
+    pub fn from_metadata(md: &Metadata) -> Result<Self, LlmError> {
+        let kind = md
+            .string("tokenizer.ggml.model")
+            .ok_or_else(|| {
+                LlmError::Tokenizer(
+                    "the file has no tokenizer.ggml.model: put a tokenizer.json beside it".into(),
+                )
+            })?
+            .to_string();
+        let tokens = md.string_array("tokenizer.ggml.tokens").ok_or_else(|| {
+            LlmError::Tokenizer("the file has no tokenizer.ggml.tokens vocabulary".into())
+        })?;
+        let types = md
+            .i32_array("tokenizer.ggml.token_type")
+            .unwrap_or_else(|| vec![TYPE_NORMAL; tokens.len()]);
+        if types.len() != tokens.len() {
+            return Err(tok_err("token_type and tokens differ in length"));
+        }
+        let special = SpecialTokens {
+            bos: md.u32("tokenizer.ggml.bos_token_id"),
+            eos: md.u32("tokenizer.ggml.eos_token_id"),
+            end_of_generation: Vec::new(),
+            add_bos: md
+                .bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(kind == "llama"),
+        };
+        let mut tokenizer = match kind.as_str() {
+            "llama" => {
+                let scores = md
+                    .f32_array("tokenizer.ggml.scores")
+                    .ok_or_else(|| tok_err("a SentencePiece vocabulary needs tokenizer.ggml.scores"))?;
+                if scores.len() != tokens.len() {
+                    return Err(tok_err("scores and tokens differ in length"));
+                }
+                let add_space_prefix = md
+                    .bool("tokenizer.ggml.add_space_prefix")
+                    .unwrap_or(true);
+                build_spm(&tokens, &scores, &types, add_space_prefix, md)?
+            }
+            "gpt2" => {
+                let merges = md.string_array("tokenizer.ggml.merges").ok_or_else(|| {
+                    tok_err("a GPT-2 vocabulary needs tokenizer.ggml.merges")
+                })?;
+                let pre = md.string("tokenizer.ggml.pre").unwrap_or("default");
+                build_gpt2(&tokens, &merges, pre)?
+            }
+            other => {
+                return Err(LlmError::Tokenizer(format!(
+                    "tokenizer type {other:?} is not supported (llama/SentencePiece and gpt2 are); put a tokenizer.json beside the model"
+                )))
+            }
+        };
+        // control and user-defined tokens are matched whole in the text
+        let mut specials = Vec::new();
+        let mut user = Vec::new();
+        for (t, &ty) in tokens.iter().zip(&types) {
+            match ty {
+                TYPE_CONTROL => specials.push(AddedToken::from(t.clone(), true)),
+                TYPE_USER_DEFINED if !t.is_empty() => {
+                    user.push(AddedToken::from(t.clone(), false).normalized(false))
+                }
+                _ => {}
+            }
+        }
+        tokenizer.add_special_tokens(specials).map_err(tok_err)?;
+        if !user.is_empty() {
+            tokenizer.add_tokens(user).map_err(tok_err)?;
+        }
+        let mut t = Self {
+            tokenizer,
+            special,
+            kind,
+        };
+        t.special.end_of_generation = end_tokens(&tokens, &types, &t.special, md);
+        Ok(t)
+    }
+
+    /// Use `tokenizer.json` for the text, the GGUF for special ids.
+    pub fn with_json(path: &std::path::Path, md: &Metadata) -> Result<Self, LlmError> {
+        let tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| LlmError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
+        let tokens = md.string_array("tokenizer.ggml.tokens").unwrap_or_default();
+        let types = md
+            .i32_array("tokenizer.ggml.token_type")
+            .unwrap_or_else(|| vec![TYPE_NORMAL; tokens.len()]);
+        let kind = md
+            .string("tokenizer.ggml.model")
+            .unwrap_or("json")
+            .to_string();
+        let special = SpecialTokens {
+            bos: md.u32("tokenizer.ggml.bos_token_id"),
+            eos: md.u32("tokenizer.ggml.eos_token_id"),
+            end_of_generation: Vec::new(),
+            add_bos: md
+                .bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(kind == "llama"),
+        };
+        let mut t = Self {
+            tokenizer,
+            special,
+            kind,
+        };
+        t.special.end_of_generation = end_tokens(&tokens, &types, &t.special, md);
+        Ok(t)
+    }
+
+    /// Token ids of `text` (special tokens written in the text are recognised; no BOS added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        let enc = self.tokenizer.encode(text, false).map_err(tok_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids` (special tokens dropped).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, LlmError> {
+        self.tokenizer.decode(ids, true).map_err(tok_err)
+    }
+
+    /// The string of one token as the vocabulary writes it.
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+}
+
+fn end_tokens(tokens: &[String], types: &[i32], s: &SpecialTokens, md: &Metadata) -> Vec<u32> {
+    let mut v: Vec<u32> = s.eos.into_iter().collect();
+    if let Some(e) = md.u32("tokenizer.ggml.eot_token_id") {
+        v.push(e);
+    }
+    for (i, (t, &ty)) in tokens.iter().zip(types).enumerate() {
+        if ty == TYPE_CONTROL
+            && matches!(
+                t.as_str(),
+                "<end_of_turn>"
+                    | "<|eot_id|>"
+                    | "<|im_end|>"
+                    | "<|endoftext|>"
+                    | "<|end|>"
+                    | "</s>"
+                    | "<eos>"
+            )
+        {
+            v.push(i as u32);
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// SentencePiece BPE as a `tokenizers` BPE: merges derived from the vocabulary,
+/// ranked by the score of the merged piece (higher first), byte fallback.
+fn build_spm(
+    tokens: &[String],
+    scores: &[f32],
+    types: &[i32],
+    add_space_prefix: bool,
+    md: &Metadata,
+) -> Result<Tokenizer, LlmError> {
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.clone()).or_insert(i as u32);
+    }
+    // pieces that take part in merges: normal and user-defined ones
+    let mergeable = |id: u32| matches!(types[id as usize], TYPE_NORMAL | TYPE_USER_DEFINED);
+    let mut merges: Vec<(f32, u32, String, String)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if !mergeable(i as u32) || t.chars().nth(1).is_none() {
+            continue;
+        }
+        for (cut, _) in t.char_indices().skip(1) {
+            let (a, b) = t.split_at(cut);
+            if let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) {
+                if mergeable(ia) && mergeable(ib) {
+                    merges.push((scores[i], i as u32, a.to_string(), b.to_string()));
+                }
+            }
+        }
+    }
+    // higher score merges first; ties by the merged piece's id, then left piece's length
+    merges.sort_by(|x, y| {
+        y.0.total_cmp(&x.0)
+            .then(x.1.cmp(&y.1))
+            .then(vocab[&x.2].cmp(&vocab[&y.2]))
+    });
+    let merges: Vec<(String, String)> = merges.into_iter().map(|m| (m.2, m.3)).collect();
+    let unk_id = md.u32("tokenizer.ggml.unknown_token_id").or_else(|| {
+        types
+            .iter()
+            .position(|&t| t == TYPE_UNKNOWN)
+            .map(|p| p as u32)
+    });
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(u) = unk_id.and_then(|u| tokens.get(u as usize)) {
+        builder = builder.unk_token(u.clone());
+    }
+    let bpe = builder.build().map_err(tok_err)?;
+    let mut tk = Tokenizer::new(bpe);
+    let mut norms = Vec::new();
+    if add_space_prefix {
+        norms.push(Prepend::new("▁".into()).into());
+    }
+    norms.push(Replace::new(" ", "▁").map_err(tok_err)?.into());
+    tk.with_normalizer(Some(NormSequence::new(norms)))
+        .map_err(tok_err)?;
+    let mut decs = vec![
+        Replace::new("▁", " ").map_err(tok_err)?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if add_space_prefix {
+        decs.push(Strip::new(' ', 1, 0).into());
+    }
+    tk.with_decoder(Some(DecoderSequence::new(decs)));
+    Ok(tk)
+}
+
+/// GPT-2 byte-level BPE with the merges from the file.
+fn build_gpt2(tokens: &[String], merges: &[String], pre: &str) -> Result<Tokenizer, LlmError> {
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.clone()).or_insert(i as u32);
+    }
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .filter_map(|m| {
+            let (a, b) = m.split_once(' ')?;
+            Some((a.to_string(), b.to_string()))
+        })
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(pre.starts_with("llama"))
+        .build()
+        .map_err(tok_err)?;
+    let mut tk = Tokenizer::new(bpe);
+    let split = Split::new(
+        SplitPattern::Regex(pre_tokenizer_regex(pre).to_string()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(tok_err)?;
+    let bl = ByteLevel::new(false, false, false);
+    tk.with_pre_tokenizer(Some(PreSequence::new(vec![split.into(), bl.into()])));
+    tk.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
+    Ok(tk)
+}

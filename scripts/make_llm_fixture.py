@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Reference next-token logits from llama.cpp (llama-cpp-python) for the LLM
+parity tests (tests/tests/llm_parity.rs).
+
+    scripts/setup_llama_ref.sh            # once: builds llama-cpp-python
+    target/llama-venv/bin/python scripts/make_llm_fixture.py MODEL.gguf OUT.json [PROMPTS.json]
+
+PROMPTS.json is a list of strings (default: the built-in set, which includes a
+prompt past Gemma 3's 512-token local window). For each prompt the fixture keeps
+llama.cpp's token ids (BOS added as the model asks, special tokens parsed), the
+20 highest logits and the logits of 64 fixed token ids.
+"""
+import hashlib
+import json
+import pathlib
+import sys
+
+import numpy as np
+import llama_cpp
+from llama_cpp import Llama
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def default_prompts():
+    sample = ROOT / "examples/docqa/sample"
+    long_text = (sample / "guide/configuration.md").read_text() + "\n" + (sample / "guide/install.md").read_text()
+    long_text = (long_text + "\n") * 3
+    return [
+        "The capital of France is",
+        "Magpies are birds of the crow family. They",
+        'fn main() {\n    println!("hello");',
+        "喜鹊是一种",
+        "<start_of_turn>user\nWhat is two plus two?<end_of_turn>\n<start_of_turn>model\n",
+        long_text,
+    ]
+
+
+def main():
+    model, out = sys.argv[1], sys.argv[2]
+    prompts = json.load(open(sys.argv[3])) if len(sys.argv) > 3 else default_prompts()
+    # f32 KV cache, as magpie keeps it (llama.cpp defaults to f16)
+    llm = Llama(model_path=model, n_ctx=4096, n_batch=512, n_threads=2, verbose=False, seed=0, type_k=0, type_v=0)
+    n_vocab = llm.n_vocab()
+    rng = np.random.default_rng(1234)
+    probe = sorted(set(int(x) for x in rng.integers(0, n_vocab, 64)))
+    cases = []
+    for p in prompts:
+        toks = llm.tokenize(p.encode(), add_bos=llm.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false", special=True)
+        llm.reset()
+        llm.eval(toks)
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float32).copy()
+        top = np.argsort(-logits)[:20]
+        cases.append({
+            "prompt": p,
+            "tokens": [int(t) for t in toks],
+            "top": [[int(i), float(logits[i])] for i in top],
+            "probe": [[i, float(logits[i])] for i in probe],
+        })
+        print(f"{len(toks):5d} tokens  top1={int(top[0])} ({llm.detokenize([int(top[0])]).decode(errors='replace')!r})", file=sys.stderr)
+    sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
+    json.dump({"model_sha256": sha, "runtime": "llama-cpp-python", "cases": cases}, open(out, "w"), indent=0)
+
+
+if __name__ == "__main__":
+    main()

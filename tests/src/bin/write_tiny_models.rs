@@ -1,0 +1,28 @@
+//! Write the tiny GGUF models the parity tests use into a directory, for
+//! scripts/make_llm_fixture.py to run through llama.cpp:
+//!
+//!     cargo run -p magpie-tests --bin write_tiny_models -- target/tiny-models
+
+use magpie_tests::tiny::{sha256_file, tiny_prompts, write_tiny, Tiny};
+
+fn main() {
+    let dir = std::path::PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .expect("usage: write_tiny_models DIR"),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let gemma = magpie_tests::gemma_path();
+    for kind in Tiny::ALL {
+        for layers in [1, 2] {
+            let p = dir.join(kind.file_name(layers));
+            write_tiny(kind, layers, &gemma, &p);
+            println!("{} {}", p.display(), sha256_file(&p));
+        }
+    }
+    std::fs::write(
+        dir.join("prompts.json"),
+        serde_json::to_string_pretty(&tiny_prompts()).unwrap(),
+    )
+    .unwrap();
+}

@@ -1,0 +1,357 @@
+//! Generation around the model: the sliding context window (in-place shift
+//! with RoPE re-rotation against a full re-encode, generating well past the
+//! window), stop sequences, cancellation, and bad input.
+
+use futures::StreamExt;
+use magpie_candle::llm::model::Transformer;
+use magpie_candle::{LlmOptions, LocalLlm};
+use magpie_core::{
+    CancelToken, FinishReason, GenerationEvent, GenerationOptions, Generator, Prompt,
+};
+use magpie_tests::gemma_path;
+use magpie_tests::tiny::{write_tiny, Tiny};
+
+fn tiny(kind: Tiny, layers: usize, dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join(kind.file_name(layers));
+    write_tiny(kind, layers, &gemma_path(), &p);
+    p
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// With one layer the cached keys depend only on token and position, so
+/// shifting the cache and re-rotating must give the logits of encoding the
+/// kept tokens afresh (up to float error), for interleaved (llama) and
+/// half-split (qwen) RoPE.
+#[test]
+fn shifted_cache_matches_a_fresh_encode() {
+    let dir = tempfile::tempdir().unwrap();
+    for kind in [Tiny::Llama, Tiny::Qwen2, Tiny::Qwen3] {
+        let llm = LocalLlm::load(&tiny(kind, 1, dir.path()), LlmOptions::default()).unwrap();
+        let m: &Transformer = llm.model();
+        let prompt: Vec<u32> = llm
+            .encode_prompt(&"Magpies hoard shiny things and remember faces. ".repeat(4))
+            .unwrap();
+        assert!(prompt.len() > 30, "{}", prompt.len());
+        let next = prompt[5];
+        let (n_keep, n_discard) = (4, 11);
+        let mut cache = m.new_cache(256);
+        m.forward(&prompt, &mut cache, false).unwrap();
+        m.shift(&mut cache, n_keep, n_discard).unwrap();
+        assert_eq!(cache.len(), prompt.len() - n_discard);
+        let shifted = Transformer::to_vec(&m.forward(&[next], &mut cache, false).unwrap()).unwrap();
+
+        let mut kept = prompt[..n_keep].to_vec();
+        kept.extend_from_slice(&prompt[n_keep + n_discard..]);
+        kept.push(next);
+        let mut fresh_cache = m.new_cache(256);
+        let fresh =
+            Transformer::to_vec(&m.forward(&kept, &mut fresh_cache, false).unwrap()).unwrap();
+        let d = max_diff(&shifted, &fresh);
+        println!("{}: shift vs re-encode max |diff| {d:.2e}", kind.arch());
+        assert!(d < 2e-3, "{}: {d}", kind.arch());
+        // and the shift did something: without it the logits differ
+        let mut unshifted = m.new_cache(256);
+        m.forward(&prompt, &mut unshifted, false).unwrap();
+        let plain =
+            Transformer::to_vec(&m.forward(&[next], &mut unshifted, false).unwrap()).unwrap();
+        assert!(max_diff(&plain, &fresh) > 1e-2);
+    }
+}
+
+async fn run(
+    llm: &LocalLlm,
+    prompt: &str,
+    opts: GenerationOptions,
+) -> (String, magpie_core::GenerationSummary) {
+    let mut s = llm
+        .generate(Prompt::Text(prompt.into()), opts)
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(ev) = s.next().await {
+        match ev.unwrap() {
+            GenerationEvent::Delta { text: t } => text.push_str(&t),
+            GenerationEvent::Done(sum) => return (text, sum),
+        }
+    }
+    panic!("no summary")
+}
+
+/// Generate three times a small window, for both ways of sliding, on the real
+/// model: no error, the window slid, the cache never grew past it.
+#[tokio::test]
+async fn generation_goes_well_past_the_window() {
+    for in_place in [true, false] {
+        let window = 64;
+        let llm = LocalLlm::load(
+            &gemma_path(),
+            LlmOptions {
+                context_window: Some(window),
+                shift_in_place: in_place,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let opts = GenerationOptions {
+            max_tokens: 3 * window,
+            seed: Some(3),
+            n_keep: Some(4),
+            ..Default::default()
+        };
+        let (text, sum) = run(&llm, "Once upon a time, in a small village,", opts).await;
+        println!(
+            "in_place={in_place}: {} tokens, {} shifts, {:.1} tok/s",
+            sum.usage.completion_tokens, sum.timings.context_shifts, sum.timings.tokens_per_sec
+        );
+        assert!(
+            sum.finish_reason == FinishReason::Length || sum.finish_reason == FinishReason::Stop
+        );
+        if sum.finish_reason == FinishReason::Length {
+            assert_eq!(sum.usage.completion_tokens, 3 * window);
+            assert!(sum.timings.context_shifts >= 3, "{sum:?}");
+        }
+        assert!(!text.trim().is_empty());
+        let (len, cap) = llm.cache_stats();
+        assert!(len <= window && cap <= window, "cache grew to {len}/{cap}");
+    }
+}
+
+#[tokio::test]
+async fn a_stop_sequence_that_never_comes_ends_at_max_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let llm = LocalLlm::load(&tiny(Tiny::Qwen2, 2, dir.path()), LlmOptions::default()).unwrap();
+    let opts = GenerationOptions {
+        max_tokens: 40,
+        stop: vec!["\u{1F99C} never \u{1F99C}".into()],
+        seed: Some(1),
+        ..Default::default()
+    };
+    let (_, sum) = run(&llm, "The index", opts).await;
+    assert_eq!(sum.finish_reason, FinishReason::Length);
+    assert_eq!(sum.usage.completion_tokens, 40);
+}
+
+#[tokio::test]
+async fn stop_sequences_cut_the_real_model() {
+    let llm = LocalLlm::load(&gemma_path(), LlmOptions::default()).unwrap();
+    // greedy, then stop on the first word it would write
+    let (free, _) = run(
+        &llm,
+        "The capital of France is",
+        GenerationOptions {
+            max_tokens: 12,
+            ..GenerationOptions::greedy()
+        },
+    )
+    .await;
+    let word = free
+        .split_whitespace()
+        .nth(1)
+        .expect("a few words")
+        .to_string();
+    let (cut, sum) = run(
+        &llm,
+        "The capital of France is",
+        GenerationOptions {
+            max_tokens: 12,
+            stop: vec![word.clone()],
+            ..GenerationOptions::greedy()
+        },
+    )
+    .await;
+    assert_eq!(sum.finish_reason, FinishReason::Stop);
+    assert!(!cut.contains(&word), "{cut:?} still holds {word:?}");
+    assert!(free.starts_with(&cut), "{free:?} vs {cut:?}");
+}
+
+#[tokio::test]
+async fn cancellation_and_dropped_streams_stop_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let llm = LocalLlm::load(&tiny(Tiny::Llama, 2, dir.path()), LlmOptions::default()).unwrap();
+    let cancel = CancelToken::new();
+    let opts = GenerationOptions {
+        max_tokens: 400,
+        cancel: Some(cancel.clone()),
+        seed: Some(2),
+        ..Default::default()
+    };
+    let mut s = llm
+        .generate(Prompt::Text("Hello".into()), opts)
+        .await
+        .unwrap();
+    let mut deltas = 0;
+    let sum = loop {
+        match s.next().await.unwrap().unwrap() {
+            GenerationEvent::Delta { .. } => {
+                deltas += 1;
+                cancel.cancel();
+            }
+            GenerationEvent::Done(sum) => break sum,
+        }
+    };
+    assert_eq!(sum.finish_reason, FinishReason::Cancelled);
+    assert!(deltas >= 1 && sum.usage.completion_tokens < 400);
+    // dropping a stream frees the model for the next request
+    let s = llm
+        .generate(
+            Prompt::Text("Hello".into()),
+            GenerationOptions {
+                max_tokens: 400,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    drop(s);
+    let (_, sum) = run(
+        &llm,
+        "Hello",
+        GenerationOptions {
+            max_tokens: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(sum.usage.completion_tokens, 3);
+}
+
+#[tokio::test]
+async fn long_prompts_and_bad_n_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let llm = LocalLlm::load(
+        &tiny(Tiny::Qwen3, 2, dir.path()),
+        LlmOptions {
+            context_window: Some(64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let long = "configuration of the index ".repeat(80);
+    // n_keep larger than the window: a clear error
+    let mut s = llm
+        .generate(
+            Prompt::Text(long.clone()),
+            GenerationOptions {
+                n_keep: Some(100),
+                max_tokens: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let err = s.next().await.unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("n_keep (100) must be smaller than the context window (64)"),
+        "{err}"
+    );
+    // a prompt longer than the window: its middle is left out, generation works
+    let (_, sum) = run(
+        &llm,
+        &long,
+        GenerationOptions {
+            max_tokens: 10,
+            n_keep: Some(8),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(sum.usage.prompt_tokens > 64);
+    assert_eq!(sum.usage.completion_tokens, 10);
+    // empty prompts and bad options are refused before generating
+    assert!(llm
+        .generate(Prompt::Text(String::new()), GenerationOptions::default())
+        .await
+        .is_err());
+    assert!(llm
+        .generate(
+            Prompt::Text("x".into()),
+            GenerationOptions {
+                top_p: 2.0,
+                ..Default::default()
+            }
+        )
+        .await
+        .is_err());
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = tiny(Tiny::Llama, 1, dir.path());
+    let bytes = std::fs::read(&good).unwrap();
+    // truncated in the tensor data
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = LocalLlm::load(&cut, LlmOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("truncated"), "{e}");
+    // truncated in the header
+    std::fs::write(&cut, &bytes[..100]).unwrap();
+    let e = LocalLlm::load(&cut, LlmOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not a usable GGUF"), "{e}");
+    // not a GGUF at all
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"this is a text file, not a model").unwrap();
+    let e = LocalLlm::load(&junk, LlmOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not a usable GGUF"), "{e}");
+    // random bytes after a valid magic
+    let mut noise = b"GGUF\x03\x00\x00\x00".to_vec();
+    let mut rng = magpie_core::Rng::new(9);
+    noise.extend((0..4096).map(|_| rng.next_u64() as u8));
+    std::fs::write(&junk, &noise).unwrap();
+    assert!(LocalLlm::load(&junk, LlmOptions::default()).is_err());
+    // an architecture magpie does not run
+    let mut c =
+        candle_core::quantized::gguf_file::Content::read(&mut std::fs::File::open(&good).unwrap())
+            .unwrap();
+    c.metadata.insert(
+        "general.architecture".into(),
+        candle_core::quantized::gguf_file::Value::String("mamba".into()),
+    );
+    let other = dir.path().join("mamba.gguf");
+    {
+        let md: Vec<(&str, &candle_core::quantized::gguf_file::Value)> =
+            c.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut src = std::fs::File::open(&good).unwrap();
+        let tensors: Vec<(String, candle_core::quantized::QTensor)> = c
+            .tensor_infos
+            .keys()
+            .map(|n| {
+                (
+                    n.clone(),
+                    c.tensor(&mut src, n, &candle_core::Device::Cpu).unwrap(),
+                )
+            })
+            .collect();
+        let tr: Vec<(&str, &candle_core::quantized::QTensor)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        candle_core::quantized::gguf_file::write(
+            &mut std::fs::File::create(&other).unwrap(),
+            &md,
+            &tr,
+        )
+        .unwrap();
+    }
+    let e = LocalLlm::load(&other, LlmOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("\"mamba\" is not supported") && e.contains("gemma3, llama, qwen2, qwen3"),
+        "{e}"
+    );
+}

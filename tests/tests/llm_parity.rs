@@ -1,0 +1,60 @@
+//! magpie's forward pass and tokenizer match llama.cpp on the same GGUF.
+//! Reference logits: tests/fixtures/*_llamacpp.json, written by
+//! scripts/make_llm_fixture.py with llama-cpp-python.
+
+use magpie_candle::{LlmOptions, LocalLlm};
+use magpie_tests::{check_logits, gemma_path, logit_fixture};
+
+#[test]
+fn gemma3_matches_llama_cpp() {
+    let fx = logit_fixture("gemma3_270m_llamacpp.json");
+    let llm = LocalLlm::load(&gemma_path(), LlmOptions::default()).unwrap();
+    for case in &fx.cases {
+        let ours = llm.encode_prompt(&case.prompt).unwrap();
+        assert_eq!(ours, case.tokens, "tokens differ for {:?}", case.prompt);
+        let logits = llm.logits(&case.tokens).unwrap();
+        let d = check_logits(case, &logits, 1.5);
+        println!(
+            "{:5} tokens: top-1 agrees, max |diff| {d:.4}",
+            case.tokens.len()
+        );
+    }
+}
+
+/// Tiny random-weight models of the llama, qwen2 and qwen3 layouts, written
+/// by the test (the bytes must match the file llama.cpp read), with their
+/// SentencePiece or byte-level BPE vocabularies.
+#[test]
+fn tiny_models_match_llama_cpp() {
+    use magpie_tests::tiny::{sha256_file, write_tiny, Tiny};
+    let dir = tempfile::tempdir().unwrap();
+    for kind in Tiny::ALL {
+        let fx = logit_fixture(&format!("tiny_{}_llamacpp.json", kind.arch()));
+        let path = dir.path().join(kind.file_name(2));
+        write_tiny(kind, 2, &gemma_path(), &path);
+        assert_eq!(
+            sha256_file(&path),
+            fx.model_sha256,
+            "the tiny {} model is not the file the fixture was made from: rerun scripts/make_llm_fixture.py (see its header)",
+            kind.arch()
+        );
+        let llm = LocalLlm::load(&path, LlmOptions::default()).unwrap();
+        for case in &fx.cases {
+            let ours = llm.encode_prompt(&case.prompt).unwrap();
+            assert_eq!(
+                ours,
+                case.tokens,
+                "{}: tokens differ for {:?}",
+                kind.arch(),
+                case.prompt
+            );
+            let logits = llm.logits(&case.tokens).unwrap();
+            let d = check_logits(case, &logits, 0.4);
+            println!(
+                "{}: {:3} tokens, top-1 agrees, max |diff| {d:.5}",
+                kind.arch(),
+                case.tokens.len()
+            );
+        }
+    }
+}
