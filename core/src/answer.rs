@@ -146,7 +146,7 @@ pub fn build_prompt(question: &str, sources: &[Source], chat: bool, few_shot: bo
 /// Stop sequences that end an answer to the plain prompt (a base model goes
 /// on inventing further questions otherwise).
 pub fn plain_stops() -> Vec<String> {
-    ["\nQuestion:", "\nPassages:", "\n\n\n", "\nQ:"]
+    ["\nQuestion:", "\nPassages:", "\n\n", "\n[", "\nQ:"]
         .iter()
         .map(|s| s.to_string())
         .collect()

@@ -57,6 +57,14 @@ pub struct ModelArgs {
     /// Default: all-MiniLM-L6-v2 from the models directory.
     #[arg(long, global = true, env = "MAGPIE_EMBED_MODEL")]
     pub embed_model: Option<String>,
+    /// Language model: a .gguf file, a directory holding one, or a Hugging Face
+    /// hub id in the local hub cache (`org/repo` or `org/repo:q4_k_m`).
+    /// Default: Gemma 3 270M from the models directory.
+    #[arg(long, global = true, env = "MAGPIE_LLM")]
+    pub llm: Option<String>,
+    /// Context window of the language model in tokens (default: the model's, at most 4096).
+    #[arg(long, global = true, env = "MAGPIE_CTX")]
+    pub ctx: Option<usize>,
 }
 
 impl ModelArgs {
@@ -67,6 +75,35 @@ impl ModelArgs {
                 .to_string_lossy()
                 .into_owned()
         })
+    }
+
+    /// Load the language model (`--llm`, else the default GGUF).
+    pub fn load_llm(&self) -> Result<magpie_candle::LocalLlm> {
+        let path = match &self.llm {
+            Some(spec) => magpie_candle::resolve_gguf(spec)?,
+            None => {
+                let p = self.models_dir.join(crate::models::GEMMA_FILE);
+                if !p.exists() {
+                    bail!(
+                        "the default language model is not installed in {}: run `docqa models fetch llm` \
+                         (or pass --llm <file.gguf|hub-id>)",
+                        self.models_dir.display()
+                    );
+                }
+                p
+            }
+        };
+        let t = std::time::Instant::now();
+        let llm = magpie_candle::LocalLlm::load(
+            &path,
+            magpie_candle::LlmOptions {
+                context_window: self.ctx,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("loading the language model {}", path.display()))?;
+        tracing::info!(model = %path.display(), secs = t.elapsed().as_secs_f64(), "language model loaded");
+        Ok(llm)
     }
 
     /// Load the embedding model: `--embed-model` if given, else the hub model an

@@ -2,6 +2,7 @@
 //!
 //! Index a folder of documents, then search it by meaning and by keywords.
 
+mod ask;
 mod bench;
 mod engine;
 mod eval;
@@ -22,9 +23,11 @@ Getting started:
   docqa models fetch                      install the default models into ./models
   docqa index docs/                       index a folder (again: only changes are embedded)
   docqa search \"how do I configure it?\"   hybrid search (dense + BM25)
+  docqa ask \"how do I configure it?\"      answer from the documents, with sources
   docqa status                            what the index holds, and whether it is consistent
 
-Environment: MAGPIE_MODELS (models directory), MAGPIE_EMBED_MODEL, RUST_LOG (e.g. docqa=debug).";
+Environment: MAGPIE_MODELS (models directory), MAGPIE_EMBED_MODEL, MAGPIE_LLM, MAGPIE_CTX,
+RUST_LOG (e.g. docqa=debug).";
 
 /// Document question answering on magpie: index documents, search them.
 #[derive(Parser, Debug)]
@@ -105,6 +108,38 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    /// Answer a question from the indexed documents with the local language model.
+    #[command(after_help = "\
+Examples:
+  docqa ask \"how do I install docqa?\"
+  docqa ask \"what does chunk_tokens change?\" --temperature 0 --json
+  docqa --llm models/other.gguf ask \"...\"      any GGUF of the gemma3, llama, qwen2 or qwen3 family
+
+The best passages are packed into the model's context window, numbered, and the
+model is asked to cite them; the sources are listed after the answer (* = cited).
+The default model (Gemma 3 270M) is small: answers are short and sometimes wrong,
+always check the sources.")]
+    Ask(ask::AskArgs),
+    /// Continue a prompt with the language model (to try a model).
+    Generate {
+        /// The prompt.
+        prompt: String,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        /// Seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop before this text (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+    },
+    /// Inspect a language model file.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Show what the index holds and check both stores against the catalog.
     Status {
         /// Print as JSON.
@@ -126,6 +161,22 @@ Examples:
 enum BenchCommand {
     /// Sentences per second through the embedding model.
     Embed(bench::EmbedBenchArgs),
+    /// Prompt processing and generation tokens/s of the language model (scripts/bench_llm.sh
+    /// runs llama.cpp side by side).
+    Llm(ask::LlmBenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Architecture, parameters, quantization, context, vocabulary, and the memory
+    /// the model needs (as stored, and at fp16, int8, int4 for comparison).
+    Info {
+        /// A .gguf file, a directory holding one, or a hub id in the local cache.
+        path: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -389,6 +440,25 @@ async fn run(cli: Cli) -> Result<()> {
             models::fetch(&cli.models.models_dir, *which, *force).context("fetching models")?;
         }
         Command::Bench(BenchCommand::Embed(args)) => bench::embed(args, &cli.models)?,
+        Command::Bench(BenchCommand::Llm(args)) => ask::bench_llm(args, &cli.models)?,
+        Command::Ask(args) => ask::ask(&cli.index, &cli.models, args).await?,
+        Command::Generate {
+            prompt,
+            max_tokens,
+            temperature,
+            seed,
+            stop,
+        } => {
+            let opts = magpie_core::GenerationOptions {
+                max_tokens: *max_tokens,
+                temperature: *temperature,
+                seed: *seed,
+                stop: stop.clone(),
+                ..Default::default()
+            };
+            ask::generate(&cli.models, prompt, opts).await?
+        }
+        Command::Model(ModelCommand::Info { path, json }) => ask::model_info(path, *json)?,
         Command::Models(ModelsCommand::List) => {
             println!("Models directory: {}", cli.models.models_dir.display());
             for (name, ok) in models::list(&cli.models.models_dir) {

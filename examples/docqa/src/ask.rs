@@ -1,0 +1,303 @@
+//! `docqa ask`, `docqa model info` and `docqa bench llm`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use magpie_core::{
+    AnswerOptions, GenerationEvent, GenerationOptions, Generator, Prompt, QueryPipeline,
+};
+use serde::Serialize;
+
+use crate::engine::{Engine, Mode, ModelArgs, OpenOptions};
+
+#[derive(clap::Args, Debug)]
+pub struct AskArgs {
+    /// The question.
+    pub question: String,
+    /// Retrieval mode.
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub mode: Mode,
+    /// Passages retrieved before packing them into the prompt.
+    #[arg(short, default_value_t = 6)]
+    pub k: usize,
+    /// Most tokens in the answer.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.2)]
+    pub temperature: f32,
+    /// Seed for reproducible answers.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most tokens of passages in the prompt.
+    #[arg(long, default_value_t = 1200)]
+    pub context_tokens: usize,
+    /// Print the whole answer (text, citations, sources, usage, timings) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn ask(index: &std::path::Path, models: &ModelArgs, args: &AskArgs) -> Result<()> {
+    let engine = Engine::open(index, models, OpenOptions::search())?;
+    let llm = models.load_llm()?;
+    let pipeline = QueryPipeline::new(engine.retriever(args.mode)).top_k(args.k);
+    let opts = AnswerOptions {
+        k: args.k,
+        max_context_tokens: args.context_tokens,
+        few_shot: true,
+        generation: GenerationOptions {
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+            seed: args.seed,
+            ..GenerationOptions::default()
+        },
+    };
+    let prepared = pipeline.prepare_answer(&args.question, &llm, &opts).await?;
+    if prepared.sources.is_empty() {
+        tracing::warn!("nothing relevant was found in the index; the model answers without passages");
+    }
+    let mut stream = llm
+        .generate(prepared.prompt.clone(), prepared.options.clone())
+        .await?;
+    let mut text = String::new();
+    let mut out = std::io::stdout();
+    let summary = loop {
+        match stream.next().await {
+            Some(Ok(GenerationEvent::Delta { text: t })) => {
+                if !args.json {
+                    // the first delta usually starts with the space after "Answer:"
+                    let shown = if text.is_empty() { t.trim_start() } else { &t };
+                    write!(out, "{shown}")?;
+                    out.flush()?;
+                }
+                text.push_str(&t);
+            }
+            Some(Ok(GenerationEvent::Done(s))) => break s,
+            Some(Err(e)) => return Err(e).context("generating the answer"),
+            None => anyhow::bail!("the model stopped without finishing"),
+        }
+    };
+    let answer = prepared.finish(text, summary);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    println!();
+    println!();
+    let cited: Vec<usize> = answer.citations.iter().map(|c| c.number).collect();
+    println!("Sources:");
+    for s in &answer.sources {
+        let mark = if cited.contains(&s.number) { "*" } else { " " };
+        let heading = if s.heading_path.is_empty() {
+            String::new()
+        } else {
+            format!("  § {}", s.heading_path.join(" > "))
+        };
+        println!(
+            "{mark}[{}] {}:{}-{}{heading}",
+            s.number, s.source, s.span.line_start, s.span.line_end
+        );
+    }
+    let t = &answer.timings;
+    eprintln!(
+        "({} prompt + {} answer tokens; first token after {:.0} ms, {:.1} tokens/s; retrieval {:.0} ms)",
+        answer.usage.prompt_tokens,
+        answer.usage.completion_tokens,
+        t.time_to_first_token_ms,
+        t.tokens_per_sec,
+        answer.retrieval_ms
+    );
+    Ok(())
+}
+
+pub fn model_info(path: &std::path::Path, json: bool) -> Result<()> {
+    let path = magpie_candle::resolve_gguf(&path.to_string_lossy())?;
+    let info = magpie_candle::llm::model_info(&path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!("{}", info.path);
+    if let Some(n) = &info.name {
+        println!("  name            {n}");
+    }
+    println!(
+        "  architecture    {}{}",
+        info.architecture,
+        if info.supported { "" } else { "  (not supported by magpie)" }
+    );
+    println!(
+        "  parameters      {:.1} M",
+        info.parameters as f64 / 1e6
+    );
+    let q: Vec<String> = info
+        .quantization
+        .iter()
+        .map(|(k, v)| format!("{k} ×{v}"))
+        .collect();
+    println!("  tensor types    {} (mostly {})", q.join(", "), info.main_type);
+    if let (Some(l), Some(h), Some(kv), Some(d)) = (info.layers, info.heads, info.kv_heads, info.head_dim) {
+        println!("  layers          {l}, {h} heads ({kv} key/value), head size {d}");
+    }
+    if let Some(c) = info.context_length {
+        println!("  context length  {c}");
+    }
+    println!(
+        "  vocabulary      {} tokens ({}){}",
+        info.vocab_size,
+        info.tokenizer.as_deref().unwrap_or("?"),
+        if info.chat_template { ", chat template" } else { ", no chat template (base model)" }
+    );
+    println!("  file            {:.2} GiB", gib(info.file_bytes));
+    println!("  memory (weights + f32 KV cache at the full context):");
+    for m in &info.memory {
+        println!(
+            "    {:<10} {:>7.2} GiB + {:>6.2} GiB = {:>7.2} GiB",
+            m.precision,
+            gib(m.weights_bytes),
+            gib(m.kv_cache_bytes),
+            gib(m.total_bytes)
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LlmBenchArgs {
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 384)]
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Prompt text file (default: the bundled sample corpus, repeated).
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct LlmBench {
+    runtime: &'static str,
+    model: String,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    load_seconds: f64,
+    prefill_tokens_per_sec: f64,
+    decode_tokens_per_sec: f64,
+    runs: Vec<(f64, f64)>,
+    peak_rss_mib: f64,
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Prefill and decode speed, the way llama.cpp's llama-bench measures them:
+/// a prompt of exactly N tokens from an empty cache, then M tokens one by one
+/// (greedy, no stop).
+pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
+    let t = Instant::now();
+    let llm = models.load_llm()?;
+    let load = t.elapsed().as_secs_f64();
+    let text = match &args.prompt_file {
+        Some(p) => std::fs::read_to_string(p)?,
+        None => bench_prompt_text(),
+    };
+    let mut ids = llm.encode_prompt(&text)?;
+    anyhow::ensure!(
+        ids.len() >= args.prompt_tokens,
+        "the prompt text has only {} tokens",
+        ids.len()
+    );
+    ids.truncate(args.prompt_tokens);
+    let model = llm.model();
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        let mut cache = model.new_cache(args.prompt_tokens + args.gen_tokens + 1);
+        let t = Instant::now();
+        let mut last = None;
+        for chunk in ids.chunks(256) {
+            last = Some(model.forward(chunk, &mut cache, false)?);
+        }
+        let prefill = t.elapsed().as_secs_f64();
+        let mut logits = magpie_candle::llm::Transformer::to_vec(&last.unwrap())?;
+        let t = Instant::now();
+        for _ in 0..args.gen_tokens {
+            let tok = magpie_core::argmax(&logits);
+            logits = magpie_candle::llm::Transformer::to_vec(&model.forward(&[tok], &mut cache, false)?)?;
+        }
+        let decode = t.elapsed().as_secs_f64();
+        runs.push((
+            args.prompt_tokens as f64 / prefill,
+            args.gen_tokens as f64 / decode,
+        ));
+    }
+    let out = LlmBench {
+        runtime: "magpie",
+        model: llm.model_id().to_string(),
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        load_seconds: load,
+        prefill_tokens_per_sec: median(runs.iter().map(|r| r.0).collect()),
+        decode_tokens_per_sec: median(runs.iter().map(|r| r.1).collect()),
+        runs,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+/// The bundled sample corpus's guide, repeated: a prompt long enough for any bench.
+pub fn bench_prompt_text() -> String {
+    let s = include_str!("../sample/guide/configuration.md").to_string()
+        + include_str!("../sample/guide/install.md")
+        + include_str!("../sample/faq.txt");
+    s.repeat(6)
+}
+
+/// Continue a plain prompt (for trying a model).
+pub async fn generate(models: &ModelArgs, prompt: &str, opts: GenerationOptions) -> Result<()> {
+    let llm = models.load_llm()?;
+    let mut s = llm.generate(Prompt::Text(prompt.to_string()), opts).await?;
+    let mut out = std::io::stdout();
+    while let Some(ev) = s.next().await {
+        match ev? {
+            GenerationEvent::Delta { text } => {
+                write!(out, "{text}")?;
+                out.flush()?;
+            }
+            GenerationEvent::Done(sum) => {
+                println!();
+                eprintln!(
+                    "({} prompt + {} generated tokens, {:?}; {:.1} prompt tokens/s, {:.1} tokens/s)",
+                    sum.usage.prompt_tokens,
+                    sum.usage.completion_tokens,
+                    sum.finish_reason,
+                    sum.timings.prompt_tokens_per_sec,
+                    sum.timings.tokens_per_sec
+                );
+            }
+        }
+    }
+    Ok(())
+}
