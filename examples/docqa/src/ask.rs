@@ -57,7 +57,9 @@ pub async fn ask(index: &std::path::Path, models: &ModelArgs, args: &AskArgs) ->
     };
     let prepared = pipeline.prepare_answer(&args.question, &llm, &opts).await?;
     if prepared.sources.is_empty() {
-        tracing::warn!("nothing relevant was found in the index; the model answers without passages");
+        tracing::warn!(
+            "nothing relevant was found in the index; the model answers without passages"
+        );
     }
     let mut stream = llm
         .generate(prepared.prompt.clone(), prepared.options.clone())
@@ -128,19 +130,26 @@ pub fn model_info(path: &std::path::Path, json: bool) -> Result<()> {
     println!(
         "  architecture    {}{}",
         info.architecture,
-        if info.supported { "" } else { "  (not supported by magpie)" }
+        if info.supported {
+            ""
+        } else {
+            "  (not supported by magpie)"
+        }
     );
-    println!(
-        "  parameters      {:.1} M",
-        info.parameters as f64 / 1e6
-    );
+    println!("  parameters      {:.1} M", info.parameters as f64 / 1e6);
     let q: Vec<String> = info
         .quantization
         .iter()
         .map(|(k, v)| format!("{k} ×{v}"))
         .collect();
-    println!("  tensor types    {} (mostly {})", q.join(", "), info.main_type);
-    if let (Some(l), Some(h), Some(kv), Some(d)) = (info.layers, info.heads, info.kv_heads, info.head_dim) {
+    println!(
+        "  tensor types    {} (mostly {})",
+        q.join(", "),
+        info.main_type
+    );
+    if let (Some(l), Some(h), Some(kv), Some(d)) =
+        (info.layers, info.heads, info.kv_heads, info.head_dim)
+    {
         println!("  layers          {l}, {h} heads ({kv} key/value), head size {d}");
     }
     if let Some(c) = info.context_length {
@@ -150,7 +159,11 @@ pub fn model_info(path: &std::path::Path, json: bool) -> Result<()> {
         "  vocabulary      {} tokens ({}){}",
         info.vocab_size,
         info.tokenizer.as_deref().unwrap_or("?"),
-        if info.chat_template { ", chat template" } else { ", no chat template (base model)" }
+        if info.chat_template {
+            ", chat template"
+        } else {
+            ", no chat template (base model)"
+        }
     );
     println!("  file            {:.2} GiB", gib(info.file_bytes));
     println!("  memory (weights + f32 KV cache at the full context):");
@@ -244,7 +257,11 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
         let t = Instant::now();
         for _ in 0..args.gen_tokens {
             let tok = magpie_core::argmax(&logits);
-            logits = magpie_candle::llm::Transformer::to_vec(&model.forward(&[tok], &mut cache, false)?)?;
+            logits = magpie_candle::llm::Transformer::to_vec(&model.forward(
+                &[tok],
+                &mut cache,
+                false,
+            )?)?;
         }
         let decode = t.elapsed().as_secs_f64();
         runs.push((

@@ -82,12 +82,23 @@ impl LocalLlm {
             let p = path.with_file_name("tokenizer.json");
             p.is_file().then_some(p)
         });
-        let tok = match json {
-            Some(j) => GgufTokenizer::with_json(&j, &file.metadata)?,
-            None => GgufTokenizer::from_metadata(&file.metadata)?,
-        };
         let device = opts.device.clone().unwrap_or_else(crate::select_device);
-        let model = Transformer::load(&file, &device)?;
+        // the tokenizer (merges derived from a large vocabulary) builds while
+        // the weights load
+        let (tok, model) = std::thread::scope(|s| {
+            let tok = s.spawn(|| match &json {
+                Some(j) => GgufTokenizer::with_json(j, &file.metadata),
+                None => GgufTokenizer::from_metadata(&file.metadata),
+            });
+            let model = Transformer::load(&file, &device);
+            let tok = tok.join().unwrap_or_else(|_| {
+                Err(LlmError::Tokenizer(
+                    "building the tokenizer panicked".into(),
+                ))
+            });
+            (tok, model)
+        });
+        let (tok, model) = (tok?, model?);
         let tok_name = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).unwrap_or_default();
         let chat = ChatTemplate::new(
             file.metadata.string("tokenizer.chat_template"),

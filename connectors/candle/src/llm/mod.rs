@@ -8,6 +8,7 @@ pub mod generator;
 pub mod gguf;
 pub mod info;
 pub mod model;
+pub mod q8;
 pub mod vocab;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::gguf::{Arch, LlmConfig, ModelFile};
+use super::q8::Q8Matrix;
 use super::LlmError;
 
 type CResult<T> = candle_core::Result<T>;
@@ -16,8 +17,37 @@ fn cerr(e: candle_core::Error) -> LlmError {
     LlmError::Runtime(e.to_string())
 }
 
+/// A weight matrix: magpie's Q8_0 kernel on the CPU, candle's QMatMul otherwise.
+#[derive(Clone)]
+enum Weight {
+    Q(QMatMul),
+    Q8(Arc<Q8Matrix>),
+}
+
+impl Weight {
+    fn new(t: QTensor) -> Result<Self, LlmError> {
+        match Q8Matrix::from_qtensor(t) {
+            Ok(m) => Ok(Weight::Q8(Arc::new(m))),
+            Err(t) => QMatMul::from_qtensor(t).map(Weight::Q).map_err(cerr),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        match self {
+            Weight::Q(m) => m.forward(x),
+            Weight::Q8(m) => m.forward(x),
+        }
+    }
+}
+
+/// The token embedding table (quantized, looked up row by row).
+enum Embedding {
+    Q(Arc<QTensor>),
+    Q8(Arc<Q8Matrix>),
+}
+
 struct Linear {
-    w: QMatMul,
+    w: Weight,
     b: Option<Tensor>,
 }
 
@@ -84,11 +114,12 @@ impl KvCache {
 pub struct Transformer {
     /// Hyper-parameters.
     pub cfg: LlmConfig,
-    embed: Arc<QTensor>,
+    embed: Embedding,
+    hidden: usize,
     embed_scale: Option<f64>,
     layers: Vec<Layer>,
     out_norm: Tensor,
-    output: QMatMul,
+    output: Weight,
     device: Device,
     /// (name, original type, type used) of tensors converted at load.
     pub requantized: Vec<(String, GgmlDType, GgmlDType)>,
@@ -138,9 +169,9 @@ impl WeightLoader<'_> {
         }
     }
 
-    fn matmul(&mut self, name: &str) -> Result<QMatMul, LlmError> {
+    fn matmul(&mut self, name: &str) -> Result<Weight, LlmError> {
         let t = self.quantized(name)?;
-        QMatMul::from_qtensor(t).map_err(cerr)
+        Weight::new(t)
     }
 
     fn vector(&mut self, name: &str) -> Result<Tensor, LlmError> {
@@ -246,15 +277,23 @@ impl Transformer {
             });
         }
         let out_norm = ld.vector("output_norm.weight")?;
-        let embed = Arc::new(ld.quantized("token_embd.weight")?);
+        let embed_q = ld.quantized("token_embd.weight")?;
+        let vocab = embed_q.shape().dims()[0];
+        let hidden = embed_q.shape().dims()[1];
+        let embed = match Q8Matrix::from_qtensor(embed_q) {
+            Ok(m) => Embedding::Q8(Arc::new(m)),
+            Err(t) => Embedding::Q(Arc::new(t)),
+        };
         let output = if has("output.weight") {
             ld.matmul("output.weight")?
         } else {
             // tied embeddings: one copy serves both
-            QMatMul::from_arc(embed.clone()).map_err(cerr)?
+            match &embed {
+                Embedding::Q8(m) => Weight::Q8(m.clone()),
+                Embedding::Q(t) => Weight::Q(QMatMul::from_arc(t.clone()).map_err(cerr)?),
+            }
         };
         let requantized = ld.requantized;
-        let vocab = embed.shape().dims()[0];
         let mut cfg = cfg;
         if cfg.vocab_size == 0 {
             cfg.vocab_size = vocab;
@@ -263,6 +302,7 @@ impl Transformer {
             embed_scale: (cfg.arch == Arch::Gemma3).then(|| (cfg.n_embd as f64).sqrt()),
             cfg,
             embed,
+            hidden,
             layers,
             out_norm,
             output,
@@ -367,8 +407,11 @@ impl Transformer {
         let t = tokens.len();
         let start = cache.len;
         self.ensure_capacity(cache, start + t)?;
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut h = self.embed.embedding(&ids)?.unsqueeze(0)?; // [1, t, d]
+        let mut h = match &self.embed {
+            Embedding::Q8(m) => m.embedding(tokens)?.to_device(&self.device)?,
+            Embedding::Q(q) => q.embedding(&Tensor::new(tokens, &self.device)?)?,
+        }
+        .unsqueeze(0)?; // [1, t, d]
         if let Some(s) = self.embed_scale {
             h = (h * s)?;
         }
@@ -519,7 +562,7 @@ impl Transformer {
 
     /// Embedding-row dimension check used by tests.
     pub fn hidden(&self) -> usize {
-        self.embed.shape().dims()[1]
+        self.hidden
     }
 }
 

@@ -232,7 +232,7 @@ fn build_spm(
     }
     // pieces that take part in merges: normal and user-defined ones
     let mergeable = |id: u32| matches!(types[id as usize], TYPE_NORMAL | TYPE_USER_DEFINED);
-    let mut merges: Vec<(f32, u32, String, String)> = Vec::new();
+    let mut merges: Vec<(f32, u32, u32, String, String)> = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
         if !mergeable(i as u32) || t.chars().nth(1).is_none() {
             continue;
@@ -241,18 +241,14 @@ fn build_spm(
             let (a, b) = t.split_at(cut);
             if let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) {
                 if mergeable(ia) && mergeable(ib) {
-                    merges.push((scores[i], i as u32, a.to_string(), b.to_string()));
+                    merges.push((scores[i], i as u32, ia, a.to_string(), b.to_string()));
                 }
             }
         }
     }
     // higher score merges first; ties by the merged piece's id, then left piece's length
-    merges.sort_by(|x, y| {
-        y.0.total_cmp(&x.0)
-            .then(x.1.cmp(&y.1))
-            .then(vocab[&x.2].cmp(&vocab[&y.2]))
-    });
-    let merges: Vec<(String, String)> = merges.into_iter().map(|m| (m.2, m.3)).collect();
+    merges.sort_unstable_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    let merges: Vec<(String, String)> = merges.into_iter().map(|m| (m.3, m.4)).collect();
     let unk_id = md.u32("tokenizer.ggml.unknown_token_id").or_else(|| {
         types
             .iter()

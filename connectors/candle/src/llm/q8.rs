@@ -1,0 +1,307 @@
+//! Q8_0 matrix-vector and matrix-matrix products for the CPU.
+//!
+//! Profiling Gemma 3 270M decode (BENCHMARKS.md) put 47% of the time in
+//! candle's Q8_0 dot product, which walks one weight row at a time with a
+//! single accumulator (latency-bound on the FMA chain), and another 14% in
+//! threads waiting at its barrier. Most of that is the tied 262,144 × 640
+//! output layer. Here four weight rows share each activation block (four
+//! independent accumulators), every prompt token reuses the four rows while
+//! they sit in L1, and the work runs on candle's own thread pool so no second
+//! pool competes for the cores. Numerics follow ggml: activations are
+//! quantized per 32 values to int8 with an f16 scale.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Result, Tensor};
+use half::f16;
+
+const QK: usize = 32;
+const BLOCK: usize = 34; // f16 scale + 32 int8
+
+/// A Q8_0 weight matrix `[rows, cols]` in ggml's block layout. Several rows
+/// (prompt processing) go through magpie's tiled kernel; a single row
+/// (decoding) through candle's GEMV, which measured faster for that shape
+/// (`cargo run -p magpie-candle --example q8bench`).
+pub struct Q8Matrix {
+    tensor: std::sync::Arc<QTensor>,
+    gemv: candle_core::quantized::QMatMul,
+    rows: usize,
+    cols: usize,
+}
+
+struct QuantRow {
+    d: Vec<f32>,
+    qs: Vec<[i8; QK]>,
+}
+
+fn quantize_row(x: &[f32]) -> QuantRow {
+    let nb = x.len() / QK;
+    let mut d = Vec::with_capacity(nb);
+    let mut qs = Vec::with_capacity(nb);
+    for b in x.chunks_exact(QK) {
+        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        let mut q = [0i8; QK];
+        for (o, v) in q.iter_mut().zip(b) {
+            *o = (v * id).round() as i8;
+        }
+        d.push(f16::from_f32(scale).to_f32());
+        qs.push(q);
+    }
+    QuantRow { d, qs }
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: each worker writes a disjoint set of output indices.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl Q8Matrix {
+    /// Take a Q8_0 tensor on the CPU; anything else is handed back.
+    pub fn from_qtensor(t: QTensor) -> std::result::Result<Self, QTensor> {
+        let ok = t.dtype() == GgmlDType::Q8_0 && t.device().is_cpu();
+        let Ok((rows, cols)) = t.shape().dims2() else {
+            return Err(t);
+        };
+        if !ok || cols % QK != 0 || t.storage_size_in_bytes() != rows * (cols / QK) * BLOCK {
+            return Err(t);
+        }
+        let tensor = std::sync::Arc::new(t);
+        let gemv = match candle_core::quantized::QMatMul::from_arc(tensor.clone()) {
+            Ok(g) => g,
+            Err(_) => return Err(std::sync::Arc::into_inner(tensor).expect("one owner")),
+        };
+        Ok(Self {
+            tensor,
+            gemv,
+            rows,
+            cols,
+        })
+    }
+
+    fn bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        // borrowed for CPU storage (checked in from_qtensor)
+        self.tensor.data().unwrap_or_default()
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn row<'a>(&self, data: &'a [u8], r: usize) -> &'a [u8] {
+        let stride = self.cols / QK * BLOCK;
+        &data[r * stride..(r + 1) * stride]
+    }
+
+    /// Rows `ids` dequantized: `[ids.len(), cols]`.
+    pub fn embedding(&self, ids: &[u32]) -> Result<Tensor> {
+        let data = self.bytes();
+        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        for &id in ids {
+            if id as usize >= self.rows {
+                candle_core::bail!("token id {id} is outside the embedding table");
+            }
+            let row = self.row(&data, id as usize);
+            for b in row.chunks_exact(BLOCK) {
+                let d = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                out.extend(b[2..].iter().map(|&q| q as i8 as f32 * d));
+            }
+        }
+        Tensor::from_vec(out, (ids.len(), self.cols), &Device::Cpu)
+    }
+
+    /// `x · Wᵀ` for `x` of shape `[..., cols]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let cols = *dims.last().unwrap_or(&0);
+        if cols != self.cols {
+            candle_core::bail!("q8 matmul: input width {cols}, weights {}", self.cols);
+        }
+        let m = x.elem_count() / cols;
+        if m <= 1 {
+            use candle_core::Module;
+            return self.gemv.forward(x);
+        }
+        let data = self.bytes();
+        let data = &data[..];
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let acts: Vec<QuantRow> = xs.chunks_exact(cols).map(quantize_row).collect();
+        let mut out = vec![0f32; m * self.rows];
+        let ptr = OutPtr(out.as_mut_ptr());
+        let groups = self.rows.div_ceil(4);
+        let avx = avx2_available();
+        candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
+            let p = &ptr;
+            for g in range {
+                let r0 = g * 4;
+                let n = (self.rows - r0).min(4);
+                let rows: [&[u8]; 4] = std::array::from_fn(|i| self.row(data, r0 + i.min(n - 1)));
+                for (t, a) in acts.iter().enumerate() {
+                    let dots = if avx {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: AVX2/FMA/F16C checked at run time; rows hold cols/32 blocks.
+                        unsafe {
+                            dot4_avx2(&rows, a)
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        dot4_scalar(&rows, a)
+                    } else {
+                        dot4_scalar(&rows, a)
+                    };
+                    for (i, v) in dots.iter().take(n).enumerate() {
+                        // SAFETY: (t, r0 + i) is written by this group only.
+                        unsafe { *p.0.add(t * self.rows + r0 + i) = *v };
+                    }
+                }
+            }
+        });
+        let mut shape = dims;
+        *shape.last_mut().unwrap() = self.rows;
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    }
+}
+
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn dot4_scalar(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    for (r, row) in rows.iter().enumerate() {
+        let mut acc = 0f32;
+        for (b, blk) in row.chunks_exact(BLOCK).enumerate() {
+            let d = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+            let s: i32 = blk[2..]
+                .iter()
+                .zip(&a.qs[b])
+                .map(|(&w, &x)| w as i8 as i32 * x as i32)
+                .sum();
+            acc += d * a.d[b] * s as f32;
+        }
+        out[r] = acc;
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_avx2(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn mul_sum(x: __m256i, y: __m256i) -> __m256 {
+        let ax = _mm256_sign_epi8(x, x);
+        let sy = _mm256_sign_epi8(y, x);
+        let dot = _mm256_maddubs_epi16(ax, sy);
+        let sum = _mm256_madd_epi16(dot, _mm256_set1_epi16(1));
+        _mm256_cvtepi32_ps(sum)
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+    #[inline(always)]
+    unsafe fn step(blk: *const u8, y: __m256i, dy: f32, acc: __m256) -> __m256 {
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            (blk as *const u16).read_unaligned() as i32,
+        )));
+        let x = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+        _mm256_fmadd_ps(_mm256_set1_ps(d * dy), mul_sum(x, y), acc)
+    }
+    let (mut a0, mut a1, mut a2, mut a3) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    let (p0, p1, p2, p3) = (
+        rows[0].as_ptr(),
+        rows[1].as_ptr(),
+        rows[2].as_ptr(),
+        rows[3].as_ptr(),
+    );
+    let nb = a.qs.len().min(rows[0].len() / BLOCK);
+    let qs = a.qs.as_ptr();
+    let ds = a.d.as_ptr();
+    for b in 0..nb {
+        let y = _mm256_loadu_si256(qs.add(b) as *const __m256i);
+        let dy = *ds.add(b);
+        let off = b * BLOCK;
+        a0 = step(p0.add(off), y, dy, a0);
+        a1 = step(p1.add(off), y, dy, a1);
+        a2 = step(p2.add(off), y, dy, a2);
+        a3 = step(p3.add(off), y, dy, a3);
+    }
+    [hsum(a0), hsum(a1), hsum(a2), hsum(a3)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Module;
+
+    #[test]
+    fn matches_candle_q8_0_matmul() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (37, 96), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 5, 96), &dev).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let ours = Q8Matrix::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap())
+            .ok()
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        let theirs = candle_core::quantized::QMatMul::from_qtensor(q)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        let diff = (ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-3, "{diff}");
+        let emb = Q8Matrix::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap())
+            .ok()
+            .unwrap()
+            .embedding(&[3, 0])
+            .unwrap();
+        let deq = QTensor::quantize(&w, GgmlDType::Q8_0)
+            .unwrap()
+            .dequantize(&dev)
+            .unwrap()
+            .narrow(0, 3, 1)
+            .unwrap();
+        let d = (emb.narrow(0, 0, 1).unwrap() - deq)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6);
+    }
+}
