@@ -539,11 +539,11 @@ impl Transformer {
                 };
                 let cos = cos.broadcast_as((tail, cos.dim(1)?))?.contiguous()?;
                 let sin = sin.broadcast_as((tail, sin.dim(1)?))?.contiguous()?;
-                let k = cache.k[li].narrow(2, n_keep + n_discard, tail)?.copy()?;
+                let k = owned(&cache.k[li].narrow(2, n_keep + n_discard, tail)?)?;
                 let k = self.apply_rope(&k, &cos, &sin)?;
                 // a copy: with one key/value head the narrowed view is contiguous and
                 // would share storage with the destination
-                let v = cache.v[li].narrow(2, n_keep + n_discard, tail)?.copy()?;
+                let v = owned(&cache.v[li].narrow(2, n_keep + n_discard, tail)?)?;
                 cache.k[li].slice_set(&k, 2, n_keep)?;
                 cache.v[li].slice_set(&v, 2, n_keep)?;
             }
@@ -563,6 +563,16 @@ impl Transformer {
     /// Embedding-row dimension check used by tests.
     pub fn hidden(&self) -> usize {
         self.hidden
+    }
+}
+
+/// A contiguous tensor with storage of its own (a narrowed cache view may be
+/// contiguous and share the cache's storage).
+fn owned(t: &Tensor) -> CResult<Tensor> {
+    if t.is_contiguous() {
+        t.copy()
+    } else {
+        t.contiguous()
     }
 }
 
