@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The main job: docqa on the bundled sample corpus with the embedded stores
-# (qdrant-edge + tantivy, no server) and the default local models.
+# (qdrant-edge + tantivy, no server) and the default local models: index,
+# search, then answers from the local LLM (Gemma 3 270M) with their sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --locked -p docqa
 docqa=target/debug/docqa
-$docqa models fetch embed
+$docqa models fetch all
 $docqa --index .magpie index examples/docqa/sample
 for q in "what does error E42 mean?" \
          "can magpies recognise themselves in a mirror" \
@@ -18,3 +19,9 @@ for q in "what does error E42 mean?" \
 done
 echo
 $docqa --index .magpie status
+for q in "how do I upgrade without losing my data?" \
+         "what does error E42 mean?"; do
+  echo
+  echo "\$ docqa ask \"$q\""
+  $docqa --index .magpie ask --seed 7 "$q"
+done

@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 # One build profile for tests and the demo (see Cargo.toml): dependencies are
 # optimised, so the tests with real models run fast.
 cargo build --locked -p docqa
-target/debug/docqa models fetch embed
+target/debug/docqa models fetch all
 cargo test --locked --workspace "$@"

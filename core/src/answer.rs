@@ -180,7 +180,7 @@ pub fn pack_sources(
             chunk_id: c.id.clone(),
             doc_id: c.doc_id.clone(),
             source: c.source.clone(),
-            span: c.span.clone(),
+            span: c.span,
             heading_path: c.heading_path.clone(),
             score: h.score,
             text: c.text.clone(),

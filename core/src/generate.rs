@@ -420,10 +420,10 @@ impl Sampler {
         }
         let total: f64 = probs[..keep].iter().sum();
         let mut r = self.rng.next_f64() * total;
-        for i in 0..keep {
-            r -= probs[i];
+        for (p, c) in probs[..keep].iter().zip(&self.cand) {
+            r -= p;
             if r <= 0.0 {
-                return self.cand[i].0;
+                return c.0;
             }
         }
         self.cand[keep - 1].0

@@ -6,6 +6,7 @@ mod ask;
 mod bench;
 mod engine;
 mod eval;
+mod eval_qa;
 mod models;
 mod progress;
 
@@ -189,6 +190,15 @@ Example:
 The corpus is indexed into --index (default .magpie-eval/<dataset>) once; later runs reuse it.
 Documents are scored by their best chunk.")]
     Beir(eval::BeirArgs),
+    /// Answer quality: exact match and token F1 against gold answers, and how often
+    /// the gold passage reached the prompt and was cited.
+    #[command(after_help = "\
+Example:
+  docqa eval qa ../shared/data/squad-v1.1-dev/beir --docs 200 --questions 50
+
+The first --docs documents are indexed into .magpie-eval/<dataset>-qa-<docs>/ and
+--questions questions about them are answered greedily with the language model.")]
+    Qa(eval_qa::QaArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -436,6 +446,7 @@ async fn run(cli: Cli) -> Result<()> {
                 || std::env::var_os("DOCQA_INDEX").is_some();
             eval::run(args, explicit.then_some(cli.index.as_path()), &cli.models).await?;
         }
+        Command::Eval(EvalCommand::Qa(args)) => eval_qa::run(args, &cli.models).await?,
         Command::Models(ModelsCommand::Fetch { which, force }) => {
             models::fetch(&cli.models.models_dir, *which, *force).context("fetching models")?;
         }

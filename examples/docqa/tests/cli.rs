@@ -22,7 +22,10 @@ fn docqa(index: &Path) -> Command {
         .arg(index)
         .arg("--models-dir")
         .arg(models_dir());
-    c.env_remove("DOCQA_INDEX").env_remove("MAGPIE_EMBED_MODEL");
+    c.env_remove("DOCQA_INDEX")
+        .env_remove("MAGPIE_EMBED_MODEL")
+        .env_remove("MAGPIE_LLM")
+        .env_remove("MAGPIE_CTX");
     c
 }
 
@@ -260,4 +263,85 @@ fn hub_id_models_load_from_the_hub_cache() {
         status["settings"]["embedding_model"],
         "sentence-transformers/all-MiniLM-L6-v2"
     );
+}
+
+/// `docqa ask` on the sample corpus with the real Gemma model: a streamed
+/// answer, then the passages it was given; `--json` has the whole Answer with
+/// citations pointing at real sources and spans.
+#[test]
+fn ask_answers_from_the_index_with_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    run_ok(docqa(&idx).args(["index", "--json"]).arg(sample()));
+    let out = run_ok(docqa(&idx).args([
+        "ask",
+        "--seed",
+        "1",
+        "--max-tokens",
+        "40",
+        "how do I upgrade without losing my data?",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (answer, sources) = text.split_once("Sources:").expect("a Sources: list");
+    assert!(!answer.trim().is_empty(), "{text}");
+    assert!(sources.contains("guide/install.md"), "{text}");
+    let v = json(&run_ok(docqa(&idx).args([
+        "ask",
+        "--json",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "40",
+        "how do I upgrade without losing my data?",
+    ])));
+    let sources = v["sources"].as_array().unwrap();
+    assert!(!sources.is_empty());
+    for (i, s) in sources.iter().enumerate() {
+        assert_eq!(s["number"], i + 1);
+        assert!(
+            s["span"]["line_end"].as_u64().unwrap() >= s["span"]["line_start"].as_u64().unwrap()
+        );
+    }
+    assert!(sources
+        .iter()
+        .any(|s| s["source"].as_str().unwrap().ends_with("install.md")));
+    for c in v["citations"].as_array().unwrap() {
+        assert!(sources.iter().any(|s| s["chunk_id"] == c["chunk_id"]));
+    }
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 50);
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    assert!(v["timings"]["time_to_first_token_ms"].as_f64().unwrap() > 0.0);
+    assert!(!v["text"].as_str().unwrap().trim().is_empty());
+    // an empty question is refused with a clear message
+    let out = docqa(&idx).args(["ask", "  "]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("question is empty"));
+}
+
+#[test]
+fn model_info_describes_the_default_model_and_refuses_junk() {
+    let v = json(&run_ok(
+        docqa(Path::new("unused"))
+            .args(["model", "info", "--json"])
+            .arg(models_dir().join("gemma-3-270m-q4_k_m.gguf")),
+    ));
+    assert_eq!(v["architecture"], "gemma3");
+    assert_eq!(v["supported"], true);
+    assert_eq!(v["context_length"], 32768);
+    assert_eq!(v["vocab_size"], 262144);
+    let params = v["parameters"].as_u64().unwrap();
+    assert!((260_000_000..280_000_000).contains(&params), "{params}");
+    let mem = v["memory"].as_array().unwrap();
+    let fp16 = mem.iter().find(|m| m["precision"] == "fp16").unwrap();
+    assert_eq!(fp16["weights_bytes"].as_u64().unwrap(), params * 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.gguf");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let out = docqa(Path::new("unused"))
+        .args(["model", "info"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a usable GGUF"));
 }

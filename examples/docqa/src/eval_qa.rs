@@ -1,0 +1,329 @@
+//! `docqa eval qa <dir>`: answer quality on a QA set in the BEIR layout whose
+//! queries carry gold answers (`metadata.answers`), e.g. the SQuAD v1.1 dev view.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use magpie_core::{AnswerOptions, GenerationOptions, Generator, QueryPipeline, RunOptions};
+use magpie_files::JsonlLoader;
+use serde::Serialize;
+
+use crate::engine::{Engine, Mode, ModelArgs, OpenOptions};
+use crate::eval::read_qrels;
+use crate::progress::{bar, BarProgress};
+
+#[derive(clap::Args, Debug)]
+pub struct QaArgs {
+    /// Dataset directory: corpus.jsonl, queries.jsonl (with metadata.answers), qrels/test.tsv.
+    pub dir: PathBuf,
+    /// Index only the first N documents of the corpus (questions are drawn from them).
+    #[arg(long, default_value_t = 200)]
+    pub docs: usize,
+    /// Questions to answer, spread evenly over those documents.
+    #[arg(long, default_value_t = 50)]
+    pub questions: usize,
+    /// Retrieval mode.
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub mode: Mode,
+    /// Passages retrieved per question.
+    #[arg(short, default_value_t = 4)]
+    pub k: usize,
+    /// Most answer tokens.
+    #[arg(long, default_value_t = 48)]
+    pub max_tokens: usize,
+    /// Print the summary (and every answer) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct QaRow {
+    id: String,
+    question: String,
+    gold: Vec<String>,
+    answer: String,
+    exact_match: bool,
+    f1: f64,
+    gold_passage_retrieved: bool,
+    gold_passage_cited: bool,
+    prompt_tokens: usize,
+    time_to_first_token_ms: f64,
+}
+
+#[derive(Serialize)]
+struct QaSummary {
+    model: String,
+    questions: usize,
+    documents: usize,
+    mode: &'static str,
+    exact_match: f64,
+    f1: f64,
+    retrieval_hit_rate: f64,
+    citation_hit_rate: f64,
+    mean_prompt_tokens: f64,
+    mean_time_to_first_token_ms: f64,
+    mean_answer_seconds: f64,
+}
+
+/// SQuAD normalisation: lowercase, no punctuation, no articles, single spaces.
+pub fn normalize(s: &str) -> String {
+    let lower: String = s
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_punctuation() { ' ' } else { c })
+        .collect();
+    lower
+        .split_whitespace()
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Token-overlap F1 after normalisation.
+pub fn token_f1(pred: &str, gold: &str) -> f64 {
+    let p: Vec<String> = normalize(pred)
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect();
+    let g: Vec<String> = normalize(gold)
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect();
+    if p.is_empty() || g.is_empty() {
+        return (p.is_empty() && g.is_empty()) as u8 as f64;
+    }
+    let mut pool = g.clone();
+    let mut common = 0usize;
+    for w in &p {
+        if let Some(i) = pool.iter().position(|x| x == w) {
+            pool.swap_remove(i);
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return 0.0;
+    }
+    let prec = common as f64 / p.len() as f64;
+    let rec = common as f64 / g.len() as f64;
+    2.0 * prec * rec / (prec + rec)
+}
+
+fn strip_citations(s: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in s.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim().to_string()
+}
+
+pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
+    let corpus = args.dir.join("corpus.jsonl");
+    let queries = args.dir.join("queries.jsonl");
+    let qrels = args.dir.join("qrels/test.tsv");
+    for p in [&corpus, &queries, &qrels] {
+        if !p.exists() {
+            bail!("{} is missing: see `docqa eval qa --help`", p.display());
+        }
+    }
+    let name = args
+        .dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| {
+            p.parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "qa".into());
+    let work = PathBuf::from(".magpie-eval").join(format!("{name}-qa-{}", args.docs));
+    std::fs::create_dir_all(&work)?;
+    // the corpus subset
+    let raw = std::fs::read_to_string(&corpus)
+        .with_context(|| format!("reading {}", corpus.display()))?;
+    let lines: Vec<&str> = raw
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(args.docs)
+        .collect();
+    let mut doc_ids = HashSet::new();
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        doc_ids.insert(v["_id"].as_str().unwrap_or_default().to_string());
+    }
+    let subset = work.join("corpus.jsonl");
+    std::fs::write(&subset, lines.join("\n") + "\n")?;
+    let engine = Engine::open(&work.join("index"), models, OpenOptions::index())?;
+    {
+        let mut pipeline = engine.pipeline()?;
+        let progress = BarProgress::new(!args.json);
+        pipeline
+            .run(
+                &JsonlLoader::beir(&subset),
+                &RunOptions { sync: true },
+                &progress,
+            )
+            .await?;
+        progress.finish();
+    }
+    // questions whose gold paragraph is in the subset, spread evenly
+    let qrels = read_qrels(&qrels)?;
+    let mut pool = Vec::new();
+    for line in std::fs::read_to_string(&queries)?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let id = v["_id"].as_str().unwrap_or_default().to_string();
+        let Some(gold_docs) = qrels.get(&id) else {
+            continue;
+        };
+        if !gold_docs.keys().any(|d| doc_ids.contains(d)) {
+            continue;
+        }
+        let answers: Vec<String> = v["metadata"]["answers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if answers.is_empty() {
+            continue;
+        }
+        let gold: HashSet<String> = gold_docs.keys().cloned().collect();
+        pool.push((
+            id,
+            v["text"].as_str().unwrap_or_default().to_string(),
+            answers,
+            gold,
+        ));
+    }
+    if pool.is_empty() {
+        bail!(
+            "no question with gold answers refers to the first {} documents",
+            args.docs
+        );
+    }
+    let n = args.questions.min(pool.len()).max(1);
+    let step = pool.len() as f64 / n as f64;
+    let picked: Vec<_> = (0..n)
+        .map(|i| pool[(i as f64 * step) as usize].clone())
+        .collect();
+
+    let llm = models.load_llm()?;
+    let pipeline = QueryPipeline::new(engine.retriever(args.mode)).top_k(args.k);
+    let opts = AnswerOptions {
+        k: args.k,
+        max_context_tokens: 1000,
+        few_shot: true,
+        generation: GenerationOptions {
+            max_tokens: args.max_tokens,
+            ..GenerationOptions::greedy()
+        },
+    };
+    let pb = bar(n as u64, "answering", !args.json);
+    let mut rows = Vec::new();
+    let t0 = std::time::Instant::now();
+    for (id, question, answers, gold) in &picked {
+        let ans = pipeline.answer(question, &llm, &opts).await?;
+        let text = strip_citations(&ans.text);
+        let em = answers.iter().any(|g| normalize(g) == normalize(&text));
+        let f1 = answers
+            .iter()
+            .map(|g| token_f1(&text, g))
+            .fold(0.0, f64::max);
+        let doc_of = |s: &magpie_core::Source| s.doc_id.clone();
+        let retrieved = ans
+            .sources
+            .iter()
+            .any(|s| gold.contains(&doc_of(s)) || gold.contains(&s.source));
+        let cited = ans
+            .citations
+            .iter()
+            .any(|s| gold.contains(&doc_of(s)) || gold.contains(&s.source));
+        rows.push(QaRow {
+            id: id.clone(),
+            question: question.clone(),
+            gold: answers.clone(),
+            answer: ans.text.clone(),
+            exact_match: em,
+            f1,
+            gold_passage_retrieved: retrieved,
+            gold_passage_cited: cited,
+            prompt_tokens: ans.usage.prompt_tokens,
+            time_to_first_token_ms: ans.timings.time_to_first_token_ms,
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let nf = rows.len() as f64;
+    let mean = |f: &dyn Fn(&QaRow) -> f64| rows.iter().map(f).sum::<f64>() / nf;
+    let summary = QaSummary {
+        model: llm.model_id().to_string(),
+        questions: rows.len(),
+        documents: lines.len(),
+        mode: args.mode.name(),
+        exact_match: mean(&|r| r.exact_match as u8 as f64),
+        f1: mean(&|r| r.f1),
+        retrieval_hit_rate: mean(&|r| r.gold_passage_retrieved as u8 as f64),
+        citation_hit_rate: mean(&|r| r.gold_passage_cited as u8 as f64),
+        mean_prompt_tokens: mean(&|r| r.prompt_tokens as f64),
+        mean_time_to_first_token_ms: mean(&|r| r.time_to_first_token_ms),
+        mean_answer_seconds: t0.elapsed().as_secs_f64() / nf,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"summary": summary, "answers": rows})
+            )?
+        );
+    } else {
+        let mut o = std::io::stdout();
+        writeln!(
+            o,
+            "{} questions over {} documents ({} retrieval, model {})",
+            summary.questions, summary.documents, summary.mode, summary.model
+        )?;
+        writeln!(o, "  exact match        {:.3}", summary.exact_match)?;
+        writeln!(o, "  token F1           {:.3}", summary.f1)?;
+        writeln!(o, "  gold passage given {:.3}", summary.retrieval_hit_rate)?;
+        writeln!(o, "  gold passage cited {:.3}", summary.citation_hit_rate)?;
+        writeln!(
+            o,
+            "  mean prompt {:.0} tokens, first token after {:.0} ms, {:.1} s per answer",
+            summary.mean_prompt_tokens,
+            summary.mean_time_to_first_token_ms,
+            summary.mean_answer_seconds
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squad_normalisation_and_f1() {
+        assert_eq!(normalize("The  Denver Broncos!"), "denver broncos");
+        assert_eq!(token_f1("Denver Broncos", "the Denver Broncos"), 1.0);
+        assert!((token_f1("the Broncos won", "Denver Broncos") - 0.4).abs() < 1e-9);
+        assert_eq!(token_f1("Paris", "London"), 0.0);
+        assert_eq!(
+            strip_citations("Denver Broncos [1, 2]."),
+            "Denver Broncos ."
+        );
+    }
+}
