@@ -355,3 +355,93 @@ fn corrupt_truncated_and_foreign_files_are_clear_errors() {
         "{e}"
     );
 }
+
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// A chat longer than the window loses whole old turns (never the system
+/// message, never a tool result without its call), and generation on it goes
+/// past the window cutting at message boundaries.
+#[tokio::test]
+async fn long_chats_drop_whole_turns() {
+    use magpie_core::{ChatMessage, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let llm = LocalLlm::load(
+        &tiny(Tiny::Qwen2, 2, dir.path()),
+        LlmOptions {
+            context_window: Some(160),
+            chat_template: Some(CHATML.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(llm.has_chat_template());
+    let mut chat = vec![ChatMessage::new(Role::System, "You answer from the index.")];
+    for i in 0..12 {
+        chat.push(ChatMessage::new(
+            Role::User,
+            format!("question {i} about the configuration file"),
+        ));
+        chat.push(ChatMessage::new(
+            Role::Assistant,
+            format!("call search for {i}"),
+        ));
+        chat.push(ChatMessage::new(
+            Role::Tool,
+            format!("result {i}: install notes and upgrade notes"),
+        ));
+        chat.push(ChatMessage::new(
+            Role::Assistant,
+            format!("answer {i} from the notes"),
+        ));
+    }
+    let opts = GenerationOptions {
+        max_tokens: 40,
+        ..Default::default()
+    };
+    let (ids, n_keep, bounds) = llm.render_chat(&chat, &opts).unwrap();
+    assert!(ids.len() <= 160 - 40, "{}", ids.len());
+    let text = llm.tokenizer().tokenizer.decode(&ids, false).unwrap();
+    assert!(
+        text.starts_with("<|im_start|>system\nYou answer from the index.<|im_end|>"),
+        "{text}"
+    );
+    assert!(text.contains("answer 11 from the notes"));
+    assert!(!text.contains("question 0 "));
+    // every kept turn is whole: a tool result appears only with its call
+    for i in 0..12 {
+        assert_eq!(
+            text.contains(&format!("call search for {i}<")),
+            text.contains(&format!("result {i}:")),
+            "turn {i} split: {text}"
+        );
+    }
+    assert!(n_keep > 5 && n_keep < ids.len());
+    assert!(!bounds.is_empty() && bounds.windows(2).all(|w| w[0] < w[1]));
+    assert!(bounds.iter().all(|&b| b > n_keep && b < ids.len()));
+    // generation past the window on the chat
+    let (_, sum) = {
+        let mut s = llm
+            .generate(
+                magpie_core::Prompt::Chat(chat.clone()),
+                GenerationOptions {
+                    max_tokens: 300,
+                    seed: Some(4),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut out = String::new();
+        loop {
+            match s.next().await.unwrap().unwrap() {
+                GenerationEvent::Delta { text } => out.push_str(&text),
+                GenerationEvent::Done(sum) => break (out, sum),
+            }
+        }
+    };
+    if sum.finish_reason == FinishReason::Length {
+        assert!(sum.timings.context_shifts >= 1, "{sum:?}");
+    }
+    let (len, cap) = llm.cache_stats();
+    assert!(len <= 160 && cap <= 160);
+}

@@ -51,6 +51,15 @@ impl ChatTemplate {
 
     /// The prompt text for `messages`, ending where the assistant's reply starts.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
+        self.render_with(messages, true)
+    }
+
+    /// The text for `messages`, with or without the cue for the assistant's reply.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, LlmError> {
         if messages.is_empty() {
             return Err(LlmError::InvalidInput("the chat has no messages".into()));
         }
@@ -65,13 +74,19 @@ impl ChatTemplate {
                     .map_err(|e| LlmError::Template(e.to_string()))?;
                 tmpl.render(context! {
                     messages => msgs,
-                    add_generation_prompt => true,
+                    add_generation_prompt => add_generation_prompt,
                     bos_token => self.bos.clone(),
                     eos_token => self.eos.clone(),
                 })
                 .map_err(|e| LlmError::Template(format!("the model's chat template failed: {e}")))
             }
-            None => Ok(plain_transcript(messages)),
+            None => {
+                let mut t = plain_transcript(messages);
+                if !add_generation_prompt {
+                    t.truncate(t.len() - "Assistant:".len());
+                }
+                Ok(t)
+            }
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct LlmOptions {
     pub batch: usize,
     /// Slide the window by moving the cache (true) or by re-encoding the kept tokens.
     pub shift_in_place: bool,
+    /// A Jinja chat template to use instead of the file's (base models have none).
+    pub chat_template: Option<String>,
 }
 
 impl Default for LlmOptions {
@@ -44,6 +46,7 @@ impl Default for LlmOptions {
             tokenizer_json: None,
             batch: 256,
             shift_in_place: true,
+            chat_template: None,
         }
     }
 }
@@ -101,7 +104,9 @@ impl LocalLlm {
         let (tok, model) = (tok?, model?);
         let tok_name = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).unwrap_or_default();
         let chat = ChatTemplate::new(
-            file.metadata.string("tokenizer.chat_template"),
+            opts.chat_template
+                .as_deref()
+                .or(file.metadata.string("tokenizer.chat_template")),
             &tok_name(tok.special.bos),
             &tok_name(tok.special.eos),
         )?;
@@ -189,21 +194,21 @@ impl LocalLlm {
     }
 
     /// The rendered prompt and the number of leading tokens to keep when sliding.
-    fn prepare(
-        &self,
-        prompt: &Prompt,
-        opts: &GenerationOptions,
-    ) -> Result<(Vec<u32>, usize), LlmError> {
+    fn prepare(&self, prompt: &Prompt, opts: &GenerationOptions) -> Result<Prepared, LlmError> {
         match prompt {
             Prompt::Text(t) => {
                 if t.is_empty() {
                     return Err(LlmError::InvalidInput("the prompt is empty".into()));
                 }
                 let ids = self.encode_prompt(t)?;
-                let keep = opts
+                let n_keep = opts
                     .n_keep
                     .unwrap_or(usize::from(self.inner.tok.special.add_bos));
-                Ok((ids, keep))
+                Ok(Prepared {
+                    ids,
+                    n_keep,
+                    boundaries: Vec::new(),
+                })
             }
             Prompt::Chat(messages) => self.prepare_chat(messages, opts),
         }
@@ -211,11 +216,22 @@ impl LocalLlm {
 
     /// Render a chat; when it does not fit, drop the oldest turns after the
     /// system message (a tool result goes with its call), never mid-message.
+    /// The token ids of a chat as the model sees it, how many leading tokens
+    /// stay when the window slides, and where messages end (a slide cuts there).
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        opts: &GenerationOptions,
+    ) -> Result<(Vec<u32>, usize, Vec<usize>), LlmError> {
+        let p = self.prepare_chat(messages, opts)?;
+        Ok((p.ids, p.n_keep, p.boundaries))
+    }
+
     fn prepare_chat(
         &self,
         messages: &[ChatMessage],
         opts: &GenerationOptions,
-    ) -> Result<(Vec<u32>, usize), LlmError> {
+    ) -> Result<Prepared, LlmError> {
         let window = opts
             .context_window
             .unwrap_or(self.inner.window)
@@ -242,7 +258,11 @@ impl LocalLlm {
                     Some(k) => k,
                     None if sys_len > 0 => {
                         // tokens of the rendered system part
-                        let sys = self.inner.chat.render(&messages[..sys_len]).ok();
+                        let sys = self
+                            .inner
+                            .chat
+                            .render_with(&messages[..sys_len], false)
+                            .ok();
                         sys.and_then(|s| self.encode_prompt(&s).ok())
                             .map(|s| common_prefix(&s, &ids))
                             .unwrap_or(1)
@@ -255,11 +275,49 @@ impl LocalLlm {
                         "chat longer than the window: oldest turns left out"
                     );
                 }
-                return Ok((ids, keep));
+                // token positions where a message group ends (a tool result
+                // ends its call's group), when the template renders prefixes
+                // as prefixes
+                let mut boundaries = Vec::new();
+                let kept_groups = message_groups(&kept[sys_len..]);
+                for g in &kept_groups {
+                    let part = self
+                        .inner
+                        .chat
+                        .render_with(&kept[..sys_len + g.end], false)?;
+                    let part = self.encode_prompt(&part)?;
+                    if part.len() < ids.len() && common_prefix(&part, &ids) == part.len() {
+                        boundaries.push(part.len());
+                    }
+                }
+                return Ok(Prepared {
+                    ids,
+                    n_keep: keep,
+                    boundaries,
+                });
             }
             from += 1;
         }
     }
+}
+
+struct Prepared {
+    ids: Vec<u32>,
+    n_keep: usize,
+    /// Token positions where chat messages end.
+    boundaries: Vec<usize>,
+}
+
+/// How many tokens after `n_keep` to drop from a full cache of `len`: half of
+/// them, moved forward to the next message boundary when there is one.
+fn discard_count(len: usize, n_keep: usize, boundaries: &[usize]) -> usize {
+    let half = ((len - n_keep) / 2).max(1);
+    boundaries
+        .iter()
+        .copied()
+        .find(|&b| b >= n_keep + half && b < len)
+        .map(|b| b - n_keep)
+        .unwrap_or(half)
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -273,6 +331,7 @@ impl Inner {
         &self,
         mut prompt: Vec<u32>,
         n_keep: usize,
+        mut boundaries: Vec<usize>,
         opts: GenerationOptions,
         tx: &Tx,
     ) -> Result<(), LlmError> {
@@ -303,6 +362,11 @@ impl Inner {
                     "prompt longer than the context window: its middle is left out"
                 );
                 prompt.drain(n_keep..n_keep + cut);
+                boundaries = boundaries
+                    .iter()
+                    .filter(|&&b| b > n_keep + cut)
+                    .map(|b| b - cut)
+                    .collect();
             }
         }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -397,7 +461,12 @@ impl Inner {
             }
             // slide the window when it is full
             if st.cache.len() + 1 > window {
-                let n_discard = ((st.cache.len() - n_keep) / 2).max(1);
+                let n_discard = discard_count(st.cache.len(), n_keep, &boundaries);
+                boundaries = boundaries
+                    .iter()
+                    .filter(|&&b| b > n_keep + n_discard)
+                    .map(|b| b - n_discard)
+                    .collect();
                 if self.shift_in_place {
                     self.model.shift(&mut st.cache, n_keep, n_discard)?;
                     st.tokens.drain(n_keep..n_keep + n_discard);
@@ -507,13 +576,17 @@ impl Generator for LocalLlm {
         options: GenerationOptions,
     ) -> magpie_core::Result<GenerationStream> {
         options.validate()?;
-        let (ids, n_keep) = self.prepare(&prompt, &options)?;
+        let Prepared {
+            ids,
+            n_keep,
+            boundaries,
+        } = self.prepare(&prompt, &options)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let inner = self.inner.clone();
         std::thread::Builder::new()
             .name("magpie-llm".into())
             .spawn(move || {
-                if let Err(e) = inner.run(ids, n_keep, options, &tx) {
+                if let Err(e) = inner.run(ids, n_keep, boundaries, options, &tx) {
                     let _ = tx.blocking_send(Err(e.into()));
                 }
             })
@@ -521,5 +594,21 @@ impl Generator for LocalLlm {
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
         Ok(Box::pin(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::discard_count;
+
+    #[test]
+    fn slides_cut_at_message_boundaries_when_they_can() {
+        // 100 cached, keep 10: half of the rest is 45, so the cut goes to 55 or beyond
+        assert_eq!(discard_count(100, 10, &[20, 40, 60, 90]), 50);
+        // no boundary past the half: plain half
+        assert_eq!(discard_count(100, 10, &[20, 40]), 45);
+        assert_eq!(discard_count(100, 10, &[]), 45);
+        // a boundary at the very end leaves nothing to attend to: not used
+        assert_eq!(discard_count(100, 10, &[100]), 45);
     }
 }
