@@ -342,6 +342,11 @@ impl Inner {
                 "the context window must hold at least 2 tokens".into(),
             ));
         }
+        if prompt.is_empty() {
+            return Err(LlmError::InvalidInput(
+                "the prompt encodes to no tokens: give some text".into(),
+            ));
+        }
         if n_keep >= window {
             return Err(LlmError::InvalidInput(format!(
                 "n_keep ({n_keep}) must be smaller than the context window ({window}): keep fewer tokens or use a larger window"
