@@ -58,3 +58,31 @@ fn tiny_models_match_llama_cpp() {
         }
     }
 }
+
+/// A tokenizer.json beside the .gguf is used instead of the GGUF's vocabulary
+/// (here: the one magpie built from the GGUF, saved, so the ids must agree).
+#[test]
+fn a_tokenizer_json_beside_the_model_is_used() {
+    use magpie_tests::tiny::{write_tiny, Tiny};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    write_tiny(Tiny::Qwen3, 1, &gemma_path(), &path);
+    let plain = LocalLlm::load(&path, LlmOptions::default()).unwrap();
+    let text = "Install docqa, then run: scripts/demo.sh";
+    let want = plain.encode_prompt(text).unwrap();
+    plain
+        .tokenizer()
+        .tokenizer
+        .save(dir.path().join("tokenizer.json"), false)
+        .unwrap();
+    let with_json = LocalLlm::load(&path, LlmOptions::default()).unwrap();
+    assert_eq!(with_json.tokenizer().kind, "gpt2");
+    assert_eq!(with_json.encode_prompt(text).unwrap(), want);
+    // a broken tokenizer.json is a clear error, not a panic
+    std::fs::write(dir.path().join("tokenizer.json"), "{not json").unwrap();
+    let err = LocalLlm::load(&path, LlmOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
+}
