@@ -88,6 +88,28 @@ pub struct TantivyStore {
     path: Option<PathBuf>,
 }
 
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f`, catching a panic without printing it (the previous panic hook
+/// still reports every other panic).
+fn quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    r
+}
+
 /// `frag` with `«»` around the highlighted ranges. The Chinese tokenizer emits
 /// overlapping words ("铁路" inside "铁路网"), so ranges may overlap or nest:
 /// they are merged; ranges outside the fragment or off character boundaries
@@ -260,10 +282,10 @@ impl TantivyStore {
             // underflow when our tokenizer's overlapping words straddle a
             // fragment start (a panic in builds with overflow checks): such a
             // hit goes without a snippet rather than failing the search
-            let snippet = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let snippet = quietly(|| {
                 let sn = gen.snippet_from_doc(&doc);
                 mark_highlights(sn.fragment(), sn.highlighted())
-            }));
+            });
             let s = match snippet {
                 Ok(s) => s,
                 Err(_) => {
@@ -448,6 +470,13 @@ mod tests {
             }
         }
         One.split(&d)
+    }
+
+    #[test]
+    fn quietly_catches_panics() {
+        assert_eq!(quietly(|| 2 + 2).unwrap(), 4);
+        let v: Vec<usize> = vec![];
+        assert!(quietly(|| v[3]).is_err());
     }
 
     /// jieba's search mode emits overlapping words; snippets used to panic on
