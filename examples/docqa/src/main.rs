@@ -254,6 +254,7 @@ fn main() {
         std::process::exit(2);
     }
     magpie_candle::tune_allocator();
+    magpie_candle::pin_thread_count();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -461,6 +461,17 @@ impl Transformer {
                 _ => 0,
             };
             let kl = end - first;
+            if t == 1 && self.device.is_cpu() {
+                // one query row: attention straight over the cache, no copies
+                let out = attend_one(&q, &cache.k[li], &cache.v[li], first, kl, c, scale)?;
+                let mut o = layer.o.forward(&out)?;
+                if let Some(w) = &layer.post_attn_norm {
+                    o = rms(&o, w, c.rms_eps)?;
+                }
+                h = (residual + o)?;
+                h = self.mlp(layer, h)?;
+                continue;
+            }
             let keys = cache.k[li].narrow(2, first, kl)?;
             let vals = cache.v[li].narrow(2, first, kl)?;
             // group the query heads that share a key/value head: [1, kv, groups*t, hd]
@@ -484,20 +495,7 @@ impl Transformer {
                 o = rms(&o, w, c.rms_eps)?;
             }
             h = (residual + o)?;
-            let residual = h.clone();
-            let x = rms(&h, &layer.ffn_norm, c.rms_eps)?;
-            let g = layer.gate.forward(&x)?;
-            let g = if c.arch == Arch::Gemma3 {
-                g.gelu()?
-            } else {
-                candle_nn::ops::silu(&g)?
-            };
-            let m = (g * layer.up.forward(&x)?)?;
-            let mut m = layer.down.forward(&m)?;
-            if let Some(w) = &layer.post_ffn_norm {
-                m = rms(&m, w, c.rms_eps)?;
-            }
-            h = (residual + m)?;
+            h = self.mlp(layer, h)?;
         }
         cache.len = start + t;
         let h = if all { h } else { h.narrow(1, t - 1, 1)? };
@@ -508,6 +506,24 @@ impl Transformer {
         } else {
             logits.squeeze(0)
         }
+    }
+
+    /// The feed-forward half of a block, residual included.
+    fn mlp(&self, layer: &Layer, h: Tensor) -> CResult<Tensor> {
+        let c = &self.cfg;
+        let x = rms(&h, &layer.ffn_norm, c.rms_eps)?;
+        let g = layer.gate.forward(&x)?;
+        let g = if c.arch == Arch::Gemma3 {
+            g.gelu()?
+        } else {
+            candle_nn::ops::silu(&g)?
+        };
+        let m = (g * layer.up.forward(&x)?)?;
+        let mut m = layer.down.forward(&m)?;
+        if let Some(w) = &layer.post_ffn_norm {
+            m = rms(&m, w, c.rms_eps)?;
+        }
+        h + m
     }
 
     /// Drop cached positions `n_keep..n_keep+n_discard` and move the rest down,
@@ -564,6 +580,70 @@ impl Transformer {
     pub fn hidden(&self) -> usize {
         self.hidden
     }
+}
+
+/// Attention of one query row (`q`: `[1, heads, 1, hd]`) over cached keys and
+/// values `first..first+kl` (`[1, kv, cap, hd]`), read in place: `[1, 1, heads*hd]`.
+fn attend_one(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first: usize,
+    kl: usize,
+    c: &LlmConfig,
+    scale: f64,
+) -> CResult<Tensor> {
+    use candle_core::Storage;
+    let hd = c.head_dim;
+    let groups = c.n_head / c.n_head_kv;
+    let q = q.flatten_all()?.to_vec1::<f32>()?;
+    let (ks, kl_layout) = k.storage_and_layout();
+    let (vs, vl_layout) = v.storage_and_layout();
+    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*ks, &*vs) else {
+        candle_core::bail!("attend_one runs on the CPU only");
+    };
+    let (kd, vd) = (kc.as_slice::<f32>()?, vc.as_slice::<f32>()?);
+    if !kl_layout.is_contiguous() || !vl_layout.is_contiguous() {
+        candle_core::bail!("the KV cache must be contiguous");
+    }
+    let cap = k.dim(2)?;
+    let (k0, v0) = (kl_layout.start_offset(), vl_layout.start_offset());
+    let mut out = vec![0f32; c.n_head * hd];
+    let mut scores = vec![0f32; kl];
+    for h in 0..c.n_head {
+        let kvh = h / groups;
+        let qh = &q[h * hd..(h + 1) * hd];
+        let base_k = k0 + kvh * cap * hd;
+        let base_v = v0 + kvh * cap * hd;
+        let mut max = f32::NEG_INFINITY;
+        for (j, sc) in scores.iter_mut().enumerate() {
+            let off = base_k + (first + j) * hd;
+            let kr = &kd[off..off + hd];
+            let d: f32 = qh.iter().zip(kr).map(|(a, b)| a * b).sum();
+            *sc = d * scale as f32;
+            max = max.max(*sc);
+        }
+        let mut sum = 0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - max).exp();
+            sum += *sc;
+        }
+        let oh = &mut out[h * hd..(h + 1) * hd];
+        for (j, sc) in scores.iter().enumerate() {
+            let w = sc / sum;
+            let off = base_v + (first + j) * hd;
+            for (o, x) in oh.iter_mut().zip(&vd[off..off + hd]) {
+                *o += w * x;
+            }
+        }
+    }
+    drop(ks);
+    drop(vs);
+    Tensor::from_vec(out, (1, 1, c.n_head * hd), q_device())
+}
+
+fn q_device() -> &'static Device {
+    &Device::Cpu
 }
 
 /// A contiguous tensor with storage of its own (a narrowed cache view may be
