@@ -137,22 +137,38 @@ impl Q8Matrix {
                 let r0 = g * 4;
                 let n = (self.rows - r0).min(4);
                 let rows: [&[u8]; 4] = std::array::from_fn(|i| self.row(data, r0 + i.min(n - 1)));
-                for (t, a) in acts.iter().enumerate() {
-                    let dots = if avx {
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: AVX2/FMA/F16C checked at run time; rows hold cols/32 blocks.
-                        unsafe {
-                            dot4_avx2(&rows, a)
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        dot4_scalar(&rows, a)
-                    } else {
-                        dot4_scalar(&rows, a)
-                    };
+                let write = |t: usize, dots: &[f32; 4]| {
                     for (i, v) in dots.iter().take(n).enumerate() {
                         // SAFETY: (t, r0 + i) is written by this group only.
                         unsafe { *p.0.add(t * self.rows + r0 + i) = *v };
                     }
+                };
+                let mut t = 0;
+                #[cfg(target_arch = "x86_64")]
+                if avx {
+                    // two tokens at a time: each weight block is loaded once for both
+                    while t + 1 < acts.len() {
+                        // SAFETY: AVX2/FMA/F16C checked at run time; rows hold cols/32 blocks.
+                        let (d0, d1) = unsafe { dot4x2_avx2(&rows, &acts[t], &acts[t + 1]) };
+                        write(t, &d0);
+                        write(t + 1, &d1);
+                        t += 2;
+                    }
+                }
+                while t < acts.len() {
+                    let dots = if avx {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: as above.
+                        unsafe {
+                            dot4_avx2(&rows, &acts[t])
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        dot4_scalar(&rows, &acts[t])
+                    } else {
+                        dot4_scalar(&rows, &acts[t])
+                    };
+                    write(t, &dots);
+                    t += 1;
                 }
             }
         });
@@ -247,6 +263,68 @@ unsafe fn dot4_avx2(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
         a3 = step(p3.add(off), y, dy, a3);
     }
     [hsum(a0), hsum(a1), hsum(a2), hsum(a3)]
+}
+
+/// Four weight rows against two activation rows: eight dot products, each
+/// weight block loaded and made absolute once.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4x2_avx2(rows: &[&[u8]; 4], a: &QuantRow, b: &QuantRow) -> ([f32; 4], [f32; 4]) {
+    use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+    let ones = _mm256_set1_epi16(1);
+    let mut acc_a = [_mm256_setzero_ps(); 4];
+    let mut acc_b = [_mm256_setzero_ps(); 4];
+    let nb = a.qs.len().min(b.qs.len()).min(rows[0].len() / BLOCK);
+    let (qa, qb) = (a.qs.as_ptr(), b.qs.as_ptr());
+    for blk in 0..nb {
+        let ya = _mm256_loadu_si256(qa.add(blk) as *const __m256i);
+        let yb = _mm256_loadu_si256(qb.add(blk) as *const __m256i);
+        let (da, db) = (*a.d.get_unchecked(blk), *b.d.get_unchecked(blk));
+        let off = blk * BLOCK;
+        macro_rules! row {
+            ($r:expr) => {{
+                let p = rows[$r].as_ptr().add(off);
+                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (p as *const u16).read_unaligned() as i32,
+                )));
+                let x = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                let ax = _mm256_sign_epi8(x, x);
+                let sa = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(ya, x)), ones);
+                let sb = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(yb, x)), ones);
+                acc_a[$r] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(sa), acc_a[$r]);
+                acc_b[$r] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(d * db), _mm256_cvtepi32_ps(sb), acc_b[$r]);
+            }};
+        }
+        row!(0);
+        row!(1);
+        row!(2);
+        row!(3);
+    }
+    (
+        [
+            hsum(acc_a[0]),
+            hsum(acc_a[1]),
+            hsum(acc_a[2]),
+            hsum(acc_a[3]),
+        ],
+        [
+            hsum(acc_b[0]),
+            hsum(acc_b[1]),
+            hsum(acc_b[2]),
+            hsum(acc_b[3]),
+        ],
+    )
 }
 
 #[cfg(test)]
