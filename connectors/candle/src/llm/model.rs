@@ -178,6 +178,14 @@ impl WeightLoader<'_> {
         self.raw(name)?.dequantize(self.device).map_err(cerr)
     }
 
+    /// `<prefix>.weight`, with `<prefix>.bias` when the file has one (qwen2).
+    fn linear(&mut self, prefix: &str) -> Result<Linear, LlmError> {
+        Ok(Linear {
+            w: self.matmul(&format!("{prefix}.weight"))?,
+            b: self.optional(&format!("{prefix}.bias"))?,
+        })
+    }
+
     fn optional(&mut self, name: &str) -> Result<Option<Tensor>, LlmError> {
         if self.file.content.tensor_infos.contains_key(name) {
             self.vector(name).map(Some)
@@ -231,47 +239,23 @@ impl Transformer {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
-            let q_b = ld.optional(&p("attn_q.bias"))?;
-            let k_b = ld.optional(&p("attn_k.bias"))?;
-            let v_b = ld.optional(&p("attn_v.bias"))?;
             let q_norm = ld.optional(&p("attn_q_norm.weight"))?;
             let k_norm = ld.optional(&p("attn_k_norm.weight"))?;
             let post_attn_norm = ld.optional(&p("post_attention_norm.weight"))?;
             let post_ffn_norm = ld.optional(&p("post_ffw_norm.weight"))?;
             layers.push(Layer {
                 attn_norm: ld.vector(&p("attn_norm.weight"))?,
-                q: Linear {
-                    w: ld.matmul(&p("attn_q.weight"))?,
-                    b: q_b,
-                },
-                k: Linear {
-                    w: ld.matmul(&p("attn_k.weight"))?,
-                    b: k_b,
-                },
-                v: Linear {
-                    w: ld.matmul(&p("attn_v.weight"))?,
-                    b: v_b,
-                },
-                o: Linear {
-                    w: ld.matmul(&p("attn_output.weight"))?,
-                    b: None,
-                },
+                q: ld.linear(&p("attn_q"))?,
+                k: ld.linear(&p("attn_k"))?,
+                v: ld.linear(&p("attn_v"))?,
+                o: ld.linear(&p("attn_output"))?,
                 q_norm,
                 k_norm,
                 post_attn_norm,
                 ffn_norm: ld.vector(&p("ffn_norm.weight"))?,
-                gate: Linear {
-                    w: ld.matmul(&p("ffn_gate.weight"))?,
-                    b: None,
-                },
-                up: Linear {
-                    w: ld.matmul(&p("ffn_up.weight"))?,
-                    b: None,
-                },
-                down: Linear {
-                    w: ld.matmul(&p("ffn_down.weight"))?,
-                    b: None,
-                },
+                gate: ld.linear(&p("ffn_gate"))?,
+                up: ld.linear(&p("ffn_up"))?,
+                down: ld.linear(&p("ffn_down"))?,
                 post_ffn_norm,
                 local: cfg.is_local(i),
             });

@@ -209,6 +209,19 @@ fn dot4_scalar(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
     out
 }
 
+/// Sum of the eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot4_avx2(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
@@ -220,15 +233,6 @@ unsafe fn dot4_avx2(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
         let dot = _mm256_maddubs_epi16(ax, sy);
         let sum = _mm256_madd_epi16(dot, _mm256_set1_epi16(1));
         _mm256_cvtepi32_ps(sum)
-    }
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
     }
     #[inline(always)]
     unsafe fn step(blk: *const u8, y: __m256i, dy: f32, acc: __m256) -> __m256 {
@@ -271,15 +275,6 @@ unsafe fn dot4_avx2(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot4x2_avx2(rows: &[&[u8]; 4], a: &QuantRow, b: &QuantRow) -> ([f32; 4], [f32; 4]) {
     use std::arch::x86_64::*;
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
     let ones = _mm256_set1_epi16(1);
     let mut acc_a = [_mm256_setzero_ps(); 4];
     let mut acc_b = [_mm256_setzero_ps(); 4];

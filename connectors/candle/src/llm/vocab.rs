@@ -38,6 +38,21 @@ pub struct SpecialTokens {
     pub add_bos: bool,
 }
 
+impl SpecialTokens {
+    /// Ids and flags from `md` (end-of-generation tokens are filled in later).
+    fn from_metadata(md: &Metadata, kind: &str) -> Self {
+        Self {
+            bos: md.u32("tokenizer.ggml.bos_token_id"),
+            eos: md.u32("tokenizer.ggml.eos_token_id"),
+            end_of_generation: Vec::new(),
+            // SentencePiece vocabularies start prompts with BOS unless told otherwise
+            add_bos: md
+                .bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(kind == "llama"),
+        }
+    }
+}
+
 /// The tokenizer and its special tokens.
 pub struct GgufTokenizer {
     /// A `tokenizers` tokenizer equivalent to llama.cpp's for this vocabulary.
@@ -86,14 +101,7 @@ impl GgufTokenizer {
         if types.len() != tokens.len() {
             return Err(tok_err("token_type and tokens differ in length"));
         }
-        let special = SpecialTokens {
-            bos: md.u32("tokenizer.ggml.bos_token_id"),
-            eos: md.u32("tokenizer.ggml.eos_token_id"),
-            end_of_generation: Vec::new(),
-            add_bos: md
-                .bool("tokenizer.ggml.add_bos_token")
-                .unwrap_or(kind == "llama"),
-        };
+        let special = SpecialTokens::from_metadata(md, &kind);
         let mut tokenizer = match kind.as_str() {
             "llama" => {
                 let scores = md
@@ -157,14 +165,7 @@ impl GgufTokenizer {
             .string("tokenizer.ggml.model")
             .unwrap_or("json")
             .to_string();
-        let special = SpecialTokens {
-            bos: md.u32("tokenizer.ggml.bos_token_id"),
-            eos: md.u32("tokenizer.ggml.eos_token_id"),
-            end_of_generation: Vec::new(),
-            add_bos: md
-                .bool("tokenizer.ggml.add_bos_token")
-                .unwrap_or(kind == "llama"),
-        };
+        let special = SpecialTokens::from_metadata(md, &kind);
         let mut t = Self {
             tokenizer,
             special,
