@@ -208,7 +208,7 @@ pub struct Timings {
     pub time_to_first_token_ms: f64,
     /// Generation after the first token, milliseconds.
     pub generation_ms: f64,
-    /// Prompt tokens per second.
+    /// Prompt tokens per second (over the tokens run, not those reused from the cache).
     pub prompt_tokens_per_sec: f64,
     /// Generated tokens per second (after the first).
     pub tokens_per_sec: f64,

@@ -324,6 +324,32 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// Counts and clocks of one generation, for its summary.
+struct RunStats {
+    prompt_tokens: usize,
+    /// Prompt tokens run through the model (the rest came from the cache).
+    prompt_processed: usize,
+    generated: usize,
+    t0: Instant,
+    first_at: Option<Instant>,
+    shifts: usize,
+    prompt_ms: f64,
+}
+
+impl Default for RunStats {
+    fn default() -> Self {
+        Self {
+            prompt_tokens: 0,
+            prompt_processed: 0,
+            generated: 0,
+            t0: Instant::now(),
+            first_at: None,
+            shifts: 0,
+            prompt_ms: 0.0,
+        }
+    }
+}
+
 type Tx = tokio::sync::mpsc::Sender<magpie_core::Result<GenerationEvent>>;
 
 impl Inner {
@@ -388,16 +414,12 @@ impl Inner {
         let mut logits = None;
         for chunk in prompt[reuse..].chunks(self.batch) {
             if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) || tx.is_closed() {
-                return self.finish(
-                    tx,
-                    FinishReason::Cancelled,
+                let stats = RunStats {
                     prompt_tokens,
-                    0,
                     t0,
-                    None,
-                    0,
-                    0,
-                );
+                    ..RunStats::default()
+                };
+                return self.finish(tx, FinishReason::Cancelled, &stats);
             }
             let l = self.model.forward(chunk, &mut st.cache, false);
             let l = match l {
@@ -497,35 +519,27 @@ impl Inner {
                 let _ = tx.blocking_send(Ok(GenerationEvent::Delta { text: rest }));
             }
         }
-        self.finish(
-            tx,
-            reason,
+        let stats = RunStats {
             prompt_tokens,
+            prompt_processed: prompt.len() - reuse,
             generated,
             t0,
             first_at,
             shifts,
-            (prompt_ms * 1000.0) as u64,
-        )
+            prompt_ms,
+        };
+        self.finish(tx, reason, &stats)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        tx: &Tx,
-        reason: FinishReason,
-        prompt_tokens: usize,
-        completion: usize,
-        t0: Instant,
-        first_at: Option<Instant>,
-        shifts: usize,
-        prompt_us: u64,
-    ) -> Result<(), LlmError> {
-        let prompt_ms = prompt_us as f64 / 1000.0;
-        let ttft = first_at
-            .map(|f| (f - t0).as_secs_f64() * 1000.0)
+    fn finish(&self, tx: &Tx, reason: FinishReason, st: &RunStats) -> Result<(), LlmError> {
+        let (prompt_tokens, completion, shifts, prompt_ms) =
+            (st.prompt_tokens, st.generated, st.shifts, st.prompt_ms);
+        let ttft = st
+            .first_at
+            .map(|f| (f - st.t0).as_secs_f64() * 1000.0)
             .unwrap_or(0.0);
-        let gen_ms = first_at
+        let gen_ms = st
+            .first_at
             .map(|f| f.elapsed().as_secs_f64() * 1000.0)
             .unwrap_or(0.0);
         let timings = Timings {
@@ -533,7 +547,7 @@ impl Inner {
             time_to_first_token_ms: ttft,
             generation_ms: gen_ms,
             prompt_tokens_per_sec: if prompt_ms > 0.0 {
-                prompt_tokens as f64 / (prompt_ms / 1000.0)
+                st.prompt_processed as f64 / (prompt_ms / 1000.0)
             } else {
                 0.0
             },

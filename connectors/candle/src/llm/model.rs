@@ -623,11 +623,7 @@ fn attend_one(
     }
     drop(ks);
     drop(vs);
-    Tensor::from_vec(out, (1, 1, c.n_head * hd), q_device())
-}
-
-fn q_device() -> &'static Device {
-    &Device::Cpu
+    Tensor::from_vec(out, (1, 1, c.n_head * hd), &Device::Cpu)
 }
 
 /// A contiguous tensor with storage of its own (a narrowed cache view may be
