@@ -107,7 +107,7 @@ If the passages do not contain the answer, say that you don't know.";
 const EXAMPLE: &str = "Passages:\n[1] (notes/birds.md) The Eurasian magpie is one of the few \
 animals known to recognise itself in a mirror.\n[2] (notes/garden.md) Water the tomatoes \
 every morning in summer.\n\nQuestion: Which bird recognises itself in a mirror?\nAnswer: \
-The Eurasian magpie recognises itself in a mirror [1].\n\n";
+[1] The Eurasian magpie recognises itself in a mirror.\n\n";
 
 fn passage_block(sources: &[Source]) -> String {
     let mut s = String::from("Passages:\n");
