@@ -114,6 +114,8 @@ pub struct GenerationOptions {
     pub n_keep: Option<usize>,
     /// A context window smaller than the model's.
     pub context_window: Option<usize>,
+    /// Keep generating past the model's end-of-text tokens (benchmarks, tests).
+    pub ignore_eos: bool,
     /// Stop early when this is cancelled.
     #[serde(skip)]
     pub cancel: Option<CancelToken>,
@@ -133,6 +135,7 @@ impl Default for GenerationOptions {
             stop: Vec::new(),
             n_keep: None,
             context_window: None,
+            ignore_eos: false,
             cancel: None,
         }
     }

@@ -13,9 +13,7 @@ pub fn workspace() -> PathBuf {
 /// Panics with the command to run when the default models are not installed:
 /// these tests need the real models, and the README's test command fetches them.
 pub fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("MAGPIE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models"));
+    let dir = models_root();
     let minilm = dir.join("all-MiniLM-L6-v2/model.safetensors");
     assert!(
         minilm.exists(),
@@ -23,6 +21,12 @@ pub fn models_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+fn models_root() -> PathBuf {
+    std::env::var_os("MAGPIE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("models"))
 }
 
 /// The embedding model directory.
@@ -56,10 +60,7 @@ pub fn sample_corpus() -> PathBuf {
 
 /// The default LLM (Gemma 3 270M Q4_K_M); panics with the command to run when absent.
 pub fn gemma_path() -> PathBuf {
-    let dir = std::env::var_os("MAGPIE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models"));
-    let p = dir.join("gemma-3-270m-q4_k_m.gguf");
+    let p = models_root().join("gemma-3-270m-q4_k_m.gguf");
     assert!(
         p.exists(),
         "the default LLM is not installed at {}: run `scripts/test.sh` (or `cargo run -p docqa -- models fetch`) first",

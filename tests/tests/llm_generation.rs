@@ -69,10 +69,15 @@ async fn run(
     prompt: &str,
     opts: GenerationOptions,
 ) -> (String, magpie_core::GenerationSummary) {
-    let mut s = llm
-        .generate(Prompt::Text(prompt.into()), opts)
-        .await
-        .unwrap();
+    run_prompt(llm, Prompt::Text(prompt.into()), opts).await
+}
+
+async fn run_prompt(
+    llm: &LocalLlm,
+    prompt: Prompt,
+    opts: GenerationOptions,
+) -> (String, magpie_core::GenerationSummary) {
+    let mut s = llm.generate(prompt, opts).await.unwrap();
     let mut text = String::new();
     while let Some(ev) = s.next().await {
         match ev.unwrap() {
@@ -102,6 +107,8 @@ async fn generation_goes_well_past_the_window() {
             max_tokens: 3 * window,
             seed: Some(3),
             n_keep: Some(4),
+            // the model may end its story early; the test is about going on
+            ignore_eos: true,
             ..Default::default()
         };
         let (text, sum) = run(&llm, "Once upon a time, in a small village,", opts).await;
@@ -109,13 +116,9 @@ async fn generation_goes_well_past_the_window() {
             "in_place={in_place}: {} tokens, {} shifts, {:.1} tok/s",
             sum.usage.completion_tokens, sum.timings.context_shifts, sum.timings.tokens_per_sec
         );
-        assert!(
-            sum.finish_reason == FinishReason::Length || sum.finish_reason == FinishReason::Stop
-        );
-        if sum.finish_reason == FinishReason::Length {
-            assert_eq!(sum.usage.completion_tokens, 3 * window);
-            assert!(sum.timings.context_shifts >= 3, "{sum:?}");
-        }
+        assert_eq!(sum.finish_reason, FinishReason::Length, "{sum:?}");
+        assert_eq!(sum.usage.completion_tokens, 3 * window);
+        assert!(sum.timings.context_shifts >= 3, "{sum:?}");
         assert!(!text.trim().is_empty());
         let (len, cap) = llm.cache_stats();
         assert!(len <= window && cap <= window, "cache grew to {len}/{cap}");
@@ -419,29 +422,19 @@ async fn long_chats_drop_whole_turns() {
     assert!(!bounds.is_empty() && bounds.windows(2).all(|w| w[0] < w[1]));
     assert!(bounds.iter().all(|&b| b > n_keep && b < ids.len()));
     // generation past the window on the chat
-    let (_, sum) = {
-        let mut s = llm
-            .generate(
-                magpie_core::Prompt::Chat(chat.clone()),
-                GenerationOptions {
-                    max_tokens: 300,
-                    seed: Some(4),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let mut out = String::new();
-        loop {
-            match s.next().await.unwrap().unwrap() {
-                GenerationEvent::Delta { text } => out.push_str(&text),
-                GenerationEvent::Done(sum) => break (out, sum),
-            }
-        }
-    };
-    if sum.finish_reason == FinishReason::Length {
-        assert!(sum.timings.context_shifts >= 1, "{sum:?}");
-    }
+    let (_, sum) = run_prompt(
+        &llm,
+        Prompt::Chat(chat.clone()),
+        GenerationOptions {
+            max_tokens: 300,
+            seed: Some(4),
+            ignore_eos: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(sum.finish_reason, FinishReason::Length, "{sum:?}");
+    assert!(sum.timings.context_shifts >= 1, "{sum:?}");
     let (len, cap) = llm.cache_stats();
     assert!(len <= 160 && cap <= 160);
 }

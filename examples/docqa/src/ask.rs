@@ -93,11 +93,7 @@ pub async fn ask(index: &std::path::Path, models: &ModelArgs, args: &AskArgs) ->
     println!("Sources:");
     for s in &answer.sources {
         let mark = if cited.contains(&s.number) { "*" } else { " " };
-        let heading = if s.heading_path.is_empty() {
-            String::new()
-        } else {
-            format!("  § {}", s.heading_path.join(" > "))
-        };
+        let heading = crate::heading_suffix(&s.heading_path);
         println!(
             "{mark}[{}] {}:{}-{}{heading}",
             s.number, s.source, s.span.line_start, s.span.line_end
@@ -248,12 +244,9 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
     for _ in 0..args.repeat.max(1) {
         let mut cache = model.new_cache(args.prompt_tokens + args.gen_tokens + 1);
         let t = Instant::now();
-        let mut last = None;
-        for chunk in ids.chunks(256) {
-            last = Some(model.forward(chunk, &mut cache, false)?);
-        }
+        let last = model.prefill(&ids, &mut cache, 256)?;
         let prefill = t.elapsed().as_secs_f64();
-        let mut logits = magpie_candle::llm::Transformer::to_vec(&last.unwrap())?;
+        let mut logits = magpie_candle::llm::Transformer::to_vec(&last)?;
         let t = Instant::now();
         for _ in 0..args.gen_tokens {
             let tok = magpie_core::argmax(&logits);

@@ -382,11 +382,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             for (i, h) in result.hits.iter().enumerate() {
                 let c = &h.chunk;
-                let heading = if c.heading_path.is_empty() {
-                    String::new()
-                } else {
-                    format!("  § {}", c.heading_path.join(" > "))
-                };
+                let heading = heading_suffix(&c.heading_path);
                 println!(
                     "{}. {}:{}-{}  score {:.4}{}",
                     i + 1,
@@ -479,6 +475,15 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "  § A > B" after a result line, or nothing for a chunk without headings.
+fn heading_suffix(path: &[String]) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("  § {}", path.join(" > "))
+    }
 }
 
 fn preview(text: &str, max: usize) -> String {

@@ -184,12 +184,11 @@ impl LocalLlm {
         st.cache.truncate(0);
         st.tokens.clear();
         st.shifted = false;
-        let mut last = None;
-        for chunk in tokens.chunks(self.inner.batch) {
-            last = Some(self.inner.model.forward(chunk, &mut st.cache, false)?);
-        }
+        let last = self
+            .inner
+            .model
+            .prefill(tokens, &mut st.cache, self.inner.batch)?;
         st.tokens.extend_from_slice(tokens);
-        let last = last.ok_or_else(|| LlmError::InvalidInput("no tokens".into()))?;
         Transformer::to_vec(&last)
     }
 
@@ -456,7 +455,7 @@ impl Inner {
             if first_at.is_none() {
                 first_at = Some(Instant::now());
             }
-            if self.tok.special.end_of_generation.contains(&tok) {
+            if !opts.ignore_eos && self.tok.special.end_of_generation.contains(&tok) {
                 break FinishReason::Stop;
             }
             history.push(tok);
@@ -502,9 +501,7 @@ impl Inner {
                     st.tokens.drain(n_keep..n_keep + n_discard);
                     st.cache.truncate(0);
                     let kept = st.tokens.clone();
-                    for chunk in kept.chunks(self.batch) {
-                        self.model.forward(chunk, &mut st.cache, false)?;
-                    }
+                    self.model.prefill(&kept, &mut st.cache, self.batch)?;
                 }
                 shifts += 1;
                 tracing::debug!(n_keep, n_discard, "context window slid");

@@ -115,7 +115,6 @@ pub struct Transformer {
     /// Hyper-parameters.
     pub cfg: LlmConfig,
     embed: Embedding,
-    hidden: usize,
     embed_scale: Option<f64>,
     layers: Vec<Layer>,
     out_norm: Tensor,
@@ -263,7 +262,6 @@ impl Transformer {
         let out_norm = ld.vector("output_norm.weight")?;
         let embed_q = ld.quantized("token_embd.weight")?;
         let vocab = embed_q.shape().dims()[0];
-        let hidden = embed_q.shape().dims()[1];
         let embed = match Q8Matrix::from_qtensor(embed_q) {
             Ok(m) => Embedding::Q8(Arc::new(m)),
             Err(t) => Embedding::Q(Arc::new(t)),
@@ -286,7 +284,6 @@ impl Transformer {
             embed_scale: (cfg.arch == Arch::Gemma3).then(|| (cfg.n_embd as f64).sqrt()),
             cfg,
             embed,
-            hidden,
             layers,
             out_norm,
             output,
@@ -510,6 +507,21 @@ impl Transformer {
         h + m
     }
 
+    /// Run `tokens` after the cached positions in batches of `batch` and return
+    /// the logits of the last one.
+    pub fn prefill(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        batch: usize,
+    ) -> Result<Tensor, LlmError> {
+        let mut last = None;
+        for chunk in tokens.chunks(batch.max(1)) {
+            last = Some(self.forward(chunk, cache, false)?);
+        }
+        last.ok_or_else(|| LlmError::InvalidInput("no tokens to run".into()))
+    }
+
     /// Drop cached positions `n_keep..n_keep+n_discard` and move the rest down,
     /// re-rotating their keys so they sit at their new positions (llama.cpp's
     /// context shift).
@@ -558,11 +570,6 @@ impl Transformer {
             .to_dtype(DType::F32)
             .and_then(|l| l.to_vec1::<f32>())
             .map_err(cerr)
-    }
-
-    /// Embedding-row dimension check used by tests.
-    pub fn hidden(&self) -> usize {
-        self.hidden
     }
 }
 

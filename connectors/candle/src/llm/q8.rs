@@ -84,11 +84,6 @@ impl Q8Matrix {
         self.tensor.data().unwrap_or_default()
     }
 
-    /// Output rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     fn row<'a>(&self, data: &'a [u8], r: usize) -> &'a [u8] {
         let stride = self.cols / QK * BLOCK;
         &data[r * stride..(r + 1) * stride]
@@ -327,6 +322,15 @@ mod tests {
     use super::*;
     use candle_core::Module;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .unwrap()
+    }
+
     #[test]
     fn matches_candle_q8_0_matmul() {
         let dev = Device::Cpu;
@@ -343,16 +347,7 @@ mod tests {
             .forward(&x)
             .unwrap();
         assert_eq!(ours.dims(), theirs.dims());
-        let diff = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&ours, &theirs);
         assert!(diff < 1e-3, "{diff}");
         let emb = Q8Matrix::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap())
             .ok()
@@ -365,16 +360,7 @@ mod tests {
             .unwrap()
             .narrow(0, 3, 1)
             .unwrap();
-        let d = (emb.narrow(0, 0, 1).unwrap() - deq)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&emb.narrow(0, 0, 1).unwrap(), &deq);
         assert!(d < 1e-6);
     }
 }

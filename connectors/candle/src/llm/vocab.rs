@@ -101,7 +101,6 @@ impl GgufTokenizer {
         if types.len() != tokens.len() {
             return Err(tok_err("token_type and tokens differ in length"));
         }
-        let special = SpecialTokens::from_metadata(md, &kind);
         let mut tokenizer = match kind.as_str() {
             "llama" => {
                 let scores = md
@@ -144,13 +143,23 @@ impl GgufTokenizer {
         if !user.is_empty() {
             tokenizer.add_tokens(user).map_err(tok_err)?;
         }
-        let mut t = Self {
+        Ok(Self::assemble(tokenizer, kind, &tokens, &types, md))
+    }
+
+    fn assemble(
+        tokenizer: Tokenizer,
+        kind: String,
+        tokens: &[String],
+        types: &[i32],
+        md: &Metadata,
+    ) -> Self {
+        let mut special = SpecialTokens::from_metadata(md, &kind);
+        special.end_of_generation = end_tokens(tokens, types, &special, md);
+        Self {
             tokenizer,
             special,
             kind,
-        };
-        t.special.end_of_generation = end_tokens(&tokens, &types, &t.special, md);
-        Ok(t)
+        }
     }
 
     /// Use `tokenizer.json` for the text, the GGUF for special ids.
@@ -165,14 +174,7 @@ impl GgufTokenizer {
             .string("tokenizer.ggml.model")
             .unwrap_or("json")
             .to_string();
-        let special = SpecialTokens::from_metadata(md, &kind);
-        let mut t = Self {
-            tokenizer,
-            special,
-            kind,
-        };
-        t.special.end_of_generation = end_tokens(&tokens, &types, &t.special, md);
-        Ok(t)
+        Ok(Self::assemble(tokenizer, kind, &tokens, &types, md))
     }
 
     /// Token ids of `text` (special tokens written in the text are recognised; no BOS added).
