@@ -12,6 +12,7 @@ use crate::generate::{
     Timings, Usage,
 };
 use crate::retrieve::QueryPipeline;
+use crate::tools::ToolLoop;
 use crate::types::{Hit, Span};
 
 /// A passage given to the model, numbered as the prompt shows it.
@@ -54,6 +55,9 @@ pub struct Answer {
     pub timings: Timings,
     /// Retrieval time, milliseconds.
     pub retrieval_ms: f64,
+    /// Tools the model called while answering, in order.
+    #[serde(default)]
+    pub tool_calls: Vec<crate::tools::ToolCall>,
 }
 
 /// How answers are built.
@@ -235,7 +239,23 @@ impl PreparedAnswer {
             usage: summary.usage,
             timings: summary.timings,
             retrieval_ms: self.retrieval_ms,
+            tool_calls: Vec::new(),
         }
+    }
+
+    /// Generate the answer with tools: the model may call them (MOSS-style or
+    /// JSON calls) while it answers; each call is recorded in the answer.
+    /// `on_text` receives the answer text as it streams.
+    pub async fn run_with_tools(
+        self,
+        tool_loop: &ToolLoop<'_>,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Answer> {
+        let prompt = tool_loop.with_instructions(self.prompt.clone());
+        let run = tool_loop.run(prompt, self.options.clone(), on_text).await?;
+        let mut answer = self.finish(run.text, run.summary);
+        answer.tool_calls = run.calls;
+        Ok(answer)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod indexing;
 pub mod metrics;
 pub mod retrieve;
+pub mod tools;
 pub mod traits;
 pub mod types;
 
@@ -34,6 +35,9 @@ pub use indexing::{
 pub use retrieve::{
     reciprocal_rank_fusion, DenseRetriever, HybridRetriever, KeywordRetriever, QueryPipeline,
     SearchResult,
+};
+pub use tools::{
+    JsonFormat, MossFormat, ToolCall, ToolFormat, ToolLoop, ToolRun, ToolSpec, Toolbox,
 };
 pub use traits::{
     Embedder, KeywordStore, Listing, Loader, Reranker, Retriever, Skipped, SourceRef, Splitter,

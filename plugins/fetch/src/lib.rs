@@ -43,12 +43,18 @@ fn fetch(args: FetchArgs) -> ToolResult<Page> {
         .map_err(ToolError::failed)?;
     let content_type = resp.header("content-type").unwrap_or("").to_string();
     if !(200..300).contains(&resp.status) {
-        return Err(ToolError::failed(format!("{url} answered HTTP {}", resp.status)));
+        return Err(ToolError::failed(format!(
+            "{url} answered HTTP {}",
+            resp.status
+        )));
     }
     let body = String::from_utf8_lossy(&resp.body);
     let text = if content_type.contains("html") || body.trim_start().starts_with('<') {
         html_text(&body)
-    } else if content_type.is_empty() || content_type.starts_with("text/") || content_type.contains("json") {
+    } else if content_type.is_empty()
+        || content_type.starts_with("text/")
+        || content_type.contains("json")
+    {
         body.to_string()
     } else {
         return Err(ToolError::failed(format!(
@@ -94,8 +100,19 @@ fn html_text(html: &str) -> String {
         }
         if matches!(
             name.as_str(),
-            "p" | "div" | "br" | "li" | "tr" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "section"
-                | "article" | "title"
+            "p" | "div"
+                | "br"
+                | "li"
+                | "tr"
+                | "h1"
+                | "h2"
+                | "h3"
+                | "h4"
+                | "h5"
+                | "h6"
+                | "section"
+                | "article"
+                | "title"
         ) {
             out.push('\n');
         }

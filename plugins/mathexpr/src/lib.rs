@@ -80,9 +80,13 @@ fn lex(input: &str) -> Result<Vec<(Tok, usize)>, MathError> {
         let c = chars[i];
         if c.is_whitespace() {
             i += 1;
-        } else if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.' || chars[i] == '_') {
+            while i < chars.len()
+                && (chars[i].is_ascii_digit() || chars[i] == '.' || chars[i] == '_')
+            {
                 i += 1;
             }
             // Exponent: 1e5, 2.5E-3 (but not `2e` followed by a letter, which is 2·e).
@@ -157,7 +161,10 @@ impl Parser {
     fn enter(&mut self) -> Result<(), MathError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(MathError::at("expression is nested too deeply", self.offset()));
+            return Err(MathError::at(
+                "expression is nested too deeply",
+                self.offset(),
+            ));
         }
         Ok(())
     }
@@ -338,9 +345,13 @@ fn constant(name: &str) -> Option<f64> {
 
 fn check(name: &str, v: f64) -> Result<f64, MathError> {
     if v.is_nan() {
-        Err(MathError::new(format!("{name} is undefined here (not a number)")))
+        Err(MathError::new(format!(
+            "{name} is undefined here (not a number)"
+        )))
     } else if v.is_infinite() {
-        Err(MathError::new(format!("{name} overflows (the result is too large)")))
+        Err(MathError::new(format!(
+            "{name} overflows (the result is too large)"
+        )))
     } else {
         Ok(v)
     }
@@ -400,7 +411,9 @@ fn call(name: &str, a: &[f64]) -> Result<f64, MathError> {
         "log" => {
             arity(name, a, 2)?;
             if a[0] <= 0.0 || a[1] <= 0.0 || a[1] == 1.0 {
-                return Err(MathError::new("log(x, base) needs x > 0 and a positive base other than 1"));
+                return Err(MathError::new(
+                    "log(x, base) needs x > 0 and a positive base other than 1",
+                ));
             }
             a[0].log(a[1])
         }
@@ -424,7 +437,10 @@ fn call(name: &str, a: &[f64]) -> Result<f64, MathError> {
         "asin" | "acos" => {
             arity(name, a, 1)?;
             if !(-1.0..=1.0).contains(&a[0]) {
-                return Err(MathError::new(format!("{name} needs a value in [-1, 1], got {}", a[0])));
+                return Err(MathError::new(format!(
+                    "{name} needs a value in [-1, 1], got {}",
+                    a[0]
+                )));
             }
             if name == "asin" {
                 a[0].asin()
@@ -452,7 +468,9 @@ fn call(name: &str, a: &[f64]) -> Result<f64, MathError> {
         }
         "min" | "max" => {
             if a.is_empty() {
-                return Err(MathError::new(format!("{name} needs at least one argument")));
+                return Err(MathError::new(format!(
+                    "{name} needs at least one argument"
+                )));
             }
             let it = a.iter().copied();
             if name == "min" {
@@ -502,7 +520,9 @@ pub fn eval(e: &Expr) -> Result<f64, MathError> {
         Expr::Pow(a, b) => {
             let (x, y) = (eval(a)?, eval(b)?);
             if x == 0.0 && y < 0.0 {
-                return Err(MathError::new("zero to a negative power is division by zero"));
+                return Err(MathError::new(
+                    "zero to a negative power is division by zero",
+                ));
             }
             if x < 0.0 && y.fract() != 0.0 {
                 return Err(MathError::new(format!(
@@ -519,7 +539,9 @@ pub fn eval(e: &Expr) -> Result<f64, MathError> {
                 )));
             }
             if x > 170.0 {
-                return Err(MathError::new(format!("{x}! overflows (the limit is 170!)")));
+                return Err(MathError::new(format!(
+                    "{x}! overflows (the limit is 170!)"
+                )));
             }
             (1..=x as u64).map(|k| k as f64).product()
         }
@@ -578,13 +600,18 @@ impl Linear {
         self
     }
     fn as_constant(&self) -> Option<f64> {
-        self.terms.values().all(|v| *v == 0.0).then_some(self.constant)
+        self.terms
+            .values()
+            .all(|v| *v == 0.0)
+            .then_some(self.constant)
     }
 }
 
 /// Reduce an expression to a linear form; products of variables are errors.
 pub fn linear(e: &Expr) -> Result<Linear, MathError> {
-    let nonlinear = || MathError::new("the equation is not linear (a variable is multiplied by a variable, divided by, or under a power or function)");
+    let nonlinear = || {
+        MathError::new("the equation is not linear (a variable is multiplied by a variable, divided by, or under a power or function)")
+    };
     Ok(match e {
         Expr::Var(name) if constant(name).is_none() => Linear {
             terms: [(name.clone(), 1.0)].into_iter().collect(),
@@ -624,7 +651,10 @@ pub fn linear(e: &Expr) -> Result<Linear, MathError> {
 
 /// The variable names in an expression (constants excluded), sorted.
 pub fn variables(e: &Expr) -> Vec<String> {
-    let mut v: Vec<String> = vars(e).into_iter().filter(|n| constant(n).is_none()).collect();
+    let mut v: Vec<String> = vars(e)
+        .into_iter()
+        .filter(|n| constant(n).is_none())
+        .collect();
     v.sort();
     v.dedup();
     v
@@ -663,7 +693,9 @@ pub fn polynomial(e: &Expr, x: &str) -> Result<Vec<f64>, MathError> {
     }
     fn mul(a: &[f64], b: &[f64]) -> Result<Vec<f64>, MathError> {
         if a.len() + b.len() - 1 > MAX_DEGREE + 1 {
-            return Err(MathError::new(format!("the polynomial's degree is over {MAX_DEGREE}")));
+            return Err(MathError::new(format!(
+                "the polynomial's degree is over {MAX_DEGREE}"
+            )));
         }
         let mut out = vec![0.0; a.len() + b.len() - 1];
         for (i, x) in a.iter().enumerate() {
@@ -779,7 +811,10 @@ mod tests {
         assert!(evaluate("").is_err());
         assert!(evaluate("2 $ 3").unwrap_err().message.contains('$'));
         assert!(evaluate("10^400").unwrap_err().message.contains("overflow"));
-        assert!(evaluate(&"(".repeat(5000)).unwrap_err().message.contains("deeply"));
+        assert!(evaluate(&"(".repeat(5000))
+            .unwrap_err()
+            .message
+            .contains("deeply"));
         assert!(evaluate(&"1+".repeat(6000)).is_err());
     }
 

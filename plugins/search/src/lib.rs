@@ -29,10 +29,15 @@ struct Passage {
 fn search(args: SearchArgs) -> ToolResult<Vec<Passage>> {
     let query = args.query.trim();
     if query.is_empty() {
-        return Err(ToolError::invalid("the query is empty; say what to look for"));
+        return Err(ToolError::invalid(
+            "the query is empty; say what to look for",
+        ));
     }
     if !(1..=20).contains(&args.k) {
-        return Err(ToolError::invalid(format!("k must be 1 to 20, got {}", args.k)));
+        return Err(ToolError::invalid(format!(
+            "k must be 1 to 20, got {}",
+            args.k
+        )));
     }
     let hits = magpie_plugin_sdk::search(query, args.k).map_err(ToolError::failed)?;
     Ok(hits

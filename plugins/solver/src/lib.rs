@@ -53,12 +53,19 @@ fn solve_linear(args: LinearArgs) -> ToolResult<LinearSolution> {
     let mut a: Vec<Vec<f64>> = rows
         .iter()
         .map(|r| {
-            let mut row: Vec<f64> = names.iter().map(|v| r.terms.get(v).copied().unwrap_or(0.0)).collect();
+            let mut row: Vec<f64> = names
+                .iter()
+                .map(|v| r.terms.get(v).copied().unwrap_or(0.0))
+                .collect();
             row.push(-r.constant);
             row
         })
         .collect();
-    let scale = a.iter().flatten().fold(0.0f64, |s, v| s.max(v.abs())).max(1.0);
+    let scale = a
+        .iter()
+        .flatten()
+        .fold(0.0f64, |s, v| s.max(v.abs()))
+        .max(1.0);
     let eps = 1e-10 * scale;
     let mut pivots = Vec::new();
     let mut row = 0;
@@ -89,10 +96,15 @@ fn solve_linear(args: LinearArgs) -> ToolResult<LinearSolution> {
         }
     }
     if a[row..].iter().any(|r| r[n].abs() > eps) {
-        return Err(ToolError::failed("the equations contradict each other: there is no solution"));
+        return Err(ToolError::failed(
+            "the equations contradict each other: there is no solution",
+        ));
     }
     if pivots.len() < n {
-        let free: Vec<&str> = (0..n).filter(|c| !pivots.contains(c)).map(|c| names[c].as_str()).collect();
+        let free: Vec<&str> = (0..n)
+            .filter(|c| !pivots.contains(c))
+            .map(|c| names[c].as_str())
+            .collect();
         return Err(ToolError::failed(format!(
             "infinitely many solutions: {} can take any value; add equations to pin them down",
             free.join(", ")
@@ -286,19 +298,37 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("infinitely many"), "{e}");
-        assert!(solve_linear(LinearArgs { equations: vec!["x*y = 2".into()] }).is_err());
+        assert!(solve_linear(LinearArgs {
+            equations: vec!["x*y = 2".into()]
+        })
+        .is_err());
     }
 
     #[test]
     fn polynomial_roots() {
-        let r = roots(RootsArgs { polynomial: "x^3 - 6x^2 + 11x - 6 = 0".into() }).unwrap();
+        let r = roots(RootsArgs {
+            polynomial: "x^3 - 6x^2 + 11x - 6 = 0".into(),
+        })
+        .unwrap();
         assert_eq!(r.real, vec!["1", "2", "3"]);
-        let r = roots(RootsArgs { polynomial: "z^2 + 1".into() }).unwrap();
+        let r = roots(RootsArgs {
+            polynomial: "z^2 + 1".into(),
+        })
+        .unwrap();
         assert!(r.real.is_empty());
         assert_eq!(r.complex, vec!["0 + 1i", "0 - 1i"]);
-        let r = roots(RootsArgs { polynomial: "(x-2)^2".into() }).unwrap();
+        let r = roots(RootsArgs {
+            polynomial: "(x-2)^2".into(),
+        })
+        .unwrap();
         assert_eq!(r.real, vec!["2", "2"]);
-        assert!(roots(RootsArgs { polynomial: "5 = 0".into() }).is_err());
-        assert!(roots(RootsArgs { polynomial: "x + y".into() }).is_err());
+        assert!(roots(RootsArgs {
+            polynomial: "5 = 0".into()
+        })
+        .is_err());
+        assert!(roots(RootsArgs {
+            polynomial: "x + y".into()
+        })
+        .is_err());
     }
 }

@@ -9,17 +9,29 @@ use magpie_plugin_sdk::bindings::Guest;
 struct Hostile;
 
 const TOOLS: &[&str] = &[
-    "noop", "echo", "spin", "allocate", "trap", "panic", "bad_utf8", "bad_json", "huge_output",
-    "read_file", "open_socket", "environment", "search", "http", "recurse",
+    "noop",
+    "echo",
+    "spin",
+    "allocate",
+    "trap",
+    "panic",
+    "bad_utf8",
+    "bad_json",
+    "huge_output",
+    "read_file",
+    "open_socket",
+    "environment",
+    "search",
+    "http",
+    "recurse",
 ];
 
 fn recurse(n: u64) -> u64 {
-    let pad = [n; 64];
-    if n == u64::MAX {
+    // No locals in linear memory: every frame is on the wasm stack itself.
+    if std::hint::black_box(n) == u64::MAX {
         return 0;
     }
-    std::hint::black_box(&pad);
-    recurse(n + 1) + pad[3]
+    std::hint::black_box(recurse(std::hint::black_box(n + 1))).wrapping_add(1)
 }
 
 impl Guest for Hostile {
@@ -65,7 +77,7 @@ impl Guest for Hostile {
             "panic" => panic!("the hostile plugin panicked on purpose"),
             "bad_utf8" => Ok(unsafe { String::from_utf8_unchecked(vec![b'o', b'k', 0xff, 0xfe]) }),
             "bad_json" => Ok("this is {not JSON".into()),
-            "huge_output" => Ok(format!("\"{}\"", "x".repeat(8 << 20))),
+            "huge_output" => Ok(format!("\"{}\"", "x".repeat(2 << 20))),
             "read_file" => match std::fs::read_to_string("/etc/passwd") {
                 Ok(s) => Ok(serde_json_string(&s)),
                 Err(e) => Err(ToolError::Failed(format!("read_file: {e}"))),
@@ -76,14 +88,21 @@ impl Guest for Hostile {
             },
             "environment" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
-                let cwd = std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default();
-                Ok(format!("{{\"vars\":{},\"args\":{},\"cwd\":{}}}", vars.len(), std::env::args().count(), serde_json_string(&cwd)))
+                let cwd = std::env::current_dir()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                Ok(format!(
+                    "{{\"vars\":{},\"args\":{},\"cwd\":{}}}",
+                    vars.len(),
+                    std::env::args().count(),
+                    serde_json_string(&cwd)
+                ))
             }
             "search" => match magpie_plugin_sdk::search("anything", 3) {
                 Ok(hits) => Ok(hits.len().to_string()),
                 Err(e) => Err(ToolError::Failed(e)),
             },
-            "http" => match magpie_plugin_sdk::http::get(&arguments, &[]) {
+            "http" => match magpie_plugin_sdk::http::get(&url_of(&arguments), &[]) {
                 Ok(r) => Ok(r.status.to_string()),
                 Err(e) => Err(ToolError::Failed(e)),
             },
@@ -91,6 +110,13 @@ impl Guest for Hostile {
             other => Err(ToolError::UnknownTool(other.into())),
         }
     }
+}
+
+fn url_of(arguments: &str) -> String {
+    magpie_plugin_sdk::serde_json::from_str::<magpie_plugin_sdk::serde_json::Value>(arguments)
+        .ok()
+        .and_then(|v| v.get("url").and_then(|u| u.as_str()).map(String::from))
+        .unwrap_or_default()
 }
 
 fn serde_json_string(s: &str) -> String {
