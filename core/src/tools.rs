@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::generate::{
-    ChatMessage, FinishReason, GenerationEvent, GenerationOptions, GenerationSummary, Generator,
-    Prompt, Role, Timings, Usage,
+    CancelToken, ChatMessage, FinishReason, GenerationEvent, GenerationOptions, GenerationSummary,
+    Generator, Prompt, Role, Timings, Usage,
 };
 use crate::{Error, Result};
 
@@ -516,10 +516,16 @@ impl ToolLoop<'_> {
         let mut calls: Vec<ToolCall> = Vec::new();
         let mut total: Option<GenerationSummary> = None;
         let max_rounds = self.max_calls + 2;
+        let user_cancel = options.cancel.clone();
         for round in 0..max_rounds {
+            // Each round has its own token, so a found call can stop the model
+            // and still collect its counts; the caller's token is passed on.
+            let round_cancel = CancelToken::new();
+            let mut round_options = options.clone();
+            round_options.cancel = Some(round_cancel.clone());
             let mut stream = self
                 .generator
-                .generate(prompt.clone(), options.clone())
+                .generate(prompt.clone(), round_options)
                 .await?;
             let mut text = String::new();
             let mut shown = 0usize;
@@ -528,11 +534,18 @@ impl ToolLoop<'_> {
             while let Some(ev) = stream.next().await {
                 match ev? {
                     GenerationEvent::Delta { text: t } => {
+                        if user_cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                            round_cancel.cancel();
+                        }
+                        if found.is_some() {
+                            continue; // draining after the call, for the summary
+                        }
                         text.push_str(&t);
                         if !tools.is_empty() {
                             if let Some(f) = self.format.find_call(&text, &tools) {
                                 found = Some(f);
-                                break;
+                                round_cancel.cancel();
+                                continue;
                             }
                         }
                         // Show what cannot be the start of a call.
@@ -555,6 +568,10 @@ impl ToolLoop<'_> {
                 timings: Timings::default(),
             });
             total = Some(add(total, &summary));
+            if user_cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                visible.push_str(&text[..shown]);
+                break;
+            }
             let Some(found) = found else {
                 // No call: the rest of the text is answer (an unfinished call is dropped).
                 let end = match text.find(&marker) {
