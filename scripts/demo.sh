@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/build_plugins.sh
 cargo build --locked -p docqa
 docqa=target/debug/docqa
 $docqa models fetch all
@@ -25,3 +26,9 @@ for q in "how do I upgrade without losing my data?" \
   echo "\$ docqa ask \"$q\""
   $docqa --index .magpie ask --seed 7 "$q"
 done
+echo
+echo "\$ docqa plugins list"
+$docqa plugins list
+echo
+echo "\$ docqa plugins call solver roots '{\"polynomial\": \"x^3 - 6x^2 + 11x - 6 = 0\"}'"
+$docqa plugins call solver roots '{"polynomial": "x^3 - 6x^2 + 11x - 6 = 0"}'

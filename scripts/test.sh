@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 # One build profile for tests and the demo (see Cargo.toml): dependencies are
 # optimised, so the tests with real models run fast.
+# The WebAssembly plugins (bundled and test ones) for wasm32-wasip2, and the
+# unit tests of their pure-Rust parts run natively.
+scripts/build_plugins.sh
+cargo test --locked --manifest-path plugins/Cargo.toml
 cargo build --locked -p docqa
 target/debug/docqa models fetch all
 cargo test --locked --workspace "$@"

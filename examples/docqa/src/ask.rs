@@ -38,9 +38,32 @@ pub struct AskArgs {
     /// Print the whole answer (text, citations, sources, usage, timings) as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Let the model call the plugins' tools while it answers (see `docqa plugins list`).
+    #[arg(long)]
+    pub tools: bool,
+    /// How the model writes tool calls: MOSS command lines, or JSON in <tool_call> tags.
+    #[arg(long, value_enum, default_value = "moss")]
+    pub tool_format: ToolFormatArg,
+    /// Most tool calls in one answer.
+    #[arg(long, default_value_t = 4)]
+    pub max_tool_calls: usize,
 }
 
-pub async fn ask(index: &std::path::Path, models: &ModelArgs, args: &AskArgs) -> Result<()> {
+/// `--tool-format`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum ToolFormatArg {
+    /// `<|Commands|>: Calculate("2+2")` (MOSS).
+    Moss,
+    /// `<tool_call>{"name": ..., "arguments": ...}</tool_call>`.
+    Json,
+}
+
+pub async fn ask(
+    index: &std::path::Path,
+    models: &ModelArgs,
+    plugin_args: &crate::plugins::PluginArgs,
+    args: &AskArgs,
+) -> Result<()> {
     let engine = Engine::open(index, models, OpenOptions::search())?;
     let llm = models.load_llm()?;
     let pipeline = QueryPipeline::new(engine.retriever(args.mode)).top_k(args.k);
@@ -60,6 +83,34 @@ pub async fn ask(index: &std::path::Path, models: &ModelArgs, args: &AskArgs) ->
         tracing::warn!(
             "nothing relevant was found in the index; the model answers without passages"
         );
+    }
+    if args.tools {
+        let search = std::sync::Arc::new(crate::plugins::IndexSearch::new(engine.retriever(args.mode)));
+        let host = crate::plugins::open_host(plugin_args, Some(search)).await?;
+        let moss = magpie_core::MossFormat;
+        let json = magpie_core::JsonFormat;
+        let tool_loop = magpie_core::ToolLoop {
+            generator: &llm,
+            toolbox: &host,
+            format: match args.tool_format {
+                ToolFormatArg::Moss => &moss,
+                ToolFormatArg::Json => &json,
+            },
+            max_calls: args.max_tool_calls,
+        };
+        let quiet = args.json;
+        let mut started = false;
+        let answer = prepared
+            .run_with_tools(&tool_loop, &mut |t: &str| {
+                if !quiet {
+                    let shown = if started { t } else { t.trim_start() };
+                    started |= !shown.is_empty();
+                    print!("{shown}");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                }
+            })
+            .await?;
+        return print_answer(answer, args.json);
     }
     let mut stream = llm
         .generate(prepared.prompt.clone(), prepared.options.clone())
@@ -83,12 +134,28 @@ pub async fn ask(index: &std::path::Path, models: &ModelArgs, args: &AskArgs) ->
         }
     };
     let answer = prepared.finish(text, summary);
-    if args.json {
+    print_answer(answer, args.json)
+}
+
+fn print_answer(answer: magpie_core::Answer, json: bool) -> Result<()> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
     println!();
     println!();
+    if !answer.tool_calls.is_empty() {
+        println!("Tool calls:");
+        for c in &answer.tool_calls {
+            let outcome = match (&c.result, &c.error) {
+                (Some(r), _) => crate::preview(r, 160),
+                (_, Some(e)) => format!("error: {}", crate::preview(e, 160)),
+                _ => String::new(),
+            };
+            println!("  {}({}) -> {outcome}  [{:.1} ms]", c.tool, c.arguments, c.ms);
+        }
+        println!();
+    }
     let cited: Vec<usize> = answer.citations.iter().map(|c| c.number).collect();
     println!("Sources:");
     for s in &answer.sources {

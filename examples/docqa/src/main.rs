@@ -8,6 +8,7 @@ mod engine;
 mod eval;
 mod eval_qa;
 mod models;
+mod plugins;
 mod progress;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ struct Cli {
     index: PathBuf,
     #[command(flatten)]
     models: ModelArgs,
+    #[command(flatten)]
+    plugins: plugins::PluginArgs,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -156,6 +159,24 @@ always check the sources.")]
     /// Measure speed (see BENCHMARKS.md for the side-by-side scripts).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// WebAssembly tool plugins: list them, inspect them, call a tool.
+    #[command(subcommand, after_help = "\
+Examples:
+  docqa plugins list
+  docqa plugins info calculator
+  docqa plugins call calculator calculate '{\"expression\": \"2^10 / 3\"}'
+  docqa plugins call solver roots '{\"polynomial\": \"x^2 - 5x + 6 = 0\"}'
+  docqa ask --tools \"what is 17% of the budget in the report?\"
+
+Plugins load from --plugins (default plugins/dist, filled by scripts/build_plugins.sh).
+They get no capability unless --plugin-config grants it, e.g.:
+  [plugins.search]
+  grant = [\"search\"]
+  [plugins.fetch]
+  grant = [\"http\"]
+  http_hosts = [\"en.wikipedia.org\"]
+See plugins/README.md to write your own.")]
+    Plugins(plugins::PluginsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -165,6 +186,15 @@ enum BenchCommand {
     /// Prompt processing and generation tokens/s of the language model (scripts/bench_llm.sh
     /// runs llama.cpp side by side).
     Llm(ask::LlmBenchArgs),
+    /// Plugin load, instantiation and call costs, against a native call of the same code.
+    Plugins {
+        /// Where scripts/build_plugins.sh leaves the components.
+        #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
+        wasm_dir: PathBuf,
+        /// Calls per measurement.
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -449,7 +479,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Embed(args)) => bench::embed(args, &cli.models)?,
         Command::Bench(BenchCommand::Llm(args)) => ask::bench_llm(args, &cli.models)?,
-        Command::Ask(args) => ask::ask(&cli.index, &cli.models, args).await?,
+        Command::Bench(BenchCommand::Plugins {
+            wasm_dir,
+            iterations,
+        }) => plugins::bench(wasm_dir, *iterations).await?,
+        Command::Plugins(cmd) => plugins::run(cmd, &cli.plugins, &cli.index, &cli.models).await?,
+        Command::Ask(args) => ask::ask(&cli.index, &cli.models, &cli.plugins, args).await?,
         Command::Generate {
             prompt,
             max_tokens,

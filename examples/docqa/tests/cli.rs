@@ -25,8 +25,21 @@ fn docqa(index: &Path) -> Command {
     c.env_remove("DOCQA_INDEX")
         .env_remove("MAGPIE_EMBED_MODEL")
         .env_remove("MAGPIE_LLM")
-        .env_remove("MAGPIE_CTX");
+        .env_remove("MAGPIE_CTX")
+        .env_remove("MAGPIE_PLUGINS")
+        .env_remove("MAGPIE_PLUGIN_CONFIG");
     c
+}
+
+/// The bundled plugins as scripts/build_plugins.sh installs them.
+fn plugins_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins/dist");
+    assert!(
+        dir.join("calculator/plugin.toml").exists(),
+        "bundled plugins missing in {}: run scripts/build_plugins.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
 }
 
 fn run_ok(c: &mut Command) -> Output {
@@ -344,4 +357,81 @@ fn model_info_describes_the_default_model_and_refuses_junk() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a usable GGUF"));
+}
+
+#[test]
+fn plugins_list_info_and_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    let with_plugins = |c: &mut Command| {
+        c.arg("--plugins").arg(plugins_dir()).env("XDG_CACHE_HOME", tmp.path().join("cache"));
+    };
+    let mut c = docqa(&idx);
+    with_plugins(&mut c);
+    let v = json(&run_ok(c.args(["plugins", "list", "--json"])));
+    let names: Vec<&str> = v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["calculator", "fetch", "search", "solver"]);
+    for p in v.as_array().unwrap() {
+        assert!(p["granted"].as_array().unwrap().is_empty(), "granted by default: {p}");
+    }
+
+    let mut c = docqa(&idx);
+    with_plugins(&mut c);
+    let out = run_ok(c.args(["plugins", "info", "solver"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tool solve_linear") && text.contains("\"equations\""), "{text}");
+
+    let mut c = docqa(&idx);
+    with_plugins(&mut c);
+    let v = json(&run_ok(c.args(["plugins", "call", "calculator", "calculate", r#"{"expression":"(2+3)*4^2"}"#])));
+    assert_eq!(v["result"], "80");
+
+    // A bad expression: a clear error and a failing exit code.
+    let mut c = docqa(&idx);
+    with_plugins(&mut c);
+    let out = c.args(["plugins", "call", "calculator", "calculate", r#"{"expression":"2+"}"#]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ends too early"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The search plugin over a real index: refused without a grant, answers with one.
+    run_ok(docqa(&idx).args(["index", "--json"]).arg(sample()));
+    let mut c = docqa(&idx);
+    with_plugins(&mut c);
+    let out = c.args(["plugins", "call", "search", "search", r#"{"query":"upgrade"}"#]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not granted"), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = tmp.path().join("plugins.toml");
+    std::fs::write(&config, "[plugins.search]\ngrant = [\"search\"]\n").unwrap();
+    let mut c = docqa(&idx);
+    with_plugins(&mut c);
+    let v = json(&run_ok(c.arg("--plugin-config").arg(&config).args([
+        "plugins", "call", "search", "search", r#"{"query":"upgrade without losing data","k":3}"#,
+    ])));
+    let hits = v.as_array().unwrap();
+    assert_eq!(hits.len(), 3);
+    assert!(hits.iter().any(|h| h["source"].as_str().unwrap().contains("install.md")), "{v}");
+
+    // A missing plugin directory says what to do.
+    let out = docqa(&idx).args(["plugins", "list"]).arg("--plugins").arg(tmp.path().join("none")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/build_plugins.sh"));
+}
+
+#[test]
+fn ask_with_tools_runs_the_tool_loop_with_the_real_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    run_ok(docqa(&idx).args(["index", "--json"]).arg(sample()));
+    let v = json(&run_ok(
+        docqa(&idx)
+            .arg("--plugins")
+            .arg(plugins_dir())
+            .env("XDG_CACHE_HOME", tmp.path().join("cache"))
+            .args(["ask", "--tools", "--json", "--temperature", "0", "--max-tokens", "40", "what is 1234 * 5678?"]),
+    ));
+    assert!(v["tool_calls"].is_array(), "{v}");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 100, "tool instructions are in the prompt: {v}");
+    for c in v["tool_calls"].as_array().unwrap() {
+        assert!(c["result"].is_string() || c["error"].is_string(), "{c}");
+    }
 }

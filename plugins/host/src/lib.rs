@@ -90,6 +90,12 @@ pub enum PluginError {
         tool: String,
         budget: Duration,
     },
+    #[error("{plugin}.{tool} used up its instruction budget ({fuel} units of fuel) and was stopped")]
+    OutOfFuel {
+        plugin: String,
+        tool: String,
+        fuel: u64,
+    },
     #[error("{plugin}.{tool} hit its memory cap of {limit_mib} MiB and was stopped")]
     MemoryCap {
         plugin: String,
@@ -157,6 +163,9 @@ pub struct HostConfig {
     pub max_concurrent: u32,
     /// Epoch tick; time budgets are checked at this granularity.
     pub tick: Duration,
+    /// Instructions budget per call (deterministic, unlike time; costs some
+    /// speed). None: time budgets only.
+    pub fuel: Option<u64>,
 }
 
 impl Default for HostConfig {
@@ -170,6 +179,7 @@ impl Default for HostConfig {
             search_timeout: Duration::from_secs(10),
             max_concurrent: 64,
             tick: Duration::from_millis(5),
+            fuel: None,
         }
     }
 }
@@ -416,7 +426,8 @@ impl PluginHost {
             .max_wasm_stack(config.max_stack)
             .async_stack_size(config.max_stack + (1 << 20))
             .memory_init_cow(true)
-            .parallel_compilation(true);
+            .parallel_compilation(true)
+            .consume_fuel(config.fuel.is_some());
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(config.max_concurrent)
             .total_core_instances(config.max_concurrent * 8)
@@ -574,7 +585,7 @@ impl PluginHost {
         let grants = Grants::effective(&manifest, grant);
         for cap in &manifest.capabilities {
             if !grant.grant.contains(cap) {
-                tracing::warn!(plugin = %name, capability = %cap, "asked for but not granted");
+                tracing::info!(plugin = %name, capability = %cap, "asked for but not granted");
             }
         }
         let http = if grants.http {
@@ -684,6 +695,10 @@ impl PluginHost {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
+        if let Some(fuel) = self.config.fuel {
+            // Only fails when fuel is off, and it is on when `fuel` is set.
+            let _ = store.set_fuel(fuel);
+        }
         let deadline = Instant::now() + limits.timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -869,6 +884,13 @@ impl PluginHost {
                     plugin,
                     tool,
                     budget: p.limits.timeout,
+                }
+            }
+            Some(wasmtime::Trap::OutOfFuel) => {
+                return PluginError::OutOfFuel {
+                    plugin,
+                    tool,
+                    fuel: self.config.fuel.unwrap_or(0),
                 }
             }
             Some(wasmtime::Trap::StackOverflow) => {

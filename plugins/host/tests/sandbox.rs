@@ -396,3 +396,23 @@ async fn solver_plugin_solves() {
         .unwrap_err();
     assert!(e.to_string().contains("no solution"), "{e}");
 }
+
+#[tokio::test]
+async fn fuel_stops_a_loop_deterministically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plugins");
+    install(&dir, "hostile", "");
+    install(&dir, "calculator", "");
+    let mut h = PluginHost::new(magpie_plugins::HostConfig {
+        fuel: Some(50_000_000),
+        cache_dir: Some(tmp.path().join("cache")),
+        ..magpie_plugins::HostConfig::default()
+    })
+    .unwrap();
+    for r in h.load_dir(&dir, &operator("")).await {
+        r.unwrap();
+    }
+    let e = h.call("hostile", "spin", "{}").await.unwrap_err();
+    assert!(matches!(e, PluginError::OutOfFuel { fuel: 50_000_000, .. }), "{e}");
+    still_works(&h).await;
+}

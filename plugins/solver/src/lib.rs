@@ -81,11 +81,12 @@ fn solve_linear(args: LinearArgs) -> ToolResult<LinearSolution> {
         for v in a[row].iter_mut() {
             *v /= d;
         }
-        for i in 0..m {
-            if i != row && a[i][col] != 0.0 {
-                let f = a[i][col];
-                for j in 0..=n {
-                    a[i][j] -= f * a[row][j];
+        let pivot_row = a[row].clone();
+        for (i, r) in a.iter_mut().enumerate() {
+            if i != row && r[col] != 0.0 {
+                let f = r[col];
+                for (x, p) in r.iter_mut().zip(&pivot_row) {
+                    *x -= f * p;
                 }
             }
         }
@@ -198,7 +199,7 @@ fn roots(args: RootsArgs) -> ToolResult<Roots> {
 /// All complex roots of Σ c[i]·x^i (Durand–Kerner, then Newton polishing).
 fn durand_kerner(c: &[f64]) -> Vec<(f64, f64)> {
     let n = c.len() - 1;
-    debug_assert!(n >= 1 && n <= MAX_DEGREE);
+    debug_assert!((1..=MAX_DEGREE).contains(&n));
     let lead = c[n];
     let monic: Vec<f64> = c.iter().map(|v| v / lead).collect();
     type C = (f64, f64);
