@@ -182,6 +182,14 @@ impl ToolFormat for MossFormat {
                 t.description
             ));
         }
+        // A worked call, so a base model sees the shape once.
+        if let Some(t) = tools.iter().find(|t| t.name == "calculate") {
+            s.push_str(&format!(
+                "Example:\nQuestion: What is 12 times 18?\nAnswer: <|Commands|>: {}(\"12 * 18\")\n\
+                 <|Results|>: {{\"result\":\"216\"}}\n12 times 18 is 216.\n",
+                t.command_name()
+            ));
+        }
         s
     }
 

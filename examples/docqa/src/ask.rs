@@ -85,7 +85,9 @@ pub async fn ask(
         );
     }
     if args.tools {
-        let search = std::sync::Arc::new(crate::plugins::IndexSearch::new(engine.retriever(args.mode)));
+        let search = std::sync::Arc::new(crate::plugins::IndexSearch::new(
+            engine.retriever(args.mode),
+        ));
         let host = crate::plugins::open_host(plugin_args, Some(search)).await?;
         let moss = magpie_core::MossFormat;
         let json = magpie_core::JsonFormat;
@@ -152,7 +154,10 @@ fn print_answer(answer: magpie_core::Answer, json: bool) -> Result<()> {
                 (_, Some(e)) => format!("error: {}", crate::preview(e, 160)),
                 _ => String::new(),
             };
-            println!("  {}({}) -> {outcome}  [{:.1} ms]", c.tool, c.arguments, c.ms);
+            println!(
+                "  {}({}) -> {outcome}  [{:.1} ms]",
+                c.tool, c.arguments, c.ms
+            );
         }
         println!();
     }

@@ -160,7 +160,9 @@ always check the sources.")]
     #[command(subcommand)]
     Bench(BenchCommand),
     /// WebAssembly tool plugins: list them, inspect them, call a tool.
-    #[command(subcommand, after_help = "\
+    #[command(
+        subcommand,
+        after_help = "\
 Examples:
   docqa plugins list
   docqa plugins info calculator
@@ -175,7 +177,8 @@ They get no capability unless --plugin-config grants it, e.g.:
   [plugins.fetch]
   grant = [\"http\"]
   http_hosts = [\"en.wikipedia.org\"]
-See plugins/README.md to write your own.")]
+See plugins/README.md to write your own."
+    )]
     Plugins(plugins::PluginsCommand),
 }
 

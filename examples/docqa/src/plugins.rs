@@ -15,7 +15,12 @@ use magpie_plugins::{HostConfig, OperatorConfig, PluginHost, SearchBackend, Sear
 #[derive(Args, Debug, Clone)]
 pub struct PluginArgs {
     /// Plugin directory: one subdirectory per plugin, each with a plugin.toml.
-    #[arg(long = "plugins", global = true, env = "MAGPIE_PLUGINS", default_value = "plugins/dist")]
+    #[arg(
+        long = "plugins",
+        global = true,
+        env = "MAGPIE_PLUGINS",
+        default_value = "plugins/dist"
+    )]
     pub dir: PathBuf,
     /// The operator's plugin configuration (TOML): grants, HTTP hosts, limits.
     /// Without it, plugins get no capability at all.
@@ -87,7 +92,10 @@ impl SearchBackend for IndexSearch {
 }
 
 /// Load the plugins, with the index as the search backend when one is given.
-pub async fn open_host(args: &PluginArgs, search: Option<Arc<dyn SearchBackend>>) -> Result<PluginHost> {
+pub async fn open_host(
+    args: &PluginArgs,
+    search: Option<Arc<dyn SearchBackend>>,
+) -> Result<PluginHost> {
     let operator = match &args.plugin_config {
         Some(p) => OperatorConfig::read(p)?,
         None => OperatorConfig::default(),
@@ -161,8 +169,16 @@ pub async fn run(
                     d.name,
                     d.version,
                     d.summary,
-                    d.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
-                    if granted.is_empty() { "nothing".to_string() } else { granted.join("; ") }
+                    d.tools
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if granted.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        granted.join("; ")
+                    }
                 );
             }
         }
@@ -199,13 +215,22 @@ pub async fn run(
                 if p.manifest.capabilities.is_empty() {
                     "nothing".to_string()
                 } else {
-                    p.manifest.capabilities.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+                    p.manifest
+                        .capabilities
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             );
             let granted = p.grants.list();
             println!(
                 "  granted     {}",
-                if granted.is_empty() { "nothing".to_string() } else { granted.join("; ") }
+                if granted.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    granted.join("; ")
+                }
             );
             println!(
                 "  limits      {} MiB memory, {:?} per call, {} KiB output",
@@ -216,7 +241,11 @@ pub async fn run(
             println!(
                 "  loaded in   {:.1} ms ({})",
                 p.timings.compile_ms + p.timings.prepare_ms,
-                if p.timings.cached { "compiled code from the cache" } else { "compiled now" }
+                if p.timings.cached {
+                    "compiled code from the cache"
+                } else {
+                    "compiled now"
+                }
             );
             for t in &d.tools {
                 println!("\n  tool {}: {}", t.name, t.description);
@@ -234,7 +263,11 @@ pub async fn run(
             let host = open_host(args, index_search(index, models)).await?;
             let out = host.call(name, tool, arguments).await?;
             println!("{}", serde_json::to_string_pretty(&out.value)?);
-            tracing::info!(instantiate_us = out.instantiate_us, call_us = out.call_us, "called");
+            tracing::info!(
+                instantiate_us = out.instantiate_us,
+                call_us = out.call_us,
+                "called"
+            );
         }
     }
     Ok(())
@@ -307,9 +340,21 @@ pub async fn bench(wasm_dir: &Path, iterations: usize) -> Result<()> {
         v[(v.len() * 99) / 100]
     };
     println!("\nno-op tool, {iterations} calls (µs)   median    p99");
-    println!("  instantiate                  {:>8.1} {:>6.1}", med(&mut inst), p99(&mut inst));
-    println!("  call                         {:>8.1} {:>6.1}", med(&mut call), p99(&mut call));
-    println!("  whole call (host side)       {:>8.1} {:>6.1}", med(&mut total), p99(&mut total));
+    println!(
+        "  instantiate                  {:>8.1} {:>6.1}",
+        med(&mut inst),
+        p99(&mut inst)
+    );
+    println!(
+        "  call                         {:>8.1} {:>6.1}",
+        med(&mut call),
+        p99(&mut call)
+    );
+    println!(
+        "  whole call (host side)       {:>8.1} {:>6.1}",
+        med(&mut total),
+        p99(&mut total)
+    );
 
     // The calculator: wasm vs the same code called natively (with the same JSON in and out).
     let args = r#"{"expression":"2 + 3 * (4 - 1)^2 / sqrt(16)"}"#;

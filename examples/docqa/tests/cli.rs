@@ -364,55 +364,113 @@ fn plugins_list_info_and_call() {
     let tmp = tempfile::tempdir().unwrap();
     let idx = tmp.path().join("idx");
     let with_plugins = |c: &mut Command| {
-        c.arg("--plugins").arg(plugins_dir()).env("XDG_CACHE_HOME", tmp.path().join("cache"));
+        c.arg("--plugins")
+            .arg(plugins_dir())
+            .env("XDG_CACHE_HOME", tmp.path().join("cache"));
     };
     let mut c = docqa(&idx);
     with_plugins(&mut c);
     let v = json(&run_ok(c.args(["plugins", "list", "--json"])));
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["calculator", "fetch", "search", "solver"]);
     for p in v.as_array().unwrap() {
-        assert!(p["granted"].as_array().unwrap().is_empty(), "granted by default: {p}");
+        assert!(
+            p["granted"].as_array().unwrap().is_empty(),
+            "granted by default: {p}"
+        );
     }
 
     let mut c = docqa(&idx);
     with_plugins(&mut c);
     let out = run_ok(c.args(["plugins", "info", "solver"]));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("tool solve_linear") && text.contains("\"equations\""), "{text}");
+    assert!(
+        text.contains("tool solve_linear") && text.contains("\"equations\""),
+        "{text}"
+    );
 
     let mut c = docqa(&idx);
     with_plugins(&mut c);
-    let v = json(&run_ok(c.args(["plugins", "call", "calculator", "calculate", r#"{"expression":"(2+3)*4^2"}"#])));
+    let v = json(&run_ok(c.args([
+        "plugins",
+        "call",
+        "calculator",
+        "calculate",
+        r#"{"expression":"(2+3)*4^2"}"#,
+    ])));
     assert_eq!(v["result"], "80");
 
     // A bad expression: a clear error and a failing exit code.
     let mut c = docqa(&idx);
     with_plugins(&mut c);
-    let out = c.args(["plugins", "call", "calculator", "calculate", r#"{"expression":"2+"}"#]).output().unwrap();
+    let out = c
+        .args([
+            "plugins",
+            "call",
+            "calculator",
+            "calculate",
+            r#"{"expression":"2+"}"#,
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ends too early"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ends too early"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The search plugin over a real index: refused without a grant, answers with one.
     run_ok(docqa(&idx).args(["index", "--json"]).arg(sample()));
     let mut c = docqa(&idx);
     with_plugins(&mut c);
-    let out = c.args(["plugins", "call", "search", "search", r#"{"query":"upgrade"}"#]).output().unwrap();
+    let out = c
+        .args([
+            "plugins",
+            "call",
+            "search",
+            "search",
+            r#"{"query":"upgrade"}"#,
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not granted"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not granted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = tmp.path().join("plugins.toml");
     std::fs::write(&config, "[plugins.search]\ngrant = [\"search\"]\n").unwrap();
     let mut c = docqa(&idx);
     with_plugins(&mut c);
     let v = json(&run_ok(c.arg("--plugin-config").arg(&config).args([
-        "plugins", "call", "search", "search", r#"{"query":"upgrade without losing data","k":3}"#,
+        "plugins",
+        "call",
+        "search",
+        "search",
+        r#"{"query":"upgrade without losing data","k":3}"#,
     ])));
     let hits = v.as_array().unwrap();
     assert_eq!(hits.len(), 3);
-    assert!(hits.iter().any(|h| h["source"].as_str().unwrap().contains("install.md")), "{v}");
+    assert!(
+        hits.iter()
+            .any(|h| h["source"].as_str().unwrap().contains("install.md")),
+        "{v}"
+    );
 
     // A missing plugin directory says what to do.
-    let out = docqa(&idx).args(["plugins", "list"]).arg("--plugins").arg(tmp.path().join("none")).output().unwrap();
+    let out = docqa(&idx)
+        .args(["plugins", "list"])
+        .arg("--plugins")
+        .arg(tmp.path().join("none"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/build_plugins.sh"));
 }
@@ -427,11 +485,26 @@ fn ask_with_tools_runs_the_tool_loop_with_the_real_model() {
             .arg("--plugins")
             .arg(plugins_dir())
             .env("XDG_CACHE_HOME", tmp.path().join("cache"))
-            .args(["ask", "--tools", "--json", "--temperature", "0", "--max-tokens", "40", "what is 1234 * 5678?"]),
+            .args([
+                "ask",
+                "--tools",
+                "--json",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "40",
+                "what is 1234 * 5678?",
+            ]),
     ));
-    assert!(v["tool_calls"].is_array(), "{v}");
-    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 100, "tool instructions are in the prompt: {v}");
-    for c in v["tool_calls"].as_array().unwrap() {
-        assert!(c["result"].is_string() || c["error"].is_string(), "{c}");
-    }
+    // Greedy decoding on the bundled Gemma 3 270M: with the worked example in
+    // the tool instructions it calls the calculator and uses the result.
+    let calls = v["tool_calls"].as_array().expect("tool_calls");
+    assert!(!calls.is_empty(), "the model made no tool call: {v}");
+    assert_eq!(calls[0]["tool"], "calculate", "{v}");
+    assert!(
+        calls[0]["result"].as_str().unwrap().contains("7006652"),
+        "{v}"
+    );
+    assert!(v["text"].as_str().unwrap().contains("7006652"), "{v}");
+    assert!(!v["text"].as_str().unwrap().contains("<|Commands|>"), "{v}");
 }

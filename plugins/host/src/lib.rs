@@ -90,7 +90,9 @@ pub enum PluginError {
         tool: String,
         budget: Duration,
     },
-    #[error("{plugin}.{tool} used up its instruction budget ({fuel} units of fuel) and was stopped")]
+    #[error(
+        "{plugin}.{tool} used up its instruction budget ({fuel} units of fuel) and was stopped"
+    )]
     OutOfFuel {
         plugin: String,
         tool: String,
@@ -441,7 +443,7 @@ impl PluginHost {
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20)
             .table_elements(100_000)
-            .linear_memory_keep_resident(1 << 20);
+            .linear_memory_keep_resident(0);
         wc.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // A pool this size reserves address space for every slot; fall back to
         // on-demand allocation where that is refused (low `ulimit -v`).

@@ -413,6 +413,15 @@ async fn fuel_stops_a_loop_deterministically() {
         r.unwrap();
     }
     let e = h.call("hostile", "spin", "{}").await.unwrap_err();
-    assert!(matches!(e, PluginError::OutOfFuel { fuel: 50_000_000, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            PluginError::OutOfFuel {
+                fuel: 50_000_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
     still_works(&h).await;
 }
