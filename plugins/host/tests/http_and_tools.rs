@@ -218,8 +218,14 @@ impl Generator for Scripted {
         prompt: Prompt,
         _options: GenerationOptions,
     ) -> magpie_core::Result<GenerationStream> {
-        let Prompt::Text(p) = prompt else {
-            panic!("plain prompts here")
+        let p = match prompt {
+            Prompt::Text(p) => p,
+            // Chats are recorded as `role: content` lines.
+            Prompt::Chat(msgs) => msgs
+                .iter()
+                .map(|m| format!("{}: {}", m.role.as_str(), m.content))
+                .collect::<Vec<_>>()
+                .join("\n"),
         };
         self.prompts.lock().unwrap().push(p);
         let text = self.rounds.lock().unwrap().pop().unwrap_or_default();
@@ -387,4 +393,37 @@ async fn a_prompt_injected_document_cannot_reach_an_ungranted_capability() {
         "the injected request reached the server"
     );
     assert!(h.tools().iter().any(|t| t.name == "fetch"));
+}
+
+#[tokio::test]
+async fn json_tool_calls_in_a_chat() {
+    let (_t, h) = fetch_host("").await;
+    let model = Scripted::new(&[
+        "<tool_call>\n{\"name\": \"calculate\", \"arguments\": {\"expression\": \"6*7\"}}\n</tool_call>",
+        "It is 42.",
+    ]);
+    let format = magpie_core::JsonFormat;
+    let tl = ToolLoop {
+        generator: &model,
+        toolbox: &h,
+        format: &format,
+        max_calls: 2,
+    };
+    let prompt = tl.with_instructions(Prompt::Chat(vec![
+        magpie_core::ChatMessage::new(magpie_core::Role::System, "Be brief."),
+        magpie_core::ChatMessage::new(magpie_core::Role::User, "6 times 7?"),
+    ]));
+    let run = tl
+        .run(prompt, GenerationOptions::default(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(run.calls.len(), 1);
+    assert_eq!(run.calls[0].arguments["expression"], "6*7");
+    assert_eq!(run.text, "It is 42.");
+    let prompts = model.prompts.lock().unwrap();
+    // The tool list went into the system message; the call and its result became turns.
+    assert!(prompts[0].starts_with("system: Be brief.\n\nYou can call tools."), "{}", prompts[0]);
+    assert!(prompts[0].contains("\"name\":\"calculate\""), "{}", prompts[0]);
+    assert!(prompts[1].contains("assistant: <tool_call>"), "{}", prompts[1]);
+    assert!(prompts[1].ends_with("tool: {\"expression\":\"6*7\",\"result\":\"42\",\"value\":42.0}"), "{}", prompts[1]);
 }
