@@ -416,6 +416,8 @@ pub struct PluginHost {
     config: HostConfig,
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     search: Option<Arc<dyn SearchBackend>>,
+    /// One permit per pool slot: calls past the pool's size wait their turn.
+    slots: Arc<tokio::sync::Semaphore>,
     _ticker: Ticker,
 }
 
@@ -475,12 +477,14 @@ impl PluginHost {
                 })
                 .map_err(|e| PluginError::Host(format!("starting the epoch ticker: {e}")))?;
         }
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent as usize));
         Ok(Self {
             engine,
             linker,
             config,
             plugins: BTreeMap::new(),
             search: None,
+            slots,
             _ticker: Ticker { stop },
         })
     }
@@ -809,6 +813,11 @@ impl PluginHost {
                 message: "arguments must be a JSON object".into(),
             });
         }
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| PluginError::Host("the plugin host is shutting down".into()))?;
         let mut store = self.new_store(&p.shared, &p.limits);
         let t0 = Instant::now();
         let instance = p

@@ -422,8 +422,24 @@ async fn json_tool_calls_in_a_chat() {
     assert_eq!(run.text, "It is 42.");
     let prompts = model.prompts.lock().unwrap();
     // The tool list went into the system message; the call and its result became turns.
-    assert!(prompts[0].starts_with("system: Be brief.\n\nYou can call tools."), "{}", prompts[0]);
-    assert!(prompts[0].contains("\"name\":\"calculate\""), "{}", prompts[0]);
-    assert!(prompts[1].contains("assistant: <tool_call>"), "{}", prompts[1]);
-    assert!(prompts[1].ends_with("tool: {\"expression\":\"6*7\",\"result\":\"42\",\"value\":42.0}"), "{}", prompts[1]);
+    assert!(
+        prompts[0].starts_with("system: Be brief.\n\nYou can call tools."),
+        "{}",
+        prompts[0]
+    );
+    assert!(
+        prompts[0].contains("\"name\":\"calculate\""),
+        "{}",
+        prompts[0]
+    );
+    assert!(
+        prompts[1].contains("assistant: <tool_call>"),
+        "{}",
+        prompts[1]
+    );
+    assert!(
+        prompts[1].ends_with("tool: {\"expression\":\"6*7\",\"result\":\"42\",\"value\":42.0}"),
+        "{}",
+        prompts[1]
+    );
 }

@@ -244,7 +244,8 @@ async fn calls_run_concurrently_while_one_spins() {
         tokio::spawn(async move { h.call("hostile", "spin", "{}").await })
     };
     let mut tasks = Vec::new();
-    for i in 0..16 {
+    // More calls at once than the pool has slots (64): the rest wait, none fail.
+    for i in 0..100 {
         let h = h.clone();
         tasks.push(tokio::spawn(async move {
             h.call(
