@@ -363,13 +363,15 @@ fn model_info_describes_the_default_model_and_refuses_junk() {
 fn plugins_list_info_and_call() {
     let tmp = tempfile::tempdir().unwrap();
     let idx = tmp.path().join("idx");
-    let with_plugins = |c: &mut Command| {
+    // docqa with the bundled plugins and a compile cache of its own.
+    let with_plugins = || {
+        let mut c = docqa(&idx);
         c.arg("--plugins")
             .arg(plugins_dir())
             .env("XDG_CACHE_HOME", tmp.path().join("cache"));
+        c
     };
-    let mut c = docqa(&idx);
-    with_plugins(&mut c);
+    let mut c = with_plugins();
     let v = json(&run_ok(c.args(["plugins", "list", "--json"])));
     let names: Vec<&str> = v
         .as_array()
@@ -385,8 +387,7 @@ fn plugins_list_info_and_call() {
         );
     }
 
-    let mut c = docqa(&idx);
-    with_plugins(&mut c);
+    let mut c = with_plugins();
     let out = run_ok(c.args(["plugins", "info", "solver"]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -394,8 +395,7 @@ fn plugins_list_info_and_call() {
         "{text}"
     );
 
-    let mut c = docqa(&idx);
-    with_plugins(&mut c);
+    let mut c = with_plugins();
     let v = json(&run_ok(c.args([
         "plugins",
         "call",
@@ -406,8 +406,7 @@ fn plugins_list_info_and_call() {
     assert_eq!(v["result"], "80");
 
     // A bad expression: a clear error and a failing exit code.
-    let mut c = docqa(&idx);
-    with_plugins(&mut c);
+    let mut c = with_plugins();
     let out = c
         .args([
             "plugins",
@@ -427,8 +426,7 @@ fn plugins_list_info_and_call() {
 
     // The search plugin over a real index: refused without a grant, answers with one.
     run_ok(docqa(&idx).args(["index", "--json"]).arg(sample()));
-    let mut c = docqa(&idx);
-    with_plugins(&mut c);
+    let mut c = with_plugins();
     let out = c
         .args([
             "plugins",
@@ -447,8 +445,7 @@ fn plugins_list_info_and_call() {
     );
     let config = tmp.path().join("plugins.toml");
     std::fs::write(&config, "[plugins.search]\ngrant = [\"search\"]\n").unwrap();
-    let mut c = docqa(&idx);
-    with_plugins(&mut c);
+    let mut c = with_plugins();
     let v = json(&run_ok(c.arg("--plugin-config").arg(&config).args([
         "plugins",
         "call",

@@ -74,6 +74,19 @@ async fn serve() -> (u16, Arc<AtomicUsize>) {
     (port, hits)
 }
 
+/// Call the fetch plugin on `url`.
+async fn fetch(
+    h: &PluginHost,
+    url: &str,
+) -> Result<magpie_plugins::CallOutput, magpie_plugins::PluginError> {
+    h.call(
+        "fetch",
+        "fetch",
+        &serde_json::json!({ "url": url }).to_string(),
+    )
+    .await
+}
+
 async fn fetch_host(grant: &str) -> (tempfile::TempDir, PluginHost) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("plugins");
@@ -95,51 +108,30 @@ async fn fetch_reads_allowed_pages_and_nothing_else() {
     )
     .await;
     let url = format!("http://127.0.0.1:{port}/page");
-    let out = h
-        .call("fetch", "fetch", &format!(r#"{{"url":"{url}"}}"#))
-        .await
-        .unwrap();
+    let out = fetch(&h, &url).await.unwrap();
     assert_eq!(out.value["status"], 200);
     let text = out.value["text"].as_str().unwrap();
     assert!(text.contains("Magpies & mirrors."), "{text}");
     assert!(!text.contains("evil"), "script text leaked: {text}");
 
     // Over the size cap (2 MiB by default).
-    let e = h
-        .call(
-            "fetch",
-            "fetch",
-            &format!(r#"{{"url":"http://127.0.0.1:{port}/big"}}"#),
-        )
+    let e = fetch(&h, &format!("http://127.0.0.1:{port}/big"))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("limit"), "{e}");
     // A redirect off the allowlist.
-    let e = h
-        .call(
-            "fetch",
-            "fetch",
-            &format!(r#"{{"url":"http://127.0.0.1:{port}/redirect-out"}}"#),
-        )
+    let e = fetch(&h, &format!("http://127.0.0.1:{port}/redirect-out"))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not-allowed.test"), "{e}");
     // A redirect loop.
-    let e = h
-        .call(
-            "fetch",
-            "fetch",
-            &format!(r#"{{"url":"http://127.0.0.1:{port}/redirect-loop"}}"#),
-        )
+    let e = fetch(&h, &format!("http://127.0.0.1:{port}/redirect-loop"))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("redirect"), "{e}");
     // A host not on the list: refused before any request.
     let before = hits.load(Ordering::SeqCst);
-    let e = h
-        .call("fetch", "fetch", r#"{"url":"http://example.org/"}"#)
-        .await
-        .unwrap_err();
+    let e = fetch(&h, "http://example.org/").await.unwrap_err();
     assert!(e.to_string().contains("allowlist"), "{e}");
     assert_eq!(hits.load(Ordering::SeqCst), before);
     // The hostile plugin has no http grant even though fetch does.
@@ -158,21 +150,11 @@ async fn loopback_is_refused_unless_the_operator_allows_it() {
         "[plugins.fetch]\ngrant = [\"http\"]\nhttp_hosts = [\"localhost\", \"127.0.0.1\"]\n",
     )
     .await;
-    let e = h
-        .call(
-            "fetch",
-            "fetch",
-            &format!(r#"{{"url":"http://localhost:{port}/page"}}"#),
-        )
+    let e = fetch(&h, &format!("http://localhost:{port}/page"))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("private or loopback"), "{e}");
-    let e = h
-        .call(
-            "fetch",
-            "fetch",
-            &format!(r#"{{"url":"http://127.0.0.1:{port}/page"}}"#),
-        )
+    let e = fetch(&h, &format!("http://127.0.0.1:{port}/page"))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("private or loopback"), "{e}");

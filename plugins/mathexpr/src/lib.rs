@@ -395,17 +395,17 @@ fn call(name: &str, a: &[f64]) -> Result<f64, MathError> {
         "cbrt" => one(f64::cbrt)?,
         "abs" => one(f64::abs)?,
         "exp" => one(f64::exp)?,
-        "ln" | "log" if a.len() == 1 => {
+        "ln" | "log" | "log2" | "log10" if a.len() == 1 => {
             if a[0] <= 0.0 {
                 return Err(MathError::new(format!(
                     "{name} is defined only for positive numbers, got {}",
                     a[0]
                 )));
             }
-            if name == "ln" {
-                a[0].ln()
-            } else {
-                a[0].log10()
+            match name {
+                "ln" => a[0].ln(),
+                "log2" => a[0].log2(),
+                _ => a[0].log10(),
             }
         }
         "log" => {
@@ -417,37 +417,17 @@ fn call(name: &str, a: &[f64]) -> Result<f64, MathError> {
             }
             a[0].log(a[1])
         }
-        "log2" | "log10" => {
-            arity(name, a, 1)?;
-            if a[0] <= 0.0 {
-                return Err(MathError::new(format!(
-                    "{name} is defined only for positive numbers, got {}",
-                    a[0]
-                )));
-            }
-            if name == "log2" {
-                a[0].log2()
-            } else {
-                a[0].log10()
-            }
-        }
         "sin" => one(f64::sin)?,
         "cos" => one(f64::cos)?,
         "tan" => one(f64::tan)?,
-        "asin" | "acos" => {
-            arity(name, a, 1)?;
-            if !(-1.0..=1.0).contains(&a[0]) {
-                return Err(MathError::new(format!(
-                    "{name} needs a value in [-1, 1], got {}",
-                    a[0]
-                )));
-            }
-            if name == "asin" {
-                a[0].asin()
-            } else {
-                a[0].acos()
-            }
+        "asin" | "acos" if a.len() == 1 && !(-1.0..=1.0).contains(&a[0]) => {
+            return Err(MathError::new(format!(
+                "{name} needs a value in [-1, 1], got {}",
+                a[0]
+            )));
         }
+        "asin" => one(f64::asin)?,
+        "acos" => one(f64::acos)?,
         "atan" => one(f64::atan)?,
         "sinh" => one(f64::sinh)?,
         "cosh" => one(f64::cosh)?,
