@@ -235,40 +235,70 @@ impl DirectoryLoader {
             )));
         }
         let bytes = std::fs::read(path).map_err(|e| skip(format!("unreadable: {e}")))?;
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if matches!(format, Format::Docx | Format::Epub) {
+            let (text, sections, title) = match format {
+                Format::Docx => crate::office::docx(&bytes),
+                _ => crate::office::epub(&bytes),
+            }
+            .map_err(skip)?;
+            return document(
+                source,
+                &canonical,
+                &bytes,
+                mime,
+                Metadata::new(),
+                (text, sections, title),
+            )
+            .map_err(skip);
+        }
         let decoded = decode(&bytes).map_err(skip)?;
         if let Some(enc) = decoded.converted_from {
             debug!(uri = %source.uri, encoding = enc, "converted to UTF-8");
         }
-        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let mut metadata = Metadata::new();
-        metadata.insert("path".into(), source.uri.clone().into());
         if let Some(enc) = decoded.converted_from {
             metadata.insert("encoding".into(), enc.into());
         }
-        let (text, sections, title) = match format {
+        let extracted = match format {
             Format::Markdown => {
                 let (s, t) = markdown_sections(&decoded.text);
                 (decoded.text, s, t)
             }
             Format::Html => html_to_text(&decoded.text),
-            Format::Text | Format::Code => (decoded.text, Vec::new(), None),
+            Format::Text | Format::Code | Format::Docx | Format::Epub => {
+                (decoded.text, Vec::new(), None)
+            }
         };
-        if text.trim().is_empty() {
-            return Err(skip("no text to index after extraction".into()));
-        }
-        if let Some(t) = title {
-            metadata.insert("title".into(), t.into());
-        }
-        Ok(Document {
-            id: doc_id_for(&canonical.to_string_lossy()),
-            uri: source.uri.clone(),
-            content_hash: content_hash(&bytes),
-            text,
-            mime: mime.to_string(),
-            metadata,
-            sections,
-        })
+        document(source, &canonical, &bytes, mime, metadata, extracted).map_err(skip)
     }
+}
+
+/// The document for extracted text (refused when there is no text).
+fn document(
+    source: &SourceRef,
+    canonical: &Path,
+    bytes: &[u8],
+    mime: &str,
+    mut metadata: Metadata,
+    (text, sections, title): crate::office::Extracted,
+) -> std::result::Result<Document, String> {
+    if text.trim().is_empty() {
+        return Err("no text to index after extraction".into());
+    }
+    metadata.insert("path".into(), source.uri.clone().into());
+    if let Some(t) = title {
+        metadata.insert("title".into(), t.into());
+    }
+    Ok(Document {
+        id: doc_id_for(&canonical.to_string_lossy()),
+        uri: source.uri.clone(),
+        content_hash: content_hash(bytes),
+        text,
+        mime: mime.to_string(),
+        metadata,
+        sections,
+    })
 }
 
 /// "3.2 MiB"-style sizes for messages.

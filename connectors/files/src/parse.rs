@@ -13,18 +13,20 @@ pub enum Format {
     Html,
     /// Source code or configuration: indexed as is.
     Code,
+    /// Word document (DOCX): paragraphs, with heading styles as headings.
+    Docx,
+    /// EPUB e-book: chapters in reading order.
+    Epub,
 }
 
 /// Formats this loader recognises by extension but cannot read yet.
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("pdf", "PDF"),
-    ("docx", "Word (DOCX)"),
     ("doc", "Word (DOC)"),
     ("xlsx", "Excel (XLSX)"),
     ("xls", "Excel (XLS)"),
     ("pptx", "PowerPoint (PPTX)"),
     ("odt", "OpenDocument text"),
-    ("epub", "EPUB"),
     ("rtf", "RTF"),
     ("png", "PNG image"),
     ("jpg", "JPEG image"),
@@ -81,6 +83,13 @@ pub fn format_for(ext: Option<&str>) -> Result<(Format, &'static str), &'static 
     match ext.as_str() {
         "md" | "markdown" | "mdx" => return Ok((Format::Markdown, "text/markdown")),
         "html" | "htm" | "xhtml" => return Ok((Format::Html, "text/html")),
+        "docx" => {
+            return Ok((
+                Format::Docx,
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            ))
+        }
+        "epub" => return Ok((Format::Epub, "application/epub+zip")),
         "txt" | "text" | "rst" | "adoc" | "org" | "log" | "csv" | "tsv" => {
             return Ok((Format::Text, "text/plain"))
         }

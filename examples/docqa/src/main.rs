@@ -59,7 +59,8 @@ Examples:
   docqa index docs/ --sync            also remove documents whose files are gone
   docqa index corpus.jsonl            one document per line: {\"_id\", \"title\", \"text\"}
 
-Files are read as text, Markdown (heading-aware), HTML (visible text) or source code.
+Files are read as text, Markdown (heading-aware), HTML (visible text), Word DOCX (heading
+styles as headings), EPUB (chapters in reading order) or source code.
 .gitignore, .ignore and .magpieignore files are honoured. Binary, empty, undecodable
 and oversized files are skipped with a reason, and the run goes on.")]
     Index {
