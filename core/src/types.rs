@@ -25,6 +25,10 @@ pub struct Document {
     pub sections: Vec<Section>,
     /// Hex digest of the source content; an unchanged document is never re-embedded.
     pub content_hash: String,
+    /// Byte offsets where each page starts (page 1 first), for paged sources
+    /// such as PDF; empty when the source has no pages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pages: Vec<usize>,
 }
 
 impl Document {
@@ -40,7 +44,16 @@ impl Document {
             mime: "text/plain".into(),
             metadata: Metadata::new(),
             sections: Vec::new(),
+            pages: Vec::new(),
         }
+    }
+
+    /// The 1-based page holding byte `offset`, for paged documents.
+    pub fn page_of(&self, offset: usize) -> Option<u32> {
+        if self.pages.is_empty() {
+            return None;
+        }
+        Some(self.pages.partition_point(|&start| start <= offset).max(1) as u32)
     }
 
     /// The document's title, when its metadata has one.
@@ -71,6 +84,31 @@ pub struct Span {
     pub line_start: usize,
     /// Line of the last byte (1-based).
     pub line_end: usize,
+    /// Page of the first byte (1-based), for paged sources (PDF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_start: Option<u32>,
+    /// Page of the last byte (1-based), for paged sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_end: Option<u32>,
+}
+
+impl Span {
+    /// How a citation names the place after its source: ` p. 7`, ` pp. 7-8`, or `:12-30` (lines).
+    pub fn cite_suffix(&self) -> String {
+        match self.page_start {
+            Some(_) => format!(" {}", self.location()),
+            None => format!(":{}-{}", self.line_start, self.line_end),
+        }
+    }
+
+    /// Where the span is, for a citation: `p. 7`, `pp. 7-8`, or `lines 12-30`.
+    pub fn location(&self) -> String {
+        match (self.page_start, self.page_end) {
+            (Some(a), Some(b)) if a != b => format!("pp. {a}-{b}"),
+            (Some(a), _) => format!("p. {a}"),
+            _ => format!("lines {}-{}", self.line_start, self.line_end),
+        }
+    }
 }
 
 /// A piece of a document small enough to embed and to cite.

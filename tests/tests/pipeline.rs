@@ -220,3 +220,64 @@ async fn empty_query_is_refused() {
     let e = s.hybrid.search("  ").await.unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");
 }
+
+#[tokio::test]
+async fn pdf_pages_and_docx_headings_survive_both_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(
+        corpus.join("manual.pdf"),
+        magpie_tests::docs::make_pdf(
+            &[
+                &["Chapter one covers unpacking the weather station."],
+                &[
+                    "Calibrating the barometer: hold the reset button for ten seconds",
+                    "until the pressure reading blinks twice.",
+                ],
+                &["Chapter three lists the warranty terms."],
+            ],
+            Some("Station Manual"),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        corpus.join("notes.docx"),
+        magpie_tests::docs::make_docx(&[
+            (Some("Heading1"), "Garden birds"),
+            (Some("Heading2"), "Feeding"),
+            (None, "Robins prefer mealworms on a flat tray near a hedge."),
+        ]),
+    )
+    .unwrap();
+    let index = tmp.path().join("index");
+    let embedder =
+        Arc::new(BertEmbedder::load(magpie_tests::minilm_dir().to_string_lossy()).unwrap());
+    let mut s = setup(&index, embedder);
+    let report = s
+        .pipeline
+        .run(
+            &DirectoryLoader::new(&corpus),
+            &RunOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.indexed, 2, "{report:?}");
+    let query = "how do I calibrate the barometer pressure reading";
+    for hits in [
+        s.dense.retrieve(query, 1).await.unwrap(),
+        s.bm25.retrieve(query, 1).await.unwrap(),
+    ] {
+        let c = &hits[0].chunk;
+        assert!(c.source.ends_with("manual.pdf"), "{c:?}");
+        assert_eq!(c.span.page_start, Some(2), "{c:?}");
+        assert_eq!(c.span.cite_suffix(), " p. 2");
+        assert_eq!(c.title.as_deref(), Some("Station Manual"));
+    }
+    let hits = s.bm25.retrieve("robins mealworms", 1).await.unwrap();
+    let c = &hits[0].chunk;
+    assert!(c.source.ends_with("notes.docx"), "{c:?}");
+    assert_eq!(c.heading_path, ["Garden birds", "Feeding"]);
+    assert_eq!(c.span.page_start, None);
+}

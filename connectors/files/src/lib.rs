@@ -11,6 +11,7 @@ pub mod decode;
 pub mod loader;
 pub mod office;
 pub mod parse;
+pub mod pdf;
 pub mod split;
 
 pub use loader::{human_bytes, DirectoryLoader, JsonlLoader, DEFAULT_MAX_FILE_SIZE};

@@ -236,19 +236,23 @@ impl DirectoryLoader {
         }
         let bytes = std::fs::read(path).map_err(|e| skip(format!("unreadable: {e}")))?;
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if matches!(format, Format::Docx | Format::Epub) {
-            let (text, sections, title) = match format {
-                Format::Docx => crate::office::docx(&bytes),
-                _ => crate::office::epub(&bytes),
-            }
-            .map_err(skip)?;
+        if matches!(format, Format::Docx | Format::Epub | Format::Pdf) {
+            let (extracted, pages) = match format {
+                Format::Docx => (crate::office::docx(&bytes).map_err(skip)?, Vec::new()),
+                Format::Epub => (crate::office::epub(&bytes).map_err(skip)?, Vec::new()),
+                _ => {
+                    let p = crate::pdf::pdf(&bytes).map_err(skip)?;
+                    ((p.text, p.sections, p.title), p.pages)
+                }
+            };
             return document(
                 source,
                 &canonical,
                 &bytes,
                 mime,
                 Metadata::new(),
-                (text, sections, title),
+                extracted,
+                pages,
             )
             .map_err(skip);
         }
@@ -266,11 +270,20 @@ impl DirectoryLoader {
                 (decoded.text, s, t)
             }
             Format::Html => html_to_text(&decoded.text),
-            Format::Text | Format::Code | Format::Docx | Format::Epub => {
+            Format::Text | Format::Code | Format::Docx | Format::Epub | Format::Pdf => {
                 (decoded.text, Vec::new(), None)
             }
         };
-        document(source, &canonical, &bytes, mime, metadata, extracted).map_err(skip)
+        document(
+            source,
+            &canonical,
+            &bytes,
+            mime,
+            metadata,
+            extracted,
+            Vec::new(),
+        )
+        .map_err(skip)
     }
 }
 
@@ -282,6 +295,7 @@ fn document(
     mime: &str,
     mut metadata: Metadata,
     (text, sections, title): crate::office::Extracted,
+    pages: Vec<usize>,
 ) -> std::result::Result<Document, String> {
     if text.trim().is_empty() {
         return Err("no text to index after extraction".into());
@@ -298,6 +312,7 @@ fn document(
         mime: mime.to_string(),
         metadata,
         sections,
+        pages,
     })
 }
 
@@ -444,6 +459,7 @@ impl Loader for JsonlLoader {
             mime: "text/plain".into(),
             metadata,
             sections: vec![],
+            pages: vec![],
         })
     }
 }

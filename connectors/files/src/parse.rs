@@ -17,11 +17,12 @@ pub enum Format {
     Docx,
     /// EPUB e-book: chapters in reading order.
     Epub,
+    /// PDF: text per page, pages carried into chunk spans.
+    Pdf,
 }
 
 /// Formats this loader recognises by extension but cannot read yet.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("pdf", "PDF"),
     ("doc", "Word (DOC)"),
     ("xlsx", "Excel (XLSX)"),
     ("xls", "Excel (XLS)"),
@@ -90,6 +91,7 @@ pub fn format_for(ext: Option<&str>) -> Result<(Format, &'static str), &'static 
             ))
         }
         "epub" => return Ok((Format::Epub, "application/epub+zip")),
+        "pdf" => return Ok((Format::Pdf, "application/pdf")),
         "txt" | "text" | "rst" | "adoc" | "org" | "log" | "csv" | "tsv" => {
             return Ok((Format::Text, "text/plain"))
         }

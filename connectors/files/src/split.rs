@@ -190,6 +190,8 @@ impl Splitter for TokenSplitter {
                         byte_end: trimmed_end,
                         line_start: line_of(&starts, trimmed_start),
                         line_end: line_of(&starts, trimmed_end - 1),
+                        page_start: doc.page_of(trimmed_start),
+                        page_end: doc.page_of(trimmed_end - 1),
                     },
                     heading_path: sec.heading_path.clone(),
                     title: title.clone(),

@@ -394,6 +394,7 @@ mod tests {
                 byte_end: text.len(),
                 line_start: 1,
                 line_end: 1,
+                ..Default::default()
             },
             heading_path: vec!["H".into()],
             title: None,

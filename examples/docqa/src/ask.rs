@@ -167,8 +167,10 @@ fn print_answer(answer: magpie_core::Answer, json: bool) -> Result<()> {
         let mark = if cited.contains(&s.number) { "*" } else { " " };
         let heading = crate::heading_suffix(&s.heading_path);
         println!(
-            "{mark}[{}] {}:{}-{}{heading}",
-            s.number, s.source, s.span.line_start, s.span.line_end
+            "{mark}[{}] {}{}{heading}",
+            s.number,
+            s.source,
+            s.span.cite_suffix()
         );
     }
     let t = &answer.timings;

@@ -418,11 +418,10 @@ async fn run(cli: Cli) -> Result<()> {
                 let c = &h.chunk;
                 let heading = heading_suffix(&c.heading_path);
                 println!(
-                    "{}. {}:{}-{}  score {:.4}{}",
+                    "{}. {}{}  score {:.4}{}",
                     i + 1,
                     c.source,
-                    c.span.line_start,
-                    c.span.line_end,
+                    c.span.cite_suffix(),
                     h.score,
                     heading
                 );

@@ -79,10 +79,7 @@ impl SearchBackend for IndexSearch {
             .hits
             .into_iter()
             .map(|h| SearchHit {
-                source: format!(
-                    "{}:{}-{}",
-                    h.chunk.source, h.chunk.span.line_start, h.chunk.span.line_end
-                ),
+                source: format!("{}{}", h.chunk.source, h.chunk.span.cite_suffix()),
                 doc_id: h.chunk.doc_id.clone(),
                 text: h.chunk.text.clone(),
                 score: h.score,

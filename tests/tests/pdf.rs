@@ -1,0 +1,114 @@
+//! PDF (magpie-files) through the directory loader and the splitter, with PDFs the test writes
+//! itself (lopdf, standard Helvetica, known text per page), and the bad ones:
+//! scanned (no text layer), truncated, not a PDF, a decompression bomb.
+
+use std::io::Write;
+use std::path::Path;
+
+use lopdf::{dictionary, Document, Stream};
+use magpie_core::{Loader, Splitter};
+use magpie_files::{DirectoryLoader, TokenSplitter, WordCounter};
+use magpie_tests::docs::make_pdf;
+
+async fn load_one(dir: &Path) -> Result<magpie_core::Document, String> {
+    let loader = DirectoryLoader::new(dir);
+    let listing = loader.list().await.unwrap();
+    if let Some(s) = listing.skipped.first() {
+        return Err(s.reason.clone());
+    }
+    loader.load(&listing.sources[0]).await.map_err(|s| s.reason)
+}
+
+#[tokio::test]
+async fn pages_reach_the_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pages: Vec<Vec<String>> = (1..=3)
+        .map(|p| {
+            (0..12)
+                .map(|l| format!("Page {p} line {l}: magpies gather twigs for the nest."))
+                .collect()
+        })
+        .collect();
+    let refs: Vec<Vec<&str>> = pages
+        .iter()
+        .map(|p| p.iter().map(|s| s.as_str()).collect())
+        .collect();
+    let slices: Vec<&[&str]> = refs.iter().map(|p| p.as_slice()).collect();
+    std::fs::write(
+        tmp.path().join("guide.pdf"),
+        make_pdf(&slices, Some("Nest Guide")),
+    )
+    .unwrap();
+    let doc = load_one(tmp.path()).await.unwrap();
+    assert_eq!(doc.mime, "application/pdf");
+    assert_eq!(doc.metadata["title"], "Nest Guide");
+    assert_eq!(doc.pages.len(), 3);
+    for p in 1..=3 {
+        let at = doc
+            .text
+            .find(&format!("Page {p} line 5"))
+            .expect("page text");
+        assert_eq!(doc.page_of(at), Some(p as u32), "{}", doc.text);
+    }
+    // Small chunks: every chunk sits on one page, and its page is where its text is.
+    let chunks = TokenSplitter::new(std::sync::Arc::new(WordCounter))
+        .chunk_tokens(40)
+        .overlap_tokens(0)
+        .split(&doc);
+    assert!(chunks.len() >= 6, "{}", chunks.len());
+    for c in &chunks {
+        let (a, b) = (c.span.page_start.unwrap(), c.span.page_end.unwrap());
+        assert_eq!(a, b, "a chunk straddles pages: {c:?}");
+        assert!(
+            c.text.contains(&format!("Page {a} ")),
+            "{} on p. {a}",
+            c.text
+        );
+        assert_eq!(c.span.location(), format!("p. {a}"));
+    }
+}
+
+#[tokio::test]
+async fn a_page_without_text_is_a_scanned_pdf() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("scan.pdf"), make_pdf(&[&[], &[]], None)).unwrap();
+    let e = load_one(tmp.path()).await.unwrap_err();
+    assert!(e.contains("no text layer") && e.contains("OCR"), "{e}");
+}
+
+#[tokio::test]
+async fn truncated_and_fake_pdfs_are_reported() {
+    let good = make_pdf(&[&["Some text here."]], None);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("half.pdf"), &good[..good.len() / 3]).unwrap();
+    let e = load_one(tmp.path()).await.unwrap_err();
+    assert!(
+        e.contains("damaged or truncated") || e.contains("cannot extract"),
+        "{e}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("fake.pdf"), b"<html>not a pdf</html>").unwrap();
+    let e = load_one(tmp.path()).await.unwrap_err();
+    assert!(e.contains("not a PDF"), "{e}");
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_is_refused_without_inflating_it() {
+    // One stream of 300 MiB of zeros, deflated to a few hundred KiB.
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..300 {
+        enc.write_all(&block).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    let mut doc = Document::load_mem(&make_pdf(&[&["Hello."]], None)).unwrap();
+    doc.add_object(Stream::new(dictionary! { "Filter" => "FlateDecode" }, bomb));
+    let mut bytes = Vec::new();
+    doc.save_to(&mut bytes).unwrap();
+    assert!(bytes.len() < 2 << 20);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("bomb.pdf"), &bytes).unwrap();
+    let e = load_one(tmp.path()).await.unwrap_err();
+    assert!(e.contains("decompression bomb"), "{e}");
+}
