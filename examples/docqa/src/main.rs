@@ -10,6 +10,7 @@ mod eval_qa;
 mod models;
 mod plugins;
 mod progress;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -51,20 +52,24 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Index a directory, a file, or a JSONL corpus (new and changed documents only).
+    /// Index a directory, a file, a JSONL corpus or a web page/site (new and changed documents only).
     #[command(after_help = "\
 Examples:
   docqa index docs/
   docqa index docs/ --include '**/*.md' --exclude drafts/
   docqa index docs/ --sync            also remove documents whose files are gone
   docqa index corpus.jsonl            one document per line: {\"_id\", \"title\", \"text\"}
+  docqa index https://example.org/page            one web page
+  docqa index https://example.org/docs/ --crawl   the site, same host, robots.txt honoured
 
-Files are read as text, Markdown (heading-aware), HTML (visible text), Word DOCX (heading
-styles as headings), EPUB (chapters in reading order) or source code.
+Files are read as text, Markdown (heading-aware), HTML (visible text), PDF (text per page;
+citations say p. N), Word DOCX (heading styles as headings), EPUB (chapters in reading
+order) or source code. Web pages: HTML main text, plain text, Markdown and PDF; a second
+run sends conditional requests, so unchanged pages are not downloaded or embedded again.
 .gitignore, .ignore and .magpieignore files are honoured. Binary, empty, undecodable
 and oversized files are skipped with a reason, and the run goes on.")]
     Index {
-        /// A directory, a file, or a .jsonl corpus.
+        /// A directory, a file, a .jsonl corpus, or an http(s) URL.
         path: PathBuf,
         /// Remove indexed documents from this path whose sources no longer exist.
         #[arg(long)]
@@ -93,6 +98,22 @@ and oversized files are skipped with a reason, and the run goes on.")]
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// With a URL: follow links on the same site (robots.txt honoured).
+        #[arg(long)]
+        crawl: bool,
+        /// Keep running: re-index the directory whenever files are created, changed,
+        /// renamed or deleted (changes are debounced; Ctrl-C stops).
+        #[arg(long)]
+        watch: bool,
+        /// With --crawl: most pages fetched.
+        #[arg(long, default_value_t = 200)]
+        max_pages: usize,
+        /// With --crawl: most links followed from the start page.
+        #[arg(long, default_value_t = 3)]
+        max_depth: usize,
+        /// With a URL: pause between requests, milliseconds (robots.txt's Crawl-delay may raise it).
+        #[arg(long, default_value_t = 250)]
+        delay_ms: u64,
     },
     /// Search the index.
     #[command(after_help = "\
@@ -312,6 +333,11 @@ async fn run(cli: Cli) -> Result<()> {
             hidden,
             commit_every,
             json,
+            crawl,
+            watch,
+            max_pages,
+            max_depth,
+            delay_ms,
         } => {
             let engine = Engine::open(
                 &cli.index,
@@ -329,7 +355,30 @@ async fn run(cli: Cli) -> Result<()> {
             let is_jsonl = path.extension().is_some_and(|e| e == "jsonl") && path.is_file();
             let progress = progress::BarProgress::new(!json);
             let opts = RunOptions { sync: *sync };
-            let report = if is_jsonl {
+            let url = path
+                .to_str()
+                .filter(|p| p.starts_with("http://") || p.starts_with("https://"));
+            // Watch from before the first run, so no change in between is missed.
+            let changes = if *watch && url.is_none() && !is_jsonl {
+                Some(watch::Changes::new(path, &cli.index)?)
+            } else {
+                None
+            };
+            let report = if let Some(url) = url {
+                let limits = magpie_web::CrawlLimits {
+                    max_pages: *max_pages,
+                    max_depth: *max_depth,
+                    delay: std::time::Duration::from_millis(*delay_ms),
+                    ..Default::default()
+                };
+                let loader = magpie_web::WebLoader::new(url)
+                    .map_err(anyhow::Error::msg)?
+                    .crawl(*crawl)
+                    .limits(limits)
+                    .map_err(anyhow::Error::msg)?
+                    .cache(cli.index.join("web-cache.json"));
+                pipeline.run(&loader, &opts, &progress).await?
+            } else if is_jsonl {
                 pipeline
                     .run(&JsonlLoader::beir(path), &opts, &progress)
                     .await?
@@ -342,61 +391,45 @@ async fn run(cli: Cli) -> Result<()> {
                 pipeline.run(&loader, &opts, &progress).await?
             };
             progress.finish();
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "sources": report.sources,
-                        "indexed": report.indexed,
-                        "unchanged": report.unchanged,
-                        "chunks": report.chunks,
-                        "removed": report.removed,
-                        "repaired_chunks": report.repaired_chunks,
-                        "repaired_docs": report.repaired_docs,
-                        "skipped": report.skipped,
-                        "seconds": report.elapsed.as_secs_f64(),
-                        "chunks_per_sec": report.chunks_per_sec(),
-                        "documents_in_index": pipeline.catalog().len(),
-                        "chunks_in_index": pipeline.catalog().chunk_count(),
-                    }))?
+            let counts = (pipeline.catalog().len(), pipeline.catalog().chunk_count());
+            print_index_report(&report, counts, &cli.index, *json, *watch);
+            if *watch {
+                anyhow::ensure!(
+                    url.is_none() && !is_jsonl,
+                    "--watch follows a directory; a URL or a JSONL corpus cannot be watched"
                 );
-                return Ok(());
+                let loader = DirectoryLoader::new(path)
+                    .include(include.clone())
+                    .exclude(exclude.clone())
+                    .max_file_size(*max_file_size)
+                    .hidden(*hidden);
+                let Some(mut changes) = changes else {
+                    unreachable!("--watch sets up the watcher before the first run")
+                };
+                eprintln!("Watching {} for changes (Ctrl-C to stop).", path.display());
+                while changes.next_batch().await {
+                    // Each batch: an incremental run that also drops documents whose
+                    // files are gone (a rename is a delete and a create).
+                    match pipeline
+                        .run(
+                            &loader,
+                            &RunOptions { sync: true },
+                            &magpie_core::NoProgress,
+                        )
+                        .await
+                    {
+                        Ok(report) => {
+                            let counts =
+                                (pipeline.catalog().len(), pipeline.catalog().chunk_count());
+                            print_index_report(&report, counts, &cli.index, *json, true);
+                        }
+                        Err(e) => {
+                            tracing::error!("re-indexing failed: {e:#}");
+                            eprintln!("re-indexing failed (will retry on the next change): {e:#}");
+                        }
+                    }
+                }
             }
-            if report.repaired_chunks + report.repaired_docs > 0 {
-                println!(
-                    "Repaired an interrupted run: removed {} leftover chunks, re-indexing {} incomplete documents.",
-                    report.repaired_chunks, report.repaired_docs
-                );
-            }
-            if report.indexed == 0 && report.removed == 0 {
-                println!(
-                    "Index is up to date: {} documents unchanged, nothing to embed.",
-                    report.unchanged
-                );
-            } else {
-                println!(
-                    "Indexed {} documents ({} chunks) in {:.1} s, {:.1} chunks/s.",
-                    report.indexed,
-                    report.chunks,
-                    report.elapsed.as_secs_f64(),
-                    report.chunks_per_sec()
-                );
-                println!(
-                    "Unchanged: {}  Removed: {}  Skipped: {}",
-                    report.unchanged,
-                    report.removed,
-                    report.skipped.len()
-                );
-            }
-            for s in &report.skipped {
-                println!("  skipped {}: {}", s.uri, s.reason);
-            }
-            println!(
-                "The index at {} holds {} documents, {} chunks.",
-                cli.index.display(),
-                pipeline.catalog().len(),
-                pipeline.catalog().chunk_count()
-            );
         }
         Command::Search {
             query,
@@ -522,6 +555,73 @@ fn heading_suffix(path: &[String]) -> String {
     } else {
         format!("  § {}", path.join(" > "))
     }
+}
+
+/// Print what an indexing run did: JSON (one line when `compact`) or words.
+fn print_index_report(
+    report: &magpie_core::IndexReport,
+    (documents, chunks): (usize, usize),
+    index: &std::path::Path,
+    json: bool,
+    compact: bool,
+) {
+    if json {
+        let v = serde_json::json!({
+            "sources": report.sources,
+            "indexed": report.indexed,
+            "unchanged": report.unchanged,
+            "chunks": report.chunks,
+            "removed": report.removed,
+            "repaired_chunks": report.repaired_chunks,
+            "repaired_docs": report.repaired_docs,
+            "skipped": report.skipped,
+            "seconds": report.elapsed.as_secs_f64(),
+            "chunks_per_sec": report.chunks_per_sec(),
+            "documents_in_index": documents,
+            "chunks_in_index": chunks,
+        });
+        if compact {
+            println!("{v}");
+        } else {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        return;
+    }
+    if report.repaired_chunks + report.repaired_docs > 0 {
+        println!(
+            "Repaired an interrupted run: removed {} leftover chunks, re-indexing {} incomplete documents.",
+            report.repaired_chunks, report.repaired_docs
+        );
+    }
+    if report.indexed == 0 && report.removed == 0 {
+        println!(
+            "Index is up to date: {} documents unchanged, nothing to embed.",
+            report.unchanged
+        );
+    } else {
+        println!(
+            "Indexed {} documents ({} chunks) in {:.1} s, {:.1} chunks/s.",
+            report.indexed,
+            report.chunks,
+            report.elapsed.as_secs_f64(),
+            report.chunks_per_sec()
+        );
+        println!(
+            "Unchanged: {}  Removed: {}  Skipped: {}",
+            report.unchanged,
+            report.removed,
+            report.skipped.len()
+        );
+    }
+    for s in &report.skipped {
+        println!("  skipped {}: {}", s.uri, s.reason);
+    }
+    println!(
+        "The index at {} holds {documents} documents, {chunks} chunks.",
+        index.display()
+    );
 }
 
 fn preview(text: &str, max: usize) -> String {

@@ -505,3 +505,151 @@ fn ask_with_tools_runs_the_tool_loop_with_the_real_model() {
     assert!(v["text"].as_str().unwrap().contains("7006652"), "{v}");
     assert!(!v["text"].as_str().unwrap().contains("<|Commands|>"), "{v}");
 }
+
+/// A two-page site on loopback (std threads; this test file is synchronous).
+fn serve_site() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let not_modified = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let nm = not_modified.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 8192];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let body = match path.as_str() {
+                "/" => "<html><head><title>Station</title></head><body><h1>Station</h1>\
+                        <p>The weather station logs wind speed every minute.</p>\
+                        <a href=\"/rain\">rain</a></body></html>",
+                "/rain" => "<html><head><title>Rain</title></head><body><h1>Rain gauge</h1>\
+                            <p>Empty the tipping-bucket rain gauge before winter frost.</p></body></html>",
+                _ => "",
+            };
+            let etag = format!("\"{}\"", path.len());
+            let resp = if body.is_empty() {
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_string()
+            } else if req
+                .to_ascii_lowercase()
+                .contains(&format!("if-none-match: {etag}"))
+            {
+                nm.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                format!("HTTP/1.1 304 Not Modified\r\netag: {etag}\r\ncontent-length: 0\r\n\r\n")
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\netag: {etag}\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let _ = s.write_all(resp.as_bytes());
+        }
+    });
+    (base, not_modified)
+}
+
+#[test]
+fn index_a_site_by_crawling_it_and_again_without_downloads() {
+    let (base, not_modified) = serve_site();
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    let crawl = |idx: &Path| {
+        json(&run_ok(
+            docqa(idx)
+                .args(["index", "--json", "--crawl", "--delay-ms", "0"])
+                .arg(format!("{base}/")),
+        ))
+    };
+    let v = crawl(&idx);
+    assert_eq!(v["indexed"], 2, "{v}");
+    let v = json(&run_ok(docqa(&idx).args([
+        "search",
+        "--json",
+        "-k",
+        "1",
+        "how to protect the rain gauge from frost",
+    ])));
+    assert_eq!(
+        v["hits"][0]["chunk"]["source"],
+        format!("{base}/rain"),
+        "{v}"
+    );
+    // Again: conditional requests, nothing re-embedded.
+    let v = crawl(&idx);
+    assert_eq!(v["unchanged"], 2, "{v}");
+    assert_eq!(v["indexed"], 0, "{v}");
+    assert!(not_modified.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn watch_keeps_the_index_in_step_with_the_folder() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    let dir = tmp.path().join("docs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.md"), "# Alpha\n\nAlpha notes about kestrels.\n").unwrap();
+    let mut child = docqa(&idx)
+        .args(["index", "--json", "--watch"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("a report from the watcher")
+    };
+    let first = next();
+    assert_eq!(first["indexed"], 1, "{first}");
+
+    // Create: the editor pattern, a temporary file renamed into place.
+    std::fs::write(dir.join(".b.md.tmp"), "# Beta\n\nBeta notes about owls.\n").unwrap();
+    std::fs::rename(dir.join(".b.md.tmp"), dir.join("b.md")).unwrap();
+    let mut v = next();
+    while v["documents_in_index"] != 2 {
+        v = next();
+    }
+    // Modify.
+    std::fs::write(
+        dir.join("a.md"),
+        "# Alpha\n\nAlpha notes about falcons now.\n",
+    )
+    .unwrap();
+    let v = next();
+    assert_eq!(v["indexed"], 1, "{v}");
+    // Rename: the old document goes, the new one comes.
+    std::fs::rename(dir.join("b.md"), dir.join("c.md")).unwrap();
+    let mut v = next();
+    while v["removed"] == 0 && v["indexed"] == 0 {
+        v = next();
+    }
+    let mut total_removed = v["removed"].as_u64().unwrap();
+    while total_removed == 0 || v["documents_in_index"] != 2 {
+        v = next();
+        total_removed += v["removed"].as_u64().unwrap();
+    }
+    // Delete.
+    std::fs::remove_file(dir.join("a.md")).unwrap();
+    let mut v = next();
+    while v["documents_in_index"] != 1 {
+        v = next();
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    // What the watcher wrote is a consistent index.
+    let st = json(&run_ok(docqa(&idx).args(["status", "--json"])));
+    assert_eq!(st["documents"], 1, "{st}");
+    assert_eq!(st["consistent"], true, "{st}");
+}

@@ -1,0 +1,179 @@
+//! robots.txt: the group for `magpie` (else `*`), Allow/Disallow by the longest
+//! matching path prefix (`*` and `$` wildcards), and Crawl-delay.
+
+use std::time::Duration;
+
+use url::Url;
+
+/// The rules that apply to magpie on one site.
+#[derive(Debug, Clone, Default)]
+pub struct Robots {
+    /// (allow, pattern)
+    rules: Vec<(bool, String)>,
+    delay: Option<Duration>,
+}
+
+impl Robots {
+    /// No rules: everything allowed.
+    pub fn allow_all() -> Self {
+        Self::default()
+    }
+
+    /// Fetch and parse `/robots.txt` of `site`; a missing or failing one allows
+    /// everything (as crawlers do for 4xx), a 5xx disallows everything.
+    pub async fn fetch(client: &reqwest::Client, site: &Url, timeout: Duration) -> Self {
+        let Ok(url) = site.join("/robots.txt") else {
+            return Self::allow_all();
+        };
+        let resp = tokio::time::timeout(timeout, async {
+            let r = client.get(url).send().await?;
+            let status = r.status();
+            let text = r.text().await?;
+            Ok::<_, reqwest::Error>((status, text))
+        })
+        .await;
+        match resp {
+            Ok(Ok((status, text))) if status.is_success() => Self::parse(&text, "magpie"),
+            Ok(Ok((status, _))) if status.is_server_error() => {
+                tracing::warn!(%status, "robots.txt answers with a server error; not crawling");
+                Self {
+                    rules: vec![(false, "/".into())],
+                    delay: None,
+                }
+            }
+            _ => Self::allow_all(),
+        }
+    }
+
+    /// Parse robots.txt for `agent` (case-insensitive product token).
+    pub fn parse(text: &str, agent: &str) -> Self {
+        let agent = agent.to_ascii_lowercase();
+        // Groups: (agents, rules, delay)
+        let mut groups: Vec<(Vec<String>, Vec<(bool, String)>, Option<Duration>)> = Vec::new();
+        let mut in_agents = false;
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let (key, value) = (key.trim().to_ascii_lowercase(), value.trim().to_string());
+            match key.as_str() {
+                "user-agent" => {
+                    if !in_agents {
+                        groups.push((Vec::new(), Vec::new(), None));
+                        in_agents = true;
+                    }
+                    if let Some(g) = groups.last_mut() {
+                        g.0.push(value.to_ascii_lowercase());
+                    }
+                }
+                "allow" | "disallow" => {
+                    in_agents = false;
+                    if let Some(g) = groups.last_mut() {
+                        // An empty Disallow allows everything.
+                        if !value.is_empty() {
+                            g.1.push((key == "allow", value));
+                        }
+                    }
+                }
+                "crawl-delay" => {
+                    in_agents = false;
+                    if let (Some(g), Ok(secs)) = (groups.last_mut(), value.parse::<f64>()) {
+                        if secs.is_finite() && secs >= 0.0 {
+                            g.2 = Some(Duration::from_secs_f64(secs.min(60.0)));
+                        }
+                    }
+                }
+                _ => in_agents = false,
+            }
+        }
+        let pick = |want: &dyn Fn(&str) -> bool| {
+            groups
+                .iter()
+                .filter(|g| g.0.iter().any(|a| want(a)))
+                .fold(None::<Robots>, |acc, g| {
+                    let mut r = acc.unwrap_or_default();
+                    r.rules.extend(g.1.iter().cloned());
+                    r.delay = r.delay.or(g.2);
+                    Some(r)
+                })
+        };
+        pick(&|a: &str| a == agent)
+            .or_else(|| pick(&|a: &str| a == "*"))
+            .unwrap_or_default()
+    }
+
+    /// Whether magpie may fetch `path` (with its query).
+    pub fn allowed(&self, path: &str) -> bool {
+        let mut best: Option<(usize, bool)> = None;
+        for (allow, pattern) in &self.rules {
+            if matches(pattern, path) {
+                let len = pattern.len();
+                // Longest match wins; on a tie, Allow wins.
+                if best.is_none_or(|(l, a)| len > l || (len == l && *allow && !a)) {
+                    best = Some((len, *allow));
+                }
+            }
+        }
+        best.map(|(_, a)| a).unwrap_or(true)
+    }
+
+    /// The site's Crawl-delay for magpie, if it set one.
+    pub fn crawl_delay(&self) -> Option<Duration> {
+        self.delay
+    }
+}
+
+/// robots.txt path matching: a prefix, `*` for any run, `$` for the end.
+fn matches(pattern: &str, path: &str) -> bool {
+    let (pattern, anchored) = match pattern.strip_suffix('$') {
+        Some(p) => (p, true),
+        None => (pattern, false),
+    };
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let Some(first) = parts.first() else {
+        return true;
+    };
+    if !path.starts_with(first) {
+        return false;
+    }
+    let mut pos = first.len();
+    let last = parts.len() - 1;
+    for (i, part) in parts.iter().enumerate().skip(1) {
+        if anchored && i == last {
+            // The last piece must end the path.
+            return path.len() >= pos + part.len() && path.ends_with(part);
+        }
+        match path[pos..].find(part) {
+            Some(f) => pos += f + part.len(),
+            None => return false,
+        }
+    }
+    !anchored || pos == path.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_and_longest_match() {
+        let r = Robots::parse(
+            "User-agent: *\nDisallow: /\n\nUser-agent: Magpie\nUser-agent: other\nDisallow: /private\nAllow: /private/open\nCrawl-delay: 0.5\n",
+            "magpie",
+        );
+        assert!(r.allowed("/docs/a.html"));
+        assert!(!r.allowed("/private/x"));
+        assert!(r.allowed("/private/open/y"));
+        assert_eq!(r.crawl_delay(), Some(Duration::from_millis(500)));
+        let star = Robots::parse(
+            "User-agent: *\nDisallow: /tmp/\nDisallow: /*.pdf$\n",
+            "magpie",
+        );
+        assert!(!star.allowed("/tmp/a"));
+        assert!(!star.allowed("/files/x.pdf"));
+        assert!(star.allowed("/files/x.pdf?download=1"));
+        assert!(star.allowed("/"));
+        assert!(Robots::parse("User-agent: *\nDisallow:\n", "magpie").allowed("/any"));
+    }
+}
