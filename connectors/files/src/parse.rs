@@ -479,7 +479,10 @@ mod tests {
     fn formats_by_extension() {
         assert_eq!(format_for(Some("MD")).unwrap().0, Format::Markdown);
         assert_eq!(format_for(Some("rs")).unwrap().1, "text/x-rust");
-        assert_eq!(format_for(Some("pdf")).unwrap_err(), "PDF");
+        assert_eq!(format_for(Some("pdf")).unwrap().0, Format::Pdf);
+        assert_eq!(format_for(Some("DOCX")).unwrap().0, Format::Docx);
+        assert_eq!(format_for(Some("epub")).unwrap().0, Format::Epub);
+        assert_eq!(format_for(Some("pptx")).unwrap_err(), "PowerPoint (PPTX)");
         assert_eq!(format_for(None).unwrap().0, Format::Text);
     }
 }

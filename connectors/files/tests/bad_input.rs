@@ -35,6 +35,7 @@ async fn awkward_files_are_skipped_with_reasons() {
     fs::write(root.join("blank.txt"), "   \n\n").unwrap();
     fs::write(root.join("image.bin"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0").unwrap();
     fs::write(root.join("report.pdf"), b"%PDF-1.4 ...").unwrap();
+    fs::write(root.join("slides.pptx"), b"PK\x03\x04 not really").unwrap();
     fs::write(
         root.join("latin1.txt"),
         b"Caf\xe9 cr\xe8me br\xfbl\xe9e na\xefve fa\xe7ade r\xe9sum\xe9",
@@ -75,7 +76,8 @@ async fn awkward_files_are_skipped_with_reasons() {
     assert!(reason_for(&skipped, "empty.txt").contains("empty"));
     assert!(reason_for(&skipped, "blank.txt").contains("empty"));
     assert!(reason_for(&skipped, "image.bin").contains("binary"));
-    assert!(reason_for(&skipped, "report.pdf").contains("unsupported format (PDF)"));
+    assert!(reason_for(&skipped, "report.pdf").contains("damaged or truncated PDF"));
+    assert!(reason_for(&skipped, "slides.pptx").contains("unsupported format (PowerPoint (PPTX))"));
     assert!(reason_for(&skipped, "big.txt").contains("--max-file-size"));
     assert!(reason_for(&skipped, "loop").contains("loop"));
     assert!(reason_for(&skipped, "dangling.txt").contains("unreadable"));
