@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use url::Url;
 
+/// One `User-agent` group: its agents, its (allow, pattern) rules, its Crawl-delay.
+type Group = (Vec<String>, Vec<(bool, String)>, Option<Duration>);
+
 /// The rules that apply to magpie on one site.
 #[derive(Debug, Clone, Default)]
 pub struct Robots {
@@ -49,7 +52,7 @@ impl Robots {
     pub fn parse(text: &str, agent: &str) -> Self {
         let agent = agent.to_ascii_lowercase();
         // Groups: (agents, rules, delay)
-        let mut groups: Vec<(Vec<String>, Vec<(bool, String)>, Option<Duration>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         let mut in_agents = false;
         for line in text.lines() {
             let line = line.split('#').next().unwrap_or("").trim();

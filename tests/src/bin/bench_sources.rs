@@ -22,7 +22,10 @@ fn peak_rss_mib() -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let pdf_pages = args.first().copied().unwrap_or(300);
     let site_pages = args.get(1).copied().unwrap_or(300);
 
@@ -30,11 +33,18 @@ async fn main() {
     let lines: Vec<Vec<String>> = (0..pdf_pages)
         .map(|p| {
             (0..40)
-                .map(|l| format!("Page {p} line {l}: the magpie stores bright objects near its domed nest."))
+                .map(|l| {
+                    format!(
+                        "Page {p} line {l}: the magpie stores bright objects near its domed nest."
+                    )
+                })
                 .collect()
         })
         .collect();
-    let refs: Vec<Vec<&str>> = lines.iter().map(|p| p.iter().map(|s| s.as_str()).collect()).collect();
+    let refs: Vec<Vec<&str>> = lines
+        .iter()
+        .map(|p| p.iter().map(|s| s.as_str()).collect())
+        .collect();
     let slices: Vec<&[&str]> = refs.iter().map(|p| p.as_slice()).collect();
     let pdf = magpie_tests::docs::make_pdf(&slices, Some("Benchmark"));
     let rss0 = peak_rss_mib();
@@ -55,7 +65,9 @@ async fn main() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let n = sock.read(&mut buf).await.unwrap_or(0);
@@ -65,7 +77,9 @@ async fn main() {
                 let body = if path == "/robots.txt" {
                     "User-agent: *\nAllow: /\n".to_string()
                 } else {
-                    let links: String = (i + 1..i + 6).map(|j| format!("<a href=\"/{j}\">page {j}</a> ")).collect();
+                    let links: String = (i + 1..i + 6)
+                        .map(|j| format!("<a href=\"/{j}\">page {j}</a> "))
+                        .collect();
                     format!(
                         "<html><head><title>Page {i}</title></head><body><h1>Page {i}</h1>\
                          <p>{}</p>{links}</body></html>",
