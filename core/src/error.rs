@@ -55,3 +55,19 @@ impl Error {
         }
     }
 }
+
+/// An error with its chain of causes, `outer: cause: root`, each said once
+/// (HTTP clients put the reason, such as a refused redirect, in a cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        src = cause.source();
+    }
+    s
+}

@@ -23,7 +23,7 @@ pub use answer::{
     build_prompt, cited_numbers, pack_sources, Answer, AnswerOptions, PreparedAnswer, Source,
 };
 pub use catalog::{atomic_write, Catalog, CatalogEntry};
-pub use error::{BoxError, Error, Result};
+pub use error::{error_chain, BoxError, Error, Result};
 pub use generate::{
     argmax, CancelToken, ChatMessage, Completion, FinishReason, GenerationEvent, GenerationOptions,
     GenerationStream, GenerationSummary, Generator, Prompt, Rng, Role, Sampler, StopFilter,

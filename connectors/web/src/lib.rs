@@ -173,7 +173,7 @@ impl WebLoader {
         }
         let limits = &self.limits;
         let work = async {
-            let mut resp = req.send().await.map_err(|e| describe(&e))?;
+            let mut resp = req.send().await.map_err(|e| magpie_core::error_chain(&e))?;
             let status = resp.status();
             let final_url = resp.url().clone();
             if status == reqwest::StatusCode::NOT_MODIFIED {
@@ -192,7 +192,11 @@ impl WebLoader {
             }
             let headers = resp.headers().clone();
             let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| magpie_core::error_chain(&e))?
+            {
                 if body.len() + chunk.len() > limits.max_page_bytes {
                     return Err(format!(
                         "the page is over the limit of {} bytes",
@@ -320,21 +324,6 @@ fn client(limits: &CrawlLimits) -> std::result::Result<reqwest::Client, String> 
         .connect_timeout(limits.timeout)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
-/// reqwest's error with its causes.
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(cause) = src {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        src = cause.source();
-    }
-    s
 }
 
 /// The URL without its fragment, for de-duplication.

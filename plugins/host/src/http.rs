@@ -230,7 +230,7 @@ impl GuardedClient {
         }
         let limits = self.limits;
         let work = async move {
-            let mut resp = req.send().await.map_err(describe)?;
+            let mut resp = req.send().await.map_err(|e| magpie_core::error_chain(&e))?;
             if let Some(len) = resp.content_length() {
                 if len as usize > limits.max_body {
                     return Err(format!(
@@ -246,7 +246,11 @@ impl GuardedClient {
                 .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
                 .collect();
             let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(describe)? {
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| magpie_core::error_chain(&e))?
+            {
                 if body.len() + chunk.len() > limits.max_body {
                     return Err(format!(
                         "the response is over the limit of {} bytes",
@@ -269,22 +273,6 @@ impl GuardedClient {
             )),
         }
     }
-}
-
-/// reqwest's error with its causes, which carry the resolver's and the
-/// redirect policy's reasons.
-fn describe(e: reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(cause) = src {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        src = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]
