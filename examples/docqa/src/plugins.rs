@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use clap::{Args, Subcommand};
-use magpie_core::{QueryPipeline, Retriever, Toolbox};
+use magpie_core::{QueryPipeline, Retriever};
 use magpie_plugins::{HostConfig, OperatorConfig, PluginHost, SearchBackend, SearchHit};
 
 /// Where plugins come from and what the operator grants them.
@@ -404,6 +404,5 @@ pub async fn bench(wasm_dir: &Path, iterations: usize) -> Result<()> {
             (threads * per_task) as f64 / secs
         );
     }
-    let _ = Toolbox::tools(host.as_ref());
     Ok(())
 }
