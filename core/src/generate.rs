@@ -189,6 +189,8 @@ pub enum FinishReason {
     Length,
     /// Cancelled through the [`CancelToken`] or by dropping the stream.
     Cancelled,
+    /// The model kept calling tools past the per-answer limit.
+    ToolLimit,
 }
 
 /// Token counts.
@@ -267,6 +269,13 @@ pub trait Generator: Send + Sync {
     fn count_tokens(&self, text: &str) -> Result<usize>;
     /// Whether chat prompts use a template from the model (otherwise a plain transcript).
     fn has_chat_template(&self) -> bool;
+    /// The text a chat renders to (the model's template, ending where the
+    /// assistant's reply starts), for callers that continue the reply as plain
+    /// text; `None` when the generator only takes messages.
+    fn render_chat(&self, messages: &[ChatMessage]) -> Result<Option<String>> {
+        let _ = messages;
+        Ok(None)
+    }
     /// Start generating; events arrive on the stream.
     async fn generate(
         &self,

@@ -140,6 +140,12 @@ pub trait ToolFormat: Send + Sync {
     fn result_text(&self, result: &std::result::Result<String, String>) -> String;
     /// Stop sequences while tools are on (the model must not write results itself).
     fn stops(&self) -> Vec<String>;
+    /// Whether results go back inside the model's own reply as text (MOSS:
+    /// call, result and answer are one turn) rather than as a tool turn of a
+    /// chat. When true, a chat prompt is rendered once and continued as text.
+    fn inline_results(&self) -> bool {
+        false
+    }
 }
 
 fn result_body(result: &std::result::Result<String, String>, max: usize) -> String {
@@ -186,7 +192,8 @@ impl ToolFormat for MossFormat {
         if let Some(t) = tools.iter().find(|t| t.name == "calculate") {
             s.push_str(&format!(
                 "Example:\nQuestion: What is 12 times 18?\nAnswer: <|Commands|>: {}(\"12 * 18\")\n\
-                 <|Results|>: {{\"result\":\"216\"}}\n12 times 18 is 216.\n",
+                 <|Results|>: {{\"expression\":\"12 * 18\",\"result\":\"216\",\"value\":216.0}}\n\
+                 12 times 18 is 216.\n",
                 t.command_name()
             ));
         }
@@ -224,6 +231,10 @@ impl ToolFormat for MossFormat {
 
     fn stops(&self) -> Vec<String> {
         vec![MOSS_RESULTS.to_string()]
+    }
+
+    fn inline_results(&self) -> bool {
+        true
     }
 }
 
@@ -519,7 +530,17 @@ impl ToolLoop<'_> {
             }
         }
         let marker = self.format.marker().to_string();
-        let mut prompt = prompt;
+        let mut prompt = match prompt {
+            // The reply, its calls and their results stay one turn, as in the
+            // worked example the model was shown.
+            Prompt::Chat(msgs) if self.format.inline_results() => {
+                match self.generator.render_chat(&msgs)? {
+                    Some(text) => Prompt::Text(text),
+                    None => Prompt::Chat(msgs),
+                }
+            }
+            p => p,
+        };
         let mut visible = String::new();
         let mut calls: Vec<ToolCall> = Vec::new();
         let mut total: Option<GenerationSummary> = None;
@@ -608,10 +629,27 @@ impl ToolLoop<'_> {
                     (None, Err(e))
                 }
                 Ok(call) => {
-                    let r = self
-                        .toolbox
-                        .call_tool(&call.tool, call.arguments.clone())
-                        .await;
+                    let earlier = calls
+                        .iter()
+                        .find(|c| c.tool == call.tool && c.arguments == call.arguments);
+                    let r = match earlier {
+                        // Small models tend to repeat a call instead of using
+                        // its result: say so rather than run it again.
+                        Some(c) => Err(format!(
+                            "{} was already called with these arguments and returned {}; \
+                             write the answer with that result",
+                            call.tool,
+                            c.result
+                                .as_deref()
+                                .or(c.error.as_deref())
+                                .unwrap_or("nothing")
+                        )),
+                        None => {
+                            self.toolbox
+                                .call_tool(&call.tool, call.arguments.clone())
+                                .await
+                        }
+                    };
                     (Some(call), r)
                 }
                 Err(e) => (None, Err(e)),
@@ -643,7 +681,11 @@ impl ToolLoop<'_> {
                 &self.format.result_text(&result),
                 &result,
             );
-            if over_limit && round + 1 >= max_rounds {
+            if round + 1 >= max_rounds {
+                // The model was still calling tools when the rounds ran out.
+                if let Some(t) = total.as_mut() {
+                    t.finish_reason = FinishReason::ToolLimit;
+                }
                 break;
             }
         }

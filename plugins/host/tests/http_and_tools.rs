@@ -170,6 +170,8 @@ async fn loopback_is_refused_unless_the_operator_allows_it() {
 struct Scripted {
     rounds: Mutex<Vec<String>>,
     prompts: Mutex<Vec<String>>,
+    /// Whether it renders chats to text (as a model with a template does).
+    renders: bool,
 }
 
 impl Scripted {
@@ -177,8 +179,16 @@ impl Scripted {
         Self {
             rounds: Mutex::new(rounds.iter().rev().map(|s| s.to_string()).collect()),
             prompts: Mutex::new(Vec::new()),
+            renders: false,
         }
     }
+}
+
+fn transcript(msgs: &[magpie_core::ChatMessage]) -> String {
+    msgs.iter()
+        .map(|m| format!("{}: {}", m.role.as_str(), m.content))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[async_trait]
@@ -193,7 +203,15 @@ impl Generator for Scripted {
         Ok(text.split_whitespace().count())
     }
     fn has_chat_template(&self) -> bool {
-        false
+        self.renders
+    }
+    fn render_chat(
+        &self,
+        messages: &[magpie_core::ChatMessage],
+    ) -> magpie_core::Result<Option<String>> {
+        Ok(self
+            .renders
+            .then(|| format!("{}\nassistant: ", transcript(messages))))
     }
     async fn generate(
         &self,
@@ -203,11 +221,7 @@ impl Generator for Scripted {
         let p = match prompt {
             Prompt::Text(p) => p,
             // Chats are recorded as `role: content` lines.
-            Prompt::Chat(msgs) => msgs
-                .iter()
-                .map(|m| format!("{}: {}", m.role.as_str(), m.content))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Prompt::Chat(msgs) => transcript(&msgs),
         };
         self.prompts.lock().unwrap().push(p);
         let text = self.rounds.lock().unwrap().pop().unwrap_or_default();
@@ -424,4 +438,84 @@ async fn json_tool_calls_in_a_chat() {
         "{}",
         prompts[1]
     );
+}
+
+#[tokio::test]
+async fn moss_calls_stay_in_the_reply_and_repeats_are_not_run_again() {
+    let (_t, h) = fetch_host("").await;
+    let mut model = Scripted::new(&[
+        "<|Commands|>: Calculate(\"6*7\")\n",
+        "<|Commands|>: Calculate(\"6*7\")\n",
+        "It is 42.",
+    ]);
+    model.renders = true;
+    let format = MossFormat;
+    let tl = ToolLoop {
+        generator: &model,
+        toolbox: &h,
+        format: &format,
+        max_calls: 3,
+    };
+    let prompt = tl.with_instructions(Prompt::Chat(vec![magpie_core::ChatMessage::new(
+        magpie_core::Role::User,
+        "6 times 7?",
+    )]));
+    let run = tl
+        .run(prompt, GenerationOptions::default(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(run.text, "It is 42.");
+    assert_eq!(run.summary.finish_reason, FinishReason::Stop);
+    assert_eq!(run.calls.len(), 2, "{:?}", run.calls);
+    assert!(run.calls[0].result.as_deref().unwrap().contains("\"42\""));
+    // The repeat was answered from the first call, as an error the model reads.
+    let again = run.calls[1].error.as_deref().unwrap();
+    assert!(again.contains("already called"), "{again}");
+    assert!(again.contains("\"42\""), "{again}");
+    let prompts = model.prompts.lock().unwrap();
+    // The chat was rendered once; call, result and answer continue one reply.
+    let first = &prompts[0];
+    assert!(first.ends_with("\nassistant: "), "{first}");
+    assert_eq!(
+        prompts[1],
+        format!(
+            "{first}<|Commands|>: Calculate(\"6*7\")\n<|Results|>: {}\n",
+            run.calls[0].result.as_deref().unwrap()
+        )
+    );
+    assert!(
+        prompts[2].ends_with("write the answer with that result\n"),
+        "{}",
+        prompts[2]
+    );
+}
+
+#[tokio::test]
+async fn a_model_that_never_stops_calling_ends_with_tool_limit() {
+    let (_t, h) = fetch_host("").await;
+    let script: Vec<String> = (0..10)
+        .map(|i| format!("<|Commands|>: Calculate(\"{i}+1\")\n"))
+        .collect();
+    let script: Vec<&str> = script.iter().map(String::as_str).collect();
+    let model = Scripted::new(&script);
+    let format = MossFormat;
+    let tl = ToolLoop {
+        generator: &model,
+        toolbox: &h,
+        format: &format,
+        max_calls: 2,
+    };
+    let run = tl
+        .run(
+            Prompt::Text("Q".into()),
+            GenerationOptions::default(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.calls.len(), 2);
+    assert_eq!(run.summary.finish_reason, FinishReason::ToolLimit);
+    // max_calls rounds with calls, then two more told the limit is reached.
+    assert_eq!(model.prompts.lock().unwrap().len(), 4);
+    assert_eq!(run.text, "");
 }

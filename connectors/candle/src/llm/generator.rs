@@ -586,6 +586,10 @@ impl Generator for LocalLlm {
         self.inner.chat.has_template()
     }
 
+    fn render_chat(&self, messages: &[ChatMessage]) -> magpie_core::Result<Option<String>> {
+        Ok(Some(self.inner.chat.render(messages).map_err(Error::from)?))
+    }
+
     async fn generate(
         &self,
         prompt: Prompt,
