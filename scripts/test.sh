@@ -12,4 +12,6 @@ scripts/build_plugins.sh
 cargo test --locked --manifest-path plugins/Cargo.toml
 cargo build --locked -p docqa
 target/debug/docqa models fetch all
+# Chromium + Playwright and the openai Python package, for the service tests.
+scripts/setup_test_tools.sh
 cargo test --locked --workspace "$@"

@@ -10,6 +10,7 @@ mod eval_qa;
 mod models;
 mod plugins;
 mod progress;
+mod serve;
 mod watch;
 
 use std::path::PathBuf;
@@ -202,6 +203,38 @@ They get no capability unless --plugin-config grants it, e.g.:
 See plugins/README.md to write your own."
     )]
     Plugins(plugins::PluginsCommand),
+    /// Serve the index over HTTP: an API (documents, search, answers with citations,
+    /// OpenAI-compatible chat completions and embeddings, metrics) and a web page.
+    #[command(after_help = "\
+Examples:
+  docqa serve                                 http://127.0.0.1:8080 (page at /, API under /v1)
+  docqa serve --bind 0.0.0.0:8080 --admin-keys $(openssl rand -hex 24)
+  docqa serve --config docqa.toml --watch docs/   keep docs/ indexed while serving
+
+Endpoints: /v1/documents (add JSON or a multipart file, list, get, delete; indexing runs in
+the background, poll /v1/jobs/{id}), /v1/search, /v1/query (stream: true for server-sent
+events), /v1/chat/completions, /v1/models, /v1/embeddings (OpenAI clients work unchanged:
+base_url http://host:8080/v1), /healthz, /readyz, /metrics, /openapi.json.
+
+Settings come from the config file, then DOCQA_* environment variables, then flags. A config
+file looks like:
+  bind = \"127.0.0.1:8080\"
+  llm_queue = 8                 # questions waiting for the model; more get 429 + Retry-After
+  request_timeout_secs = 120
+  max_body_bytes = 1048576
+  max_upload_bytes = 33554432
+  shutdown_grace_secs = 30
+  watch = \"docs/\"
+  [[keys]]
+  key = \"<long random string>\"
+  role = \"admin\"              # or \"read\": search, query, chat, embeddings
+  [answer]
+  k = 6
+  max_tokens = 200
+  temperature = 0.2
+Without keys the server only listens on loopback addresses. Ctrl-C or SIGTERM stops it
+gracefully: uploads already acknowledged are indexed at the next start if not before.")]
+    Serve(serve::config::ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,7 +304,7 @@ enum ModelsCommand {
     List,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.chars().last() {
         Some('k' | 'K') => (&s[..s.len() - 1], 1024),
@@ -519,6 +552,7 @@ async fn run(cli: Cli) -> Result<()> {
             wasm_dir,
             iterations,
         }) => plugins::bench(wasm_dir, *iterations).await?,
+        Command::Serve(args) => serve::serve(&cli.index, &cli.models, args).await?,
         Command::Plugins(cmd) => plugins::run(cmd, &cli.plugins, &cli.index, &cli.models).await?,
         Command::Ask(args) => ask::ask(&cli.index, &cli.models, &cli.plugins, args).await?,
         Command::Generate {

@@ -1,0 +1,763 @@
+//! `docqa serve`: the index, the embedder and the local LLM behind an HTTP API
+//! (documents, search, answers with citations, OpenAI-compatible endpoints,
+//! metrics) and a web page.
+//!
+//! Documents sent to the server are written to `<index>/uploads/<job>/` before
+//! the request is acknowledged and indexed by one background worker; what was
+//! acknowledged but not yet indexed when the server stopped is indexed at the
+//! next start.
+
+pub mod config;
+mod documents;
+mod metrics;
+mod openai;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, MatchedPath, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use magpie_candle::LocalLlm;
+use magpie_core::{
+    Answer, AnswerOptions, GenerationEvent, GenerationOptions, GenerationSummary, Generator,
+    IndexingPipeline, PreparedAnswer, QueryPipeline,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::engine::{Engine, Mode, ModelArgs, OpenOptions};
+use config::{Role, ServeArgs, ServeConfig};
+use documents::Job;
+
+/// The server's shared state.
+pub struct App {
+    cfg: ServeConfig,
+    engine: Engine,
+    llm: Arc<LocalLlm>,
+    pipeline: tokio::sync::Mutex<IndexingPipeline>,
+    jobs: Mutex<HashMap<String, documents::JobInfo>>,
+    job_tx: tokio::sync::mpsc::Sender<Job>,
+    llm_slot: Arc<Semaphore>,
+    in_llm: AtomicUsize,
+    /// Exponential average of an answer's wall time, ms.
+    avg_answer_ms: AtomicU64,
+    metrics: metrics::Metrics,
+    uploads: PathBuf,
+    stopping: AtomicBool,
+}
+
+/// A JSON error: `{"error": {"message", "type", "code"}}` (the OpenAI shape).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {e}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            e.to_string(),
+        )
+    }
+}
+
+impl From<magpie_core::Error> for ApiError {
+    fn from(e: magpie_core::Error) -> Self {
+        match e {
+            magpie_core::Error::InvalidInput(m) => Self::bad_request(m),
+            e => Self::internal(magpie_core::error_chain(&e)),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.status.as_u16();
+        let body = json!({"error": {"message": self.message, "type": self.kind, "code": code}});
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+/// `Json` whose rejections (malformed JSON, wrong types, wrong content type,
+/// too large) are JSON errors with the right status.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(r) => Err(json_rejection(r)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    let kind = match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "invalid_request_error",
+    };
+    ApiError::new(r.status(), kind, r.body_text())
+}
+
+/// Run `docqa serve` until Ctrl-C or SIGTERM.
+pub async fn serve(index: &Path, models: &ModelArgs, args: &ServeArgs) -> Result<()> {
+    let cfg = ServeConfig::resolve(args)?;
+    let index = cfg.index_from_file.clone().unwrap_or(index.to_path_buf());
+    let engine = Engine::open(&index, models, OpenOptions::index())?;
+    let llm = Arc::new(models.load_llm()?);
+    let pipeline = engine.pipeline()?;
+    let uploads = index.join("uploads");
+    std::fs::create_dir_all(&uploads).with_context(|| format!("creating {}", uploads.display()))?;
+    let (job_tx, job_rx) = tokio::sync::mpsc::channel(4096);
+    let app = Arc::new(App {
+        engine,
+        llm,
+        pipeline: tokio::sync::Mutex::new(pipeline),
+        jobs: Mutex::new(HashMap::new()),
+        job_tx,
+        llm_slot: Arc::new(Semaphore::new(1)),
+        in_llm: AtomicUsize::new(0),
+        avg_answer_ms: AtomicU64::new(5000),
+        metrics: metrics::Metrics::default(),
+        uploads,
+        stopping: AtomicBool::new(false),
+        cfg: cfg.clone(),
+    });
+    // The worker has a thread and a runtime of its own: indexing is long,
+    // CPU-heavy work that must not hold the server's threads.
+    let (worker_done, worker) = tokio::sync::oneshot::channel::<()>();
+    {
+        let app = app.clone();
+        std::thread::Builder::new()
+            .name("docqa-indexer".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("indexing runtime");
+                rt.block_on(documents::worker(app, job_rx));
+                let _ = worker_done.send(());
+            })
+            .context("starting the indexing thread")?;
+    }
+    // Acknowledged documents that a previous run did not finish indexing.
+    let resumed = documents::resume_uploads(&app).await?;
+    if resumed > 0 {
+        tracing::info!(
+            documents = resumed,
+            "indexing uploads left over from the last run"
+        );
+    }
+    let mut watch_task = None;
+    if let Some(dir) = cfg.watch.clone() {
+        watch_task = Some(documents::watch(app.clone(), dir, &index)?);
+    }
+
+    let listener = tokio::net::TcpListener::bind(cfg.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another server using it?", cfg.bind))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    // Tests and scripts read this line for the port.
+    println!("docqa listening on http://{addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, keys = cfg.keys.len(), "serving");
+
+    let router = router(app.clone());
+    let shutdown = {
+        let app = app.clone();
+        async move {
+            shutdown_signal().await;
+            app.stopping.store(true, Ordering::SeqCst);
+            tracing::info!("shutting down: finishing requests in flight");
+        }
+    };
+    axum::serve(listener, router.into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")?;
+    if let Some(t) = watch_task {
+        t.abort();
+    }
+    // The worker finishes the document it is on; queued ones stay in uploads/
+    // and are indexed at the next start.
+    app.stopping.store(true, Ordering::SeqCst);
+    let grace = cfg.shutdown_grace;
+    drop(app);
+    match tokio::time::timeout(grace, worker).await {
+        Ok(_) => tracing::info!("indexing worker stopped"),
+        Err(_) => tracing::warn!(
+            "indexing did not finish within {grace:?}; it resumes from the catalog at the next start"
+        ),
+    }
+    eprintln!("docqa stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// All routes, with auth, limits, timeouts and metrics.
+pub fn router(app: Arc<App>) -> Router {
+    use axum::extract::DefaultBodyLimit;
+    let upload_limit = DefaultBodyLimit::max(app.cfg.max_upload);
+    Router::new()
+        .route("/", get(page))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .route(
+            "/v1/documents",
+            get(documents::list)
+                .post(documents::add)
+                .layer(upload_limit),
+        )
+        .route(
+            "/v1/documents/{id}",
+            get(documents::get_one).delete(documents::delete),
+        )
+        .route("/v1/jobs", get(documents::jobs))
+        .route("/v1/jobs/{id}", get(documents::job))
+        .route("/v1/search", get(search_get).post(search_post))
+        .route("/v1/query", post(query))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(app.cfg.max_body))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {}: see /openapi.json for the API",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}: see /openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// The role a path needs (`None`: open to all).
+fn required_role(path: &str) -> Option<Role> {
+    if path.starts_with("/v1/documents") || path.starts_with("/v1/jobs") {
+        Some(Role::Admin)
+    } else if path.starts_with("/v1/") || path == "/metrics" {
+        Some(Role::Read)
+    } else {
+        None
+    }
+}
+
+/// Auth, the per-request timeout and metrics, around every route.
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let t0 = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = match authorize(&app, &req) {
+        Err(e) => e.into_response(),
+        Ok(()) => match tokio::time::timeout(app.cfg.request_timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request took longer than {} s; ask for less (smaller k or max_tokens) \
+                     or raise request_timeout_secs",
+                    app.cfg.request_timeout.as_secs()
+                ),
+            )
+            .into_response(),
+        },
+    };
+    app.metrics.request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        t0.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+fn authorize(app: &App, req: &Request) -> Result<(), ApiError> {
+    let Some(needed) = required_role(req.uri().path()) else {
+        return Ok(());
+    };
+    if app.cfg.keys.is_empty() {
+        return Ok(());
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim);
+    let Some(given) = given else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "this server needs an API key: send `Authorization: Bearer <key>`",
+        ));
+    };
+    let role = app
+        .cfg
+        .keys
+        .iter()
+        .find(|k| constant_time_eq(k.key.as_bytes(), given.as_bytes()))
+        .map(|k| k.role);
+    match role {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "the API key is not valid",
+        )),
+        Some(r) if r < needed => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "this API key has the read role; adding or deleting documents needs an admin key",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
+        )],
+        Html(include_str!("page.html")),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.stopping.load(Ordering::SeqCst) {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        )
+        .into_response();
+    }
+    let docs = documents::catalog(&app).map(|c| c.len()).unwrap_or(0);
+    Json(json!({"status": "ready", "documents": docs, "model": app.llm.model_id()})).into_response()
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let (docs, chunks) = documents::catalog(&app)
+        .map(|c| (c.len(), c.chunk_count()))
+        .unwrap_or((0, 0));
+    let (queued, running) = documents::job_counts(&app);
+    let waiting = app.in_llm.load(Ordering::SeqCst);
+    let text = app.metrics.render(&[
+        (
+            "docqa_llm_queue_depth",
+            "Requests using or waiting for the model.",
+            waiting as f64,
+        ),
+        (
+            "docqa_index_documents",
+            "Documents in the index.",
+            docs as f64,
+        ),
+        ("docqa_index_chunks", "Chunks in the index.", chunks as f64),
+        (
+            "docqa_indexing_jobs_queued",
+            "Indexing jobs waiting.",
+            queued as f64,
+        ),
+        (
+            "docqa_indexing_jobs_running",
+            "Indexing jobs running.",
+            running as f64,
+        ),
+    ]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+// ---- search ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchRequest {
+    #[serde(alias = "q")]
+    query: String,
+    #[serde(default)]
+    k: Option<usize>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+fn parse_mode(m: Option<&str>) -> Result<Mode, ApiError> {
+    match m.unwrap_or("hybrid") {
+        "hybrid" => Ok(Mode::Hybrid),
+        "dense" => Ok(Mode::Dense),
+        "bm25" => Ok(Mode::Bm25),
+        other => Err(ApiError::bad_request(format!(
+            "unknown mode {other:?}: use hybrid, dense or bm25"
+        ))),
+    }
+}
+
+fn check_k(k: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match k.unwrap_or(default) {
+        0 => Err(ApiError::bad_request("k must be at least 1")),
+        k if k > 100 => Err(ApiError::bad_request("k must be at most 100")),
+        k => Ok(k),
+    }
+}
+
+async fn search_get(
+    State(app): State<Arc<App>>,
+    q: Result<Query<SearchRequest>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    search(app, q).await
+}
+
+async fn search_post(
+    State(app): State<Arc<App>>,
+    ApiJson(q): ApiJson<SearchRequest>,
+) -> Result<Json<Value>, ApiError> {
+    search(app, q).await
+}
+
+async fn search(app: Arc<App>, q: SearchRequest) -> Result<Json<Value>, ApiError> {
+    if q.query.trim().is_empty() {
+        return Err(ApiError::bad_request("the query is empty"));
+    }
+    let mode = parse_mode(q.mode.as_deref())?;
+    let k = check_k(q.k, 5)?;
+    let pipeline = QueryPipeline::new(app.engine.retriever(mode)).top_k(k);
+    let result = pipeline.search(&q.query).await?;
+    let hits: Vec<Value> = result
+        .hits
+        .iter()
+        .map(|h| {
+            json!({
+                "doc_id": h.chunk.doc_id,
+                "chunk_id": h.chunk.id,
+                "source": h.chunk.source,
+                "location": h.chunk.span.location(),
+                "heading_path": h.chunk.heading_path,
+                "score": h.score,
+                "text": h.chunk.text,
+                "snippet": h.snippet,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "query": q.query,
+        "mode": mode.name(),
+        "took_ms": result.retrieval.as_secs_f64() * 1e3,
+        "hits": hits,
+    })))
+}
+
+// ---- answers ----
+
+/// Answer settings a request may set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    question: String,
+    #[serde(default)]
+    k: Option<usize>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+}
+
+/// Most tokens one answer may ask for.
+const MAX_ANSWER_TOKENS: usize = 2048;
+
+impl App {
+    /// Retrieve and pack the passages for `question`.
+    pub async fn prepare(
+        &self,
+        question: &str,
+        req: &QueryRequest,
+        stop: Vec<String>,
+    ) -> Result<PreparedAnswer, ApiError> {
+        if question.trim().is_empty() {
+            return Err(ApiError::bad_request("the question is empty"));
+        }
+        let mode = parse_mode(req.mode.as_deref())?;
+        let k = check_k(req.k, self.cfg.answer.k)?;
+        let max_tokens = req.max_tokens.unwrap_or(self.cfg.answer.max_tokens);
+        if max_tokens == 0 || max_tokens > MAX_ANSWER_TOKENS {
+            return Err(ApiError::bad_request(format!(
+                "max_tokens must be between 1 and {MAX_ANSWER_TOKENS}"
+            )));
+        }
+        let generation = GenerationOptions {
+            max_tokens,
+            temperature: req.temperature.unwrap_or(self.cfg.answer.temperature),
+            top_p: req.top_p.unwrap_or(1.0),
+            seed: req.seed,
+            stop,
+            ..GenerationOptions::default()
+        };
+        generation.validate()?;
+        let opts = AnswerOptions {
+            k,
+            max_context_tokens: self.cfg.answer.context_tokens,
+            few_shot: true,
+            generation,
+        };
+        let pipeline = QueryPipeline::new(self.engine.retriever(mode)).top_k(k);
+        Ok(pipeline
+            .prepare_answer(question, self.llm.as_ref(), &opts)
+            .await?)
+    }
+
+    /// A turn with the model, or 429 when too many are waiting already.
+    pub async fn llm_turn(self: &Arc<Self>) -> Result<LlmTurn, ApiError> {
+        let capacity = self.cfg.llm_queue + 1;
+        let n = self.in_llm.fetch_add(1, Ordering::SeqCst) + 1;
+        let ticket = Ticket(self.clone());
+        if n > capacity {
+            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            let avg = self.avg_answer_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+            let wait = (avg * capacity as f64).ceil().max(1.0) as u64;
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "the model is busy ({} answering or waiting); retry in {wait} s",
+                    capacity
+                ),
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+        let permit = self.llm_slot.clone().acquire_owned().await.map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is stopping",
+            )
+        })?;
+        Ok(LlmTurn {
+            _permit: permit,
+            _ticket: ticket,
+            started: Instant::now(),
+        })
+    }
+
+    fn record_answer(&self, turn: &LlmTurn, summary: &GenerationSummary) {
+        let ms = turn.started.elapsed().as_millis() as u64;
+        let old = self.avg_answer_ms.load(Ordering::Relaxed);
+        self.avg_answer_ms
+            .store((old * 3 + ms) / 4, Ordering::Relaxed);
+        self.metrics.answers.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .prompt_tokens
+            .fetch_add(summary.usage.prompt_tokens as u64, Ordering::Relaxed);
+        self.metrics
+            .generated_tokens
+            .fetch_add(summary.usage.completion_tokens as u64, Ordering::Relaxed);
+    }
+
+    /// Generate the answer; `on_delta` gets the text as it streams (false stops).
+    pub async fn generate(
+        self: &Arc<Self>,
+        prepared: PreparedAnswer,
+        turn: &LlmTurn,
+        mut on_delta: impl FnMut(&str) -> bool,
+    ) -> Result<Answer, ApiError> {
+        let mut stream = self
+            .llm
+            .generate(prepared.prompt.clone(), prepared.options.clone())
+            .await?;
+        let mut text = String::new();
+        let summary = loop {
+            match stream.next().await {
+                Some(Ok(GenerationEvent::Delta { text: t })) => {
+                    let shown = if text.is_empty() { t.trim_start() } else { &t };
+                    if !shown.is_empty() && !on_delta(shown) {
+                        // the client went away: dropping the stream stops the model
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "client_closed",
+                            "the client disconnected",
+                        ));
+                    }
+                    text.push_str(&t);
+                }
+                Some(Ok(GenerationEvent::Done(s))) => break s,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(ApiError::internal("the model stopped without finishing")),
+            }
+        };
+        self.record_answer(turn, &summary);
+        Ok(prepared.finish(text, summary))
+    }
+}
+
+/// Holds the model for one answer; dropping it lets the next one in.
+pub struct LlmTurn {
+    _permit: OwnedSemaphorePermit,
+    _ticket: Ticket,
+    started: Instant,
+}
+
+/// Counts a request that is using or waiting for the model.
+struct Ticket(Arc<App>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.in_llm.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn query(
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<QueryRequest>,
+) -> Result<Response, ApiError> {
+    let prepared = app.prepare(&req.question, &req, Vec::new()).await?;
+    let turn = app.llm_turn().await?;
+    if !req.stream {
+        let answer = app.generate(prepared, &turn, |_| true).await?;
+        return Ok(Json(answer).into_response());
+    }
+    // Unbounded: an answer is at most MAX_ANSWER_TOKENS events, and a slow
+    // reader must not lose tokens; a closed channel means the client left.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let app2 = app.clone();
+    tokio::spawn(async move {
+        let turn = turn;
+        let sources = json!({"sources": prepared.sources});
+        let _ = tx.send(Event::default().event("sources").data(sources.to_string()));
+        let r = app2
+            .generate(prepared, &turn, |t| {
+                tx.send(
+                    Event::default()
+                        .event("token")
+                        .data(json!({"text": t}).to_string()),
+                )
+                .is_ok()
+            })
+            .await;
+        let ev = match r {
+            Ok(answer) => Event::default()
+                .event("answer")
+                .data(serde_json::to_string(&answer).unwrap_or_default()),
+            Err(e) => Event::default()
+                .event("error")
+                .data(json!({"error": {"message": e.message, "type": e.kind}}).to_string()),
+        };
+        let _ = tx.send(ev);
+    });
+    Ok(sse(rx).into_response())
+}
+
+/// Server-sent events from a channel; the stream ends when the sender does.
+pub fn sse(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let stream =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        );
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

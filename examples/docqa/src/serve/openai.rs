@@ -1,0 +1,332 @@
+//! OpenAI-compatible endpoints: `/v1/models`, `/v1/chat/completions` (answers
+//! from the index, streaming or not) and `/v1/embeddings`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use magpie_core::{Embedder, FinishReason, Generator, TokenCounter};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiJson, App, QueryRequest};
+
+fn created() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `GET /v1/models`: the language model and the embedding model.
+pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+    let t = created();
+    Json(json!({
+        "object": "list",
+        "data": [
+            {"id": app.llm.model_id(), "object": "model", "created": t, "owned_by": "docqa"},
+            {"id": app.engine.embedder.model_id(), "object": "model", "created": t, "owned_by": "docqa"},
+        ]
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessageIn {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The request; fields of the OpenAI API that do not apply are accepted and ignored.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<ChatMessageIn>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    n: Option<usize>,
+}
+
+/// The text of a message's content: a string or an array of text parts.
+fn content_text(v: &Value) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => {
+            let mut out = Vec::new();
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => out.push(t.clone()),
+                    (Some(kind), _) => {
+                        return Err(ApiError::bad_request(format!(
+                            "content parts of type {kind:?} are not supported; send text"
+                        )))
+                    }
+                    _ => return Err(ApiError::bad_request("a content part has no type")),
+                }
+            }
+            Ok(out.join("\n"))
+        }
+        _ => Err(ApiError::bad_request(
+            "message content must be a string or an array of text parts",
+        )),
+    }
+}
+
+fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+/// `POST /v1/chat/completions`: the last user message is the question; the
+/// answer comes from the index, its passages in the extra field `sources`.
+pub async fn chat(
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_request("only n = 1 is supported"));
+    }
+    for m in &req.messages {
+        if !matches!(
+            m.role.as_str(),
+            "system" | "developer" | "user" | "assistant" | "tool"
+        ) {
+            return Err(ApiError::bad_request(format!(
+                "unknown message role {:?}",
+                m.role
+            )));
+        }
+    }
+    let question = match req.messages.iter().rev().find(|m| m.role == "user") {
+        Some(m) => content_text(&m.content)?,
+        None => return Err(ApiError::bad_request("the messages have no user message")),
+    };
+    let stop = match &req.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::bad_request("stop must be a string or strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::bad_request("stop must be a string or strings")),
+    };
+    let q = QueryRequest {
+        question: question.clone(),
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed,
+        ..Default::default()
+    };
+    let prepared = app.prepare(&question, &q, stop).await?;
+    let model = req
+        .model
+        .clone()
+        .unwrap_or_else(|| app.llm.model_id().to_string());
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let t = created();
+    let turn = app.llm_turn().await?;
+    if !req.stream {
+        let answer = app.generate(prepared, &turn, |_| true).await?;
+        return Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": t,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": finish_reason(answer.finish_reason),
+            }],
+            "usage": {
+                "prompt_tokens": answer.usage.prompt_tokens,
+                "completion_tokens": answer.usage.completion_tokens,
+                "total_tokens": answer.usage.total_tokens,
+            },
+            "sources": answer.sources,
+        }))
+        .into_response());
+    }
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Option<&str>| {
+            Event::default().data(
+                json!({
+                    "id": id, "object": "chat.completion.chunk", "created": t, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                })
+                .to_string(),
+            )
+        };
+        let _ = tx.send(chunk(json!({"role": "assistant", "content": ""}), None));
+        let r = app
+            .generate(prepared, &turn, |text| {
+                tx.send(chunk(json!({"content": text}), None)).is_ok()
+            })
+            .await;
+        match r {
+            Ok(answer) => {
+                let _ = tx.send(chunk(json!({}), Some(finish_reason(answer.finish_reason))));
+                if include_usage {
+                    let _ = tx.send(
+                        Event::default().data(
+                            json!({
+                                "id": id, "object": "chat.completion.chunk", "created": t,
+                                "model": model, "choices": [],
+                                "usage": {
+                                    "prompt_tokens": answer.usage.prompt_tokens,
+                                    "completion_tokens": answer.usage.completion_tokens,
+                                    "total_tokens": answer.usage.total_tokens,
+                                },
+                            })
+                            .to_string(),
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Event::default().data(
+                        json!({"error": {"message": e.message, "type": e.kind}}).to_string(),
+                    ));
+            }
+        }
+        let _ = tx.send(Event::default().data("[DONE]"));
+    });
+    Ok(super::sse(rx).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingsRequest {
+    input: Value,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+}
+
+/// Most texts in one embeddings request.
+const MAX_INPUTS: usize = 512;
+/// Longest text accepted, in bytes (the model reads its first 256 tokens anyway).
+const MAX_INPUT_BYTES: usize = 64 * 1024;
+
+/// `POST /v1/embeddings` with the index's embedding model.
+pub async fn embeddings(
+    State(app): State<Arc<App>>,
+    ApiJson(req): ApiJson<EmbeddingsRequest>,
+) -> Result<Response, ApiError> {
+    let texts: Vec<String> =
+        match &req.input {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(items) if items.iter().all(Value::is_string) => items
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect(),
+            Value::Array(_) => return Err(ApiError::bad_request(
+                "input must be a string or an array of strings (token arrays are not supported)",
+            )),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "input must be a string or an array of strings",
+                ))
+            }
+        };
+    if texts.is_empty() || texts.len() > MAX_INPUTS {
+        return Err(ApiError::bad_request(format!(
+            "send between 1 and {MAX_INPUTS} inputs"
+        )));
+    }
+    if texts.iter().any(|t| t.trim().is_empty()) {
+        return Err(ApiError::bad_request("an input is empty"));
+    }
+    if texts.iter().any(|t| t.len() > MAX_INPUT_BYTES) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("an input is longer than {MAX_INPUT_BYTES} bytes"),
+        ));
+    }
+    let embedder = &app.engine.embedder;
+    if let Some(d) = req.dimensions {
+        if d != embedder.dimension() {
+            return Err(ApiError::bad_request(format!(
+                "{} makes {}-dimensional embeddings; dimensions = {d} is not available",
+                embedder.model_id(),
+                embedder.dimension()
+            )));
+        }
+    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(f) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown encoding_format {f:?}: use float or base64"
+            )))
+        }
+    };
+    let counter = embedder.token_counter();
+    let tokens: usize = texts.iter().map(|t| counter.count(t)).sum();
+    let vectors = embedder.embed(&texts).await?;
+    app.metrics
+        .embedded_texts
+        .fetch_add(texts.len() as u64, Ordering::Relaxed);
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": req.model.unwrap_or_else(|| embedder.model_id().to_string()),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response())
+}
