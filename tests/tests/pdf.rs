@@ -1,6 +1,7 @@
 //! PDF (magpie-files) through the directory loader and the splitter, with PDFs the test writes
 //! itself (lopdf, standard Helvetica, known text per page), and the bad ones:
-//! scanned (no text layer), truncated, not a PDF, a decompression bomb.
+//! scanned (no text layer), truncated, not a PDF, a decompression bomb, and encrypted
+//! ones (fixtures made with qpdf: tests/fixtures/pdf).
 
 use std::io::Write;
 use std::path::Path;
@@ -111,4 +112,29 @@ async fn a_decompression_bomb_is_refused_without_inflating_it() {
     std::fs::write(tmp.path().join("bomb.pdf"), &bytes).unwrap();
     let e = load_one(tmp.path()).await.unwrap_err();
     assert!(e.contains("decompression bomb"), "{e}");
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/pdf")
+        .join(name)
+}
+
+#[tokio::test]
+async fn encrypted_pdfs_open_without_a_password_or_say_they_need_one() {
+    // Permissions only (empty user password): readable, so indexed.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("owner-only.pdf"), tmp.path().join("owner-only.pdf")).unwrap();
+    let doc = load_one(tmp.path()).await.unwrap();
+    assert!(doc.text.contains("harbour seven"), "{}", doc.text);
+    // A user password (AES-256 and RC4): a clear reason, not garbage text.
+    for name in ["locked-aes256.pdf", "locked-rc4.pdf"] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture(name), tmp.path().join(name)).unwrap();
+        let e = load_one(tmp.path()).await.unwrap_err();
+        assert!(
+            e.contains("encrypted PDF") && e.contains("password"),
+            "{name}: {e}"
+        );
+    }
 }

@@ -8,9 +8,14 @@
 //! Re-crawling sends `If-None-Match` / `If-Modified-Since` from a cache kept
 //! beside the index: an unchanged page costs one conditional request and no
 //! embedding (the pipeline sees the same content hash).
+//!
+//! [`OpenAiGenerator`] and [`OpenAiEmbedder`] use any server with the OpenAI
+//! API (docqa serve among them) as a remote model.
 
+pub mod openai;
 mod robots;
 
+pub use openai::{OpenAiConfig, OpenAiEmbedder, OpenAiGenerator};
 pub use robots::Robots;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -840,6 +840,59 @@ fn the_openai_python_client_works_unchanged() {
         &["tests/clients/openai_client.py", &format!("{}/v1", s.url)],
         "the openai Python package",
     );
+
+    // magpie's own OpenAI-compatible client, as a remote generator and embedder.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures::StreamExt;
+        use magpie_core::{Embedder, GenerationEvent, GenerationOptions, Generator, Prompt};
+        let base = format!("{}/v1", s.url);
+        let g = magpie_web::OpenAiGenerator::new(magpie_web::OpenAiConfig::new(&base, "docqa"))
+            .unwrap();
+        let opts = GenerationOptions {
+            max_tokens: 30,
+            temperature: 0.0,
+            ..Default::default()
+        };
+        let mut stream = g
+            .generate(Prompt::Text("What does error E42 mean?".into()), opts)
+            .await
+            .unwrap();
+        let (mut text, mut deltas, mut summary) = (String::new(), 0, None);
+        while let Some(ev) = stream.next().await {
+            match ev.unwrap() {
+                GenerationEvent::Delta { text: t } => {
+                    deltas += 1;
+                    text.push_str(&t)
+                }
+                GenerationEvent::Done(d) => summary = Some(d),
+            }
+        }
+        let summary = summary.expect("a summary");
+        assert!(deltas > 1 && !text.trim().is_empty(), "{text:?}");
+        assert!(summary.usage.completion_tokens >= deltas, "{summary:?}");
+
+        let remote =
+            magpie_web::OpenAiEmbedder::connect(magpie_web::OpenAiConfig::new(&base, "any"))
+                .await
+                .unwrap();
+        let local = magpie_candle::BertEmbedder::load(
+            models_dir()
+                .join("all-MiniLM-L6-v2")
+                .to_string_lossy()
+                .into_owned(),
+        )
+        .unwrap();
+        assert_eq!(remote.dimension(), local.dimension());
+        let texts = vec!["grid squares".to_string(), "observer codes".to_string()];
+        let (r, l) = (
+            remote.embed(&texts).await.unwrap(),
+            local.embed(&texts).await.unwrap(),
+        );
+        for (a, b) in r.iter().zip(&l) {
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5));
+        }
+    });
 }
 
 #[test]
