@@ -72,11 +72,13 @@ for _ in $(seq 300); do
 done
 curl -s "$URL/metrics" | grep -E "^docqa_index_(documents|chunks) "
 
-echo; echo "== questions, 16 connections, model queue 2, 20s"
+echo; echo "== questions, 16 connections asking 10/s each, model queue 2, 20s"
 cat >"$WORK/query.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"question": "How large can a survey grow?", "max_tokens": 24}'
+-- each connection asks ten times a second (a client that ignores Retry-After)
+function delay() return 100 end
 LUA
 cat "$WORK/count.lua" >>"$WORK/query.lua"
 wrk -t2 -c16 -d20s --timeout 60s -s "$WORK/query.lua" "$URL/v1/query" | grep -E "Requests/sec|statuses|p50"

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod answer;
+pub mod batch;
 pub mod catalog;
 pub mod error;
 pub mod generate;
@@ -22,6 +23,7 @@ pub mod types;
 pub use answer::{
     build_prompt, cited_numbers, pack_sources, Answer, AnswerOptions, PreparedAnswer, Source,
 };
+pub use batch::BatchingEmbedder;
 pub use catalog::{atomic_write, Catalog, CatalogEntry};
 pub use error::{error_chain, BoxError, Error, Result};
 pub use generate::{

@@ -78,6 +78,15 @@ pub trait Embedder: Send + Sync {
         v.pop()
             .ok_or_else(|| crate::Error::stage("embedder", "no vector returned for the query"))
     }
+    /// Embed several queries at once; models whose queries embed like passages
+    /// override this with one batched call (see [`crate::BatchingEmbedder`]).
+    async fn embed_queries(&self, queries: &[String]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(queries.len());
+        for q in queries {
+            out.push(self.embed_query(q).await?);
+        }
+        Ok(out)
+    }
 }
 
 /// Identity of a stored chunk, used to check the stores against each other.

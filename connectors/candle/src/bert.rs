@@ -267,6 +267,11 @@ impl Embedder for BertEmbedder {
         self.dim
     }
 
+    /// Queries embed like passages here (no prefix): one batched call.
+    async fn embed_queries(&self, queries: &[String]) -> Result<Vec<Vec<f32>>> {
+        self.embed(queries).await
+    }
+
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let inner = self.inner.clone();
         let texts = texts.to_vec();

@@ -268,23 +268,27 @@ impl Engine {
         ))
     }
 
-    pub fn dense(&self) -> DenseRetriever {
-        DenseRetriever::new(
-            self.embedder.clone() as Arc<dyn Embedder>,
-            self.vectors.clone() as Arc<dyn VectorStore>,
-        )
-    }
-
     pub fn bm25(&self) -> KeywordRetriever {
         KeywordRetriever::new(self.keywords.clone() as Arc<dyn KeywordStore>)
     }
 
     pub fn retriever(&self, mode: Mode) -> Arc<dyn Retriever> {
+        self.retriever_with(mode, self.embedder.clone())
+    }
+
+    /// A retriever whose queries are embedded by `queries` (the server's batching embedder).
+    pub fn retriever_with(&self, mode: Mode, queries: Arc<dyn Embedder>) -> Arc<dyn Retriever> {
+        let dense = || {
+            DenseRetriever::new(
+                queries.clone(),
+                self.vectors.clone() as Arc<dyn VectorStore>,
+            )
+        };
         match mode {
-            Mode::Dense => Arc::new(self.dense()),
+            Mode::Dense => Arc::new(dense()),
             Mode::Bm25 => Arc::new(self.bm25()),
             Mode::Hybrid => Arc::new(HybridRetriever::new(vec![
-                Arc::new(self.dense()) as Arc<dyn Retriever>,
+                Arc::new(dense()) as Arc<dyn Retriever>,
                 Arc::new(self.bm25()) as Arc<dyn Retriever>,
             ])),
         }

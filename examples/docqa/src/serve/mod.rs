@@ -48,6 +48,8 @@ pub struct App {
     cfg: ServeConfig,
     engine: Engine,
     llm: Arc<LocalLlm>,
+    /// Query embeddings of concurrent requests, computed in shared batches.
+    queries: Arc<dyn magpie_core::Embedder>,
     pipeline: tokio::sync::Mutex<IndexingPipeline>,
     jobs: Mutex<HashMap<String, documents::JobInfo>>,
     job_tx: tokio::sync::mpsc::Sender<Job>,
@@ -150,7 +152,12 @@ pub async fn serve(index: &Path, models: &ModelArgs, args: &ServeArgs) -> Result
     let uploads = index.join("uploads");
     std::fs::create_dir_all(&uploads).with_context(|| format!("creating {}", uploads.display()))?;
     let (job_tx, job_rx) = tokio::sync::mpsc::channel(4096);
+    let queries = Arc::new(magpie_core::BatchingEmbedder::new(
+        engine.embedder.clone(),
+        32,
+    ));
     let app = Arc::new(App {
+        queries,
         engine,
         llm,
         pipeline: tokio::sync::Mutex::new(pipeline),
@@ -517,7 +524,7 @@ async fn search(app: Arc<App>, q: SearchRequest) -> Result<Json<Value>, ApiError
     }
     let mode = parse_mode(q.mode.as_deref())?;
     let k = check_k(q.k, 5)?;
-    let pipeline = QueryPipeline::new(app.engine.retriever(mode)).top_k(k);
+    let pipeline = QueryPipeline::new(app.retriever(mode)).top_k(k);
     let result = pipeline.search(&q.query).await?;
     let hits: Vec<Value> = result
         .hits
@@ -570,6 +577,11 @@ pub struct QueryRequest {
 const MAX_ANSWER_TOKENS: usize = 2048;
 
 impl App {
+    /// Retrieval with the batching query embedder.
+    fn retriever(&self, mode: Mode) -> Arc<dyn magpie_core::Retriever> {
+        self.engine.retriever_with(mode, self.queries.clone())
+    }
+
     /// Retrieve and pack the passages for `question`.
     pub async fn prepare(
         &self,
@@ -603,14 +615,18 @@ impl App {
             few_shot: true,
             generation,
         };
-        let pipeline = QueryPipeline::new(self.engine.retriever(mode)).top_k(k);
+        let pipeline = QueryPipeline::new(self.retriever(mode)).top_k(k);
         Ok(pipeline
             .prepare_answer(question, self.llm.as_ref(), &opts)
             .await?)
     }
 
-    /// A turn with the model, or 429 when too many are waiting already.
-    pub async fn llm_turn(self: &Arc<Self>) -> Result<LlmTurn, ApiError> {
+    /// A place in the model's queue, or 429 when it is full. Taken before any
+    /// retrieval, so turned-away requests cost next to nothing.
+    pub fn admit(self: &Arc<Self>, question: &str) -> Result<Ticket, ApiError> {
+        if question.trim().is_empty() {
+            return Err(ApiError::bad_request("the question is empty"));
+        }
         let capacity = self.cfg.llm_queue + 1;
         let n = self.in_llm.fetch_add(1, Ordering::SeqCst) + 1;
         let ticket = Ticket(self.clone());
@@ -629,6 +645,11 @@ impl App {
             e.retry_after = Some(wait);
             return Err(e);
         }
+        Ok(ticket)
+    }
+
+    /// Wait for the model (the ticket holds the place in the queue meanwhile).
+    pub async fn llm_turn(&self, ticket: Ticket) -> Result<LlmTurn, ApiError> {
         let permit = self.llm_slot.clone().acquire_owned().await.map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -701,7 +722,7 @@ pub struct LlmTurn {
 }
 
 /// Counts a request that is using or waiting for the model.
-struct Ticket(Arc<App>);
+pub struct Ticket(Arc<App>);
 
 impl Drop for Ticket {
     fn drop(&mut self) {
@@ -713,8 +734,9 @@ async fn query(
     State(app): State<Arc<App>>,
     ApiJson(req): ApiJson<QueryRequest>,
 ) -> Result<Response, ApiError> {
+    let ticket = app.admit(&req.question)?;
     let prepared = app.prepare(&req.question, &req, Vec::new()).await?;
-    let turn = app.llm_turn().await?;
+    let turn = app.llm_turn(ticket).await?;
     if !req.stream {
         let answer = app.generate(prepared, &turn, |_| true).await?;
         return Ok(Json(answer).into_response());

@@ -153,6 +153,7 @@ pub async fn chat(
         seed: req.seed,
         ..Default::default()
     };
+    let ticket = app.admit(&question)?;
     let prepared = app.prepare(&question, &q, stop).await?;
     let model = req
         .model
@@ -160,7 +161,7 @@ pub async fn chat(
         .unwrap_or_else(|| app.llm.model_id().to_string());
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let t = created();
-    let turn = app.llm_turn().await?;
+    let turn = app.llm_turn(ticket).await?;
     if !req.stream {
         let answer = app.generate(prepared, &turn, |_| true).await?;
         return Ok(Json(json!({
