@@ -49,6 +49,9 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     command: Command,
+    /// Whether --index (or DOCQA_INDEX) was given, so a config file does not override it.
+    #[arg(skip)]
+    index_given: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,7 +216,7 @@ Examples:
 
 Endpoints: /v1/documents (add JSON or a multipart file, list, get, delete; indexing runs in
 the background, poll /v1/jobs/{id}), /v1/search, /v1/query (stream: true for server-sent
-events), /v1/chat/completions, /v1/models, /v1/embeddings (OpenAI clients work unchanged:
+events; tools: true to let the model call the plugins), /v1/plugins, /v1/chat/completions, /v1/models, /v1/embeddings (OpenAI clients work unchanged:
 base_url http://host:8080/v1), /healthz, /readyz, /metrics, /openapi.json.
 
 Settings come from the config file, then DOCQA_* environment variables, then flags. A config
@@ -335,7 +338,13 @@ fn init_tracing(verbose: u8) {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.index_given = matches!(
+        matches.value_source("index"),
+        Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+    );
     init_tracing(cli.verbose);
     if let Err(msg) = magpie_candle::cpu_features_ok() {
         eprintln!("error: {msg}");
@@ -552,7 +561,10 @@ async fn run(cli: Cli) -> Result<()> {
             wasm_dir,
             iterations,
         }) => plugins::bench(wasm_dir, *iterations).await?,
-        Command::Serve(args) => serve::serve(&cli.index, &cli.models, args).await?,
+        Command::Serve(args) => {
+            let index = (cli.index_given || args.config.is_none()).then_some(cli.index.as_path());
+            serve::serve(index, &cli.models, &cli.plugins, args).await?
+        }
         Command::Plugins(cmd) => plugins::run(cmd, &cli.plugins, &cli.index, &cli.models).await?,
         Command::Ask(args) => ask::ask(&cli.index, &cli.models, &cli.plugins, args).await?,
         Command::Generate {

@@ -545,9 +545,17 @@ fn serve_site() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { return };
+            // Read the whole request head: answering and closing with unread
+            // bytes would make the kernel reset the connection.
+            let mut req = Vec::new();
             let mut buf = [0u8; 8192];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req).to_string();
             let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
             let body = match path.as_str() {
                 "/" => "<html><head><title>Station</title></head><body><h1>Station</h1>\
@@ -572,6 +580,9 @@ fn serve_site() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
                     body.len()
                 )
             };
+            // One request per connection, said so, so the client never reuses
+            // a connection this server is closing.
+            let resp = resp.replacen("\r\n\r\n", "\r\nconnection: close\r\n\r\n", 1);
             let _ = s.write_all(resp.as_bytes());
         }
     });

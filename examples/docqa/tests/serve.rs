@@ -63,6 +63,8 @@ impl Server {
     fn start(index: &Path, extra: &[&str]) -> Self {
         let mut child = docqa(index)
             .args(["serve", "--bind", "127.0.0.1:0"])
+            .arg("--plugins")
+            .arg(root().join("plugins/dist"))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -477,6 +479,61 @@ fn the_api_end_to_end() {
         .collect();
     assert!(v64.iter().zip(&vecs[0]).all(|(a, b)| (a - b).abs() < 1e-6));
 
+    // Plugins: listed with their tools, called directly, and used by answers.
+    let (st, v) = body(c.get(s.at("/v1/plugins")).send().unwrap());
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "calculator"),
+        "{v} (run scripts/build_plugins.sh)"
+    );
+    let calc = |args: Value| {
+        c.post(s.at("/v1/plugins/calculator/calculate"))
+            .json(&args)
+            .send()
+            .unwrap()
+    };
+    let (st, v) = body(calc(json!({"expression": "6*7"})));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["result"]["result"], "42", "{v}");
+    let (st, m) = error(calc(json!({"expr": 1})));
+    assert_eq!(st, 400, "{m}");
+    // The calculator reports a division by zero as bad arguments.
+    let (st, m) = error(calc(json!({"expression": "1/0"})));
+    assert_eq!(st, 400, "{m}");
+    assert!(m.contains("division by zero"), "{m}");
+    let (st, _) = error(calc(json!([1, 2])));
+    assert_eq!(st, 400);
+    let (st, _) = error(
+        c.post(s.at("/v1/plugins/nope/calculate"))
+            .json(&json!({}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 404);
+    let (st, v) = body(
+        c.post(s.at("/v1/query"))
+            .json(&json!({"question": "what is 1234 * 5678?", "tools": true, "temperature": 0, "max_tokens": 40}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 200, "{v}");
+    let calls = v["tool_calls"].as_array().expect("tool_calls");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["result"].is_string() || c["error"].is_string()),
+        "{v}"
+    );
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        !text.contains("<|Commands|>") && !text.contains("<|Results|>"),
+        "{v}"
+    );
+
     // Bad input: the right status and a JSON error, every time.
     let post_raw = |path: &str, body: &str| {
         c.post(s.at(path))
@@ -699,6 +756,8 @@ fn keys_roles_and_the_queue_bound() {
             .unwrap(),
     );
     assert_eq!(st, 202);
+    let (st, _) = error(c.get(s.at("/v1/plugins")).bearer_auth(read).send().unwrap());
+    assert_eq!(st, 403);
     let (st, _) = body(c.get(s.at("/healthz")).send().unwrap());
     assert_eq!(st, 200);
 

@@ -48,6 +48,7 @@ pub struct App {
     cfg: ServeConfig,
     engine: Engine,
     llm: Arc<LocalLlm>,
+    plugins: Option<Arc<magpie_plugins::PluginHost>>,
     /// Query embeddings of concurrent requests, computed in shared batches.
     queries: Arc<dyn magpie_core::Embedder>,
     pipeline: tokio::sync::Mutex<IndexingPipeline>,
@@ -143,9 +144,20 @@ fn json_rejection(r: JsonRejection) -> ApiError {
 }
 
 /// Run `docqa serve` until Ctrl-C or SIGTERM.
-pub async fn serve(index: &Path, models: &ModelArgs, args: &ServeArgs) -> Result<()> {
+/// `index` is the --index given on the command line or in the environment
+/// (`None`: the config file's, else the default).
+pub async fn serve(
+    index: Option<&Path>,
+    models: &ModelArgs,
+    plugin_args: &crate::plugins::PluginArgs,
+    args: &ServeArgs,
+) -> Result<()> {
     let cfg = ServeConfig::resolve(args)?;
-    let index = cfg.index_from_file.clone().unwrap_or(index.to_path_buf());
+    let index = match (index, &cfg.index_from_file) {
+        (Some(i), _) => i.to_path_buf(),
+        (None, Some(f)) => f.clone(),
+        (None, None) => PathBuf::from(".magpie"),
+    };
     let engine = Engine::open(&index, models, OpenOptions::index())?;
     let llm = Arc::new(models.load_llm()?);
     let pipeline = engine.pipeline()?;
@@ -156,7 +168,23 @@ pub async fn serve(index: &Path, models: &ModelArgs, args: &ServeArgs) -> Result
         engine.embedder.clone(),
         32,
     ));
+    // Plugins, when the plugin directory exists: tools for answers and /v1/plugins.
+    let plugins = if plugin_args.dir.is_dir() {
+        let search = Arc::new(crate::plugins::IndexSearch::new(
+            engine.retriever_with(Mode::Hybrid, queries.clone()),
+        ));
+        let host = crate::plugins::open_host(plugin_args, Some(search)).await?;
+        tracing::info!(plugins = host.plugins().count(), "plugins loaded");
+        Some(Arc::new(host))
+    } else {
+        tracing::info!(
+            dir = %plugin_args.dir.display(),
+            "no plugin directory: answers run without tools"
+        );
+        None
+    };
     let app = Arc::new(App {
+        plugins,
         queries,
         engine,
         llm,
@@ -283,6 +311,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/jobs/{id}", get(documents::job))
         .route("/v1/search", get(search_get).post(search_post))
         .route("/v1/query", post(query))
+        .route("/v1/plugins", get(plugins_list))
+        .route("/v1/plugins/{plugin}/{tool}", post(plugin_call))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/embeddings", post(openai::embeddings))
@@ -313,7 +343,10 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 
 /// The role a path needs (`None`: open to all).
 fn required_role(path: &str) -> Option<Role> {
-    if path.starts_with("/v1/documents") || path.starts_with("/v1/jobs") {
+    if path.starts_with("/v1/documents")
+        || path.starts_with("/v1/jobs")
+        || path.starts_with("/v1/plugins")
+    {
         Some(Role::Admin)
     } else if path.starts_with("/v1/") || path == "/metrics" {
         Some(Role::Read)
@@ -392,7 +425,7 @@ fn authorize(app: &App, req: &Request) -> Result<(), ApiError> {
         Some(r) if r < needed => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "permission_error",
-            "this API key has the read role; adding or deleting documents needs an admin key",
+            "this API key has the read role; documents, jobs and plugins need an admin key",
         )),
         Some(_) => Ok(()),
     }
@@ -571,6 +604,9 @@ pub struct QueryRequest {
     seed: Option<u64>,
     #[serde(default)]
     stream: bool,
+    /// Let the model call the plugins' tools while it answers.
+    #[serde(default)]
+    tools: bool,
 }
 
 /// Most tokens one answer may ask for.
@@ -683,8 +719,43 @@ impl App {
         self: &Arc<Self>,
         prepared: PreparedAnswer,
         turn: &LlmTurn,
-        mut on_delta: impl FnMut(&str) -> bool,
+        tools: bool,
+        mut on_delta: impl FnMut(&str) -> bool + Send,
     ) -> Result<Answer, ApiError> {
+        if tools {
+            let host = self.plugins.as_ref().ok_or_else(|| {
+                ApiError::bad_request(
+                    "this server has no plugins loaded: start it with --plugins DIR to answer with tools",
+                )
+            })?;
+            let mut prepared = prepared;
+            let cancel = magpie_core::CancelToken::new();
+            prepared.options.cancel = Some(cancel.clone());
+            let format = magpie_core::MossFormat;
+            let tool_loop = magpie_core::ToolLoop {
+                generator: self.llm.as_ref(),
+                toolbox: host.as_ref(),
+                format: &format,
+                max_calls: 4,
+            };
+            let mut started = false;
+            let answer = prepared
+                .run_with_tools(&tool_loop, &mut |t: &str| {
+                    let shown = if started { t } else { t.trim_start() };
+                    started |= !shown.is_empty();
+                    if !shown.is_empty() && !on_delta(shown) {
+                        cancel.cancel(); // the client went away
+                    }
+                })
+                .await?;
+            let summary = GenerationSummary {
+                finish_reason: answer.finish_reason,
+                usage: answer.usage,
+                timings: answer.timings,
+            };
+            self.record_answer(turn, &summary);
+            return Ok(answer);
+        }
         let mut stream = self
             .llm
             .generate(prepared.prompt.clone(), prepared.options.clone())
@@ -738,7 +809,7 @@ async fn query(
     let prepared = app.prepare(&req.question, &req, Vec::new()).await?;
     let turn = app.llm_turn(ticket).await?;
     if !req.stream {
-        let answer = app.generate(prepared, &turn, |_| true).await?;
+        let answer = app.generate(prepared, &turn, req.tools, |_| true).await?;
         return Ok(Json(answer).into_response());
     }
     // Unbounded: an answer is at most MAX_ANSWER_TOKENS events, and a slow
@@ -750,7 +821,7 @@ async fn query(
         let sources = json!({"sources": prepared.sources});
         let _ = tx.send(Event::default().event("sources").data(sources.to_string()));
         let r = app2
-            .generate(prepared, &turn, |t| {
+            .generate(prepared, &turn, req.tools, |t| {
                 tx.send(
                     Event::default()
                         .event("token")
@@ -782,4 +853,62 @@ pub fn sse(
             |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
         );
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+// ---- plugins ----
+
+fn host(app: &App) -> Result<&Arc<magpie_plugins::PluginHost>, ApiError> {
+    app.plugins.as_ref().ok_or_else(|| {
+        ApiError::not_found("this server has no plugins loaded (start it with --plugins DIR)")
+    })
+}
+
+/// `GET /v1/plugins`: the plugins, their tools (with JSON schemas) and grants.
+async fn plugins_list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let host = host(&app)?;
+    let list: Vec<Value> = host
+        .plugins()
+        .map(|p| {
+            json!({
+                "name": p.description.name,
+                "version": p.description.version,
+                "summary": p.description.summary,
+                "tools": p.description.tools,
+                "granted": p.grants.list(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"plugins": list})))
+}
+
+/// `POST /v1/plugins/{plugin}/{tool}` with the arguments object as the body.
+async fn plugin_call(
+    State(app): State<Arc<App>>,
+    axum::extract::Path((plugin, tool)): axum::extract::Path<(String, String)>,
+    ApiJson(arguments): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    use magpie_plugins::PluginError as E;
+    if !arguments.is_object() {
+        return Err(ApiError::bad_request(
+            "the body must be the tool's arguments as a JSON object",
+        ));
+    }
+    let host = host(&app)?;
+    match host.call(&plugin, &tool, &arguments.to_string()).await {
+        Ok(out) => Ok(Json(json!({
+            "plugin": plugin,
+            "tool": tool,
+            "result": out.value,
+            "call_us": out.call_us,
+        }))),
+        Err(e) => {
+            let msg = e.to_string();
+            Err(match e {
+                E::NotFound(_) | E::UnknownTool { .. } => ApiError::not_found(msg),
+                E::InvalidArguments { .. } => ApiError::bad_request(msg),
+                E::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", msg),
+                _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "tool_error", msg),
+            })
+        }
+    }
 }

@@ -163,7 +163,7 @@ pub async fn chat(
     let t = created();
     let turn = app.llm_turn(ticket).await?;
     if !req.stream {
-        let answer = app.generate(prepared, &turn, |_| true).await?;
+        let answer = app.generate(prepared, &turn, false, |_| true).await?;
         return Ok(Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -197,7 +197,7 @@ pub async fn chat(
         };
         let _ = tx.send(chunk(json!({"role": "assistant", "content": ""}), None));
         let r = app
-            .generate(prepared, &turn, |text| {
+            .generate(prepared, &turn, false, |text| {
                 tx.send(chunk(json!({"content": text}), None)).is_ok()
             })
             .await;
