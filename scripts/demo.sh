@@ -32,3 +32,21 @@ $docqa plugins list
 echo
 echo "\$ docqa plugins call solver roots '{\"polynomial\": \"x^3 - 6x^2 + 11x - 6 = 0\"}'"
 $docqa plugins call solver roots '{"polynomial": "x^3 - 6x^2 + 11x - 6 = 0"}'
+
+# The service: start it, ask over HTTP (streamed), stop it gracefully.
+echo
+echo "\$ docqa serve --bind 127.0.0.1:0   (then curl)"
+out=$(mktemp)
+$docqa --index .magpie serve --bind 127.0.0.1:0 >"$out" &
+server=$!
+for _ in $(seq 150); do grep -q listening "$out" && break; sleep 0.2; done
+url=$(sed -n 's/^docqa listening on //p' "$out")
+echo "\$ curl $url/v1/search?q=grid+size&k=2"
+curl -s "$url/v1/search?q=grid+size&k=2" | head -c 400; echo
+echo "\$ curl -N $url/v1/query -d '{\"question\": \"what does error E42 mean?\", \"stream\": true}'"
+curl -sN "$url/v1/query" -H 'content-type: application/json' \
+  -d '{"question": "what does error E42 mean?", "stream": true, "seed": 7}' |
+  sed -n 's/^data: {"text":"\(.*\)"}$/\1/p' | tr -d '\n'; echo
+echo "(open $url/ in a browser for the web page; here the server is stopped now)"
+kill -TERM $server; wait $server || true
+rm -f "$out"
