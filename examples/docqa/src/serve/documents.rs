@@ -157,6 +157,7 @@ pub async fn worker(app: Arc<App>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
                     .await
             }
         };
+        *app.counts.lock().unwrap() = (pipeline.catalog().len(), pipeline.catalog().chunk_count());
         drop(pipeline);
         match outcome {
             Ok(report) => {
@@ -561,6 +562,7 @@ pub async fn delete(
     }
     let mut pipeline = app.pipeline.lock().await;
     let n = pipeline.delete_docs(std::slice::from_ref(&id)).await?;
+    *app.counts.lock().unwrap() = (pipeline.catalog().len(), pipeline.catalog().chunk_count());
     drop(pipeline);
     if n == 0 {
         return Err(ApiError::not_found(format!("no document {id}")));

@@ -59,6 +59,9 @@ pub struct App {
     /// Exponential average of an answer's wall time, ms.
     avg_answer_ms: AtomicU64,
     metrics: metrics::Metrics,
+    /// Documents and chunks in the index, updated after every write (probes
+    /// and scrapes must not read the whole catalog).
+    counts: Mutex<(usize, usize)>,
     uploads: PathBuf,
     stopping: AtomicBool,
 }
@@ -161,6 +164,7 @@ pub async fn serve(
     let engine = Engine::open(&index, models, OpenOptions::index())?;
     let llm = Arc::new(models.load_llm()?);
     let pipeline = engine.pipeline()?;
+    let counts = (pipeline.catalog().len(), pipeline.catalog().chunk_count());
     let uploads = index.join("uploads");
     std::fs::create_dir_all(&uploads).with_context(|| format!("creating {}", uploads.display()))?;
     let (job_tx, job_rx) = tokio::sync::mpsc::channel(4096);
@@ -195,6 +199,7 @@ pub async fn serve(
         in_llm: AtomicUsize::new(0),
         avg_answer_ms: AtomicU64::new(5000),
         metrics: metrics::Metrics::default(),
+        counts: Mutex::new(counts),
         uploads,
         stopping: AtomicBool::new(false),
         cfg: cfg.clone(),
@@ -468,14 +473,12 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         )
         .into_response();
     }
-    let docs = documents::catalog(&app).map(|c| c.len()).unwrap_or(0);
+    let docs = app.counts.lock().unwrap().0;
     Json(json!({"status": "ready", "documents": docs, "model": app.llm.model_id()})).into_response()
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
-    let (docs, chunks) = documents::catalog(&app)
-        .map(|c| (c.len(), c.chunk_count()))
-        .unwrap_or((0, 0));
+    let (docs, chunks) = *app.counts.lock().unwrap();
     let (queued, running) = documents::job_counts(&app);
     let waiting = app.in_llm.load(Ordering::SeqCst);
     let text = app.metrics.render(&[
