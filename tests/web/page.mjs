@@ -2,6 +2,7 @@
 // answer stream in, click a source to read its passage, upload a document and
 // see it indexed. Usage: node tests/web/page.mjs <server-url> <screenshot.png>
 import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
 import { writeFileSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,8 +18,11 @@ function check(cond, what) {
   console.log("ok: " + what);
 }
 
+// Debian's chromium from PATH (scripts/setup_test_tools.sh installs it), or $CHROMIUM.
+const executablePath = process.env.CHROMIUM ||
+  execFileSync("sh", ["-c", "command -v chromium"], { encoding: "utf8" }).trim();
 const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  executablePath,
   args: [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

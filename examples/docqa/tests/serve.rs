@@ -866,16 +866,17 @@ fn stopping_keeps_what_was_acknowledged_and_a_watched_folder_stays_indexed() {
 
 /// Runs a script of the repository's with a tool that scripts/test.sh installs.
 fn run_script(program: &Path, args: &[&str], what: &str) {
-    assert!(
-        program.exists(),
-        "{} is missing: run scripts/setup_test_tools.sh (scripts/test.sh does) to install {what}",
-        program.display()
-    );
     let out = Command::new(program)
         .args(args)
         .current_dir(root())
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): run scripts/setup_test_tools.sh (scripts/test.sh does) \
+                 to install {what}",
+                program.display()
+            )
+        });
     assert!(
         out.status.success(),
         "{} {:?} failed:\nstdout: {}\nstderr: {}",
@@ -960,7 +961,7 @@ fn the_web_page_in_headless_chromium() {
     let idx = tmp.path().join("idx");
     index_sample(&idx);
     let s = Server::start(&idx, &[]);
-    let node = PathBuf::from("/usr/bin/node");
+    let node = PathBuf::from("node"); // from PATH
     let shot = tmp.path().join("page.png");
     run_script(
         &node,
