@@ -120,10 +120,21 @@ impl EdgeStore {
         let existing = dir.join("edge_config.json").exists() || dir.join("segments").exists();
         let shard = if existing {
             let shard = EdgeShard::load(dir, None).map_err(|e| {
-                Error::Index(format!(
-                    "the vector index in {} cannot be opened ({e}); remove the index directory and index again",
-                    dir.display()
-                ))
+                let msg = e.to_string();
+                if msg.contains("WouldBlock") {
+                    // The write-ahead log is locked: another process has the index open.
+                    Error::Index(format!(
+                        "the vector index in {} is in use by another process (a running \
+                         `docqa serve` or `docqa index`?); stop it, or use its HTTP API",
+                        dir.display()
+                    ))
+                } else {
+                    Error::Index(format!(
+                        "the vector index in {} cannot be opened ({msg}); remove the index \
+                         directory and index again",
+                        dir.display()
+                    ))
+                }
             })?;
             let stored = shard.config().vectors.get(DENSE).map(|p| p.size);
             match stored {

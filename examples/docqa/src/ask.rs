@@ -65,7 +65,8 @@ pub async fn ask(
     args: &AskArgs,
 ) -> Result<()> {
     let engine = Engine::open(index, models, OpenOptions::search())?;
-    let llm = models.load_llm()?;
+    let llm = models.load_generator()?;
+    let llm = llm.as_ref();
     let pipeline = QueryPipeline::new(engine.retriever(args.mode)).top_k(args.k);
     let opts = AnswerOptions {
         k: args.k,
@@ -78,7 +79,7 @@ pub async fn ask(
             ..GenerationOptions::default()
         },
     };
-    let prepared = pipeline.prepare_answer(&args.question, &llm, &opts).await?;
+    let prepared = pipeline.prepare_answer(&args.question, llm, &opts).await?;
     if prepared.sources.is_empty() {
         tracing::warn!(
             "nothing relevant was found in the index; the model answers without passages"
@@ -92,7 +93,7 @@ pub async fn ask(
         let moss = magpie_core::MossFormat;
         let json = magpie_core::JsonFormat;
         let tool_loop = magpie_core::ToolLoop {
-            generator: &llm,
+            generator: llm,
             toolbox: &host,
             format: match args.tool_format {
                 ToolFormatArg::Moss => &moss,

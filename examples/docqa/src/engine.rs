@@ -57,11 +57,21 @@ pub struct ModelArgs {
     /// Default: all-MiniLM-L6-v2 from the models directory.
     #[arg(long, global = true, env = "MAGPIE_EMBED_MODEL")]
     pub embed_model: Option<String>,
-    /// Language model: a .gguf file, a directory holding one, or a Hugging Face
-    /// hub id in the local hub cache (`org/repo` or `org/repo:q4_k_m`).
+    /// Language model: a .gguf file, a directory holding one, a Hugging Face
+    /// hub id in the local hub cache (`org/repo` or `org/repo:q4_k_m`), or the
+    /// base URL of a server with the OpenAI API (`http://host:8080/v1`: llama.cpp's
+    /// server, vLLM, Ollama, another docqa) for `ask`, `serve` and `eval qa`.
     /// Default: Gemma 3 270M from the models directory.
     #[arg(long, global = true, env = "MAGPIE_LLM")]
     pub llm: Option<String>,
+    /// With a server URL as --llm: the model name to ask for.
+    #[arg(
+        long,
+        global = true,
+        env = "MAGPIE_LLM_MODEL",
+        default_value = "default"
+    )]
+    pub llm_model: String,
     /// Context window of the language model in tokens (default: the model's, at most 4096).
     #[arg(long, global = true, env = "MAGPIE_CTX")]
     pub ctx: Option<usize>,
@@ -77,8 +87,39 @@ impl ModelArgs {
         })
     }
 
-    /// Load the language model (`--llm`, else the default GGUF).
+    /// The language model as a generator: a remote server when `--llm` is an
+    /// http(s) URL (API key from MAGPIE_LLM_API_KEY), else the local model.
+    pub fn load_generator(&self) -> Result<std::sync::Arc<dyn magpie_core::Generator>> {
+        if let Some(url) = self
+            .llm
+            .as_deref()
+            .filter(|s| s.starts_with("http://") || s.starts_with("https://"))
+        {
+            let mut cfg = magpie_web::OpenAiConfig::new(url, self.llm_model.clone());
+            if let Some(k) = std::env::var("MAGPIE_LLM_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())
+            {
+                cfg = cfg.api_key(k);
+            }
+            if let Some(ctx) = self.ctx {
+                cfg.context_length = ctx;
+            }
+            tracing::info!(%url, model = %self.llm_model, "using a remote language model");
+            return Ok(std::sync::Arc::new(magpie_web::OpenAiGenerator::new(cfg)?));
+        }
+        Ok(std::sync::Arc::new(self.load_llm()?))
+    }
+
+    /// Load the local language model (`--llm`, else the default GGUF).
     pub fn load_llm(&self) -> Result<magpie_candle::LocalLlm> {
+        if self
+            .llm
+            .as_deref()
+            .is_some_and(|s| s.starts_with("http://") || s.starts_with("https://"))
+        {
+            bail!("this command needs a local model file; a server URL works with ask, serve and eval qa");
+        }
         let path = match &self.llm {
             Some(spec) => magpie_candle::resolve_gguf(spec)?,
             None => {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use magpie_core::{AnswerOptions, GenerationOptions, Generator, QueryPipeline, RunOptions};
+use magpie_core::{AnswerOptions, GenerationOptions, QueryPipeline, RunOptions};
 use magpie_files::JsonlLoader;
 use serde::Serialize;
 
@@ -234,7 +234,8 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
         .map(|i| pool[(i as f64 * step) as usize].clone())
         .collect();
 
-    let llm = models.load_llm()?;
+    let llm = models.load_generator()?;
+    let llm = llm.as_ref();
     let pipeline = QueryPipeline::new(engine.retriever(args.mode)).top_k(args.k);
     let opts = AnswerOptions {
         k: args.k,
@@ -249,7 +250,7 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
     let mut rows = Vec::new();
     let t0 = std::time::Instant::now();
     for (id, question, answers, gold) in &picked {
-        let ans = pipeline.answer(question, &llm, &opts).await?;
+        let ans = pipeline.answer(question, llm, &opts).await?;
         let text = strip_citations(&ans.text);
         let em = answers.iter().any(|g| normalize(g) == normalize(&text));
         let f1 = answers

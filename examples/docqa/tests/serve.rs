@@ -953,6 +953,39 @@ fn the_openai_python_client_works_unchanged() {
             assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5));
         }
     });
+
+    // An index held by the running server: the CLI says so (not "damaged").
+    let out = docqa(&idx).args(["search", "grid"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+
+    // docqa itself with a remote model: `ask --llm <server>/v1` (over a copy
+    // of the sample index, since the server holds its own).
+    let idx = tmp.path().join("idx2");
+    index_sample(&idx);
+    let out = docqa(&idx)
+        .args(["ask", "--json", "--max-tokens", "30", "--llm"])
+        .arg(format!("{}/v1", s.url))
+        .arg("What does error E42 mean?")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!a["text"].as_str().unwrap().trim().is_empty(), "{a}");
+    assert!(a["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{a}");
+    // A URL where no server listens: a clear error naming it.
+    let out = docqa(&idx)
+        .args(["ask", "--llm", "http://127.0.0.1:9/v1", "anything?"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach http://127.0.0.1:9/v1"), "{err}");
 }
 
 #[test]

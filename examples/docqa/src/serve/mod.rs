@@ -29,7 +29,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use magpie_candle::LocalLlm;
 use magpie_core::{
     Answer, AnswerOptions, GenerationEvent, GenerationOptions, GenerationSummary, Generator,
     IndexingPipeline, PreparedAnswer, QueryPipeline,
@@ -47,7 +46,7 @@ use documents::Job;
 pub struct App {
     cfg: ServeConfig,
     engine: Engine,
-    llm: Arc<LocalLlm>,
+    llm: Arc<dyn Generator>,
     plugins: Option<Arc<magpie_plugins::PluginHost>>,
     /// Query embeddings of concurrent requests, computed in shared batches.
     queries: Arc<dyn magpie_core::Embedder>,
@@ -162,7 +161,7 @@ pub async fn serve(
         (None, None) => PathBuf::from(".magpie"),
     };
     let engine = Engine::open(&index, models, OpenOptions::index())?;
-    let llm = Arc::new(models.load_llm()?);
+    let llm = models.load_generator()?;
     let pipeline = engine.pipeline()?;
     let counts = (pipeline.catalog().len(), pipeline.catalog().chunk_count());
     let uploads = index.join("uploads");

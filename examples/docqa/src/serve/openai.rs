@@ -11,7 +11,7 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use magpie_core::{Embedder, FinishReason, Generator, TokenCounter};
+use magpie_core::{Embedder, FinishReason, TokenCounter};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
