@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use magpie_core::{
     Embedder, Error, FinishReason, GenerationEvent, GenerationOptions, GenerationStream,
-    GenerationSummary, Generator, Prompt, Result, Role, Timings, Usage,
+    GenerationSummary, Generator, Prompt, Result, Timings, Usage,
 };
 use serde_json::{json, Value};
 use url::Url;
@@ -143,10 +143,6 @@ impl OpenAiGenerator {
     }
 }
 
-fn role(r: Role) -> &'static str {
-    r.as_str()
-}
-
 /// Server-sent events split out of a byte stream, whatever the chunking.
 #[derive(Default)]
 struct SseLines {
@@ -199,7 +195,7 @@ impl Generator for OpenAiGenerator {
             Prompt::Text(t) => vec![json!({"role": "user", "content": t})],
             Prompt::Chat(m) => m
                 .iter()
-                .map(|m| json!({"role": role(m.role), "content": m.content}))
+                .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
                 .collect(),
         };
         let mut body = json!({

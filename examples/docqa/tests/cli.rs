@@ -4,32 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("MAGPIE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-    assert!(
-        dir.join("all-MiniLM-L6-v2/model.safetensors").exists(),
-        "models missing in {}: run scripts/test.sh, which fetches them",
-        dir.display()
-    );
-    dir
-}
-
-fn docqa(index: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_docqa"));
-    c.arg("--index")
-        .arg(index)
-        .arg("--models-dir")
-        .arg(models_dir());
-    c.env_remove("DOCQA_INDEX")
-        .env_remove("MAGPIE_EMBED_MODEL")
-        .env_remove("MAGPIE_LLM")
-        .env_remove("MAGPIE_CTX")
-        .env_remove("MAGPIE_PLUGINS")
-        .env_remove("MAGPIE_PLUGIN_CONFIG");
-    c
-}
+mod common;
+use common::{docqa, models_dir, sample};
 
 /// The bundled plugins as scripts/build_plugins.sh installs them.
 fn plugins_dir() -> PathBuf {
@@ -57,10 +33,6 @@ fn run_ok(c: &mut Command) -> Output {
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample")
 }
 
 #[test]

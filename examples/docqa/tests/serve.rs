@@ -10,48 +10,8 @@ use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("MAGPIE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models"));
-    assert!(
-        dir.join("all-MiniLM-L6-v2/model.safetensors").exists(),
-        "models missing in {}: run scripts/test.sh, which fetches them",
-        dir.display()
-    );
-    dir
-}
-
-fn sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample")
-}
-
-fn docqa(index: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_docqa"));
-    c.arg("--index")
-        .arg(index)
-        .arg("--models-dir")
-        .arg(models_dir());
-    for v in [
-        "DOCQA_INDEX",
-        "DOCQA_CONFIG",
-        "DOCQA_BIND",
-        "DOCQA_READ_KEYS",
-        "DOCQA_ADMIN_KEYS",
-        "DOCQA_WATCH",
-        "DOCQA_LLM_QUEUE",
-        "MAGPIE_EMBED_MODEL",
-        "MAGPIE_LLM",
-        "MAGPIE_CTX",
-    ] {
-        c.env_remove(v);
-    }
-    c
-}
+mod common;
+use common::{docqa, models_dir, root, sample};
 
 /// A running server; killed when dropped.
 struct Server {

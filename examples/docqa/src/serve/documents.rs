@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -60,13 +59,6 @@ pub enum JobStatus {
     Failed,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The catalog as last committed (read from disk: never waits for indexing).
 pub fn catalog(app: &App) -> Result<Catalog, ApiError> {
     Catalog::open(app.engine.dir.join("catalog.json")).map_err(ApiError::internal)
@@ -98,7 +90,7 @@ fn enqueue(
         document_id,
         error: None,
         report: None,
-        created: now(),
+        created: super::unix_now(),
     };
     {
         let mut jobs = app.jobs.lock().unwrap();
@@ -331,13 +323,10 @@ impl Loader for UploadLoader {
 #[serde(deny_unknown_fields)]
 struct NewDocument {
     text: String,
-    #[serde(default)]
     title: Option<String>,
     /// File name to show in citations (its extension picks the format).
-    #[serde(default)]
     name: Option<String>,
     /// text, markdown or html (default: from the name, else text).
-    #[serde(default)]
     format: Option<String>,
 }
 

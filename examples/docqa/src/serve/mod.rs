@@ -65,6 +65,14 @@ pub struct App {
     stopping: AtomicBool,
 }
 
+/// Seconds since the Unix epoch (job and completion timestamps).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A JSON error: `{"error": {"message", "type", "code"}}` (the OpenAI shape).
 #[derive(Debug)]
 pub struct ApiError {
@@ -513,9 +521,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 struct SearchRequest {
     #[serde(alias = "q")]
     query: String,
-    #[serde(default)]
     k: Option<usize>,
-    #[serde(default)]
     mode: Option<String>,
 }
 
@@ -592,17 +598,11 @@ async fn search(app: Arc<App>, q: SearchRequest) -> Result<Json<Value>, ApiError
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     question: String,
-    #[serde(default)]
     k: Option<usize>,
-    #[serde(default)]
     mode: Option<String>,
-    #[serde(default)]
     max_tokens: Option<usize>,
-    #[serde(default)]
     temperature: Option<f32>,
-    #[serde(default)]
     top_p: Option<f32>,
-    #[serde(default)]
     seed: Option<u64>,
     #[serde(default)]
     stream: bool,
@@ -627,9 +627,6 @@ impl App {
         req: &QueryRequest,
         stop: Vec<String>,
     ) -> Result<PreparedAnswer, ApiError> {
-        if question.trim().is_empty() {
-            return Err(ApiError::bad_request("the question is empty"));
-        }
         let mode = parse_mode(req.mode.as_deref())?;
         let k = check_k(req.k, self.cfg.answer.k)?;
         let max_tokens = req.max_tokens.unwrap_or(self.cfg.answer.max_tokens);

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,16 +16,9 @@ use serde_json::{json, Value};
 
 use super::{ApiError, ApiJson, App, QueryRequest};
 
-fn created() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// `GET /v1/models`: the language model and the embedding model.
 pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
-    let t = created();
+    let t = super::unix_now();
     Json(json!({
         "object": "list",
         "data": [
@@ -52,26 +44,17 @@ pub struct StreamOptions {
 /// The request; fields of the OpenAI API that do not apply are accepted and ignored.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
-    #[serde(default)]
     model: Option<String>,
     messages: Vec<ChatMessageIn>,
     #[serde(default)]
     stream: bool,
-    #[serde(default)]
     stream_options: Option<StreamOptions>,
-    #[serde(default)]
     max_tokens: Option<usize>,
-    #[serde(default)]
     max_completion_tokens: Option<usize>,
-    #[serde(default)]
     temperature: Option<f32>,
-    #[serde(default)]
     top_p: Option<f32>,
-    #[serde(default)]
     seed: Option<u64>,
-    #[serde(default)]
     stop: Option<Value>,
-    #[serde(default)]
     n: Option<usize>,
 }
 
@@ -160,7 +143,7 @@ pub async fn chat(
         .clone()
         .unwrap_or_else(|| app.llm.model_id().to_string());
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let t = created();
+    let t = super::unix_now();
     let turn = app.llm_turn(ticket).await?;
     if !req.stream {
         let answer = app.generate(prepared, &turn, false, |_| true).await?;
@@ -236,11 +219,8 @@ pub async fn chat(
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingsRequest {
     input: Value,
-    #[serde(default)]
     model: Option<String>,
-    #[serde(default)]
     encoding_format: Option<String>,
-    #[serde(default)]
     dimensions: Option<usize>,
 }
 
