@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::filter::Filter;
 use crate::traits::{Embedder, KeywordStore, Reranker, Retriever, VectorStore};
 use crate::types::Hit;
 
@@ -52,6 +53,12 @@ impl Retriever for DenseRetriever {
         let v = self.embedder.embed_query(query).await?;
         self.store.search(&v, k).await
     }
+
+    async fn retrieve_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        check_query(query, k)?;
+        let v = self.embedder.embed_query(query).await?;
+        self.store.search_filtered(&v, k, filter).await
+    }
 }
 
 /// BM25 search over the keyword store.
@@ -75,6 +82,11 @@ impl Retriever for KeywordRetriever {
     async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
         check_query(query, k)?;
         self.store.search(query, k).await
+    }
+
+    async fn retrieve_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        check_query(query, k)?;
+        self.store.search_filtered(query, k, filter).await
     }
 }
 
@@ -158,12 +170,18 @@ impl Retriever for HybridRetriever {
     }
 
     async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
+        self.retrieve_filtered(query, k, &Filter::none()).await
+    }
+
+    async fn retrieve_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
         check_query(query, k)?;
         let n = self.candidates.max(k);
         let futures = self.retrievers.iter().map(|(w, r)| async move {
             let span = tracing::debug_span!("retrieve", retriever = r.name());
             let _e = span.enter();
-            r.retrieve(query, n).await.map(|hits| (*w, hits))
+            r.retrieve_filtered(query, n, filter)
+                .await
+                .map(|hits| (*w, hits))
         });
         let lists = futures::future::try_join_all(futures).await?;
         let mut fused = reciprocal_rank_fusion(&lists, self.rrf_k);
@@ -203,6 +221,7 @@ pub struct QueryPipeline {
     reranker: Option<Arc<dyn Reranker>>,
     top_k: usize,
     rerank_candidates: usize,
+    filter: Filter,
 }
 
 impl QueryPipeline {
@@ -213,7 +232,14 @@ impl QueryPipeline {
             reranker: None,
             top_k: 10,
             rerank_candidates: 50,
+            filter: Filter::none(),
         }
+    }
+
+    /// Only return chunks `filter` accepts (by source, document, metadata).
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
     }
 
     /// Rerank retrieved candidates with `reranker` before cutting to `top_k`.
@@ -243,7 +269,10 @@ impl QueryPipeline {
             self.top_k
         };
         let t0 = Instant::now();
-        let mut hits = self.retriever.retrieve(query, fetch).await?;
+        let mut hits = self
+            .retriever
+            .retrieve_filtered(query, fetch, &self.filter)
+            .await?;
         let retrieval = t0.elapsed();
         let mut rerank = None;
         if let Some(r) = &self.reranker {

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::filter::{overfetch, Filter};
 use crate::types::{Chunk, Document, Hit};
 
 /// A source a loader found and can load (a file, a URL, a line of a dataset).
@@ -111,6 +112,16 @@ pub trait VectorStore: Send + Sync {
     async fn delete_chunks(&self, chunk_ids: &[String]) -> Result<()>;
     /// The `k` nearest chunks to `vector`.
     async fn search(&self, vector: &[f32], k: usize) -> Result<Vec<Hit>>;
+    /// The `k` nearest chunks to `vector` among those `filter` accepts. Stores
+    /// that filter natively override this; the default asks for more hits and
+    /// filters them here.
+    async fn search_filtered(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        if filter.is_empty() {
+            return self.search(vector, k).await;
+        }
+        filter.validate()?;
+        overfetch(k, filter, |n| self.search(vector, n)).await
+    }
     /// Make every write so far durable.
     async fn commit(&self) -> Result<()>;
     /// Every stored chunk's identity.
@@ -128,6 +139,15 @@ pub trait KeywordStore: Send + Sync {
     async fn delete_chunks(&self, chunk_ids: &[String]) -> Result<()>;
     /// The `k` best chunks for `query`, with snippets.
     async fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>>;
+    /// The `k` best chunks for `query` among those `filter` accepts (the default
+    /// asks for more hits and filters them here).
+    async fn search_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        if filter.is_empty() {
+            return self.search(query, k).await;
+        }
+        filter.validate()?;
+        overfetch(k, filter, |n| self.search(query, n)).await
+    }
     /// Make every write so far durable and visible.
     async fn commit(&self) -> Result<()>;
     /// Every stored chunk's identity.
@@ -141,6 +161,16 @@ pub trait Retriever: Send + Sync {
     fn name(&self) -> &str;
     /// The `k` best chunks for `query`, best first.
     async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<Hit>>;
+    /// The `k` best chunks for `query` that `filter` accepts, best first.
+    /// Retrievers over filtering stores override this; the default asks for
+    /// more hits and filters them here.
+    async fn retrieve_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        if filter.is_empty() {
+            return self.retrieve(query, k).await;
+        }
+        filter.validate()?;
+        overfetch(k, filter, |n| self.retrieve(query, n)).await
+    }
 }
 
 /// Reorders retrieved chunks with a finer (slower) model.

@@ -17,6 +17,11 @@ use qdrant_edge::{
 };
 use serde_json::json;
 
+pub mod remote;
+pub mod sparse;
+
+pub use remote::{QdrantHybridRetriever, QdrantKeywords, QdrantStore, RemoteConfig};
+
 /// Name of the dense vector in every point.
 pub const DENSE: &str = "dense";
 
@@ -96,6 +101,80 @@ fn doc_filter(doc_ids: &[String]) -> Filter {
         must: None,
         must_not: None,
     }
+}
+
+fn json_path(key: &str) -> Result<qdrant_edge::JsonPath> {
+    key.try_into()
+        .map_err(|_| Error::InvalidInput(format!("{key:?} is not a valid payload path")))
+}
+
+/// The edge store's form of a magpie filter (see [`magpie_core::Filter`]).
+fn edge_filter(filter: &magpie_core::Filter) -> Result<Filter> {
+    use magpie_core::Clause;
+    use qdrant_edge::external::ordered_float::OrderedFloat;
+    filter.validate()?;
+    let mut must = Vec::with_capacity(filter.clauses.len());
+    for clause in &filter.clauses {
+        match clause {
+            Clause::Eq { field, values } => {
+                let key = json_path(&field.payload_key())?;
+                let mut should = Vec::new();
+                for v in values {
+                    for variant in value_variants(v) {
+                        should.push(Condition::Field(FieldCondition::new_match(
+                            key.clone(),
+                            Match::new_value(variant),
+                        )));
+                    }
+                }
+                must.push(Condition::Filter(Filter {
+                    should: Some(should),
+                    min_should: None,
+                    must: None,
+                    must_not: None,
+                }));
+            }
+            Clause::Range {
+                field,
+                gt,
+                gte,
+                lt,
+                lte,
+            } => {
+                let key = json_path(&field.payload_key())?;
+                must.push(Condition::Field(FieldCondition::new_range(
+                    key,
+                    qdrant_edge::Range {
+                        lt: lt.map(OrderedFloat),
+                        gt: gt.map(OrderedFloat),
+                        gte: gte.map(OrderedFloat),
+                        lte: lte.map(OrderedFloat),
+                    },
+                )));
+            }
+        }
+    }
+    Ok(Filter {
+        should: None,
+        min_should: None,
+        must: Some(must),
+        must_not: None,
+    })
+}
+
+/// The typed values a filter value matches: its text, and its integer or
+/// boolean reading when it has one (the rule of [`magpie_core::Clause::Eq`]).
+fn value_variants(v: &str) -> Vec<ValueVariants> {
+    let mut out = vec![ValueVariants::String(v.to_string())];
+    if let Ok(i) = v.parse::<i64>() {
+        out.push(ValueVariants::Integer(i));
+    }
+    match v {
+        "true" => out.push(ValueVariants::Bool(true)),
+        "false" => out.push(ValueVariants::Bool(false)),
+        _ => {}
+    }
+    out
 }
 
 fn chunk_from_payload(id: &PointId, payload: Option<&Payload>) -> Result<Chunk> {
@@ -211,6 +290,47 @@ impl EdgeStore {
     }
 }
 
+impl EdgeStore {
+    /// Every chunk with its dense vector, a page at a time (for moving an
+    /// index to another store without embedding again). `offset` is the id
+    /// the previous page returned as next.
+    pub async fn scroll_page(
+        &self,
+        offset: Option<String>,
+    ) -> Result<(Vec<(Chunk, Vec<f32>)>, Option<String>)> {
+        let offset = offset.map(|o| point_id(&o)).transpose()?;
+        self.with_shard(move |s| {
+            let (records, next) = s
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(256),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(true),
+                    order_by: None,
+                })
+                .map_err(edge)?;
+            let mut out = Vec::with_capacity(records.len());
+            for r in records {
+                let chunk = chunk_from_payload(&r.id, r.payload.as_ref())?;
+                let v = match r.vector {
+                    Some(qdrant_edge::VectorStructInternal::Named(mut m)) => {
+                        match m.remove(DENSE) {
+                            Some(qdrant_edge::VectorInternal::Dense(d)) => d,
+                            _ => return Err(err(QdrantStoreError::Payload(r.id.to_string()))),
+                        }
+                    }
+                    Some(qdrant_edge::VectorStructInternal::Single(d)) => d,
+                    _ => return Err(err(QdrantStoreError::Payload(r.id.to_string()))),
+                };
+                out.push((chunk, v));
+            }
+            Ok((out, next.map(|n| n.to_string())))
+        })
+        .await
+    }
+}
+
 impl Drop for EdgeStore {
     fn drop(&mut self) {
         if let Ok(mut g) = self.shard.lock() {
@@ -296,6 +416,21 @@ impl VectorStore for EdgeStore {
     }
 
     async fn search(&self, vector: &[f32], k: usize) -> Result<Vec<Hit>> {
+        self.search_filtered(vector, k, &magpie_core::Filter::none())
+            .await
+    }
+
+    async fn search_filtered(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: &magpie_core::Filter,
+    ) -> Result<Vec<Hit>> {
+        let filter = if filter.is_empty() {
+            None
+        } else {
+            Some(edge_filter(filter)?)
+        };
         if vector.len() != self.dim {
             return Err(err(QdrantStoreError::BadVector {
                 index: 0,
@@ -311,7 +446,7 @@ impl VectorStore for EdgeStore {
                         query: Vector::new_dense(v).into(),
                         using: Some(DENSE.into()),
                     }),
-                    filter: None,
+                    filter,
                     params: None,
                     limit: k,
                     offset: 0,

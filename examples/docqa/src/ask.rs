@@ -23,6 +23,9 @@ pub struct AskArgs {
     /// Passages retrieved before packing them into the prompt.
     #[arg(short, default_value_t = 6)]
     pub k: usize,
+    /// Only use passages that pass this filter (as `docqa search --filter`; repeatable).
+    #[arg(long = "filter", value_name = "CLAUSE")]
+    pub filters: Vec<String>,
     /// Most tokens in the answer.
     #[arg(long, default_value_t = 200)]
     pub max_tokens: usize,
@@ -67,7 +70,9 @@ pub async fn ask(
     let engine = Engine::open(index, models, OpenOptions::search())?;
     let llm = models.load_generator()?;
     let llm = llm.as_ref();
-    let pipeline = QueryPipeline::new(engine.retriever(args.mode)).top_k(args.k);
+    let pipeline = QueryPipeline::new(engine.retriever(args.mode))
+        .top_k(args.k)
+        .filter(magpie_core::Filter::parse_all(&args.filters)?);
     let opts = AnswerOptions {
         k: args.k,
         max_context_tokens: args.context_tokens,

@@ -10,7 +10,7 @@ use magpie_core::{
     KeywordStore, Retriever, Splitter, VectorStore,
 };
 use magpie_files::TokenSplitter;
-use magpie_qdrant::EdgeStore;
+use magpie_qdrant::{EdgeStore, QdrantHybridRetriever, QdrantKeywords, QdrantStore, RemoteConfig};
 use magpie_tantivy::TantivyStore;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,63 @@ pub struct IndexSettings {
     pub dimension: usize,
     pub chunk_tokens: usize,
     pub overlap_tokens: usize,
+    /// Where the vectors live: absent for the embedded stores under the index
+    /// directory, else a Qdrant URL (`qdrant+grpc://host:6334/collection`, no key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+}
+
+/// Which store an index uses: the embedded pair, or a Qdrant collection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSpec {
+    /// qdrant-edge and tantivy under the index directory.
+    Embedded,
+    /// A Qdrant server or cluster.
+    Remote(RemoteConfig),
+}
+
+impl StoreSpec {
+    /// Parse `embedded` or a `qdrant+grpc(s)://` URL.
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s.is_empty() || s == "embedded" {
+            return Ok(StoreSpec::Embedded);
+        }
+        if RemoteConfig::is_remote(s) {
+            return Ok(StoreSpec::Remote(RemoteConfig::parse(s)?));
+        }
+        bail!(
+            "store {s:?} is not known: use `embedded` (the default, under --index) or \
+             qdrant+grpc://HOST:6334/COLLECTION (qdrant+grpcs:// for TLS)"
+        )
+    }
+
+    /// As recorded in `magpie.json` (`None` for embedded).
+    pub fn recorded(&self) -> Option<String> {
+        match self {
+            StoreSpec::Embedded => None,
+            StoreSpec::Remote(c) => Some(c.display_url()),
+        }
+    }
+
+    /// For messages.
+    pub fn describe(&self) -> String {
+        self.recorded().unwrap_or_else(|| "embedded".into())
+    }
+}
+
+/// Run `f` to completion from synchronous code inside the runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(f))
+        }
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(f),
+    }
 }
 
 /// Retrieval mode for `search` and `eval`.
@@ -75,6 +132,13 @@ pub struct ModelArgs {
     /// Context window of the language model in tokens (default: the model's, at most 4096).
     #[arg(long, global = true, env = "MAGPIE_CTX")]
     pub ctx: Option<usize>,
+    /// Where the index keeps its vectors: `embedded` (qdrant-edge and tantivy
+    /// under --index, the default) or a Qdrant server or cluster,
+    /// `qdrant+grpc://HOST:6334/COLLECTION[?shards=N&replication=N&write_consistency=N&ordering=weak|medium|strong]`
+    /// (`qdrant+grpcs://` for TLS; API key in QDRANT_API_KEY). Chosen when the
+    /// index is created and recorded in it; `docqa store copy` moves it.
+    #[arg(long, global = true, env = "MAGPIE_STORE")]
+    pub store: Option<String>,
 }
 
 impl ModelArgs {
@@ -174,8 +238,10 @@ pub struct Engine {
     pub dir: PathBuf,
     pub settings: IndexSettings,
     pub embedder: Arc<BertEmbedder>,
-    pub vectors: Arc<EdgeStore>,
-    pub keywords: Arc<TantivyStore>,
+    pub vectors: Arc<dyn VectorStore>,
+    pub keywords: Arc<dyn KeywordStore>,
+    /// The Qdrant collection, when the index lives in one.
+    pub remote: Option<Arc<QdrantStore>>,
 }
 
 #[derive(Default)]
@@ -186,6 +252,8 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Weight of title matches in BM25 (default: the store's).
     pub title_boost: Option<f32>,
+    /// The store asked for (`--store`); default: the one the index records.
+    pub store: Option<String>,
 }
 
 impl OpenOptions {
@@ -209,19 +277,7 @@ impl OpenOptions {
 impl Engine {
     pub fn open(dir: &Path, models: &ModelArgs, opts: OpenOptions) -> Result<Self> {
         let settings_path = dir.join("magpie.json");
-        let existing: Option<IndexSettings> = match std::fs::read(&settings_path) {
-            Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
-                format!(
-                    "{} is damaged; remove {} and index again",
-                    settings_path.display(),
-                    dir.display()
-                )
-            })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading {}", settings_path.display()))
-            }
-        };
+        let existing = read_settings(dir)?;
         if existing.is_none() && !opts.create {
             bail!(
                 "no index at {}: run `docqa index <path>` first (or pass --index <dir>)",
@@ -264,29 +320,65 @@ impl Engine {
                     dimension: embedder.dimension(),
                     chunk_tokens: opts.chunk_tokens.unwrap_or(200),
                     overlap_tokens: opts.overlap_tokens.unwrap_or(40),
+                    store: match opts.store.as_deref().or(models.store.as_deref()) {
+                        Some(s) => StoreSpec::parse(s)?.recorded(),
+                        None => None,
+                    },
                 };
-                magpie_core::atomic_write(&settings_path, &serde_json::to_vec_pretty(&s)?)?;
                 s
             }
         };
-        let vectors = Arc::new(EdgeStore::open(dir.join("vectors"), settings.dimension)?);
-        let keywords = if opts.read_only {
-            TantivyStore::open_read_only(dir.join("keywords"))?
-        } else {
-            TantivyStore::open(dir.join("keywords"))?
+        let new_index = !settings_path.exists();
+        let spec = resolve_store(
+            dir,
+            &settings,
+            opts.store.as_deref().or(models.store.as_deref()),
+        )?;
+        let (vectors, keywords, remote) = match spec {
+            StoreSpec::Embedded => {
+                let vectors = Arc::new(EdgeStore::open(dir.join("vectors"), settings.dimension)?);
+                let keywords = if opts.read_only {
+                    TantivyStore::open_read_only(dir.join("keywords"))?
+                } else {
+                    TantivyStore::open(dir.join("keywords"))?
+                };
+                let keywords = Arc::new(
+                    keywords.with_title_boost(
+                        opts.title_boost
+                            .unwrap_or(magpie_tantivy::DEFAULT_TITLE_BOOST),
+                    ),
+                );
+                (
+                    vectors as Arc<dyn VectorStore>,
+                    keywords as Arc<dyn KeywordStore>,
+                    None,
+                )
+            }
+            StoreSpec::Remote(cfg) => {
+                let url = cfg.display_url();
+                let store = Arc::new(
+                    block_on(QdrantStore::connect(cfg, settings.dimension))
+                        .with_context(|| format!("opening the Qdrant store {url}"))?,
+                );
+                tracing::info!(%url, "vectors in Qdrant");
+                (
+                    store.clone() as Arc<dyn VectorStore>,
+                    Arc::new(QdrantKeywords(store.clone())) as Arc<dyn KeywordStore>,
+                    Some(store),
+                )
+            }
         };
-        let keywords = Arc::new(
-            keywords.with_title_boost(
-                opts.title_boost
-                    .unwrap_or(magpie_tantivy::DEFAULT_TITLE_BOOST),
-            ),
-        );
+        if new_index {
+            // Recorded once the stores opened, so a mistyped store URL leaves no index behind.
+            magpie_core::atomic_write(&settings_path, &serde_json::to_vec_pretty(&settings)?)?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             settings,
             embedder,
             vectors,
             keywords,
+            remote,
         })
     }
 
@@ -303,14 +395,14 @@ impl Engine {
         Ok(IndexingPipeline::new(
             self.splitter(),
             self.embedder.clone() as Arc<dyn Embedder>,
-            self.vectors.clone() as Arc<dyn VectorStore>,
-            self.keywords.clone() as Arc<dyn KeywordStore>,
+            self.vectors.clone(),
+            self.keywords.clone(),
             catalog,
         ))
     }
 
     pub fn bm25(&self) -> KeywordRetriever {
-        KeywordRetriever::new(self.keywords.clone() as Arc<dyn KeywordStore>)
+        KeywordRetriever::new(self.keywords.clone())
     }
 
     pub fn retriever(&self, mode: Mode) -> Arc<dyn Retriever> {
@@ -319,19 +411,61 @@ impl Engine {
 
     /// A retriever whose queries are embedded by `queries` (the server's batching embedder).
     pub fn retriever_with(&self, mode: Mode, queries: Arc<dyn Embedder>) -> Arc<dyn Retriever> {
-        let dense = || {
-            DenseRetriever::new(
-                queries.clone(),
-                self.vectors.clone() as Arc<dyn VectorStore>,
-            )
-        };
+        let dense = || DenseRetriever::new(queries.clone(), self.vectors.clone());
         match mode {
             Mode::Dense => Arc::new(dense()),
             Mode::Bm25 => Arc::new(self.bm25()),
+            // A cluster fuses dense and BM25 itself, in one request.
+            Mode::Hybrid if self.remote.is_some() => Arc::new(QdrantHybridRetriever::new(
+                queries,
+                self.remote.clone().expect("checked"),
+            )),
             Mode::Hybrid => Arc::new(HybridRetriever::new(vec![
                 Arc::new(dense()) as Arc<dyn Retriever>,
                 Arc::new(self.bm25()) as Arc<dyn Retriever>,
             ])),
         }
     }
+}
+
+/// The settings of the index in `dir`, if there is one.
+pub fn read_settings(dir: &Path) -> Result<Option<IndexSettings>> {
+    let settings_path = dir.join("magpie.json");
+    match std::fs::read(&settings_path) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+            format!(
+                "{} is damaged; remove {} and index again",
+                settings_path.display(),
+                dir.display()
+            )
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", settings_path.display())),
+    }
+}
+
+/// The store an index uses: `--store` when given (it must match what the index
+/// records), else the recorded one.
+fn resolve_store(dir: &Path, settings: &IndexSettings, asked: Option<&str>) -> Result<StoreSpec> {
+    let recorded = match &settings.store {
+        Some(url) => StoreSpec::parse(url)?,
+        None => StoreSpec::Embedded,
+    };
+    let Some(asked) = asked else {
+        return Ok(recorded);
+    };
+    let asked = StoreSpec::parse(asked)?;
+    if asked.recorded() != recorded.recorded() {
+        bail!(
+            "the index at {} keeps its vectors in {}, not {}; to move it there, run \
+             `docqa --index {} store copy --to {}`",
+            dir.display(),
+            recorded.describe(),
+            asked.describe(),
+            dir.display(),
+            asked.describe()
+        );
+    }
+    // Same place; the flag's options (ordering, batch size, retries) apply.
+    Ok(asked)
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use magpie_core::metrics::{docs_by_best_chunk, mrr_at, ndcg_at, recall_at};
-use magpie_core::{reciprocal_rank_fusion, Embedder, Hit, KeywordStore, RunOptions, VectorStore};
+use magpie_core::{reciprocal_rank_fusion, Embedder, Hit, RunOptions};
 use magpie_files::JsonlLoader;
 use serde::Serialize;
 

@@ -11,6 +11,7 @@ mod models;
 mod plugins;
 mod progress;
 mod serve;
+mod store;
 mod watch;
 
 use std::path::PathBuf;
@@ -124,7 +125,9 @@ and oversized files are skipped with a reason, and the run goes on.")]
 Examples:
   docqa search \"install on linux\"
   docqa search \"error E0502\" --mode bm25 -k 3
-  docqa search \"中文查询\" --json")]
+  docqa search \"中文查询\" --json
+  docqa search \"ownership\" --filter source=book/ch04.md
+  docqa search \"trial results\" --filter meta.year>=2020 --filter 'meta.lang=en|de'")]
     Search {
         /// What to look for.
         query: String,
@@ -134,6 +137,10 @@ Examples:
         /// Number of results.
         #[arg(short, default_value_t = 5)]
         k: usize,
+        /// Only chunks that pass: `source=PATH`, `doc=ID`, `meta.NAME=V` (`a|b` for any
+        /// of), `meta.NAME>=N` (also >, <, <=). Repeat to require several.
+        #[arg(long = "filter", value_name = "CLAUSE")]
+        filters: Vec<String>,
         /// Print results as JSON.
         #[arg(long)]
         json: bool,
@@ -182,6 +189,9 @@ always check the sources.")]
     /// Manage the local models.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Where the index keeps its vectors; move it between embedded and a Qdrant cluster.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Measure speed (see BENCHMARKS.md for the side-by-side scripts).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -238,6 +248,13 @@ file looks like:
 Without keys the server only listens on loopback addresses. Ctrl-C or SIGTERM stops it
 gracefully: uploads already acknowledged are indexed at the next start if not before.")]
     Serve(serve::config::ServeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Copy the index's chunks and vectors to another store (no embedding again), check
+    /// the copy, and switch the index to it.
+    Copy(store::CopyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -477,10 +494,14 @@ async fn run(cli: Cli) -> Result<()> {
             query,
             mode,
             k,
+            filters,
             json,
         } => {
+            let filter = magpie_core::Filter::parse_all(filters)?;
             let engine = Engine::open(&cli.index, &cli.models, OpenOptions::search())?;
-            let pipeline = QueryPipeline::new(engine.retriever(*mode)).top_k(*k);
+            let pipeline = QueryPipeline::new(engine.retriever(*mode))
+                .top_k(*k)
+                .filter(filter);
             let result = pipeline.search(query).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&result)?);
@@ -552,6 +573,7 @@ async fn run(cli: Cli) -> Result<()> {
             eval::run(args, explicit.then_some(cli.index.as_path()), &cli.models).await?;
         }
         Command::Eval(EvalCommand::Qa(args)) => eval_qa::run(args, &cli.models).await?,
+        Command::Store(StoreCommand::Copy(args)) => store::copy(&cli.index, args).await?,
         Command::Models(ModelsCommand::Fetch { which, force }) => {
             models::fetch(&cli.models.models_dir, *which, *force).context("fetching models")?;
         }

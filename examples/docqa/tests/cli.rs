@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{docqa, models_dir, sample};
+use common::{docqa, json, models_dir, run_ok, sample};
 
 /// The bundled plugins as scripts/build_plugins.sh installs them.
 fn plugins_dir() -> PathBuf {
@@ -16,23 +16,6 @@ fn plugins_dir() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-fn run_ok(c: &mut Command) -> Output {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?} failed:\nstdout: {}\nstderr: {}",
-        c,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[test]

@@ -523,6 +523,31 @@ struct SearchRequest {
     query: String,
     k: Option<usize>,
     mode: Option<String>,
+    filter: Option<FilterSpec>,
+}
+
+/// Filter clauses (`source=…`, `doc=…`, `meta.NAME=…`, `meta.NAME>=N`): a list,
+/// or one string with clauses separated by `;` (handy in a query string).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FilterSpec {
+    /// Clauses in one string, `;`-separated.
+    One(String),
+    /// One clause per item.
+    Many(Vec<String>),
+}
+
+fn parse_filter(f: Option<&FilterSpec>) -> Result<magpie_core::Filter, ApiError> {
+    let clauses: Vec<String> = match f {
+        None => vec![],
+        Some(FilterSpec::One(s)) => s
+            .split(';')
+            .filter(|c| !c.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+        Some(FilterSpec::Many(v)) => v.clone(),
+    };
+    magpie_core::Filter::parse_all(clauses).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn parse_mode(m: Option<&str>) -> Result<Mode, ApiError> {
@@ -565,7 +590,10 @@ async fn search(app: Arc<App>, q: SearchRequest) -> Result<Json<Value>, ApiError
     }
     let mode = parse_mode(q.mode.as_deref())?;
     let k = check_k(q.k, 5)?;
-    let pipeline = QueryPipeline::new(app.retriever(mode)).top_k(k);
+    let filter = parse_filter(q.filter.as_ref())?;
+    let pipeline = QueryPipeline::new(app.retriever(mode))
+        .top_k(k)
+        .filter(filter);
     let result = pipeline.search(&q.query).await?;
     let hits: Vec<Value> = result
         .hits
@@ -609,6 +637,8 @@ pub struct QueryRequest {
     /// Let the model call the plugins' tools while it answers.
     #[serde(default)]
     tools: bool,
+    /// Only answer from passages that pass this filter.
+    filter: Option<FilterSpec>,
 }
 
 /// Most tokens one answer may ask for.
@@ -650,7 +680,9 @@ impl App {
             few_shot: true,
             generation,
         };
-        let pipeline = QueryPipeline::new(self.retriever(mode)).top_k(k);
+        let pipeline = QueryPipeline::new(self.retriever(mode))
+            .top_k(k)
+            .filter(parse_filter(req.filter.as_ref())?);
         Ok(pipeline
             .prepare_answer(question, self.llm.as_ref(), &opts)
             .await?)

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -50,8 +50,29 @@ pub fn docqa(index: &Path) -> Command {
         "MAGPIE_CTX",
         "MAGPIE_PLUGINS",
         "MAGPIE_PLUGIN_CONFIG",
+        "MAGPIE_STORE",
+        "QDRANT_API_KEY",
     ] {
         c.env_remove(v);
     }
     c
+}
+
+/// Run, and fail the test with both outputs unless it succeeded.
+pub fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed:\nstdout: {}\nstderr: {}",
+        c,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Its standard output as JSON.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }

@@ -1,0 +1,462 @@
+//! Filters on chunks: by source, by document, by metadata field (equality or
+//! numeric range). One syntax for every store; each store turns a [`Filter`]
+//! into its own query, and [`Filter::matches`] is the reference semantics.
+//!
+//! ```
+//! use magpie_core::Filter;
+//! let f = Filter::parse_all(["source=guide.md", "meta.year>=2020", "meta.lang=en|fr"]).unwrap();
+//! assert_eq!(f.clauses.len(), 3);
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::types::Chunk;
+
+/// What a clause looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterField {
+    /// The chunk's source (the document's uri: relative path or URL).
+    Source,
+    /// The chunk's document id.
+    Doc,
+    /// A metadata field of the document (`meta.<name>`).
+    Meta(String),
+}
+
+impl FilterField {
+    /// Where the field sits in a stored point's payload (both Qdrant stores).
+    pub fn payload_key(&self) -> String {
+        match self {
+            FilterField::Source => "source".into(),
+            FilterField::Doc => "doc_id".into(),
+            FilterField::Meta(name) => format!("chunk.metadata.{name}"),
+        }
+    }
+}
+
+impl fmt::Display for FilterField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FilterField::Source => f.write_str("source"),
+            FilterField::Doc => f.write_str("doc"),
+            FilterField::Meta(n) => write!(f, "meta.{n}"),
+        }
+    }
+}
+
+/// One condition; a [`Filter`] holds when all of its clauses do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Clause {
+    /// The field equals one of `values`. A value matches a text field with the
+    /// same text, an integer field with the same number (when it parses as an
+    /// integer) and a boolean field (`true`/`false`). A list field matches when
+    /// any element does.
+    Eq {
+        /// The field.
+        field: FilterField,
+        /// Accepted values (any of).
+        values: Vec<String>,
+    },
+    /// The field is a number within the bounds (each optional, at least one set).
+    Range {
+        /// The field.
+        field: FilterField,
+        /// Greater than.
+        gt: Option<f64>,
+        /// Greater than or equal.
+        gte: Option<f64>,
+        /// Less than.
+        lt: Option<f64>,
+        /// Less than or equal.
+        lte: Option<f64>,
+    },
+}
+
+/// A conjunction of clauses; the empty filter accepts everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Filter {
+    /// All must hold.
+    pub clauses: Vec<Clause>,
+}
+
+const SYNTAX: &str = "write FIELD=VALUE (several values: a|b), or FIELD>N, FIELD>=N, FIELD<N, \
+                      FIELD<=N, where FIELD is source, doc or meta.NAME";
+
+fn parse_field(s: &str) -> Result<FilterField> {
+    let s = s.trim();
+    match s {
+        "source" => Ok(FilterField::Source),
+        "doc" | "doc_id" => Ok(FilterField::Doc),
+        _ => match s.strip_prefix("meta.") {
+            Some(name)
+                if !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
+                Ok(FilterField::Meta(name.to_string()))
+            }
+            _ => Err(Error::InvalidInput(format!(
+                "filter field {s:?} is not known: use source, doc or meta.NAME \
+                 (NAME of letters, digits, '_' or '-')"
+            ))),
+        },
+    }
+}
+
+fn int_of(v: &str) -> Option<i64> {
+    v.trim().parse::<i64>().ok()
+}
+
+fn json_matches(v: &serde_json::Value, wanted: &str) -> bool {
+    match v {
+        serde_json::Value::String(s) => s == wanted,
+        serde_json::Value::Number(n) => n.as_i64().is_some() && n.as_i64() == int_of(wanted),
+        serde_json::Value::Bool(b) => wanted == if *b { "true" } else { "false" },
+        serde_json::Value::Array(items) => items.iter().any(|i| json_matches(i, wanted)),
+        _ => false,
+    }
+}
+
+fn in_range(x: f64, gt: Option<f64>, gte: Option<f64>, lt: Option<f64>, lte: Option<f64>) -> bool {
+    gt.is_none_or(|b| x > b)
+        && gte.is_none_or(|b| x >= b)
+        && lt.is_none_or(|b| x < b)
+        && lte.is_none_or(|b| x <= b)
+}
+
+fn json_in_range(
+    v: &serde_json::Value,
+    gt: Option<f64>,
+    gte: Option<f64>,
+    lt: Option<f64>,
+    lte: Option<f64>,
+) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| in_range(x, gt, gte, lt, lte)),
+        serde_json::Value::Array(items) => items.iter().any(|i| json_in_range(i, gt, gte, lt, lte)),
+        _ => false,
+    }
+}
+
+impl Clause {
+    /// Parse one clause: `source=a.md`, `doc=ID`, `meta.lang=en|fr`, `meta.year>=2020`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "the filter is empty: {SYNTAX}"
+            )));
+        }
+        for op in [">=", "<=", ">", "<"] {
+            if let Some((f, v)) = t.split_once(op) {
+                let field = parse_field(f)?;
+                let n: f64 = v.trim().parse().map_err(|_| {
+                    Error::InvalidInput(format!(
+                        "filter {t:?}: {:?} is not a number; ranges compare numbers",
+                        v.trim()
+                    ))
+                })?;
+                if !n.is_finite() {
+                    return Err(Error::InvalidInput(format!(
+                        "filter {t:?}: the bound must be a finite number"
+                    )));
+                }
+                let (mut gt, mut gte, mut lt, mut lte) = (None, None, None, None);
+                match op {
+                    ">=" => gte = Some(n),
+                    "<=" => lte = Some(n),
+                    ">" => gt = Some(n),
+                    _ => lt = Some(n),
+                }
+                return Ok(Clause::Range {
+                    field,
+                    gt,
+                    gte,
+                    lt,
+                    lte,
+                });
+            }
+        }
+        if let Some((f, v)) = t.split_once('=') {
+            let field = parse_field(f)?;
+            let values: Vec<String> = v.split('|').map(|s| s.trim().to_string()).collect();
+            if values.iter().any(String::is_empty) {
+                return Err(Error::InvalidInput(format!(
+                    "filter {t:?} has an empty value: {SYNTAX}"
+                )));
+            }
+            return Ok(Clause::Eq { field, values });
+        }
+        Err(Error::InvalidInput(format!(
+            "filter {t:?} has no operator: {SYNTAX}"
+        )))
+    }
+
+    /// Whether `chunk` satisfies the clause.
+    pub fn matches(&self, chunk: &Chunk) -> bool {
+        match self {
+            Clause::Eq { field, values } => match field {
+                FilterField::Source => values.iter().any(|v| *v == chunk.source),
+                FilterField::Doc => values.iter().any(|v| *v == chunk.doc_id),
+                FilterField::Meta(n) => chunk
+                    .metadata
+                    .get(n)
+                    .is_some_and(|j| values.iter().any(|v| json_matches(j, v))),
+            },
+            Clause::Range {
+                field,
+                gt,
+                gte,
+                lt,
+                lte,
+            } => match field {
+                FilterField::Meta(n) => chunk
+                    .metadata
+                    .get(n)
+                    .is_some_and(|j| json_in_range(j, *gt, *gte, *lt, *lte)),
+                // Source and document id are text: no range holds.
+                _ => false,
+            },
+        }
+    }
+
+    /// Check the clause can be used (ranges are for metadata and have a bound).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Clause::Eq { values, .. } if values.is_empty() => Err(Error::InvalidInput(
+                "a filter clause needs at least one value".into(),
+            )),
+            Clause::Range {
+                field,
+                gt,
+                gte,
+                lt,
+                lte,
+            } => {
+                if !matches!(field, FilterField::Meta(_)) {
+                    return Err(Error::InvalidInput(format!(
+                        "{field} is text: ranges work on numeric meta.NAME fields"
+                    )));
+                }
+                let bounds = [gt, gte, lt, lte];
+                if bounds.iter().all(|b| b.is_none()) {
+                    return Err(Error::InvalidInput(format!(
+                        "the range on {field} has no bound"
+                    )));
+                }
+                if bounds.iter().any(|b| b.is_some_and(|x| !x.is_finite())) {
+                    return Err(Error::InvalidInput(format!(
+                        "the range on {field} has a bound that is not a finite number"
+                    )));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Filter {
+    /// The filter that accepts every chunk.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Parse clauses (all must hold), as given to `--filter` or the HTTP API.
+    pub fn parse_all<I, S>(clauses: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let clauses = clauses
+            .into_iter()
+            .map(|c| Clause::parse(c.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let f = Self { clauses };
+        f.validate()?;
+        Ok(f)
+    }
+
+    /// Add a clause.
+    pub fn and(mut self, clause: Clause) -> Self {
+        self.clauses.push(clause);
+        self
+    }
+
+    /// True when the filter accepts everything.
+    pub fn is_empty(&self) -> bool {
+        self.clauses.is_empty()
+    }
+
+    /// Whether `chunk` satisfies every clause.
+    pub fn matches(&self, chunk: &Chunk) -> bool {
+        self.clauses.iter().all(|c| c.matches(chunk))
+    }
+
+    /// Check every clause (used by stores before building a query).
+    pub fn validate(&self) -> Result<()> {
+        self.clauses.iter().try_for_each(Clause::validate)
+    }
+
+    /// Metadata fields the filter uses.
+    pub fn meta_fields(&self) -> impl Iterator<Item = &str> {
+        self.clauses.iter().filter_map(|c| match c {
+            Clause::Eq {
+                field: FilterField::Meta(n),
+                ..
+            }
+            | Clause::Range {
+                field: FilterField::Meta(n),
+                ..
+            } => Some(n.as_str()),
+            _ => None,
+        })
+    }
+}
+
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .clauses
+            .iter()
+            .map(|c| match c {
+                Clause::Eq { field, values } => format!("{field}={}", values.join("|")),
+                Clause::Range {
+                    field,
+                    gt,
+                    gte,
+                    lt,
+                    lte,
+                } => {
+                    let mut s = Vec::new();
+                    for (op, b) in [(">", gt), (">=", gte), ("<", lt), ("<=", lte)] {
+                        if let Some(b) = b {
+                            s.push(format!("{field}{op}{b}"));
+                        }
+                    }
+                    s.join(" ")
+                }
+            })
+            .collect();
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// Retrieve with a store that cannot filter: ask for more and more hits until
+/// `k` pass the filter or the store has no more.
+pub async fn overfetch<F, Fut>(k: usize, filter: &Filter, mut fetch: F) -> Result<Vec<crate::Hit>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<crate::Hit>>>,
+{
+    let mut n = k.saturating_mul(4).max(32);
+    loop {
+        let hits = fetch(n).await?;
+        let exhausted = hits.len() < n;
+        let kept: Vec<_> = hits
+            .into_iter()
+            .filter(|h| filter.matches(&h.chunk))
+            .collect();
+        if kept.len() >= k || exhausted || n >= OVERFETCH_CAP {
+            return Ok(kept.into_iter().take(k).collect());
+        }
+        n = (n * 4).min(OVERFETCH_CAP);
+    }
+}
+
+/// The most hits [`overfetch`] asks a store for.
+pub const OVERFETCH_CAP: usize = 20_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Span;
+
+    fn chunk(source: &str, meta: serde_json::Value) -> Chunk {
+        Chunk {
+            id: "c".into(),
+            doc_id: "d1".into(),
+            doc_hash: "h".into(),
+            source: source.into(),
+            index: 0,
+            text: "t".into(),
+            span: Span::default(),
+            heading_path: vec![],
+            title: None,
+            metadata: serde_json::from_value(meta).unwrap(),
+        }
+    }
+
+    #[test]
+    fn parses_every_form() {
+        let f = Filter::parse_all([
+            "source = a.md",
+            "doc=d1",
+            "meta.lang=en|fr",
+            "meta.year>=2020",
+            "meta.year<2024.5",
+        ])
+        .unwrap();
+        assert_eq!(f.clauses.len(), 5);
+        assert_eq!(
+            f.clauses[2],
+            Clause::Eq {
+                field: FilterField::Meta("lang".into()),
+                values: vec!["en".into(), "fr".into()]
+            }
+        );
+        assert!(matches!(f.clauses[3], Clause::Range { gte: Some(x), .. } if x == 2020.0));
+        assert_eq!(
+            f.to_string(),
+            "source=a.md doc=d1 meta.lang=en|fr meta.year>=2020 meta.year<2024.5"
+        );
+    }
+
+    #[test]
+    fn bad_filters_say_what_to_write() {
+        for (bad, says) in [
+            ("", "empty"),
+            ("year=1", "not known"),
+            ("meta.=1", "not known"),
+            ("meta.a b=1", "not known"),
+            ("meta.year>abc", "not a number"),
+            ("meta.year>inf", "finite"),
+            ("source", "no operator"),
+            ("meta.x=a||b", "empty value"),
+            ("source>3", "ranges work on numeric"),
+        ] {
+            let e = Filter::parse_all([bad]).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn matching_follows_the_documented_rules() {
+        let c = chunk(
+            "a.md",
+            serde_json::json!({"year": 2021, "lang": "en", "tags": ["x", "y"], "draft": false, "code": "2021"}),
+        );
+        let yes = |s: &[&str]| Filter::parse_all(s.iter().copied()).unwrap().matches(&c);
+        assert!(yes(&[]));
+        assert!(yes(&["source=a.md", "doc=d1"]));
+        assert!(!yes(&["source=b.md"]));
+        assert!(yes(&["meta.lang=fr|en"]));
+        assert!(yes(&["meta.year=2021"]), "integer field, integer value");
+        assert!(yes(&["meta.code=2021"]), "text field, same text");
+        assert!(yes(&["meta.tags=y"]), "any element of a list");
+        assert!(yes(&["meta.draft=false"]));
+        assert!(yes(&["meta.year>=2021", "meta.year<2022"]));
+        assert!(!yes(&["meta.year>2021"]));
+        assert!(
+            !yes(&["meta.code>2000"]),
+            "ranges compare numbers, not text"
+        );
+        assert!(!yes(&["meta.missing=1"]));
+    }
+}

@@ -1,0 +1,223 @@
+//! The embedded and the remote store answer alike: SciFact's 300 test queries,
+//! dense top-10 documents from qdrant-edge against those from a Qdrant
+//! collection, same vectors (needs ../shared/data; skipped loudly without it).
+//!
+//! The remote side is the in-memory stand-in server (exact search), and also a
+//! real Qdrant when `QDRANT_URL` is set. Without QDRANT_URL the corpus is the
+//! documents the test queries judge plus others up to 1,000 (embedding all
+//! 5,183 abstracts takes minutes); with it, or MAGPIE_SCIFACT_FULL=1, all of them.
+//! Also printed: nDCG@10 of each path, dense, BM25 and hybrid (the embedded
+//! hybrid fuses edge and tantivy in magpie; the remote one is fused by the server).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use magpie_candle::BertEmbedder;
+use magpie_core::metrics::{docs_by_best_chunk, ndcg_at};
+use magpie_core::{
+    chunk_id_for, reciprocal_rank_fusion, Chunk, Embedder, Filter, KeywordStore, Span, VectorStore,
+};
+use magpie_qdrant::{EdgeStore, QdrantStore, RemoteConfig};
+use magpie_tantivy::TantivyStore;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scifact_dense_top10_agrees_between_embedded_and_remote() {
+    let Some(dir) = magpie_tests::shared_data("scifact") else {
+        return;
+    };
+    let real = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty());
+    let full = real.is_some() || std::env::var("MAGPIE_SCIFACT_FULL").is_ok_and(|v| v == "1");
+
+    // Judgements and queries.
+    let mut rel: HashMap<String, HashMap<String, i32>> = HashMap::new();
+    for line in std::fs::read_to_string(dir.join("qrels/test.tsv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+    {
+        let c: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
+        if c.len() == 3 {
+            rel.entry(c[0].into())
+                .or_default()
+                .insert(c[1].into(), c[2].trim().parse().unwrap());
+        }
+    }
+    let judged: HashSet<&String> = rel.values().flat_map(|m| m.keys()).collect();
+    let mut queries = Vec::new();
+    for line in std::fs::read_to_string(dir.join("queries.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let q: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = q["_id"].as_str().unwrap().to_string();
+        if rel.contains_key(&id) {
+            queries.push((id, q["text"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(queries.len(), 300);
+
+    // The corpus: one chunk per abstract (title and text).
+    let mut chunks = Vec::new();
+    let mut others = 0;
+    for line in std::fs::read_to_string(dir.join("corpus.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let d: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = d["_id"].as_str().unwrap().to_string();
+        if !full && !judged.contains(&id) {
+            if others + judged.len() >= 1000 {
+                continue;
+            }
+            others += 1;
+        }
+        let text = format!(
+            "{}\n{}",
+            d["title"].as_str().unwrap_or(""),
+            d["text"].as_str().unwrap_or("")
+        );
+        chunks.push(Chunk {
+            id: chunk_id_for(&id, "scifact", 0),
+            doc_id: id.clone(),
+            doc_hash: "scifact".into(),
+            source: id,
+            index: 0,
+            span: Span {
+                byte_end: text.len(),
+                ..Default::default()
+            },
+            text,
+            heading_path: vec![],
+            title: None,
+            metadata: Default::default(),
+        });
+    }
+    eprintln!(
+        "SciFact store parity: {} documents, {} queries",
+        chunks.len(),
+        queries.len()
+    );
+
+    let embedder = Arc::new(BertEmbedder::load(magpie_tests::minilm_dir()).unwrap());
+    let dim = embedder.dimension();
+    let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(64) {
+        vectors.extend(embedder.embed(batch).await.unwrap());
+    }
+    let mut qvecs = Vec::new();
+    for (_, q) in &queries {
+        qvecs.push(embedder.embed_query(q).await.unwrap());
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = EdgeStore::open(tmp.path().join("vectors"), dim).unwrap();
+    let tantivy = TantivyStore::open(tmp.path().join("keywords")).unwrap();
+    for (c, v) in chunks.chunks(256).zip(vectors.chunks(256)) {
+        edge.upsert(c, v).await.unwrap();
+        tantivy.upsert(c).await.unwrap();
+    }
+    edge.commit().await.unwrap();
+    tantivy.commit().await.unwrap();
+
+    let standin = qdrant_standin::StandIn::start(None).await;
+    let collection = format!("scifact_parity_{}", std::process::id());
+    let mut targets = vec![("stand-in".to_string(), standin.store_url(&collection))];
+    match &real {
+        Some(url) => {
+            let hp = url.split("://").last().unwrap().trim_end_matches('/');
+            let scheme = if url.starts_with("https") { "qdrant+grpcs" } else { "qdrant+grpc" };
+            targets.push((format!("Qdrant at {url}"), format!("{scheme}://{hp}/{collection}")));
+        }
+        None => eprintln!(
+            "\n*** SKIPPED against a real Qdrant server: QDRANT_URL is not set; the remote side \
+             is the in-memory stand-in. Set QDRANT_URL=http://HOST:6334 to compare with Qdrant. ***\n"
+        ),
+    }
+
+    let ndcg = |lists: &[Vec<magpie_core::Hit>]| -> f64 {
+        lists
+            .iter()
+            .zip(&queries)
+            .map(|(hits, (qid, _))| ndcg_at(&docs_by_best_chunk(hits), &rel[qid], 10))
+            .sum::<f64>()
+            / queries.len() as f64
+    };
+    let mut edge_dense = Vec::new();
+    let mut emb_bm25 = Vec::new();
+    let mut emb_hybrid = Vec::new();
+    for (v, (_, q)) in qvecs.iter().zip(&queries) {
+        let d = edge.search(v, 100).await.unwrap();
+        let b = tantivy.search(q, 100).await.unwrap();
+        let mut h = reciprocal_rank_fusion(&[(1.0, d.clone()), (1.0, b.clone())], 60.0);
+        h.truncate(10);
+        edge_dense.push(d.into_iter().take(10).collect::<Vec<_>>());
+        emb_bm25.push(b.into_iter().take(10).collect::<Vec<_>>());
+        emb_hybrid.push(h);
+    }
+
+    for (name, url) in targets {
+        let remote = QdrantStore::connect(RemoteConfig::parse(&url).unwrap(), dim)
+            .await
+            .unwrap();
+        let t = std::time::Instant::now();
+        remote.upsert(&chunks, &vectors).await.unwrap();
+        eprintln!(
+            "{name}: upserted {} points in {:.1}s",
+            chunks.len(),
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(remote.count().await.unwrap(), chunks.len());
+        let mut same = 0;
+        let mut remote_dense = Vec::new();
+        let mut remote_bm25 = Vec::new();
+        let mut remote_hybrid = Vec::new();
+        for ((v, (_, q)), e) in qvecs.iter().zip(&queries).zip(&edge_dense) {
+            let r = remote.search(v, 10).await.unwrap();
+            let set = |h: &[magpie_core::Hit]| {
+                h.iter()
+                    .map(|x| x.chunk.doc_id.clone())
+                    .collect::<HashSet<_>>()
+            };
+            if set(&r) == set(e) {
+                same += 1;
+            }
+            remote_dense.push(r);
+            remote_bm25.push(remote.search_sparse(q, 10, &Filter::none()).await.unwrap());
+            remote_hybrid.push(
+                remote
+                    .search_hybrid(v, q, 10, &Filter::none())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let share = same as f64 / queries.len() as f64;
+        eprintln!(
+            "{name}: same dense top-10 documents for {same}/{} queries ({:.1}%)\n\
+             nDCG@10            embedded   remote\n\
+             dense              {:.4}     {:.4}\n\
+             bm25               {:.4}     {:.4}   (tantivy | sparse vectors with IDF)\n\
+             hybrid (RRF)       {:.4}     {:.4}   (fused in magpie | fused by the server)",
+            queries.len(),
+            share * 100.0,
+            ndcg(&edge_dense),
+            ndcg(&remote_dense),
+            ndcg(&emb_bm25),
+            ndcg(&remote_bm25),
+            ndcg(&emb_hybrid),
+            ndcg(&remote_hybrid),
+        );
+        assert!(
+            share >= 0.95,
+            "{name}: only {:.1}% of queries have the same dense top-10",
+            share * 100.0
+        );
+        // The server-side BM25 must be a real ranker, not noise.
+        assert!(
+            ndcg(&remote_bm25) > 0.5,
+            "{name}: remote BM25 nDCG@10 {:.4}",
+            ndcg(&remote_bm25)
+        );
+        remote.drop_collection().await.unwrap();
+    }
+}
