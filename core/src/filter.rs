@@ -202,8 +202,8 @@ impl Clause {
     pub fn matches(&self, chunk: &Chunk) -> bool {
         match self {
             Clause::Eq { field, values } => match field {
-                FilterField::Source => values.iter().any(|v| *v == chunk.source),
-                FilterField::Doc => values.iter().any(|v| *v == chunk.doc_id),
+                FilterField::Source => values.contains(&chunk.source),
+                FilterField::Doc => values.contains(&chunk.doc_id),
                 FilterField::Meta(n) => chunk
                     .metadata
                     .get(n)

@@ -98,7 +98,8 @@ async fn scifact_dense_top10_agrees_between_embedded_and_remote() {
         queries.len()
     );
 
-    let embedder = Arc::new(BertEmbedder::load(magpie_tests::minilm_dir()).unwrap());
+    let embedder =
+        Arc::new(BertEmbedder::load(magpie_tests::minilm_dir().to_string_lossy()).unwrap());
     let dim = embedder.dimension();
     let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
     let mut vectors = Vec::with_capacity(texts.len());

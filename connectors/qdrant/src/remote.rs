@@ -1081,6 +1081,9 @@ impl Retriever for QdrantHybridRetriever {
                 "the query is empty: type a question or some keywords".into(),
             ));
         }
+        if k == 0 {
+            return Err(Error::InvalidInput("k must be at least 1".into()));
+        }
         let v = self.embedder.embed_query(query).await?;
         self.store.search_hybrid(&v, query, k, filter).await
     }

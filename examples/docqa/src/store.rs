@@ -44,7 +44,7 @@ pub struct CopyArgs {
 
 enum Source {
     Edge(EdgeStore),
-    Remote(QdrantStore),
+    Remote(Box<QdrantStore>),
 }
 
 impl Source {
@@ -75,7 +75,7 @@ impl Source {
 
 enum Dest {
     Embedded(EdgeStore, TantivyStore),
-    Remote(QdrantStore),
+    Remote(Box<QdrantStore>),
 }
 
 impl Dest {
@@ -85,7 +85,9 @@ impl Dest {
                 EdgeStore::open(dir.join("vectors"), dim)?,
                 TantivyStore::open(dir.join("keywords"))?,
             ),
-            StoreSpec::Remote(cfg) => Dest::Remote(QdrantStore::connect(cfg.clone(), dim).await?),
+            StoreSpec::Remote(cfg) => {
+                Dest::Remote(Box::new(QdrantStore::connect(cfg.clone(), dim).await?))
+            }
         })
     }
 
@@ -161,11 +163,11 @@ pub async fn copy(index: &Path, args: &CopyArgs) -> Result<()> {
             }
             Source::Edge(EdgeStore::open(dir, dim)?)
         }
-        StoreSpec::Remote(cfg) => Source::Remote(
+        StoreSpec::Remote(cfg) => Source::Remote(Box::new(
             QdrantStore::connect(cfg.clone(), dim)
                 .await
                 .with_context(|| format!("opening {}", from.describe()))?,
-        ),
+        )),
     };
     let mut dest = Dest::open(&to, index, dim)
         .await

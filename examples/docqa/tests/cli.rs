@@ -1,7 +1,7 @@
 //! docqa as a user runs it: the real binary, real models, real stores.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;

@@ -275,6 +275,38 @@ fn the_api_end_to_end() {
         assert_eq!(v["mode"], mode);
         assert_eq!(v["hits"][0]["source"], "lighthouse.txt", "{mode}: {v}");
     }
+    // Filters: a list in JSON, `;`-separated in a query string; a bad clause is a 400.
+    let (st, v) = body(
+        c.post(s.at("/v1/search"))
+            .json(&json!({"query": "where do grey herons nest?", "k": 5, "filter": ["source=lighthouse.txt"]}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 200, "{v}");
+    let hits = v["hits"].as_array().unwrap();
+    assert!(
+        !hits.is_empty() && hits.iter().all(|h| h["source"] == "lighthouse.txt"),
+        "{v}"
+    );
+    let (st, v) = body(
+        c.get(s.at("/v1/search"))
+            .query(&[
+                ("q", "herons"),
+                ("filter", "source=herons.md;meta.title=No such title"),
+            ])
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["hits"].as_array().unwrap().len(), 0, "{v}");
+    let (st, v) = body(
+        c.post(s.at("/v1/search"))
+            .json(&json!({"query": "herons", "filter": "colour=grey"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("meta.NAME"), "{v}");
 
     // An answer, whole.
     let q = json!({"question": "Where do grey herons nest?", "temperature": 0, "max_tokens": 24});

@@ -80,7 +80,7 @@ impl StandIn {
             ..Default::default()
         });
         let svc = Svc(state.clone());
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(
