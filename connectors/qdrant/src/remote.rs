@@ -912,13 +912,13 @@ impl QdrantStore {
 }
 
 fn backoff(attempt: u32) -> Duration {
-    let base = 200u64.saturating_mul(1 << attempt.min(5));
+    let base = 200u64.saturating_mul(1 << attempt.min(5)).min(5_000);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0);
     // Up to 25% jitter so retrying clients do not move in step.
-    Duration::from_millis(base.min(5_000) + nanos % (base / 4 + 1))
+    Duration::from_millis(base + nanos % (base / 4 + 1))
 }
 
 #[async_trait]
@@ -1308,8 +1308,13 @@ mod tests {
         assert!(!is_transient(&st(tonic::Code::InvalidArgument)));
         assert!(!is_transient(&st(tonic::Code::NotFound)));
         assert!(!is_transient(&st(tonic::Code::Unauthenticated)));
-        assert!(
-            backoff(0) >= Duration::from_millis(200) && backoff(10) <= Duration::from_millis(6_250)
-        );
+        for attempt in 0..12 {
+            let b = backoff(attempt);
+            let base = (200u64 << attempt.min(5)).min(5_000);
+            assert!(
+                b >= Duration::from_millis(base) && b <= Duration::from_millis(base + base / 4),
+                "attempt {attempt}: {b:?}"
+            );
+        }
     }
 }
