@@ -546,6 +546,12 @@ async fn run(cli: Cli) -> Result<()> {
                     engine.settings.chunk_tokens,
                     engine.settings.overlap_tokens
                 );
+                match &engine.settings.store {
+                    Some(url) => println!("  vectors and BM25 in Qdrant: {url}"),
+                    None => {
+                        println!("  embedded stores (qdrant-edge, tantivy) in the index directory")
+                    }
+                }
                 println!("  {} documents, {} chunks", c.documents, c.chunks);
                 println!(
                     "  vector store {} chunks, keyword store {} chunks",

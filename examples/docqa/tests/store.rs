@@ -131,6 +131,9 @@ fn filters_and_moving_an_index_to_qdrant_and_back() {
         let status = json(&run_ok(docqa(&idx).args(["status", "--json"])));
         assert_eq!(status["consistent"], true, "{status}");
         let chunks = status["chunks"].as_u64().unwrap() as usize;
+        let text = run_ok(docqa(&idx).arg("status"));
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("in Qdrant: qdrant+grpc://"), "{text}");
         if let Some(s) = &standin {
             let coll = url.rsplit('/').next().unwrap();
             assert_eq!(s.point_count(coll), Some(chunks));
