@@ -109,15 +109,23 @@ fn parse_field(s: &str) -> Result<FilterField> {
     }
 }
 
-fn int_of(v: &str) -> Option<i64> {
-    v.trim().parse::<i64>().ok()
+/// The typed readings of a filter value besides its text: as an integer and
+/// as a boolean, when it has them (the rule of [`Clause::Eq`]; stores build
+/// their conditions from it).
+pub fn readings(v: &str) -> (Option<i64>, Option<bool>) {
+    let b = match v {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    };
+    (v.trim().parse::<i64>().ok(), b)
 }
 
 fn json_matches(v: &serde_json::Value, wanted: &str) -> bool {
     match v {
         serde_json::Value::String(s) => s == wanted,
-        serde_json::Value::Number(n) => n.as_i64().is_some() && n.as_i64() == int_of(wanted),
-        serde_json::Value::Bool(b) => wanted == if *b { "true" } else { "false" },
+        serde_json::Value::Number(n) => n.as_i64().is_some() && n.as_i64() == readings(wanted).0,
+        serde_json::Value::Bool(b) => readings(wanted).1 == Some(*b),
         serde_json::Value::Array(items) => items.iter().any(|i| json_matches(i, wanted)),
         _ => false,
     }

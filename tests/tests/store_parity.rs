@@ -124,17 +124,7 @@ async fn scifact_dense_top10_agrees_between_embedded_and_remote() {
     let standin = qdrant_standin::StandIn::start(None).await;
     let collection = format!("scifact_parity_{}", std::process::id());
     let mut targets = vec![("stand-in".to_string(), standin.store_url(&collection))];
-    match &real {
-        Some(url) => {
-            let hp = url.split("://").last().unwrap().trim_end_matches('/');
-            let scheme = if url.starts_with("https") { "qdrant+grpcs" } else { "qdrant+grpc" };
-            targets.push((format!("Qdrant at {url}"), format!("{scheme}://{hp}/{collection}")));
-        }
-        None => eprintln!(
-            "\n*** SKIPPED against a real Qdrant server: QDRANT_URL is not set; the remote side \
-             is the in-memory stand-in. Set QDRANT_URL=http://HOST:6334 to compare with Qdrant. ***\n"
-        ),
-    }
+    targets.extend(qdrant_standin::real_qdrant(&collection));
 
     let ndcg = |lists: &[Vec<magpie_core::Hit>]| -> f64 {
         lists

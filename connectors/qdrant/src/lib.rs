@@ -18,6 +18,7 @@ use qdrant_edge::{
 use serde_json::json;
 
 pub mod remote;
+
 pub mod sparse;
 
 pub use remote::{QdrantHybridRetriever, QdrantKeywords, QdrantStore, RemoteConfig};
@@ -165,16 +166,30 @@ fn edge_filter(filter: &magpie_core::Filter) -> Result<Filter> {
 /// The typed values a filter value matches: its text, and its integer or
 /// boolean reading when it has one (the rule of [`magpie_core::Clause::Eq`]).
 fn value_variants(v: &str) -> Vec<ValueVariants> {
+    let (int, boolean) = magpie_core::filter::readings(v);
     let mut out = vec![ValueVariants::String(v.to_string())];
-    if let Ok(i) = v.parse::<i64>() {
-        out.push(ValueVariants::Integer(i));
-    }
-    match v {
-        "true" => out.push(ValueVariants::Bool(true)),
-        "false" => out.push(ValueVariants::Bool(false)),
-        _ => {}
-    }
+    out.extend(int.map(ValueVariants::Integer));
+    out.extend(boolean.map(ValueVariants::Bool));
     out
+}
+
+/// One vector per chunk, each of the store's length.
+fn check_batch(chunks: &[Chunk], vectors: &[Vec<f32>], dim: usize) -> Result<()> {
+    if chunks.len() != vectors.len() {
+        return Err(Error::InvalidInput(format!(
+            "{} chunks but {} vectors",
+            chunks.len(),
+            vectors.len()
+        )));
+    }
+    match vectors.iter().position(|v| v.len() != dim) {
+        Some(index) => Err(err(QdrantStoreError::BadVector {
+            index,
+            got: vectors[index].len(),
+            expected: dim,
+        })),
+        None => Ok(()),
+    }
 }
 
 fn chunk_from_payload(id: &PointId, payload: Option<&Payload>) -> Result<Chunk> {
@@ -343,22 +358,9 @@ impl Drop for EdgeStore {
 #[async_trait]
 impl VectorStore for EdgeStore {
     async fn upsert(&self, chunks: &[Chunk], vectors: &[Vec<f32>]) -> Result<()> {
-        if chunks.len() != vectors.len() {
-            return Err(Error::InvalidInput(format!(
-                "{} chunks but {} vectors",
-                chunks.len(),
-                vectors.len()
-            )));
-        }
+        check_batch(chunks, vectors, self.dim)?;
         let mut points = Vec::with_capacity(chunks.len());
-        for (i, (c, v)) in chunks.iter().zip(vectors).enumerate() {
-            if v.len() != self.dim {
-                return Err(err(QdrantStoreError::BadVector {
-                    index: i,
-                    got: v.len(),
-                    expected: self.dim,
-                }));
-            }
+        for (c, v) in chunks.iter().zip(vectors) {
             let payload = json!({
                 "doc_id": c.doc_id,
                 "doc_hash": c.doc_hash,

@@ -441,16 +441,16 @@ pub fn remote_filter(filter: &MFilter) -> Result<Option<Filter>> {
             Clause::Eq { field, values } => {
                 let key = field.payload_key();
                 let mut should = vec![Condition::matches(key.clone(), values.clone())];
-                let ints: Vec<i64> = values.iter().filter_map(|v| v.parse().ok()).collect();
+                let (ints, bools): (Vec<_>, Vec<_>) = values
+                    .iter()
+                    .map(|v| magpie_core::filter::readings(v))
+                    .unzip();
+                let ints: Vec<i64> = ints.into_iter().flatten().collect();
                 if !ints.is_empty() {
                     should.push(Condition::matches(key.clone(), ints));
                 }
-                for v in values {
-                    match v.as_str() {
-                        "true" => should.push(Condition::matches(key.clone(), true)),
-                        "false" => should.push(Condition::matches(key.clone(), false)),
-                        _ => {}
-                    }
+                for b in bools.into_iter().flatten() {
+                    should.push(Condition::matches(key.clone(), b));
                 }
                 must.push(if should.len() == 1 {
                     should.pop().expect("one")
@@ -924,16 +924,9 @@ fn backoff(attempt: u32) -> Duration {
 #[async_trait]
 impl VectorStore for QdrantStore {
     async fn upsert(&self, chunks: &[Chunk], vectors: &[Vec<f32>]) -> Result<()> {
-        if chunks.len() != vectors.len() {
-            return Err(Error::InvalidInput(format!(
-                "{} chunks but {} vectors",
-                chunks.len(),
-                vectors.len()
-            )));
-        }
+        crate::check_batch(chunks, vectors, self.dim)?;
         let mut points = Vec::with_capacity(chunks.len());
         for (c, v) in chunks.iter().zip(vectors) {
-            self.check_dim(v)?;
             points.push(chunk_point(c, v, &self.bm25.document(&c.text))?);
         }
         self.index_metadata(chunks).await?;

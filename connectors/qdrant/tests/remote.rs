@@ -17,28 +17,8 @@ async fn servers(collection: &str) -> Vec<(String, String, Option<StandIn>)> {
         standin.store_url(collection),
         Some(standin),
     )];
-    match std::env::var("QDRANT_URL") {
-        Ok(url) if !url.is_empty() => {
-            let hp = url
-                .trim_start_matches("http://")
-                .trim_start_matches("https://")
-                .trim_end_matches('/');
-            let scheme = if url.starts_with("https://") {
-                "qdrant+grpcs"
-            } else {
-                "qdrant+grpc"
-            };
-            out.push((
-                format!("Qdrant at {url}"),
-                format!("{scheme}://{hp}/{collection}"),
-                None,
-            ));
-        }
-        _ => eprintln!(
-            "\n*** SKIPPED against a real Qdrant server: QDRANT_URL is not set. The remote store \
-             ran against the in-memory stand-in only; set QDRANT_URL=http://HOST:6334 \
-             (gRPC port) to run these tests against Qdrant too. ***\n"
-        ),
+    if let Some((name, url)) = qdrant_standin::real_qdrant(collection) {
+        out.push((name, url, None));
     }
     out
 }

@@ -12,25 +12,8 @@ fn servers() -> Vec<(String, String, Option<qdrant_standin::StandIn>)> {
     let collection = format!("docqa_test_{}", std::process::id());
     let s = qdrant_standin::StandIn::start_in_background(None);
     let mut out = vec![("stand-in".to_string(), s.store_url(&collection), Some(s))];
-    match std::env::var("QDRANT_URL") {
-        Ok(url) if !url.is_empty() => {
-            let hp = url.split("://").last().unwrap().trim_end_matches('/');
-            let scheme = if url.starts_with("https") {
-                "qdrant+grpcs"
-            } else {
-                "qdrant+grpc"
-            };
-            out.push((
-                format!("Qdrant at {url}"),
-                format!("{scheme}://{hp}/{collection}"),
-                None,
-            ));
-        }
-        _ => eprintln!(
-            "\n*** SKIPPED against a real Qdrant server: QDRANT_URL is not set; docqa's remote \
-             store ran against the in-memory stand-in only. Set QDRANT_URL=http://HOST:6334 to \
-             run it against Qdrant too. ***\n"
-        ),
+    if let Some((name, url)) = qdrant_standin::real_qdrant(&collection) {
+        out.push((name, url, None));
     }
     out
 }

@@ -174,6 +174,38 @@ impl StandIn {
     }
 }
 
+/// The real Qdrant server named by `QDRANT_URL` (`http://HOST:6334`, the gRPC
+/// port), as a label and a magpie store URL for `collection`; without it, a loud
+/// notice that the tests ran against the stand-in only.
+pub fn real_qdrant(collection: &str) -> Option<(String, String)> {
+    match std::env::var("QDRANT_URL") {
+        Ok(url) if !url.is_empty() => {
+            let host_port = url
+                .split("://")
+                .last()
+                .unwrap_or(&url)
+                .trim_end_matches('/');
+            let scheme = if url.starts_with("https://") {
+                "qdrant+grpcs"
+            } else {
+                "qdrant+grpc"
+            };
+            Some((
+                format!("Qdrant at {url}"),
+                format!("{scheme}://{host_port}/{collection}"),
+            ))
+        }
+        _ => {
+            let msg = "\n*** SKIPPED against a real Qdrant server: QDRANT_URL is not set, so the \
+                       remote store ran against the in-memory stand-in only. Set \
+                       QDRANT_URL=http://HOST:6334 (the gRPC port) to run it against Qdrant too. ***\n";
+            println!("{msg}");
+            eprintln!("{msg}");
+            None
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Svc(Arc<State>);
 
