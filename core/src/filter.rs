@@ -62,19 +62,48 @@ pub enum Clause {
         /// Accepted values (any of).
         values: Vec<String>,
     },
-    /// The field is a number within the bounds (each optional, at least one set).
+    /// The field is a number within the bounds (at least one set).
     Range {
         /// The field.
         field: FilterField,
-        /// Greater than.
-        gt: Option<f64>,
-        /// Greater than or equal.
-        gte: Option<f64>,
-        /// Less than.
-        lt: Option<f64>,
-        /// Less than or equal.
-        lte: Option<f64>,
+        /// The bounds.
+        bounds: Bounds,
     },
+}
+
+/// Numeric bounds of a range clause; each is optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bounds {
+    /// Greater than.
+    pub gt: Option<f64>,
+    /// Greater than or equal.
+    pub gte: Option<f64>,
+    /// Less than.
+    pub lt: Option<f64>,
+    /// Less than or equal.
+    pub lte: Option<f64>,
+}
+
+impl Bounds {
+    /// Whether `x` is within every bound.
+    pub fn contains(&self, x: f64) -> bool {
+        self.gt.is_none_or(|b| x > b)
+            && self.gte.is_none_or(|b| x >= b)
+            && self.lt.is_none_or(|b| x < b)
+            && self.lte.is_none_or(|b| x <= b)
+    }
+
+    /// Each bound that is set, with its operator.
+    pub fn set(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [
+            (">", self.gt),
+            (">=", self.gte),
+            ("<", self.lt),
+            ("<=", self.lte),
+        ]
+        .into_iter()
+        .filter_map(|(op, b)| b.map(|b| (op, b)))
+    }
 }
 
 /// A conjunction of clauses; the empty filter accepts everything.
@@ -131,23 +160,10 @@ fn json_matches(v: &serde_json::Value, wanted: &str) -> bool {
     }
 }
 
-fn in_range(x: f64, gt: Option<f64>, gte: Option<f64>, lt: Option<f64>, lte: Option<f64>) -> bool {
-    gt.is_none_or(|b| x > b)
-        && gte.is_none_or(|b| x >= b)
-        && lt.is_none_or(|b| x < b)
-        && lte.is_none_or(|b| x <= b)
-}
-
-fn json_in_range(
-    v: &serde_json::Value,
-    gt: Option<f64>,
-    gte: Option<f64>,
-    lt: Option<f64>,
-    lte: Option<f64>,
-) -> bool {
+fn json_in_range(v: &serde_json::Value, bounds: &Bounds) -> bool {
     match v {
-        serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| in_range(x, gt, gte, lt, lte)),
-        serde_json::Value::Array(items) => items.iter().any(|i| json_in_range(i, gt, gte, lt, lte)),
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| bounds.contains(x)),
+        serde_json::Value::Array(items) => items.iter().any(|i| json_in_range(i, bounds)),
         _ => false,
     }
 }
@@ -175,20 +191,14 @@ impl Clause {
                         "filter {t:?}: the bound must be a finite number"
                     )));
                 }
-                let (mut gt, mut gte, mut lt, mut lte) = (None, None, None, None);
-                match op {
-                    ">=" => gte = Some(n),
-                    "<=" => lte = Some(n),
-                    ">" => gt = Some(n),
-                    _ => lt = Some(n),
-                }
-                return Ok(Clause::Range {
-                    field,
-                    gt,
-                    gte,
-                    lt,
-                    lte,
-                });
+                let mut bounds = Bounds::default();
+                *match op {
+                    ">=" => &mut bounds.gte,
+                    "<=" => &mut bounds.lte,
+                    ">" => &mut bounds.gt,
+                    _ => &mut bounds.lt,
+                } = Some(n);
+                return Ok(Clause::Range { field, bounds });
             }
         }
         if let Some((f, v)) = t.split_once('=') {
@@ -217,17 +227,11 @@ impl Clause {
                     .get(n)
                     .is_some_and(|j| values.iter().any(|v| json_matches(j, v))),
             },
-            Clause::Range {
-                field,
-                gt,
-                gte,
-                lt,
-                lte,
-            } => match field {
+            Clause::Range { field, bounds } => match field {
                 FilterField::Meta(n) => chunk
                     .metadata
                     .get(n)
-                    .is_some_and(|j| json_in_range(j, *gt, *gte, *lt, *lte)),
+                    .is_some_and(|j| json_in_range(j, bounds)),
                 // Source and document id are text: no range holds.
                 _ => false,
             },
@@ -240,25 +244,18 @@ impl Clause {
             Clause::Eq { values, .. } if values.is_empty() => Err(Error::InvalidInput(
                 "a filter clause needs at least one value".into(),
             )),
-            Clause::Range {
-                field,
-                gt,
-                gte,
-                lt,
-                lte,
-            } => {
+            Clause::Range { field, bounds } => {
                 if !matches!(field, FilterField::Meta(_)) {
                     return Err(Error::InvalidInput(format!(
                         "{field} is text: ranges work on numeric meta.NAME fields"
                     )));
                 }
-                let bounds = [gt, gte, lt, lte];
-                if bounds.iter().all(|b| b.is_none()) {
+                if bounds.set().next().is_none() {
                     return Err(Error::InvalidInput(format!(
                         "the range on {field} has no bound"
                     )));
                 }
-                if bounds.iter().any(|b| b.is_some_and(|x| !x.is_finite())) {
+                if bounds.set().any(|(_, x)| !x.is_finite()) {
                     return Err(Error::InvalidInput(format!(
                         "the range on {field} has a bound that is not a finite number"
                     )));
@@ -311,21 +308,6 @@ impl Filter {
     pub fn validate(&self) -> Result<()> {
         self.clauses.iter().try_for_each(Clause::validate)
     }
-
-    /// Metadata fields the filter uses.
-    pub fn meta_fields(&self) -> impl Iterator<Item = &str> {
-        self.clauses.iter().filter_map(|c| match c {
-            Clause::Eq {
-                field: FilterField::Meta(n),
-                ..
-            }
-            | Clause::Range {
-                field: FilterField::Meta(n),
-                ..
-            } => Some(n.as_str()),
-            _ => None,
-        })
-    }
 }
 
 impl fmt::Display for Filter {
@@ -335,21 +317,11 @@ impl fmt::Display for Filter {
             .iter()
             .map(|c| match c {
                 Clause::Eq { field, values } => format!("{field}={}", values.join("|")),
-                Clause::Range {
-                    field,
-                    gt,
-                    gte,
-                    lt,
-                    lte,
-                } => {
-                    let mut s = Vec::new();
-                    for (op, b) in [(">", gt), (">=", gte), ("<", lt), ("<=", lte)] {
-                        if let Some(b) = b {
-                            s.push(format!("{field}{op}{b}"));
-                        }
-                    }
-                    s.join(" ")
-                }
+                Clause::Range { field, bounds } => bounds
+                    .set()
+                    .map(|(op, b)| format!("{field}{op}{b}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             })
             .collect();
         f.write_str(&parts.join(" "))
@@ -419,7 +391,9 @@ mod tests {
                 values: vec!["en".into(), "fr".into()]
             }
         );
-        assert!(matches!(f.clauses[3], Clause::Range { gte: Some(x), .. } if x == 2020.0));
+        assert!(
+            matches!(f.clauses[3], Clause::Range { bounds: Bounds { gte: Some(x), .. }, .. } if x == 2020.0)
+        );
         assert_eq!(
             f.to_string(),
             "source=a.md doc=d1 meta.lang=en|fr meta.year>=2020 meta.year<2024.5"

@@ -27,7 +27,7 @@ pub use answer::{
 pub use batch::BatchingEmbedder;
 pub use catalog::{atomic_write, Catalog, CatalogEntry};
 pub use error::{error_chain, BoxError, Error, Result};
-pub use filter::{Clause, Filter, FilterField};
+pub use filter::{Bounds, Clause, Filter, FilterField};
 pub use generate::{
     argmax, CancelToken, ChatMessage, Completion, FinishReason, GenerationEvent, GenerationOptions,
     GenerationStream, GenerationSummary, Generator, Prompt, Rng, Role, Sampler, StopFilter,

@@ -135,21 +135,15 @@ fn edge_filter(filter: &magpie_core::Filter) -> Result<Filter> {
                     must_not: None,
                 }));
             }
-            Clause::Range {
-                field,
-                gt,
-                gte,
-                lt,
-                lte,
-            } => {
+            Clause::Range { field, bounds: b } => {
                 let key = json_path(&field.payload_key())?;
                 must.push(Condition::Field(FieldCondition::new_range(
                     key,
                     qdrant_edge::Range {
-                        lt: lt.map(OrderedFloat),
-                        gt: gt.map(OrderedFloat),
-                        gte: gte.map(OrderedFloat),
-                        lte: lte.map(OrderedFloat),
+                        lt: b.lt.map(OrderedFloat),
+                        gt: b.gt.map(OrderedFloat),
+                        gte: b.gte.map(OrderedFloat),
+                        lte: b.lte.map(OrderedFloat),
                     },
                 )));
             }

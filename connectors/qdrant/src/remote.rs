@@ -458,19 +458,13 @@ pub fn remote_filter(filter: &MFilter) -> Result<Option<Filter>> {
                     Condition::from(Filter::should(should))
                 });
             }
-            Clause::Range {
-                field,
-                gt,
-                gte,
-                lt,
-                lte,
-            } => must.push(Condition::range(
+            Clause::Range { field, bounds: b } => must.push(Condition::range(
                 field.payload_key(),
                 Range {
-                    gt: *gt,
-                    gte: *gte,
-                    lt: *lt,
-                    lte: *lte,
+                    gt: b.gt,
+                    gte: b.gte,
+                    lt: b.lt,
+                    lte: b.lte,
                 },
             )),
         }

@@ -47,8 +47,6 @@ struct Collection {
 pub struct Stats {
     /// Upsert requests received (including failed ones).
     pub upserts: AtomicUsize,
-    /// Query requests received.
-    pub queries: AtomicUsize,
     /// Requests failed on purpose.
     pub injected: AtomicUsize,
 }
@@ -115,11 +113,6 @@ impl StandIn {
             });
         });
         rx.recv().expect("stand-in started")
-    }
-
-    /// `host:port`.
-    pub fn address(&self) -> SocketAddr {
-        self.addr
     }
 
     /// A magpie store URL for `collection` on this server.
@@ -709,7 +702,6 @@ impl Svc {
     }
 
     fn points_query(&self, r: QueryPoints) -> Result<Response<QueryResponse>, Status> {
-        self.0.stats.queries.fetch_add(1, Ordering::SeqCst);
         self.fault()?;
         self.with(&r.collection_name, |c| {
             let ranked = run_query(
