@@ -44,7 +44,18 @@ impl CatalogEntry {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CatalogFile {
     version: u32,
+    /// blake3 of the entries as serialised (absent in catalogs written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blake3: Option<String>,
     docs: BTreeMap<String, CatalogEntry>,
+}
+
+/// The checksum of a catalog's entries: blake3 of their JSON (a BTreeMap of
+/// strings and integers serialises the same way every time).
+fn checksum(docs: &BTreeMap<String, CatalogEntry>) -> Result<String> {
+    let bytes = serde_json::to_vec(docs)
+        .map_err(|e| Error::Index(format!("serialising the catalog: {e}")))?;
+    Ok(blake3::hash(&bytes).to_hex().to_string())
 }
 
 /// Documents in the index, keyed by document id, persisted as one JSON file.
@@ -60,12 +71,20 @@ impl Catalog {
         let path = path.into();
         let docs = match std::fs::read(&path) {
             Ok(bytes) => {
-                let file: CatalogFile = serde_json::from_slice(&bytes).map_err(|e| {
+                let damaged = |why: String| {
                     Error::Index(format!(
-                        "the catalog {} is damaged ({e}); remove the index directory and index again",
+                        "the catalog {} is damaged ({why}); `docqa repair` rebuilds it from the \
+                         stores",
                         path.display()
                     ))
-                })?;
+                };
+                let file: CatalogFile =
+                    serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+                if let Some(want) = &file.blake3 {
+                    if *want != checksum(&file.docs)? {
+                        return Err(damaged("its checksum does not match its entries".into()));
+                    }
+                }
                 file.docs
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -113,11 +132,23 @@ impl Catalog {
     pub fn save(&self) -> Result<()> {
         let file = CatalogFile {
             version: 1,
+            blake3: Some(checksum(&self.docs)?),
             docs: self.docs.clone(),
         };
         let bytes = serde_json::to_vec(&file)
             .map_err(|e| Error::Index(format!("serialising the catalog: {e}")))?;
         atomic_write(&self.path, &bytes)
+    }
+
+    /// A catalog at `path` holding `entries` (rebuilt by a repair; not saved yet).
+    pub fn from_entries(
+        path: impl Into<PathBuf>,
+        entries: impl IntoIterator<Item = (String, CatalogEntry)>,
+    ) -> Self {
+        Self {
+            path: path.into(),
+            docs: entries.into_iter().collect(),
+        }
     }
 
     /// Where the catalog lives.
@@ -174,6 +205,19 @@ mod tests {
         assert_eq!(c2.len(), 1);
         assert_eq!(c2.chunk_count(), 3);
         assert_eq!(c2.get("d1").unwrap().chunk_ids("d1").count(), 3);
+        // A changed digit keeps the JSON valid: the checksum catches it.
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"chunks\":3"), "{text}");
+        std::fs::write(&p, text.replace("\"chunks\":3", "\"chunks\":4")).unwrap();
+        let err = Catalog::open(&p).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        // A catalog written before checksums still opens.
+        std::fs::write(
+            &p,
+            r#"{"version":1,"docs":{"d1":{"uri":"a","hash":"h","chunks":2,"origin":"o"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(Catalog::open(&p).unwrap().chunk_count(), 2);
         std::fs::write(&p, b"{not json").unwrap();
         let err = Catalog::open(&p).unwrap_err();
         assert!(err.to_string().contains("damaged"), "{err}");

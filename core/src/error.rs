@@ -33,6 +33,9 @@ pub enum Error {
     /// The index on disk was made with other settings or is damaged.
     #[error("index: {0}")]
     Index(String),
+    /// The disk holding the index is full (or too full to go on safely).
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// The operation was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
@@ -48,7 +51,14 @@ impl Error {
     }
 
     /// Wrap an I/O error with what was being done.
+    /// A full disk becomes [`Error::DiskFull`] with advice.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        if crate::guard::is_disk_full(&source) {
+            return Error::DiskFull(format!(
+                "{}: {source}; free some space and run again (what was committed before is intact)",
+                context.into()
+            ));
+        }
         Error::Io {
             context: context.into(),
             source,

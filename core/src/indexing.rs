@@ -1,6 +1,7 @@
 //! The indexing pipeline: load → split → embed → upsert into both stores → commit.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::catalog::{Catalog, CatalogEntry};
-use crate::error::Result;
+use crate::error::{error_chain, Error, Result};
+use crate::guard::{catch, catch_async, ensure_free_space};
 use crate::traits::{Embedder, KeywordStore, Loader, Skipped, Splitter, StoredChunk, VectorStore};
 use crate::types::{Chunk, Document};
 
@@ -37,6 +39,12 @@ pub trait IndexProgress: Send + Sync {
 /// A progress sink that ignores everything.
 pub struct NoProgress;
 impl IndexProgress for NoProgress {}
+
+/// Errors that stop a run at once rather than skipping a document.
+fn is_fatal(e: &Error) -> bool {
+    matches!(e, Error::DiskFull(_) | Error::Cancelled | Error::Io { .. })
+        || crate::guard::mentions_disk_full(e)
+}
 
 /// Options for one run.
 #[derive(Debug, Clone, Default)]
@@ -134,7 +142,16 @@ pub struct IndexingPipeline {
     batch_chunks: usize,
     commit_chunks: usize,
     concurrency: usize,
+    storage_dir: Option<PathBuf>,
+    failing_streak: usize,
+    /// The stores matched the catalog when the last run ended: the next run
+    /// need not scan them again (this pipeline is their only writer).
+    in_step: bool,
 }
+
+/// Documents failing in a row (each alone) before a run gives up: past this the
+/// cause is the embedder or a store, not the documents.
+const MAX_FAILING_STREAK: usize = 8;
 
 struct Pending {
     doc: Document,
@@ -160,7 +177,17 @@ impl IndexingPipeline {
             batch_chunks: 256,
             commit_chunks: 2048,
             concurrency: 4,
+            storage_dir: None,
+            failing_streak: 0,
+            in_step: false,
         }
+    }
+
+    /// The directory the stores write to: its free space is checked before each
+    /// batch, so a full disk stops the run with a message instead of a crash.
+    pub fn storage_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.storage_dir = Some(dir.into());
+        self
     }
 
     /// Chunks embedded and written per batch.
@@ -184,6 +211,11 @@ impl IndexingPipeline {
     /// The catalog of indexed documents.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The vector and keyword stores it writes to.
+    pub fn stores(&self) -> (&Arc<dyn VectorStore>, &Arc<dyn KeywordStore>) {
+        (&self.vectors, &self.keywords)
     }
 
     /// Compare both stores with the catalog without changing anything.
@@ -279,11 +311,20 @@ impl IndexingPipeline {
     ) -> Result<IndexReport> {
         let t0 = Instant::now();
         let mut report = IndexReport::default();
-        let (rc, rd) = self.repair().await?;
-        report.repaired_chunks = rc;
-        report.repaired_docs = rd;
+        if !std::mem::take(&mut self.in_step) {
+            let (rc, rd) = self.repair().await?;
+            report.repaired_chunks = rc;
+            report.repaired_docs = rd;
+        }
 
         let origin = loader.origin();
+        let held: HashMap<String, String> = self
+            .catalog
+            .iter()
+            .filter(|(_, e)| e.origin == origin)
+            .map(|(_, e)| (e.uri.clone(), e.hash.clone()))
+            .collect();
+        loader.indexed(&held);
         let listing = loader
             .list()
             .instrument(info_span!("list", %origin))
@@ -302,8 +343,18 @@ impl IndexingPipeline {
         let mut pending: Vec<Pending> = Vec::new();
         let mut pending_chunks = 0usize;
         let mut since_commit = 0usize;
+        self.failing_streak = 0;
         let mut loads = futures::stream::iter(listing.sources.iter())
-            .map(|src| loader.load(src))
+            .map(|src| async move {
+                catch_async("loader", loader.load(src))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Skipped {
+                            uri: src.uri.clone(),
+                            reason: e.to_string(),
+                        })
+                    })
+            })
             .buffered(self.concurrency);
 
         while let Some(result) = loads.next().await {
@@ -333,7 +384,19 @@ impl IndexingPipeline {
                 progress.source_done(&doc.uri, &DocStatus::Unchanged);
                 continue;
             }
-            let chunks = self.splitter.split(&doc);
+            let chunks = match catch("splitter", || self.splitter.split(&doc)) {
+                Ok(chunks) => chunks,
+                Err(e) => {
+                    let skip = Skipped {
+                        uri: doc.uri.clone(),
+                        reason: e.to_string(),
+                    };
+                    warn!(uri = %skip.uri, reason = %skip.reason, "document not indexed");
+                    progress.source_done(&skip.uri, &DocStatus::Skipped(skip.reason.clone()));
+                    report.skipped.push(skip);
+                    continue;
+                }
+            };
             if chunks.is_empty() {
                 let skip = Skipped {
                     uri: doc.uri.clone(),
@@ -390,6 +453,7 @@ impl IndexingPipeline {
             }
         }
         self.commit().await?;
+        self.in_step = true;
         report.elapsed = t0.elapsed();
         info!(
             indexed = report.indexed,
@@ -402,6 +466,9 @@ impl IndexingPipeline {
         Ok(report)
     }
 
+    /// Embed and store a batch. A failure is retried one document at a time, so
+    /// one bad document is skipped with its reason and the others are stored; a
+    /// full disk, or documents failing one after another, stop the run.
     async fn write_batch(
         &mut self,
         batch: Vec<Pending>,
@@ -410,6 +477,18 @@ impl IndexingPipeline {
     ) -> Result<usize> {
         let span = info_span!("batch", docs = batch.len());
         async {
+            if let Some(dir) = &self.storage_dir {
+                let chunks: usize = batch.iter().map(|p| p.chunks.len()).sum();
+                let text: usize = batch
+                    .iter()
+                    .flat_map(|p| &p.chunks)
+                    .map(|c| c.text.len())
+                    .sum();
+                // Vectors, payloads and postings, with room for segment merges.
+                let need =
+                    crate::guard::MIN_FREE_TO_OPEN + 4 * (text as u64 + 8192 * chunks as u64);
+                ensure_free_space(dir, need, &format!("writing {chunks} chunks"))?;
+            }
             let replaced: Vec<String> = batch
                 .iter()
                 .filter(|p| self.catalog.get(&p.doc.id).is_some())
@@ -420,19 +499,50 @@ impl IndexingPipeline {
                 self.vectors.delete_docs(&replaced).await?;
                 self.keywords.delete_docs(&replaced).await?;
             }
-            let chunks: Vec<Chunk> = batch.iter().flat_map(|p| p.chunks.clone()).collect();
-            let texts: Vec<String> = chunks.iter().map(|c| c.embedding_text()).collect();
-            let te = Instant::now();
-            let mut vectors = Vec::with_capacity(texts.len());
-            for part in texts.chunks(64) {
-                vectors.extend(self.embedder.embed(part).await?);
-                progress.embedded(part.len());
+            let all: Vec<&Pending> = batch.iter().collect();
+            let mut failed: HashMap<usize, Error> = HashMap::new();
+            match self.store(&all, report, progress).await {
+                Ok(()) => {}
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) if batch.len() == 1 => {
+                    failed.insert(0, e);
+                }
+                Err(e) => {
+                    warn!(
+                        "a batch of {} documents failed ({}); storing them one at a time",
+                        batch.len(),
+                        error_chain(&e)
+                    );
+                    for (i, p) in batch.iter().enumerate() {
+                        if let Err(e) = self.store(&[p], report, progress).await {
+                            if is_fatal(&e) {
+                                return Err(e);
+                            }
+                            failed.insert(i, e);
+                        }
+                    }
+                }
             }
-            report.embed_time += te.elapsed();
-            self.vectors.upsert(&chunks, &vectors).await?;
-            self.keywords.upsert(&chunks).await?;
-            for p in batch {
+            let mut stored = 0;
+            let mut last_error = None;
+            for (i, p) in batch.into_iter().enumerate() {
                 let n = p.chunks.len();
+                if let Some(e) = failed.remove(&i) {
+                    // Its old version's chunks are gone too: it leaves the catalog,
+                    // and the next run tries it again.
+                    self.catalog.remove(&p.doc.id);
+                    let reason = error_chain(&e);
+                    warn!(uri = %p.doc.uri, %reason, "document not indexed");
+                    progress.source_done(&p.doc.uri, &DocStatus::Skipped(reason.clone()));
+                    report.skipped.push(Skipped {
+                        uri: p.doc.uri.clone(),
+                        reason,
+                    });
+                    self.failing_streak += 1;
+                    last_error = Some(e);
+                    continue;
+                }
+                self.failing_streak = 0;
                 self.catalog.insert(
                     p.doc.id.clone(),
                     CatalogEntry {
@@ -446,12 +556,61 @@ impl IndexingPipeline {
                 );
                 report.indexed += 1;
                 report.chunks += n;
+                stored += n;
                 progress.source_done(&p.doc.uri, &DocStatus::Indexed(n));
             }
-            Ok(chunks.len())
+            if self.failing_streak >= MAX_FAILING_STREAK {
+                let last = last_error.map(|e| error_chain(&e)).unwrap_or_default();
+                return Err(Error::stage(
+                    "indexing",
+                    format!(
+                        "{} documents in a row could not be embedded or stored, so the cause is \
+                         not the documents (the last: {last}); fix it and run again",
+                        self.failing_streak
+                    ),
+                ));
+            }
+            Ok(stored)
         }
         .instrument(span)
         .await
+    }
+
+    /// Embed and upsert the chunks of `docs` into both stores. On failure, what
+    /// was written of them is removed again (as far as the stores allow).
+    async fn store(
+        &self,
+        docs: &[&Pending],
+        report: &mut IndexReport,
+        progress: &dyn IndexProgress,
+    ) -> Result<()> {
+        let chunks: Vec<Chunk> = docs.iter().flat_map(|p| p.chunks.clone()).collect();
+        let texts: Vec<String> = chunks.iter().map(|c| c.embedding_text()).collect();
+        let te = Instant::now();
+        let mut vectors = Vec::with_capacity(texts.len());
+        for part in texts.chunks(64) {
+            let got = catch_async("embedder", self.embedder.embed(part)).await??;
+            if got.len() != part.len() {
+                return Err(Error::stage(
+                    "embedder",
+                    format!("returned {} vectors for {} texts", got.len(), part.len()),
+                ));
+            }
+            vectors.extend(got);
+            progress.embedded(part.len());
+        }
+        report.embed_time += te.elapsed();
+        let written = async {
+            catch_async("vector store", self.vectors.upsert(&chunks, &vectors)).await??;
+            catch_async("keyword store", self.keywords.upsert(&chunks)).await?
+        }
+        .await;
+        if written.is_err() {
+            let ids: Vec<String> = docs.iter().map(|p| p.doc.id.clone()).collect();
+            let _ = catch_async("vector store", self.vectors.delete_docs(&ids)).await;
+            let _ = catch_async("keyword store", self.keywords.delete_docs(&ids)).await;
+        }
+        written
     }
 
     /// Commit both stores, then the catalog: the order that makes a crash recoverable.
@@ -463,6 +622,8 @@ impl IndexingPipeline {
 
     /// Remove documents by id from both stores and the catalog.
     pub async fn delete_docs(&mut self, doc_ids: &[String]) -> Result<usize> {
+        // Until it finishes, the stores may disagree with the catalog.
+        let in_step = std::mem::take(&mut self.in_step);
         let present: Vec<String> = doc_ids
             .iter()
             .filter(|d| self.catalog.get(d).is_some())
@@ -474,6 +635,7 @@ impl IndexingPipeline {
             self.catalog.remove(d);
         }
         self.commit().await?;
+        self.in_step = in_step;
         Ok(present.len())
     }
 }

@@ -14,7 +14,9 @@ pub mod catalog;
 pub mod error;
 pub mod filter;
 pub mod generate;
+pub mod guard;
 pub mod indexing;
+pub mod integrity;
 pub mod metrics;
 pub mod retrieve;
 pub mod tools;
@@ -36,6 +38,7 @@ pub use generate::{
 pub use indexing::{
     Consistency, DocStatus, IndexProgress, IndexReport, IndexingPipeline, NoProgress, RunOptions,
 };
+pub use integrity::{fingerprint_matches, vector_fingerprint, StoreHealth, Verification};
 pub use retrieve::{
     reciprocal_rank_fusion, DenseRetriever, HybridRetriever, KeywordRetriever, QueryPipeline,
     SearchResult,

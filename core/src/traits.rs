@@ -42,6 +42,10 @@ pub trait Loader: Send + Sync {
     /// A name for the set of sources this loader covers (its root); `--sync` only
     /// removes documents of the same origin.
     fn origin(&self) -> String;
+    /// Told before [`Loader::list`] what the index holds of this origin (source
+    /// uri → content hash, committed), so a loader that fetches conditionally
+    /// (ETags) fetches in full whatever the index lacks. Default: ignored.
+    fn indexed(&self, _held: &std::collections::HashMap<String, String>) {}
     /// List the sources to load.
     async fn list(&self) -> Result<Listing>;
     /// Load one source; `Err` says why it was skipped.
@@ -126,6 +130,14 @@ pub trait VectorStore: Send + Sync {
     async fn commit(&self) -> Result<()>;
     /// Every stored chunk's identity.
     async fn list_chunks(&self) -> Result<Vec<StoredChunk>>;
+    /// Read back everything stored and check it. The default lists the chunks;
+    /// stores that keep checksums or fingerprints check those too.
+    async fn verify(&self) -> Result<crate::integrity::StoreHealth> {
+        Ok(crate::integrity::StoreHealth {
+            chunks_read: self.list_chunks().await?.len(),
+            ..Default::default()
+        })
+    }
 }
 
 /// Full-text (BM25) search over chunks.
@@ -152,6 +164,13 @@ pub trait KeywordStore: Send + Sync {
     async fn commit(&self) -> Result<()>;
     /// Every stored chunk's identity.
     async fn list_chunks(&self) -> Result<Vec<StoredChunk>>;
+    /// Read back everything stored and check it (see [`VectorStore::verify`]).
+    async fn verify(&self) -> Result<crate::integrity::StoreHealth> {
+        Ok(crate::integrity::StoreHealth {
+            chunks_read: self.list_chunks().await?.len(),
+            ..Default::default()
+        })
+    }
 }
 
 /// Finds chunks for a query.

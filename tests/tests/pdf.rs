@@ -138,3 +138,88 @@ async fn encrypted_pdfs_open_without_a_password_or_say_they_need_one() {
         );
     }
 }
+
+/// `n` MiB of zeros, deflated `layers` times.
+fn zeros_deflated(mib: usize, layers: usize) -> Vec<u8> {
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        enc.write_all(&block).unwrap();
+    }
+    let mut data = enc.finish().unwrap();
+    for _ in 1..layers {
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&data).unwrap();
+        data = enc.finish().unwrap();
+    }
+    data
+}
+
+fn with_stream(dict: lopdf::Dictionary, data: Vec<u8>) -> Vec<u8> {
+    let mut doc = Document::load_mem(&make_pdf(&[&["Hello."]], None)).unwrap();
+    doc.add_object(Stream::new(dict, data).with_compression(false));
+    let mut bytes = Vec::new();
+    doc.save_to(&mut bytes).unwrap();
+    bytes
+}
+
+#[tokio::test]
+async fn a_bomb_behind_two_flate_layers_is_refused() {
+    // 300 MiB of zeros deflated twice: about 2 KB on disk. Measuring only the
+    // first layer sees a few hundred KiB and lets it through.
+    let bomb = zeros_deflated(300, 2);
+    assert!(bomb.len() < 4096, "{}", bomb.len());
+    let bytes = with_stream(
+        dictionary! { "Filter" => vec!["FlateDecode".into(), "FlateDecode".into()] },
+        bomb,
+    );
+    assert!(bytes.len() < 8192, "{}", bytes.len());
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("double.pdf"), &bytes).unwrap();
+    let e = load_one(tmp.path()).await.unwrap_err();
+    assert!(e.contains("decompression bomb"), "{e}");
+}
+
+#[tokio::test]
+async fn a_bomb_in_an_object_stream_is_refused_before_the_pdf_is_parsed() {
+    // An object stream is inflated by the parser while it loads the file, before
+    // any check of the loaded document could run: the raw bytes are measured first.
+    let bomb = zeros_deflated(300, 1);
+    let bytes = with_stream(
+        dictionary! {
+            "Type" => "ObjStm",
+            "N" => 1,
+            "First" => 4,
+            "Filter" => "FlateDecode",
+        },
+        bomb,
+    );
+    assert!(bytes.len() < 2 << 20, "{}", bytes.len());
+    // Straight to the extractor and through the loader: both refuse.
+    let e = magpie_files::pdf::pdf(&bytes).unwrap_err();
+    assert!(e.contains("decompression bomb"), "{e}");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("objstm.pdf"), &bytes).unwrap();
+    let e = load_one(tmp.path()).await.unwrap_err();
+    assert!(e.contains("decompression bomb"), "{e}");
+}
+
+#[tokio::test]
+async fn an_ordinary_compressed_pdf_still_loads() {
+    // Real content behind two Flate layers is decoded and measured, not refused.
+    let text = "BT /F1 12 Tf 72 720 Td (Nested filters are legal.) Tj ET";
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(text.as_bytes()).unwrap();
+    let once = enc.finish().unwrap();
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&once).unwrap();
+    let twice = enc.finish().unwrap();
+    let bytes = with_stream(
+        dictionary! { "Filter" => vec!["FlateDecode".into(), "FlateDecode".into()] },
+        twice,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("ok.pdf"), &bytes).unwrap();
+    let doc = load_one(tmp.path()).await.unwrap();
+    assert!(doc.text.contains("Hello."), "{}", doc.text);
+}

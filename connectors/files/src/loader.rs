@@ -28,6 +28,7 @@ pub struct DirectoryLoader {
     max_file_size: u64,
     max_depth: Option<usize>,
     hidden: bool,
+    skip_dirs: Vec<PathBuf>,
 }
 
 impl DirectoryLoader {
@@ -40,7 +41,18 @@ impl DirectoryLoader {
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             max_depth: None,
             hidden: false,
+            skip_dirs: Vec::new(),
         }
+    }
+
+    /// Never descend into `dir` (the index itself, when it lies inside the folder).
+    /// Directories that hold a magpie index (`magpie.json` beside `catalog.json`)
+    /// are always skipped.
+    pub fn skip_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        let dir = dir.as_ref();
+        self.skip_dirs
+            .push(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
+        self
     }
 
     /// Only load files matching one of these globs (e.g. `**/*.md`).
@@ -178,6 +190,22 @@ impl DirectoryLoader {
             .max_depth(self.max_depth)
             .overrides(self.overrides()?)
             .sort_by_file_path(|a, b| a.cmp(b));
+        let skip_dirs = self.skip_dirs.clone();
+        wb.filter_entry(move |e| {
+            if !e.file_type().is_some_and(|t| t.is_dir()) {
+                return true;
+            }
+            let p = e.path();
+            if p.join("magpie.json").is_file() && p.join("catalog.json").is_file() {
+                debug!(dir = %p.display(), "skipping a magpie index directory");
+                return false;
+            }
+            if skip_dirs.is_empty() {
+                return true;
+            }
+            let canonical = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            !skip_dirs.contains(&canonical)
+        });
         for entry in wb.build() {
             match entry {
                 Ok(e) => {

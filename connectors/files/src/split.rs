@@ -135,7 +135,13 @@ fn best_break(window: &str) -> Option<usize> {
     if best.is_some() {
         return best;
     }
-    window.rfind(char::is_whitespace).map(|p| p + 1)
+    // Just after the last whitespace character, whatever its width (U+00A0 is
+    // two bytes, U+3000 three).
+    window
+        .char_indices()
+        .rev()
+        .find(|(_, c)| c.is_whitespace())
+        .map(|(p, c)| p + c.len_utf8())
 }
 
 fn line_starts(text: &str) -> Vec<usize> {

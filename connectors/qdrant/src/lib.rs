@@ -193,6 +193,70 @@ fn chunk_from_payload(id: &PointId, payload: Option<&Payload>) -> Result<Chunk> 
     serde_json::from_value(v.clone()).map_err(|_| err(QdrantStoreError::Payload(id.to_string())))
 }
 
+/// The error for a vector store whose files are damaged.
+fn damaged_store(dir: &Path, why: &str) -> Error {
+    Error::Index(format!(
+        "the vector store in {} is damaged ({why}); `docqa repair` rebuilds it from the \
+         keyword index",
+        dir.display()
+    ))
+}
+
+/// Check what qdrant-edge would trust blindly before it opens the store: the
+/// id tracker's mapping log, whose internal ids size an allocation (a damaged
+/// one asks for tens of GiB and aborts the process).
+fn check_segment_files(dir: &Path) -> Result<()> {
+    let Ok(segments) = std::fs::read_dir(dir.join("segments")) else {
+        return Ok(());
+    };
+    for seg in segments.filter_map(|e| e.ok()) {
+        let path = seg.path().join("mutable_id_tracker.mappings");
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if let Err(why) = check_mappings(&bytes) {
+            return Err(damaged_store(dir, &format!("{}: {why}", path.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Entries of a mapping log: a type byte (1 insert numeric id, 2 insert UUID,
+/// 3 delete numeric, 4 delete UUID), the external id (8 or 16 bytes), and for
+/// inserts the internal id (u32, little-endian). Internal ids are handed out
+/// one per insert, so none can exceed the number of inserts logged. A torn
+/// last entry (a crash while appending) is fine: qdrant-edge drops it.
+fn check_mappings(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut inserts = 0u64;
+    let mut max_internal = 0u64;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let (id_len, insert) = match bytes[at] {
+            1 => (8, true),
+            2 => (16, true),
+            3 => (8, false),
+            4 => (16, false),
+            b => return Err(format!("an entry of unknown type {b:#04x} at byte {at}")),
+        };
+        let len = 1 + id_len + if insert { 4 } else { 0 };
+        let Some(entry) = bytes.get(at..at + len) else {
+            break;
+        };
+        if insert {
+            inserts += 1;
+            let internal = u32::from_le_bytes(entry[1 + id_len..].try_into().expect("4 bytes"));
+            max_internal = max_internal.max(u64::from(internal));
+        }
+        at += len;
+    }
+    if inserts > 0 && max_internal >= inserts.saturating_mul(2) + 1024 {
+        return Err(format!(
+            "internal id {max_internal} after only {inserts} inserts"
+        ));
+    }
+    Ok(())
+}
+
 impl EdgeStore {
     /// Open the store in `dir`, creating it for `dim`-dimensional vectors if it does not exist.
     pub fn open(dir: impl AsRef<Path>, dim: usize) -> Result<Self> {
@@ -207,7 +271,10 @@ impl EdgeStore {
             .build();
         let existing = dir.join("edge_config.json").exists() || dir.join("segments").exists();
         let shard = if existing {
-            let shard = EdgeShard::load(dir, None).map_err(|e| {
+            check_segment_files(dir)?;
+            let loaded = magpie_core::guard::catch("vector store", || EdgeShard::load(dir, None))
+                .map_err(|e| damaged_store(dir, &e.to_string()))?;
+            let shard = loaded.map_err(|e| {
                 let msg = e.to_string();
                 if msg.contains("WouldBlock") {
                     // The write-ahead log is locked: another process has the index open.
@@ -217,11 +284,7 @@ impl EdgeStore {
                         dir.display()
                     ))
                 } else {
-                    Error::Index(format!(
-                        "the vector index in {} cannot be opened ({msg}); remove the index \
-                         directory and index again",
-                        dir.display()
-                    ))
+                    damaged_store(dir, &msg)
                 }
             })?;
             let stored = shard.config().vectors.get(DENSE).map(|p| p.size);
@@ -274,13 +337,18 @@ impl EdgeStore {
     ) -> Result<T> {
         let shard = self.shard.clone();
         tokio::task::spawn_blocking(move || {
-            let guard = shard
-                .lock()
-                .map_err(|_| Error::stage("vector store", "lock poisoned by an earlier panic"))?;
+            // A panic inside the store (a damaged segment) is this request's
+            // error: caught while the lock is held, so the lock never poisons.
+            let guard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let s = guard
                 .as_ref()
                 .ok_or_else(|| Error::stage("vector store", "store is closed"))?;
-            f(s)
+            magpie_core::guard::catch("vector store", || f(s)).map_err(|e| {
+                Error::Index(format!(
+                    "{e}: the vector store is damaged; run `docqa status --verify`, then \
+                     `docqa repair`"
+                ))
+            })?
         })
         .await
         .map_err(|e| Error::stage("vector store", e))?
@@ -340,12 +408,83 @@ impl EdgeStore {
     }
 }
 
+impl EdgeStore {
+    /// Read every point back: its payload must be a chunk, its vector finite,
+    /// of the store's size, and match the fingerprint recorded when written.
+    async fn verify_points(&self) -> Result<magpie_core::StoreHealth> {
+        let dim = self.dim;
+        self.with_shard(move |s| {
+            let mut health = magpie_core::StoreHealth::default();
+            let mut offset = None;
+            loop {
+                let (records, next) = s
+                    .scroll(ScrollRequest {
+                        offset,
+                        limit: Some(256),
+                        filter: None,
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: WithVector::Bool(true),
+                        order_by: None,
+                    })
+                    .map_err(edge)?;
+                for r in records {
+                    let chunk = match chunk_from_payload(&r.id, r.payload.as_ref()) {
+                        Ok(c) => c,
+                        Err(_) => {
+                            health.problems.push(format!(
+                                "point {} has no readable chunk: its document is unknown",
+                                r.id
+                            ));
+                            continue;
+                        }
+                    };
+                    let vector = match r.vector {
+                        Some(qdrant_edge::VectorStructInternal::Named(mut m)) => {
+                            match m.remove(DENSE) {
+                                Some(qdrant_edge::VectorInternal::Dense(d)) => Some(d),
+                                _ => None,
+                            }
+                        }
+                        Some(qdrant_edge::VectorStructInternal::Single(d)) => Some(d),
+                        _ => None,
+                    };
+                    let recorded: Option<Vec<f32>> = r
+                        .payload
+                        .as_ref()
+                        .and_then(|p| p.0.get("fp"))
+                        .and_then(|v| serde_json::from_value(v.clone()).ok());
+                    let ok = match (&vector, &recorded) {
+                        (Some(v), _) if v.len() != dim => false,
+                        (Some(v), Some(fp)) => magpie_core::fingerprint_matches(v, fp),
+                        (Some(v), None) => v.iter().all(|x| x.is_finite()),
+                        (None, _) => false,
+                    };
+                    if ok {
+                        health.chunks_read += 1;
+                    } else {
+                        health.damaged.push(StoredChunk {
+                            chunk_id: chunk.id,
+                            doc_id: chunk.doc_id,
+                            doc_hash: chunk.doc_hash,
+                        });
+                    }
+                }
+                match next {
+                    Some(n) => offset = Some(n),
+                    None => break,
+                }
+            }
+            Ok(health)
+        })
+        .await
+    }
+}
+
 impl Drop for EdgeStore {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.shard.lock() {
-            // EdgeShard flushes on drop.
-            g.take();
-        }
+        // EdgeShard flushes on drop.
+        let shard = self.shard.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(shard)));
     }
 }
 
@@ -360,6 +499,8 @@ impl VectorStore for EdgeStore {
                 "doc_hash": c.doc_hash,
                 "source": c.source,
                 "chunk": c,
+                // Checked by `verify`: a vector damaged on disk is found.
+                "fp": magpie_core::vector_fingerprint(v),
             });
             let p = PointStruct::new(
                 point_id(&c.id)?,
@@ -473,6 +614,10 @@ impl VectorStore for EdgeStore {
         .await
     }
 
+    async fn verify(&self) -> Result<magpie_core::StoreHealth> {
+        self.verify_points().await
+    }
+
     async fn list_chunks(&self) -> Result<Vec<StoredChunk>> {
         self.with_shard(|s| {
             let mut out = Vec::new();
@@ -515,6 +660,37 @@ impl VectorStore for EdgeStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod mapping_tests {
+    use super::check_mappings;
+
+    fn insert_uuid(internal: u32) -> Vec<u8> {
+        let mut v = vec![2u8];
+        v.extend_from_slice(&[0xAB; 16]);
+        v.extend_from_slice(&internal.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn mapping_logs_are_checked_before_qdrant_edge_trusts_them() {
+        let mut log: Vec<u8> = (0..10).flat_map(insert_uuid).collect();
+        log.push(4);
+        log.extend_from_slice(&[0xAB; 16]);
+        assert!(check_mappings(&log).is_ok());
+        // A torn last entry is a crash while appending, not damage.
+        let mut torn = log.clone();
+        torn.extend_from_slice(&insert_uuid(10)[..7]);
+        assert!(check_mappings(&torn).is_ok());
+        // An internal id from a flipped byte would size a huge allocation.
+        let mut bad = log.clone();
+        bad[17 + 3] = 0xFF;
+        assert!(check_mappings(&bad).unwrap_err().contains("internal id"));
+        let mut bad = log;
+        bad[21] = 9;
+        assert!(check_mappings(&bad).unwrap_err().contains("unknown type"));
     }
 }
 

@@ -110,6 +110,44 @@ fn quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
     r
 }
 
+/// A keyword index that cannot be opened: its files are damaged or missing.
+fn unreadable(dir: &Path, e: tantivy::TantivyError) -> Error {
+    Error::Index(format!(
+        "the keyword index in {} cannot be read ({e}): it is damaged; `docqa repair` rebuilds \
+         it from the chunks in the vector store",
+        dir.display()
+    ))
+}
+
+/// Opening errors other than a held lock are damage.
+fn reword_open_error(dir: &Path, e: Error) -> Error {
+    match e {
+        Error::Stage { source, .. } => match source.downcast::<TantivyStoreError>() {
+            Ok(t) => match *t {
+                TantivyStoreError::Tantivy(te) => unreadable(dir, te),
+                other => err(other),
+            },
+            Err(source) => Error::Stage {
+                stage: "keyword store",
+                source,
+            },
+        },
+        other => other,
+    }
+}
+
+/// A panic inside tantivy (a damaged segment file) as an error that says how
+/// to repair the keyword store.
+fn damaged<T>(r: Result<Result<T>>) -> Result<T> {
+    match r {
+        Ok(inner) => inner,
+        Err(e) => Err(Error::Index(format!(
+            "{e}: the keyword index is damaged; run `docqa status --verify`, then `docqa repair` \
+             (it rebuilds the keyword index from the stored chunks)"
+        ))),
+    }
+}
+
 /// `frag` with `«»` around the highlighted ranges. The Chinese tokenizer emits
 /// overlapping words ("铁路" inside "铁路网"), so ranges may overlap or nest:
 /// they are merged; ranges outside the fragment or off character boundaries
@@ -152,6 +190,20 @@ impl TantivyStore {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // Segment files without the meta file that lists them: a damaged index,
+        // which open_or_create would silently replace with an empty one.
+        if !dir.join("meta.json").exists() {
+            let has_segments = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+                .filter_map(|e| e.ok())
+                .any(|e| !e.file_name().to_string_lossy().starts_with('.'));
+            if has_segments {
+                return Err(unreadable(
+                    dir,
+                    tantivy::TantivyError::SystemError("meta.json is missing".into()),
+                ));
+            }
+        }
         let mmap = MmapDirectory::open(dir).map_err(|e| {
             err(TantivyStoreError::Open {
                 path: dir.into(),
@@ -159,8 +211,9 @@ impl TantivyStore {
             })
         })?;
         let (schema, fields) = schema();
-        let index = Index::open_or_create(mmap, schema).map_err(err)?;
+        let index = Index::open_or_create(mmap, schema).map_err(|e| unreadable(dir, e))?;
         Self::from_index(index, fields, Some(dir.to_path_buf()), true)
+            .map_err(|e| reword_open_error(dir, e))
     }
 
     /// Open an existing index in `dir` for searching only (no writer lock is taken,
@@ -173,9 +226,10 @@ impl TantivyStore {
                 msg: e.to_string(),
             })
         })?;
-        let index = Index::open(mmap).map_err(err)?;
+        let index = Index::open(mmap).map_err(|e| unreadable(dir, e))?;
         let (_, fields) = schema();
         Self::from_index(index, fields, Some(dir.to_path_buf()), false)
+            .map_err(|e| reword_open_error(dir, e))
     }
 
     /// A store kept in memory (tests, throwaway indexes).
@@ -327,10 +381,8 @@ impl TantivyStore {
             .as_ref()
             .ok_or_else(|| Error::stage("keyword store", "opened read-only"))?
             .lock()
-            .map_err(|_| {
-                Error::stage("keyword store", "writer lock poisoned by an earlier panic")
-            })?;
-        f(&mut w)
+            .unwrap_or_else(|p| p.into_inner());
+        damaged(magpie_core::guard::catch("keyword store", || f(&mut w)))
     }
 
     fn delete_terms(&self, field: Field, values: &[String]) -> Result<()> {
@@ -393,7 +445,9 @@ impl KeywordStore for TantivyStore {
     }
 
     async fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
-        self.search_blocking(query, k)
+        damaged(magpie_core::guard::catch("keyword store", || {
+            self.search_blocking(query, k)
+        }))
     }
 
     async fn commit(&self) -> Result<()> {
@@ -401,11 +455,10 @@ impl KeywordStore for TantivyStore {
             return self.reader.reload().map_err(err);
         };
         tokio::task::spawn_blocking(move || {
-            let mut w = writer
-                .lock()
-                .map_err(|_| Error::stage("keyword store", "writer lock poisoned"))?;
-            w.commit().map_err(err)?;
-            Ok::<_, Error>(())
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            damaged(magpie_core::guard::catch("keyword store", || {
+                w.commit().map(|_| ()).map_err(err)
+            }))
         })
         .await
         .map_err(|e| Error::stage("keyword store", e))??;
@@ -413,6 +466,57 @@ impl KeywordStore for TantivyStore {
     }
 
     async fn list_chunks(&self) -> Result<Vec<StoredChunk>> {
+        damaged(magpie_core::guard::catch("keyword store", || {
+            self.list_blocking()
+        }))
+    }
+
+    /// Every file against its checksum (tantivy's footers), then every stored
+    /// chunk read back.
+    async fn verify(&self) -> Result<magpie_core::StoreHealth> {
+        let mut health = magpie_core::StoreHealth::default();
+        let searcher = self.reader.searcher();
+        match magpie_core::guard::catch("keyword store", || searcher.index().validate_checksum()) {
+            Ok(Ok(bad)) => {
+                let mut bad: Vec<String> = bad.iter().map(|p| p.display().to_string()).collect();
+                bad.sort();
+                for f in bad {
+                    health
+                        .problems
+                        .push(format!("keyword index file {f} fails its checksum"));
+                }
+            }
+            Ok(Err(e)) => health
+                .problems
+                .push(format!("keyword index unreadable: {e}")),
+            Err(e) => health.problems.push(e.to_string()),
+        }
+        match magpie_core::guard::catch("keyword store", || self.all_chunks()) {
+            Ok(Ok(chunks)) => health.chunks_read = chunks.len(),
+            Ok(Err(e)) => health.problems.push(magpie_core::error_chain(&e)),
+            Err(e) => health.problems.push(e.to_string()),
+        }
+        Ok(health)
+    }
+}
+
+impl TantivyStore {
+    /// Every stored chunk with its text (to rebuild another store from).
+    pub fn all_chunks(&self) -> Result<Vec<Chunk>> {
+        let searcher = self.reader.searcher();
+        let addrs = searcher
+            .search(&tantivy::query::AllQuery, &DocSetCollector)
+            .map_err(err)?;
+        let mut out = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let doc: TantivyDocument = searcher.doc(addr).map_err(err)?;
+            out.push(self.chunk_from(&doc)?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn list_blocking(&self) -> Result<Vec<StoredChunk>> {
         let searcher = self.reader.searcher();
         let addrs = searcher
             .search(&tantivy::query::AllQuery, &DocSetCollector)

@@ -101,6 +101,8 @@ pub struct WebLoader {
     cache_path: Option<PathBuf>,
     client: reqwest::Client,
     fetched: Mutex<HashMap<String, Fetched>>,
+    /// What the index holds (uri → hash), when the pipeline said.
+    held: Mutex<Option<HashMap<String, String>>>,
 }
 
 impl WebLoader {
@@ -118,6 +120,7 @@ impl WebLoader {
             limits,
             cache_path: None,
             fetched: Mutex::new(HashMap::new()),
+            held: Mutex::new(None),
         })
     }
 
@@ -168,6 +171,15 @@ impl WebLoader {
         budget: &mut usize,
     ) -> (Fetched, Vec<Url>, Option<CacheEntry>) {
         let mut req = self.client.get(url.clone());
+        // Ask "changed since?" only for pages the index holds as cached: a page
+        // cached by a run that died before the index committed is fetched whole.
+        let cached = cached.filter(|c| {
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_none_or(|held| held.get(url.as_str()) == Some(&c.hash))
+        });
         if let Some(c) = cached {
             if let Some(e) = &c.etag {
                 req = req.header(reqwest::header::IF_NONE_MATCH, e);
@@ -398,6 +410,10 @@ impl Loader for WebLoader {
         self.start.to_string()
     }
 
+    fn indexed(&self, held: &HashMap<String, String>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(held.clone());
+    }
+
     /// Fetch the page (or crawl the site); documents are kept for `load`.
     async fn list(&self) -> Result<Listing> {
         let mut cache = self.read_cache();
@@ -460,7 +476,7 @@ impl Loader for WebLoader {
             if !matches!(fetched, Fetched::Skipped(_)) {
                 self.fetched
                     .lock()
-                    .map_err(|_| magpie_core::Error::stage("web", "lock poisoned"))?
+                    .unwrap_or_else(|p| p.into_inner())
                     .insert(url.to_string(), fetched);
             }
             if self.crawl && depth < self.limits.max_depth {
@@ -486,7 +502,7 @@ impl Loader for WebLoader {
         let fetched = self
             .fetched
             .lock()
-            .map_err(|_| skip("internal: lock poisoned"))?
+            .unwrap_or_else(|p| p.into_inner())
             .remove(&source.uri)
             .ok_or_else(|| skip("not fetched in this run"))?;
         match fetched {

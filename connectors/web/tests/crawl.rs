@@ -2,6 +2,7 @@
 //! page, a failing page, a page with 100,000 links, a non-text type, and a
 //! second crawl answered by conditional requests.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,4 +242,64 @@ async fn one_page_without_crawl() {
     );
     assert!(WebLoader::new("ftp://x/").is_err());
     assert!(WebLoader::new("not a url").is_err());
+}
+
+#[tokio::test]
+async fn a_crawl_killed_before_the_index_committed_is_fetched_again_in_full() {
+    let (base, counts) = site().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("web-cache.json");
+    let loader = |held: Option<HashMap<String, String>>| {
+        let l = WebLoader::new(&format!("{base}/"))
+            .unwrap()
+            .crawl(true)
+            .limits(limits())
+            .unwrap()
+            .cache(&cache);
+        if let Some(h) = held {
+            l.indexed(&h);
+        }
+        l
+    };
+    // The first run fetches and writes the cache, then dies: the index holds nothing.
+    let first = loader(Some(HashMap::new()));
+    let listing = first.list().await.unwrap();
+    assert!(cache.is_file(), "the cache was written");
+    let a = listing
+        .sources
+        .iter()
+        .find(|s| s.uri.ends_with("/a"))
+        .unwrap()
+        .clone();
+    let hash_a = first.load(&a).await.unwrap().content_hash;
+    drop(first);
+
+    // The re-run is told the index is empty: no conditional requests, whole pages.
+    let rerun = loader(Some(HashMap::new()));
+    rerun.list().await.unwrap();
+    assert_eq!(
+        counts.not_modified.load(Ordering::SeqCst),
+        0,
+        "a page the index lacks was asked for conditionally"
+    );
+    let doc = rerun.load(&a).await.unwrap();
+    assert!(doc.text.contains("domed nests"), "{}", doc.text);
+
+    // Once the index holds /a with that hash, /a is asked for conditionally (304)
+    // and the others, which the index still lacks, are fetched whole.
+    let held = HashMap::from([(a.uri.clone(), hash_a.clone())]);
+    let committed = loader(Some(held));
+    committed.list().await.unwrap();
+    assert_eq!(counts.not_modified.load(Ordering::SeqCst), 1);
+    let doc = committed.load(&a).await.unwrap();
+    assert!(doc.text.is_empty() && doc.content_hash == hash_a);
+    let b = committed
+        .load(&magpie_core::SourceRef {
+            uri: format!("{base}/b"),
+            locator: format!("{base}/b"),
+            size: None,
+        })
+        .await
+        .unwrap();
+    assert!(b.text.contains("harsh chatter"), "{}", b.text);
 }

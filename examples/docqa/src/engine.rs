@@ -336,6 +336,13 @@ impl Engine {
         )?;
         let (vectors, keywords, remote) = match spec {
             StoreSpec::Embedded => {
+                // The embedded stores map their files: opening them on a full
+                // disk would crash the process, so refuse with a message first.
+                magpie_core::guard::ensure_free_space(
+                    dir,
+                    magpie_core::guard::MIN_FREE_TO_OPEN,
+                    "opening the index",
+                )?;
                 let vectors = Arc::new(EdgeStore::open(dir.join("vectors"), settings.dimension)?);
                 let keywords = if opts.read_only {
                     TantivyStore::open_read_only(dir.join("keywords"))?
@@ -398,7 +405,8 @@ impl Engine {
             self.vectors.clone(),
             self.keywords.clone(),
             catalog,
-        ))
+        )
+        .storage_dir(&self.dir))
     }
 
     pub fn bm25(&self) -> KeywordRetriever {
@@ -434,9 +442,9 @@ pub fn read_settings(dir: &Path) -> Result<Option<IndexSettings>> {
     match std::fs::read(&settings_path) {
         Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
             format!(
-                "{} is damaged; remove {} and index again",
-                settings_path.display(),
-                dir.display()
+                "{} is damaged: `docqa repair` writes it again (with --embed-model, \
+                 --chunk-tokens and --overlap if the index was not made with the defaults)",
+                settings_path.display()
             )
         })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

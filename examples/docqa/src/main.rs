@@ -7,6 +7,7 @@ mod bench;
 mod engine;
 mod eval;
 mod eval_qa;
+mod integrity;
 mod models;
 mod plugins;
 mod progress;
@@ -30,6 +31,7 @@ Getting started:
   docqa search \"how do I configure it?\"   hybrid search (dense + BM25)
   docqa ask \"how do I configure it?\"      answer from the documents, with sources
   docqa status                            what the index holds, and whether it is consistent
+  docqa status --verify                   read and check everything; `docqa repair` mends it
 
 Environment: MAGPIE_MODELS (models directory), MAGPIE_EMBED_MODEL, MAGPIE_LLM, MAGPIE_CTX,
 RUST_LOG (e.g. docqa=debug).";
@@ -177,12 +179,14 @@ always check the sources.")]
     /// Inspect a language model file.
     #[command(subcommand)]
     Model(ModelCommand),
-    /// Show what the index holds and check both stores against the catalog.
-    Status {
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show what the index holds and check both stores against the catalog
+    /// (--verify: read and check everything).
+    Status(integrity::StatusArgs),
+    /// Rebuild a damaged part of the index from the others.
+    Repair(integrity::RepairArgs),
+    /// (internal) Check the embedded vector store in a child process.
+    #[command(name = "__check-vectors", hide = true)]
+    CheckVectors { dir: PathBuf, dim: usize },
     /// Measure retrieval quality.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -375,6 +379,15 @@ fn main() {
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("error: {e:#}");
+        let root: &(dyn std::error::Error + 'static) = e.as_ref();
+        if magpie_core::guard::mentions_disk_full(root)
+            && !format!("{e:#}").contains("free some space")
+        {
+            eprintln!(
+                "The disk is full: free some space and run again. What was committed before \
+                 is intact (`docqa status` checks it)."
+            );
+        }
         std::process::exit(1);
     }
 }
@@ -446,7 +459,8 @@ async fn run(cli: Cli) -> Result<()> {
                     .include(include.clone())
                     .exclude(exclude.clone())
                     .max_file_size(*max_file_size)
-                    .hidden(*hidden);
+                    .hidden(*hidden)
+                    .skip_dir(&cli.index);
                 pipeline.run(&loader, &opts, &progress).await?
             };
             progress.finish();
@@ -461,7 +475,8 @@ async fn run(cli: Cli) -> Result<()> {
                     .include(include.clone())
                     .exclude(exclude.clone())
                     .max_file_size(*max_file_size)
-                    .hidden(*hidden);
+                    .hidden(*hidden)
+                    .skip_dir(&cli.index);
                 let Some(mut changes) = changes else {
                     unreachable!("--watch sets up the watcher before the first run")
                 };
@@ -528,51 +543,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             tracing::info!(ms = result.retrieval.as_secs_f64() * 1e3, "search took");
         }
-        Command::Status { json } => {
-            let engine = Engine::open(&cli.index, &cli.models, OpenOptions::search())?;
-            let pipeline = engine.pipeline()?;
-            let c = pipeline.check().await?;
-            if *json {
-                let mut v = serde_json::to_value(&c)?;
-                v["consistent"] = c.is_consistent().into();
-                v["settings"] = serde_json::to_value(&engine.settings)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!("Index {}", cli.index.display());
-                println!(
-                    "  model {} ({} dims), chunks of {} tokens, overlap {}",
-                    engine.settings.embedding_model,
-                    engine.settings.dimension,
-                    engine.settings.chunk_tokens,
-                    engine.settings.overlap_tokens
-                );
-                match &engine.settings.store {
-                    Some(url) => println!("  vectors and BM25 in Qdrant: {url}"),
-                    None => {
-                        println!("  embedded stores (qdrant-edge, tantivy) in the index directory")
-                    }
-                }
-                println!("  {} documents, {} chunks", c.documents, c.chunks);
-                println!(
-                    "  vector store {} chunks, keyword store {} chunks",
-                    c.vector_chunks, c.keyword_chunks
-                );
-                if c.is_consistent() {
-                    println!("  consistent");
-                } else {
-                    println!(
-                        "  INCONSISTENT: {} duplicates, {} leftover chunks, {} incomplete documents; \
-                         the next `docqa index` repairs it",
-                        c.duplicates,
-                        c.orphans,
-                        c.incomplete_docs.len()
-                    );
-                }
-            }
-            if !c.is_consistent() {
-                std::process::exit(3);
-            }
-        }
+        Command::Status(args) => integrity::status(&cli.index, &cli.models, args).await?,
+        Command::Repair(args) => integrity::repair(&cli.index, &cli.models, args).await?,
+        Command::CheckVectors { dir, dim } => integrity::check_vectors_child(dir, *dim).await?,
         Command::Eval(EvalCommand::Beir(args)) => {
             let explicit = std::env::args().any(|a| a == "--index" || a.starts_with("--index="))
                 || std::env::var_os("DOCQA_INDEX").is_some();

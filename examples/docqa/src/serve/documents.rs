@@ -11,28 +11,13 @@ use axum::extract::{FromRequest, Multipart, Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use magpie_core::{Catalog, Document, Listing, Loader, NoProgress, RunOptions, Skipped, SourceRef};
+use magpie_core::{Catalog, Document, Listing, Loader, Skipped, SourceRef};
 use magpie_files::DirectoryLoader;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::indexer::Job;
 use super::{ApiError, ApiJson, App};
-
-/// Work for the indexing worker.
-pub enum Job {
-    /// One uploaded file, in its own directory under uploads/.
-    Upload { id: String, file: PathBuf },
-    /// Bring a watched directory up to date (adds, changes, deletions).
-    Sync { id: String, dir: PathBuf },
-}
-
-impl Job {
-    fn id(&self) -> &str {
-        match self {
-            Job::Upload { id, .. } | Job::Sync { id, .. } => id,
-        }
-    }
-}
 
 /// What a client polls.
 #[derive(Debug, Clone, Serialize)]
@@ -70,21 +55,21 @@ pub fn job_counts(app: &App) -> (usize, usize) {
     (count(JobStatus::Queued), count(JobStatus::Running))
 }
 
-fn set_job(app: &App, id: &str, f: impl FnOnce(&mut JobInfo)) {
+pub(super) fn set_job(app: &App, id: &str, f: impl FnOnce(&mut JobInfo)) {
     if let Some(j) = app.jobs.lock().unwrap().get_mut(id) {
         f(j);
     }
 }
 
-/// Register and queue a job; 503 when the queue is full.
-fn enqueue(
+/// Record a job as queued (without queueing it).
+pub(super) fn register(
     app: &App,
-    job: Job,
+    id: &str,
     source: String,
     document_id: Option<String>,
-) -> Result<JobInfo, ApiError> {
+) -> JobInfo {
     let info = JobInfo {
-        id: job.id().to_string(),
+        id: id.to_string(),
         status: JobStatus::Queued,
         source,
         document_id,
@@ -92,22 +77,41 @@ fn enqueue(
         report: None,
         created: super::unix_now(),
     };
-    {
-        let mut jobs = app.jobs.lock().unwrap();
-        // Keep the most recent finished jobs only.
-        if jobs.len() > 10_000 {
-            let mut done: Vec<(u64, String)> = jobs
-                .values()
-                .filter(|j| matches!(j.status, JobStatus::Done | JobStatus::Failed))
-                .map(|j| (j.created, j.id.clone()))
-                .collect();
-            done.sort();
-            for (_, id) in done.iter().take(done.len() / 2) {
-                jobs.remove(id);
-            }
+    let mut jobs = app.jobs.lock().unwrap();
+    // Keep the most recent finished jobs only.
+    if jobs.len() > 10_000 {
+        let mut done: Vec<(u64, String)> = jobs
+            .values()
+            .filter(|j| matches!(j.status, JobStatus::Done | JobStatus::Failed))
+            .map(|j| (j.created, j.id.clone()))
+            .collect();
+        done.sort();
+        for (_, id) in done.iter().take(done.len() / 2) {
+            jobs.remove(id);
         }
-        jobs.insert(info.id.clone(), info.clone());
     }
+    jobs.insert(info.id.clone(), info.clone());
+    info
+}
+
+/// Register and queue a job; 503 when the queue is full or indexing is down.
+fn enqueue(
+    app: &App,
+    job: Job,
+    source: String,
+    document_id: Option<String>,
+) -> Result<JobInfo, ApiError> {
+    if !app.indexing_up.load(Ordering::SeqCst) {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "indexing_down",
+            "indexing is stopped after repeated crashes (see the server's log); restart the \
+             server, search and answers still work",
+        );
+        e.retry_after = Some(60);
+        return Err(e);
+    }
+    let info = register(app, job.id(), source, document_id);
     if app.job_tx.try_send(job).is_err() {
         app.jobs.lock().unwrap().remove(&info.id);
         let mut e = ApiError::new(
@@ -121,125 +125,21 @@ fn enqueue(
     Ok(info)
 }
 
-/// Indexes one job at a time until the channel closes or the server stops.
-pub async fn worker(app: Arc<App>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
-    loop {
-        let job = tokio::select! {
-            j = rx.recv() => j,
-            _ = wait_stopping(&app) => None,
-        };
-        let Some(job) = job else { break };
-        if app.stopping.load(Ordering::SeqCst) {
-            break; // what is left stays in uploads/ for the next start
-        }
-        let id = job.id().to_string();
-        set_job(&app, &id, |j| j.status = JobStatus::Running);
-        let mut pipeline = app.pipeline.lock().await;
-        let outcome = match &job {
-            Job::Upload { file, .. } => {
-                let loader = UploadLoader::new(file, app.cfg.max_upload as u64);
-                pipeline
-                    .run(&loader, &RunOptions { sync: false }, &NoProgress)
-                    .await
-            }
-            Job::Sync { dir, .. } => {
-                let loader = DirectoryLoader::new(dir);
-                pipeline
-                    .run(&loader, &RunOptions { sync: true }, &NoProgress)
-                    .await
-            }
-        };
-        *app.counts.lock().unwrap() = (pipeline.catalog().len(), pipeline.catalog().chunk_count());
-        drop(pipeline);
-        match outcome {
-            Ok(report) => {
-                let skipped = report.skipped.first().map(|s| s.reason.clone());
-                let failed =
-                    matches!(job, Job::Upload { .. }) && report.indexed + report.unchanged == 0;
-                if failed {
-                    if let Job::Upload { file, .. } = &job {
-                        // Nothing of it is in the index: do not retry it at the next start.
-                        if let Some(dir) = file.parent() {
-                            let _ = std::fs::remove_dir_all(dir);
-                        }
-                    }
-                }
-                tracing::info!(job = %id, indexed = report.indexed, chunks = report.chunks, "indexing job done");
-                let report = serde_json::to_value(&report).ok();
-                set_job(&app, &id, |j| {
-                    j.report = report;
-                    if failed {
-                        j.status = JobStatus::Failed;
-                        j.error = Some(skipped.unwrap_or_else(|| "nothing to index".into()));
-                    } else {
-                        j.status = JobStatus::Done;
-                    }
-                });
-            }
-            Err(e) => {
-                // The file stays: the next start tries again.
-                let msg = magpie_core::error_chain(&e);
-                tracing::error!(job = %id, "indexing failed: {msg}");
-                set_job(&app, &id, |j| {
-                    j.status = JobStatus::Failed;
-                    j.error = Some(msg);
-                });
-            }
-        }
-    }
-}
-
-async fn wait_stopping(app: &App) {
-    while !app.stopping.load(Ordering::SeqCst) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
-/// Queue uploads that are on disk but not in the catalog (acknowledged before a
-/// stop, not yet indexed).
-pub async fn resume_uploads(app: &Arc<App>) -> Result<usize> {
-    let cat = catalog(app).map_err(|e| anyhow::anyhow!(e.message))?;
-    let mut n = 0;
-    for entry in std::fs::read_dir(&app.uploads)? {
-        let dir = entry?.path();
-        if !dir.is_dir() {
-            continue;
-        }
-        let id = dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let Some(file) = upload_file(&dir) else {
-            // A write that never finished (no file or only a temporary one).
-            let _ = std::fs::remove_dir_all(&dir);
-            continue;
-        };
-        let doc_id = document_id(&file);
-        if cat.get(&doc_id).is_none() {
-            let name = display_name(&file);
-            enqueue(app, Job::Upload { id, file }, name, Some(doc_id))
-                .map_err(|e| anyhow::anyhow!(e.message))?;
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
-/// The finished file of an upload directory.
-fn upload_file(dir: &Path) -> Option<PathBuf> {
+/// The finished file of an upload directory: never a hidden file (a temporary
+/// file of an unfinished write, `.<name>.tmp`, or the server's own bookkeeping).
+/// Upload names never start with a dot (see [`sanitize_name`]).
+pub(super) fn upload_file(dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             p.is_file()
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
+                && p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
         })
 }
 
-fn display_name(file: &Path) -> String {
+pub(super) fn display_name(file: &Path) -> String {
     file.file_name()
         .unwrap_or_default()
         .to_string_lossy()
@@ -247,7 +147,7 @@ fn display_name(file: &Path) -> String {
 }
 
 /// The id the index gives the document at `file` (its canonical path's).
-fn document_id(file: &Path) -> String {
+pub(super) fn document_id(file: &Path) -> String {
     let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     magpie_core::doc_id_for(&canonical.to_string_lossy())
 }
@@ -282,13 +182,13 @@ pub fn watch(app: Arc<App>, dir: PathBuf, index: &Path) -> Result<tokio::task::J
 }
 
 /// Loads one uploaded file, naming it by its file name (not its path on the server).
-struct UploadLoader {
+pub(super) struct UploadLoader {
     inner: DirectoryLoader,
     name: String,
 }
 
 impl UploadLoader {
-    fn new(file: &Path, max: u64) -> Self {
+    pub(super) fn new(file: &Path, max: u64) -> Self {
         Self {
             inner: DirectoryLoader::new(file).max_file_size(max),
             name: display_name(file),

@@ -9,6 +9,7 @@
 
 pub mod config;
 mod documents;
+mod indexer;
 mod metrics;
 mod openai;
 
@@ -40,7 +41,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{Engine, Mode, ModelArgs, OpenOptions};
 use config::{Role, ServeArgs, ServeConfig};
-use documents::Job;
+use indexer::Job;
 
 /// The server's shared state.
 pub struct App {
@@ -63,6 +64,12 @@ pub struct App {
     counts: Mutex<(usize, usize)>,
     uploads: PathBuf,
     stopping: AtomicBool,
+    /// The indexing worker is running (false after it crashed past its restarts).
+    indexing_up: AtomicBool,
+    /// Times the supervisor restarted the indexing worker.
+    indexer_restarts: AtomicU64,
+    /// The job the worker is on, so a crash can be charged to it.
+    current_job: Mutex<Option<String>>,
 }
 
 /// Seconds since the Unix epoch (job and completion timestamps).
@@ -209,27 +216,15 @@ pub async fn serve(
         counts: Mutex::new(counts),
         uploads,
         stopping: AtomicBool::new(false),
+        indexing_up: AtomicBool::new(true),
+        indexer_restarts: AtomicU64::new(0),
+        current_job: Mutex::new(None),
         cfg: cfg.clone(),
     });
-    // The worker has a thread and a runtime of its own: indexing is long,
-    // CPU-heavy work that must not hold the server's threads.
-    let (worker_done, worker) = tokio::sync::oneshot::channel::<()>();
-    {
-        let app = app.clone();
-        std::thread::Builder::new()
-            .name("docqa-indexer".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("indexing runtime");
-                rt.block_on(documents::worker(app, job_rx));
-                let _ = worker_done.send(());
-            })
-            .context("starting the indexing thread")?;
-    }
+    indexer::load_failed(&app);
+    let worker = indexer::spawn(app.clone(), job_rx)?;
     // Acknowledged documents that a previous run did not finish indexing.
-    let resumed = documents::resume_uploads(&app).await?;
+    let resumed = indexer::resume_uploads(&app)?;
     if resumed > 0 {
         tracing::info!(
             documents = resumed,
@@ -480,6 +475,14 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         )
         .into_response();
     }
+    if !app.indexing_up.load(Ordering::SeqCst) {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "indexing_down",
+            "the indexing worker is down after repeated crashes; see the server's log",
+        )
+        .into_response();
+    }
     let docs = app.counts.lock().unwrap().0;
     Json(json!({"status": "ready", "documents": docs, "model": app.llm.model_id()})).into_response()
 }
@@ -509,6 +512,16 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             "docqa_indexing_jobs_running",
             "Indexing jobs running.",
             running as f64,
+        ),
+        (
+            "docqa_indexing_up",
+            "1 while the indexing worker runs.",
+            f64::from(u8::from(app.indexing_up.load(Ordering::SeqCst))),
+        ),
+        (
+            "docqa_indexer_restarts",
+            "Times the indexing worker crashed and was restarted.",
+            app.indexer_restarts.load(Ordering::SeqCst) as f64,
         ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

@@ -1,0 +1,329 @@
+//! Input that used to crash, poison or bloat docqa, each built by the test:
+//! no-break and ideographic spaces, an index inside the indexed folder, a full
+//! disk, a crashing indexing worker, leftover and unfinished uploads.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+use common::server::{body, client, wait_job, Server};
+use common::{docqa, json, run_ok};
+
+/// 410 words joined by `sep`, no newline, no sentence punctuation (the report).
+fn spaced(sep: &str, topic: &str) -> String {
+    (0..410)
+        .map(|i| format!("{topic}{i}"))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+#[test]
+fn no_break_and_ideographic_spaces_index_and_the_index_inside_the_folder_is_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("web.txt"), spaced("\u{a0}", "harbour")).unwrap();
+    std::fs::write(corpus.join("news.txt"), spaced("\u{3000}", "新闻")).unwrap();
+    std::fs::write(
+        corpus.join("plain.md"),
+        "# Plain\n\nMagpies gather twigs for the nest.\n",
+    )
+    .unwrap();
+    // The index lives inside the folder it indexes, not hidden.
+    let idx = corpus.join("my-index");
+    let first = json(&run_ok(docqa(&idx).args(["index", "--json"]).arg(&corpus)));
+    assert_eq!(first["indexed"], 3, "{first}");
+    assert_eq!(
+        first["skipped"].as_array().map(Vec::len),
+        Some(0),
+        "{first}"
+    );
+    assert!(first["chunks"].as_u64().unwrap() >= 6, "{first}");
+    // Again: nothing changed, and the index's own files never became documents.
+    let again = json(&run_ok(docqa(&idx).args(["index", "--json"]).arg(&corpus)));
+    assert_eq!(
+        (again["indexed"].clone(), again["unchanged"].clone()),
+        (json!(0), json!(3)),
+        "{again}"
+    );
+    let status = json(&run_ok(docqa(&idx).args(["status", "--json"])));
+    assert_eq!(status["documents"], 3, "{status}");
+    assert_eq!(status["consistent"], true);
+    let hits = json(&run_ok(docqa(&idx).args([
+        "search",
+        "--json",
+        "--mode",
+        "bm25",
+        "harbour205",
+    ])));
+    assert!(
+        hits["hits"][0]["chunk"]["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("web.txt")),
+        "{hits}"
+    );
+}
+
+/// Mount a tmpfs of `mib` MiB at `dir` (root only); false where that is not allowed.
+fn mount_tmpfs(dir: &Path, mib: usize) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Unmount<'a>(&'a Path);
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0).status();
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk");
+    // On a small tmpfs where the test may mount one (root); elsewhere the same
+    // check meets a disk whose free space the test sets (MAGPIE_TEST_FREE_BYTES,
+    // honoured by debug builds only).
+    let mounted = mount_tmpfs(&disk, 160);
+    let _unmount = mounted.then(|| Unmount(&disk));
+    if !mounted {
+        eprintln!("tmpfs not allowed here: the disk's free space is simulated");
+        std::fs::create_dir_all(&disk).unwrap();
+    }
+    let corpus = tmp.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            corpus.join(format!("d{i}.txt")),
+            format!("Document {i} about magpies and their nests."),
+        )
+        .unwrap();
+    }
+    let idx = disk.join("idx");
+    let first = json(&run_ok(docqa(&idx).args(["index", "--json"]).arg(&corpus)));
+    assert_eq!(first["indexed"], 4);
+
+    // More to index: about 120 chunks.
+    for i in 4..44 {
+        std::fs::write(
+            corpus.join(format!("d{i}.txt")),
+            format!("Document {i} says that crows and magpies are clever birds. ").repeat(60),
+        )
+        .unwrap();
+    }
+    let filler = disk.join("filler");
+    // Leave `mib` MiB free (on the tmpfs), or tell docqa so (simulated).
+    let index_with_free = |mib: u64| {
+        let mut cmd = docqa(&idx);
+        cmd.args(["index", "--json"]).arg(&corpus);
+        if mounted {
+            let _ = std::fs::remove_file(&filler);
+            let free = free_bytes(&disk);
+            let want = free.saturating_sub(mib << 20);
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&filler).unwrap());
+            let block = vec![7u8; 1 << 16];
+            let mut written = 0u64;
+            use std::io::Write;
+            while written + block.len() as u64 <= want {
+                w.write_all(&block).unwrap();
+                written += block.len() as u64;
+            }
+            w.flush().unwrap();
+        } else {
+            cmd.env("MAGPIE_TEST_FREE_BYTES", (mib << 20).to_string());
+        }
+        cmd.output().unwrap()
+    };
+    // Too full to open the index: refused before the stores map anything.
+    let out = index_with_free(4);
+    assert_eq!(out.status.code(), Some(1), "not a clean error: {out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("opening the index") && err.contains("free some space"),
+        "{err}"
+    );
+    // Enough to open, not enough for the new chunks: refused before writing them.
+    let out = index_with_free(66);
+    assert_eq!(out.status.code(), Some(1), "not a clean error: {out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("writing") && err.contains("free some space"),
+        "{err}"
+    );
+    // Space again: nothing that was committed is lost, and the run completes.
+    let _ = std::fs::remove_file(&filler);
+    let status = json(&run_ok(docqa(&idx).args(["status", "--json"])));
+    assert_eq!(status["consistent"], true, "{status}");
+    assert!(status["documents"].as_u64().unwrap() >= 4, "{status}");
+    let done = json(&run_ok(docqa(&idx).args(["index", "--json"]).arg(&corpus)));
+    assert_eq!(
+        done["indexed"].as_u64().unwrap() + done["unchanged"].as_u64().unwrap(),
+        44,
+        "{done}"
+    );
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap()
+}
+
+fn upload(c: &reqwest::blocking::Client, s: &Server, name: &str, text: &str) -> String {
+    let (st, v) = body(
+        c.post(s.at("/v1/documents"))
+            .json(&json!({"text": text, "name": name}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 202, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn metric(c: &reqwest::blocking::Client, s: &Server, name: &str) -> f64 {
+    let text = c.get(s.at("/metrics")).send().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn serve_indexes_odd_spaces_survives_a_crashing_worker_and_sets_poison_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    let c = client();
+    {
+        // Debug builds panic the worker on an upload named like this, standing in
+        // for any bug a document could hit.
+        let s = Server::start_with(&idx, &[], &[("DOCQA_TEST_CRASH_ON", "poison")]);
+        for (name, text) in [
+            ("web.txt", spaced("\u{a0}", "harbour")),
+            ("news.txt", spaced("\u{3000}", "新闻")),
+        ] {
+            let job = upload(&c, &s, name, &text);
+            let v = wait_job(&c, &s, &job);
+            assert_eq!(v["status"], "done", "{name}: {v}");
+        }
+        let job = upload(&c, &s, "poison.txt", "any text");
+        let v = wait_job(&c, &s, &job);
+        assert_eq!(v["status"], "failed", "{v}");
+        assert!(v["error"].as_str().unwrap().contains("crashed"), "{v}");
+        // The worker was restarted: the next upload is indexed, and the server is ready.
+        let job = upload(&c, &s, "after.txt", "Magpies gather twigs.");
+        assert_eq!(wait_job(&c, &s, &job)["status"], "done");
+        assert_eq!(metric(&c, &s, "docqa_indexer_restarts"), 1.0);
+        assert_eq!(metric(&c, &s, "docqa_indexing_up"), 1.0);
+        let (st, _) = body(c.get(s.at("/readyz")).send().unwrap());
+        assert_eq!(st, 200);
+        // The failed upload is kept aside with its reason, not in the queue.
+        let failed = idx
+            .join("failed-uploads")
+            .join(&job_dir_of(&idx, "poison.txt"));
+        assert!(failed.join(".reason").is_file(), "{}", failed.display());
+        s.stop();
+    }
+    // A restart: the set-aside upload stays a failed job, not retried.
+    let s = Server::start(&idx, &[]);
+    let (_, docs) = body(c.get(s.at("/v1/documents")).send().unwrap());
+    assert_eq!(docs["count"], 3, "{docs}");
+    let (_, jobs) = body(c.get(s.at("/v1/jobs")).send().unwrap());
+    let failed: Vec<&Value> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{jobs}");
+    assert!(failed[0]["error"].as_str().unwrap().contains("crashed"));
+    s.stop();
+}
+
+/// The upload directory (job id) under failed-uploads/ holding `name`.
+fn job_dir_of(idx: &Path, name: &str) -> String {
+    std::fs::read_dir(idx.join("failed-uploads"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.path().join(name).is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| panic!("{name} not in failed-uploads"))
+}
+
+#[test]
+fn leftover_uploads_resume_in_any_number_and_unfinished_ones_are_not_indexed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    // An index to start from, then what a crash with a full queue leaves behind.
+    drop(Server::start(&idx, &[]).stop());
+    let uploads = idx.join("uploads");
+    let n = 4200;
+    for i in 0..n {
+        let dir = uploads.join(format!("00000000-0000-4000-8000-{i:012}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("note{i}.txt")),
+            format!("Leftover note {i}."),
+        )
+        .unwrap();
+    }
+    // A write that never finished: only the temporary file.
+    let half = uploads.join("ffffffff-0000-4000-8000-000000000000");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join(".report.txt.tmp"), "half a docu").unwrap();
+    // An upload whose indexing took the server down three times.
+    let poison = uploads.join("eeeeeeee-0000-4000-8000-000000000000");
+    std::fs::create_dir_all(&poison).unwrap();
+    std::fs::write(poison.join("pill.txt"), "whatever kills the server").unwrap();
+    std::fs::write(poison.join(".attempts"), "3").unwrap();
+
+    let c = client();
+    let s = Server::start(&idx, &[]);
+    let (st, ready) = body(c.get(s.at("/readyz")).send().unwrap());
+    assert_eq!(st, 200, "{ready}");
+    assert!(!half.exists(), "the unfinished upload was not cleaned up");
+    assert!(!poison.exists(), "the poison pill was queued again");
+    let pill = idx.join("failed-uploads").join(poison.file_name().unwrap());
+    let reason = std::fs::read_to_string(pill.join(".reason")).unwrap();
+    assert!(reason.contains("3 times"), "{reason}");
+    // All of them are queued, and indexing goes on.
+    let queued = metric(&c, &s, "docqa_indexing_jobs_queued")
+        + metric(&c, &s, "docqa_indexing_jobs_running");
+    let indexed = metric(&c, &s, "docqa_index_documents");
+    assert!(
+        queued + indexed >= n as f64,
+        "queued {queued} + indexed {indexed} < {n}"
+    );
+    let t0 = Instant::now();
+    while metric(&c, &s, "docqa_index_documents") < 20.0 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "indexing stalled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, docs) = body(c.get(s.at("/v1/documents")).send().unwrap());
+    assert!(
+        !docs["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["source"].as_str().unwrap_or("").contains("report")),
+        "a temporary file was indexed"
+    );
+    s.stop();
+}
