@@ -21,15 +21,59 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// Set while code runs whose panics are caught and reported as errors.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The panic hook prints nothing for a panic that [`catch`] or [`catch_async`]
+/// turns into an error (the error quotes it); every other panic is reported
+/// as before.
+fn install_quiet_hook() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+}
+
+/// Run `f` with caught panics kept quiet on this thread.
+fn quiet<R>(f: impl FnOnce() -> R) -> R {
+    install_quiet_hook();
+    let was = QUIET.with(|q| q.replace(true));
+    let r = f();
+    QUIET.with(|q| q.set(was));
+    r
+}
+
 /// Run `f`; a panic becomes an error of `stage` that quotes it.
 pub fn catch<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(AssertUnwindSafe(f))
+    quiet(|| std::panic::catch_unwind(AssertUnwindSafe(f)))
         .map_err(|p| Error::stage(stage, format!("crashed: {}", panic_message(&*p))))
+}
+
+/// A future polled with caught panics kept quiet (each poll may run on another thread).
+struct Quiet<F>(F);
+
+impl<F: Future> Future for Quiet<F> {
+    type Output = F::Output;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // SAFETY: the inner future is never moved out of the pinned wrapper.
+        let inner = unsafe { self.map_unchecked_mut(|q| &mut q.0) };
+        quiet(|| inner.poll(cx))
+    }
 }
 
 /// Await `fut`; a panic becomes an error of `stage` that quotes it.
 pub async fn catch_async<T>(stage: &'static str, fut: impl Future<Output = T>) -> Result<T> {
-    AssertUnwindSafe(fut)
+    AssertUnwindSafe(Quiet(fut))
         .catch_unwind()
         .await
         .map_err(|p| Error::stage(stage, format!("crashed: {}", panic_message(&*p))))

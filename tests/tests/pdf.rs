@@ -180,21 +180,73 @@ async fn a_bomb_behind_two_flate_layers_is_refused() {
     assert!(e.contains("decompression bomb"), "{e}");
 }
 
+/// A one-page PDF written byte by byte (lopdf's writer drops object streams),
+/// with `extra` as object 6.
+fn raw_pdf_with(extra: &[u8]) -> Vec<u8> {
+    let content = b"BT /F1 12 Tf 72 720 Td (Hello.) Tj ET";
+    let objects: Vec<Vec<u8>> = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
+           /Resources << /Font << /F1 5 0 R >> >> >>"
+            .to_vec(),
+        [
+            format!("<< /Length {} >>\nstream\n", content.len()).as_bytes(),
+            content,
+            b"\nendstream",
+        ]
+        .concat(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec(),
+        extra.to_vec(),
+    ];
+    let mut out = b"%PDF-1.5\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, body) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\nendobj\n");
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for o in offsets {
+        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
+}
+
 #[tokio::test]
 async fn a_bomb_in_an_object_stream_is_refused_before_the_pdf_is_parsed() {
     // An object stream is inflated by the parser while it loads the file, before
     // any check of the loaded document could run: the raw bytes are measured first.
     let bomb = zeros_deflated(300, 1);
-    let bytes = with_stream(
-        dictionary! {
-            "Type" => "ObjStm",
-            "N" => 1,
-            "First" => 4,
-            "Filter" => "FlateDecode",
-        },
-        bomb,
-    );
+    let objstm = [
+        format!(
+            "<< /Type /ObjStm /N 1 /First 4 /Filter /FlateDecode /Length {} >>\nstream\n",
+            bomb.len()
+        )
+        .as_bytes(),
+        &bomb,
+        b"\nendstream",
+    ]
+    .concat();
+    let bytes = raw_pdf_with(&objstm);
     assert!(bytes.len() < 2 << 20, "{}", bytes.len());
+    // The same file with a harmless object 6 reads fine: the bomb is the difference.
+    let fine = raw_pdf_with(b"<< /Type /Note >>");
+    assert!(magpie_files::pdf::pdf(&fine)
+        .unwrap()
+        .text
+        .contains("Hello."));
     // Straight to the extractor and through the loader: both refuse.
     let e = magpie_files::pdf::pdf(&bytes).unwrap_err();
     assert!(e.contains("decompression bomb"), "{e}");

@@ -135,7 +135,9 @@ fn runner(cases: u32) -> TestRunner {
     )
 }
 
-/// Every property the splitter promises, for one document.
+/// Every property the splitter promises, for one document. `covered`: the
+/// counter gives every non-space character a token (the word counter), so the
+/// chunks must cover the text and keep to the size exactly.
 fn check_chunks(
     doc: &Document,
     counter: &'static dyn TokenCounter,
@@ -160,8 +162,11 @@ fn check_chunks(
         prop_assert_eq!(c.index, i);
         prop_assert_eq!(c.span.line_start, 1 + text[..a].matches('\n').count());
         prop_assert!(c.span.line_start <= c.span.line_end);
+        // Cut at token boundaries of the whole text; a subword tokenizer may
+        // count the cut-out piece on its own a little differently.
+        let slack = if covered { 0 } else { max_tokens / 2 + 4 };
         prop_assert!(
-            counter.count(&c.text) <= max_tokens + 1,
+            counter.count(&c.text) <= max_tokens + slack,
             "chunk {i} has {} tokens",
             counter.count(&c.text)
         );
@@ -218,7 +223,7 @@ fn words_joined_by_no_break_or_ideographic_spaces_split_cleanly() {
 
 #[test]
 fn splitter_with_the_word_counter() {
-    runner(512)
+    runner(1024)
         .run(&(nasty_text(), 8..120usize), |(text, max)| {
             let doc = Document::from_text("t.txt", text);
             check_chunks(&doc, &WordCounter, max, true)
@@ -228,7 +233,7 @@ fn splitter_with_the_word_counter() {
 
 #[test]
 fn splitter_with_the_embedding_models_tokenizer() {
-    runner(128)
+    runner(256)
         .run(&(nasty_text(), 16..200usize), |(text, max)| {
             let doc = Document::from_text("t.txt", text);
             // The tokenizer may drop characters it has no token for (control
@@ -240,7 +245,7 @@ fn splitter_with_the_embedding_models_tokenizer() {
 
 #[test]
 fn markdown_and_html_sections_are_on_char_boundaries() {
-    runner(512)
+    runner(1024)
         .run(&nasty_text(), |text| {
             let (sections, _title) = parse::markdown_sections(&text);
             let mut doc = Document::from_text("t.md", text.clone());
@@ -268,7 +273,7 @@ fn markdown_and_html_sections_are_on_char_boundaries() {
 
 #[test]
 fn encoding_detection_never_panics_and_keeps_utf8_text() {
-    runner(512)
+    runner(1024)
         .run(&nasty_text(), |text| {
             if let Ok(d) = decode(text.as_bytes()) {
                 if d.converted_from.is_none() {
@@ -279,7 +284,7 @@ fn encoding_detection_never_panics_and_keeps_utf8_text() {
             Ok(())
         })
         .unwrap();
-    runner(512)
+    runner(1024)
         .run(&prop::collection::vec(any::<u8>(), 0..2000), |bytes| {
             let _ = decode(&bytes);
             Ok(())
@@ -289,7 +294,7 @@ fn encoding_detection_never_panics_and_keeps_utf8_text() {
 
 #[test]
 fn docx_with_nasty_paragraphs_extracts_without_panicking() {
-    runner(128)
+    runner(256)
         .run(&prop::collection::vec(nasty_text(), 1..6), |paras| {
             let escaped: Vec<String> = paras
                 .iter()
@@ -386,7 +391,7 @@ fn chat_template_and_llm_tokenizer_round_trip() {
     )
     .expect("Gemma 3 270M");
     let tok = llm.tokenizer();
-    runner(128)
+    runner(256)
         .run(&(nasty_text(), nasty_text()), |(a, b)| {
             let ids = tok
                 .encode(&a)

@@ -369,6 +369,12 @@ pub fn html_to_text(html: &str) -> (String, Vec<Section>, Option<String>) {
             end: out.len(),
         });
     }
+    // The trim above may have cut into sections closed by a heading with no
+    // text after it: keep every section inside the text.
+    for s in &mut sections {
+        s.end = s.end.min(out.len());
+    }
+    sections.retain(|s| s.start < s.end);
     (out, sections, page_title.or(title))
 }
 
@@ -431,6 +437,16 @@ fn decode_entities(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heading_with_nothing_after_it_leaves_sections_inside_the_text() {
+        // Found by the property tests: the final trim cut the last section short.
+        let (out, sections, _) = html_to_text("<p>e\u{301}<h2>");
+        assert_eq!(out, "e\u{301}");
+        assert!(sections
+            .iter()
+            .all(|s| s.start < s.end && s.end <= out.len()));
+    }
 
     #[test]
     fn markdown_heading_paths() {

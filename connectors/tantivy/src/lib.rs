@@ -88,28 +88,6 @@ pub struct TantivyStore {
     path: Option<PathBuf>,
 }
 
-thread_local! {
-    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Run `f`, catching a panic without printing it (the previous panic hook
-/// still reports every other panic).
-fn quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !QUIET.with(|q| q.get()) {
-                previous(info)
-            }
-        }));
-    });
-    QUIET.with(|q| q.set(true));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    QUIET.with(|q| q.set(false));
-    r
-}
-
 /// A keyword index that cannot be opened: its files are damaged or missing.
 fn unreadable(dir: &Path, e: tantivy::TantivyError) -> Error {
     Error::Index(format!(
@@ -336,7 +314,7 @@ impl TantivyStore {
             // underflow when our tokenizer's overlapping words straddle a
             // fragment start (a panic in builds with overflow checks): such a
             // hit goes without a snippet rather than failing the search
-            let snippet = quietly(|| {
+            let snippet = magpie_core::guard::catch("keyword store", || {
                 let sn = gen.snippet_from_doc(&doc);
                 mark_highlights(sn.fragment(), sn.highlighted())
             });
@@ -574,13 +552,6 @@ mod tests {
             }
         }
         One.split(&d)
-    }
-
-    #[test]
-    fn quietly_catches_panics() {
-        assert_eq!(quietly(|| 2 + 2).unwrap(), 4);
-        let v: Vec<usize> = vec![];
-        assert!(quietly(|| v[3]).is_err());
     }
 
     /// jieba's search mode emits overlapping words; snippets used to panic on

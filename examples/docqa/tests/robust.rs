@@ -237,8 +237,34 @@ fn serve_indexes_odd_spaces_survives_a_crashing_worker_and_sets_poison_aside() {
         // The failed upload is kept aside with its reason, not in the queue.
         let failed = idx
             .join("failed-uploads")
-            .join(&job_dir_of(&idx, "poison.txt"));
+            .join(job_dir_of(&idx, "poison.txt"));
         assert!(failed.join(".reason").is_file(), "{}", failed.display());
+        // Crashing again and again (five within a minute): indexing stops, and
+        // the server says so instead of queueing what it cannot index.
+        for i in 2..=5 {
+            let job = upload(&c, &s, &format!("poison{i}.txt"), "any text");
+            assert_eq!(wait_job(&c, &s, &job)["status"], "failed");
+        }
+        let t0 = Instant::now();
+        while metric(&c, &s, "docqa_indexing_up") != 0.0 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "indexing still up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (st, v) = body(c.get(s.at("/readyz")).send().unwrap());
+        assert_eq!(st, 503, "{v}");
+        let (st, v) = body(
+            c.post(s.at("/v1/documents"))
+                .json(&json!({"text": "more", "name": "more.txt"}))
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(
+            (st.as_u16(), v["error"]["type"].as_str()),
+            (503, Some("indexing_down"))
+        );
+        // Search goes on.
+        let (st, _) = body(c.get(s.at("/v1/search?q=magpies")).send().unwrap());
+        assert_eq!(st, 200);
         s.stop();
     }
     // A restart: the set-aside upload stays a failed job, not retried.
@@ -252,8 +278,12 @@ fn serve_indexes_odd_spaces_survives_a_crashing_worker_and_sets_poison_aside() {
         .iter()
         .filter(|j| j["status"] == "failed")
         .collect();
-    assert_eq!(failed.len(), 1, "{jobs}");
-    assert!(failed[0]["error"].as_str().unwrap().contains("crashed"));
+    assert_eq!(failed.len(), 5, "{jobs}");
+    assert!(failed
+        .iter()
+        .all(|j| j["error"].as_str().unwrap().contains("crashed")));
+    let (st, _) = body(c.get(s.at("/readyz")).send().unwrap());
+    assert_eq!(st, 200, "a restart brings indexing back");
     s.stop();
 }
 
@@ -272,7 +302,7 @@ fn leftover_uploads_resume_in_any_number_and_unfinished_ones_are_not_indexed() {
     let tmp = tempfile::tempdir().unwrap();
     let idx = tmp.path().join("idx");
     // An index to start from, then what a crash with a full queue leaves behind.
-    drop(Server::start(&idx, &[]).stop());
+    assert!(Server::start(&idx, &[]).stop().success());
     let uploads = idx.join("uploads");
     let n = 4200;
     for i in 0..n {
@@ -326,4 +356,193 @@ fn leftover_uploads_resume_in_any_number_and_unfinished_ones_are_not_indexed() {
         "a temporary file was indexed"
     );
     s.stop();
+}
+
+/// Chunk ids of the top hits, dense and BM25, for a few questions.
+fn rankings(idx: &Path) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for q in [
+        "how do I upgrade without losing data",
+        "observer code error",
+    ] {
+        for mode in ["dense", "bm25"] {
+            let v = json(&run_ok(
+                docqa(idx).args(["search", "--json", "-k", "5", "--mode", mode, q]),
+            ));
+            out.push(
+                v["hits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| h["chunk"]["id"].as_str().unwrap().to_string())
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// The one file under `dir` whose path ends with `suffix`.
+fn file_ending(dir: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                found.push(p);
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{suffix}: {found:?}");
+    found.pop().unwrap()
+}
+
+fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = std::fs::read(path).unwrap();
+    f(&mut bytes);
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().filter_map(|e| e.ok()) {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A process that ended by itself (an error is fine; a signal or a panic is not).
+fn exited_cleanly(out: &std::process::Output, what: &str) {
+    assert!(
+        matches!(out.status.code(), Some(0..=3)),
+        "{what}: {:?}\n{}",
+        out.status,
+        stderr(out)
+    );
+    assert!(!stderr(out).contains("panicked"), "{what}: {}", stderr(out));
+}
+
+#[test]
+fn every_class_of_damaged_index_file_is_found_and_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = tmp.path().join("pristine");
+    run_ok(docqa(&pristine).arg("index").arg(common::sample()));
+    let want = rankings(&pristine);
+    type Damage = fn(&Path);
+    let cases: Vec<(&str, Damage)> = vec![
+        ("catalog: a count changed, still valid JSON", |i| {
+            edit(&i.join("catalog.json"), |b| {
+                let s = String::from_utf8(b.clone()).unwrap();
+                let at = s.find("\"chunks\":").unwrap() + 9;
+                b[at] = if b[at] == b'9' { b'8' } else { b[at] + 1 };
+            })
+        }),
+        ("settings file cut short", |i| {
+            edit(&i.join("magpie.json"), |b| b.truncate(b.len() / 2))
+        }),
+        ("keyword store file cut short (footer)", |i| {
+            edit(&file_ending(&i.join("keywords"), ".store"), |b| {
+                b.truncate(b.len() / 2)
+            })
+        }),
+        ("keyword term dictionary overwritten (checksum)", |i| {
+            edit(&file_ending(&i.join("keywords"), ".term"), |b| {
+                for x in b.iter_mut().take(64) {
+                    *x ^= 0xA5;
+                }
+            })
+        }),
+        ("keyword meta file lost", |i| {
+            std::fs::remove_file(i.join("keywords/meta.json")).unwrap()
+        }),
+        (
+            "vector id mapping with a huge internal id (used to abort)",
+            |i| {
+                edit(
+                    &file_ending(&i.join("vectors"), "mutable_id_tracker.mappings"),
+                    |b| b[20] = 0xFF,
+                )
+            },
+        ),
+        (
+            "vector payload index page overwritten (used to panic)",
+            |i| {
+                edit(
+                    &file_ending(&i.join("vectors"), "doc_id-map/page_0.dat"),
+                    |b| {
+                        for x in b.iter_mut().take(64) {
+                            *x ^= 0xA5;
+                        }
+                    },
+                )
+            },
+        ),
+        ("vector status file cut short (used to panic)", |i| {
+            edit(
+                &file_ending(
+                    &i.join("vectors"),
+                    "vector_storage-dense/vectors/status.dat",
+                ),
+                |b| b.truncate(b.len() / 2),
+            )
+        }),
+        (
+            "vectors with flipped exponent bits (used to change results silently)",
+            |i| {
+                edit(&file_ending(&i.join("vectors"), "chunk_0.mmap"), |b| {
+                    for v in [0usize, 3, 7] {
+                        b[v * 384 * 4 + 4 * 11 + 3] ^= 0x40;
+                    }
+                })
+            },
+        ),
+    ];
+    for (name, damage) in cases {
+        let idx = tmp
+            .path()
+            .join(name.replace([' ', ':', '(', ')', ','], "_"));
+        copy_dir(&pristine, &idx);
+        damage(&idx);
+        let verify = docqa(&idx).args(["status", "--verify"]).output().unwrap();
+        exited_cleanly(&verify, name);
+        assert_ne!(verify.status.code(), Some(0), "{name}: not found");
+        for args in [&["status"][..], &["search", "--mode", "dense", "upgrade"]] {
+            exited_cleanly(&docqa(&idx).args(args).output().unwrap(), name);
+        }
+        let repair = docqa(&idx).arg("repair").output().unwrap();
+        assert!(repair.status.success(), "{name}: {}", stderr(&repair));
+        let healthy = docqa(&idx).args(["status", "--verify"]).output().unwrap();
+        assert!(
+            healthy.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&healthy.stdout)
+        );
+        assert_eq!(rankings(&idx), want, "{name}: results changed");
+    }
+
+    // Both stores lost: nothing to rebuild from, so the documents to index
+    // again are named, and the index works (empty) until they are.
+    let idx = tmp.path().join("both");
+    copy_dir(&pristine, &idx);
+    std::fs::remove_file(idx.join("keywords/meta.json")).unwrap();
+    edit(
+        &file_ending(&idx.join("vectors"), "mutable_id_tracker.mappings"),
+        |b| b[20] = 0xFF,
+    );
+    let out = run_ok(docqa(&idx).args(["repair", "--json"]));
+    let v = json(&out);
+    assert_eq!(v["reindex"].as_array().map(Vec::len), Some(7), "{v}");
+    assert_eq!(v["healthy"], true);
+    let again = json(&run_ok(
+        docqa(&idx).args(["index", "--json"]).arg(common::sample()),
+    ));
+    assert_eq!(again["indexed"], 7, "{again}");
+    assert_eq!(rankings(&idx), want);
 }

@@ -1,12 +1,11 @@
 //! `docqa serve` as an operator runs it: the real binary, real models, real
 //! stores, spoken to over HTTP on loopback.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -73,12 +73,11 @@ pub fn spawn(
                         break;
                     }
                 };
-                app.indexing_up.store(true, Ordering::SeqCst);
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     rt.block_on(worker(app.clone(), &mut rx))
                 }));
                 let Err(panic) = run else { break };
-                app.indexing_up.store(false, Ordering::SeqCst);
+                // Uploads keep queueing while the worker restarts.
                 let msg = magpie_core::guard::panic_message(&*panic);
                 tracing::error!("the indexing worker crashed: {msg}");
                 app.indexer_restarts.fetch_add(1, Ordering::SeqCst);

@@ -64,7 +64,8 @@ pub struct App {
     counts: Mutex<(usize, usize)>,
     uploads: PathBuf,
     stopping: AtomicBool,
-    /// The indexing worker is running (false after it crashed past its restarts).
+    /// Indexing works: the worker runs or is being restarted (false once the
+    /// supervisor gave up after repeated crashes, or indexing stopped).
     indexing_up: AtomicBool,
     /// Times the supervisor restarted the indexing worker.
     indexer_restarts: AtomicU64,
@@ -515,7 +516,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         ),
         (
             "docqa_indexing_up",
-            "1 while the indexing worker runs.",
+            "1 while indexing works (0 after repeated crashes).",
             f64::from(u8::from(app.indexing_up.load(Ordering::SeqCst))),
         ),
         (
