@@ -42,10 +42,10 @@ def good(rng, i):
     kind = rng.randrange(8)
     if kind == 0:
         sep = rng.choice(SPACES)
-        return f"g{i}.txt", sep.join(rng.choice(WORDS) + str(j) for j in range(rng.randrange(50, 500)))
+        return f"g{i}.txt", sep.join(rng.choice(WORDS) + str(j) for j in range(rng.randrange(20, 400)))
     if kind == 1:
         sep = rng.choice(["\u3000", "，", ""])
-        return f"g{i}.txt", sep.join(chinese(rng, rng.randrange(5, 40)) for _ in range(rng.randrange(3, 30)))
+        return f"g{i}.txt", sep.join(chinese(rng, rng.randrange(5, 30)) for _ in range(rng.randrange(2, 12)))
     if kind == 2:
         text = english(rng, 80)
         odd = "".join(rng.choice(ODD) for _ in range(10))
@@ -57,8 +57,8 @@ def good(rng, i):
         return f"g{i}.html", (f"<html><head><title>Page {i}</title></head><body><nav>menu</nav>"
                               f"<h1>Heading</h1><p>{english(rng, 70)}</p><script>x()</script></body></html>")
     if kind == 5:
-        return f"g{i}.txt", "x" * rng.randrange(1, 3000)  # no whitespace at all
-    return f"g{i}.txt", english(rng, rng.randrange(5, 120))
+        return f"g{i}.txt", rng.choice(WORDS) * rng.randrange(1, 300)  # no whitespace at all
+    return f"g{i}.txt", english(rng, rng.randrange(5, 80))
 
 
 def flate(data):

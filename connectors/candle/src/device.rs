@@ -51,6 +51,21 @@ pub fn tune_allocator() {
     }
 }
 
+/// candle picks its quantized CPU kernels at run time: on CPUs with AVX512-VNNI
+/// (and AMX) one-token decode and multi-token prompt steps then take kernels
+/// that quantize activations differently, so logits depend on how a prompt was
+/// batched (measured: up to 0.3 on a tiny model, 0.7 on Gemma 3 270M, where the
+/// AVX2 tier agrees within 1e-3). magpie keeps every x86 CPU on the AVX2 tier, so
+/// answers are the same whatever the CPU and however the prompt was split.
+/// `MAGPIE_CPU_KERNELS=native` keeps candle's own choice. Called by
+/// [`crate::LocalLlm::load`]; call it at start-up, before other threads run.
+pub fn uniform_cpu_kernels() {
+    let native = std::env::var("MAGPIE_CPU_KERNELS").as_deref() == Ok("native");
+    if !native && std::env::var_os("MISTRALRS_FORCE_AVX2").is_none() {
+        std::env::set_var("MISTRALRS_FORCE_AVX2", "1");
+    }
+}
+
 /// candle's f32 matmul asks for the thread count on every call, and without
 /// `RAYON_NUM_THREADS` that means reading /proc to count physical cores (2.6%
 /// of LLM decode time in a profile). Set it once, to the count candle would

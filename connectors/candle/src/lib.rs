@@ -10,7 +10,9 @@ pub mod llm;
 pub mod resolve;
 
 pub use bert::{BertEmbedder, BertEmbedderBuilder, HfTokenCounter};
-pub use device::{cpu_features_ok, pin_thread_count, select_device, tune_allocator};
+pub use device::{
+    cpu_features_ok, pin_thread_count, select_device, tune_allocator, uniform_cpu_kernels,
+};
 pub use llm::{resolve_gguf, LlmError, LlmOptions, LocalLlm};
 pub use resolve::{resolve_model_dir, ResolveError};
 

@@ -373,6 +373,7 @@ fn main() {
     }
     magpie_candle::tune_allocator();
     magpie_candle::pin_thread_count();
+    magpie_candle::uniform_cpu_kernels();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

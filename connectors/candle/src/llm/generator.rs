@@ -79,6 +79,7 @@ pub struct LocalLlm {
 impl LocalLlm {
     /// Load the model at `path` (a .gguf file).
     pub fn load(path: &Path, opts: LlmOptions) -> Result<Self, LlmError> {
+        crate::uniform_cpu_kernels();
         let file = ModelFile::open(path)?;
         let cfg = file.config()?;
         let json = opts.tokenizer_json.clone().or_else(|| {
