@@ -367,6 +367,30 @@ impl EdgeStore {
     }
 }
 
+/// A page of 256 points with payload and vectors, from `offset`.
+fn whole_points(offset: Option<PointId>) -> ScrollRequest {
+    ScrollRequest {
+        offset,
+        limit: Some(256),
+        filter: None,
+        with_payload: Some(WithPayloadInterface::Bool(true)),
+        with_vector: WithVector::Bool(true),
+        order_by: None,
+    }
+}
+
+/// A point's dense vector, if it has one.
+fn dense_of(v: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32>> {
+    match v? {
+        qdrant_edge::VectorStructInternal::Named(mut m) => match m.remove(DENSE)? {
+            qdrant_edge::VectorInternal::Dense(d) => Some(d),
+            _ => None,
+        },
+        qdrant_edge::VectorStructInternal::Single(d) => Some(d),
+        _ => None,
+    }
+}
+
 impl EdgeStore {
     /// Every chunk with its dense vector, a page at a time (for moving an
     /// index to another store without embedding again). `offset` is the id
@@ -377,29 +401,12 @@ impl EdgeStore {
     ) -> Result<(Vec<(Chunk, Vec<f32>)>, Option<String>)> {
         let offset = offset.map(|o| point_id(&o)).transpose()?;
         self.with_shard(move |s| {
-            let (records, next) = s
-                .scroll(ScrollRequest {
-                    offset,
-                    limit: Some(256),
-                    filter: None,
-                    with_payload: Some(WithPayloadInterface::Bool(true)),
-                    with_vector: WithVector::Bool(true),
-                    order_by: None,
-                })
-                .map_err(edge)?;
+            let (records, next) = s.scroll(whole_points(offset)).map_err(edge)?;
             let mut out = Vec::with_capacity(records.len());
             for r in records {
                 let chunk = chunk_from_payload(&r.id, r.payload.as_ref())?;
-                let v = match r.vector {
-                    Some(qdrant_edge::VectorStructInternal::Named(mut m)) => {
-                        match m.remove(DENSE) {
-                            Some(qdrant_edge::VectorInternal::Dense(d)) => d,
-                            _ => return Err(err(QdrantStoreError::Payload(r.id.to_string()))),
-                        }
-                    }
-                    Some(qdrant_edge::VectorStructInternal::Single(d)) => d,
-                    _ => return Err(err(QdrantStoreError::Payload(r.id.to_string()))),
-                };
+                let v = dense_of(r.vector)
+                    .ok_or_else(|| err(QdrantStoreError::Payload(r.id.to_string())))?;
                 out.push((chunk, v));
             }
             Ok((out, next.map(|n| n.to_string())))
@@ -417,17 +424,8 @@ impl EdgeStore {
             let mut health = magpie_core::StoreHealth::default();
             let mut offset = None;
             loop {
-                let (records, next) = s
-                    .scroll(ScrollRequest {
-                        offset,
-                        limit: Some(256),
-                        filter: None,
-                        with_payload: Some(WithPayloadInterface::Bool(true)),
-                        with_vector: WithVector::Bool(true),
-                        order_by: None,
-                    })
-                    .map_err(edge)?;
-                for r in records {
+                let (records, next) = s.scroll(whole_points(offset)).map_err(edge)?;
+                for mut r in records {
                     let chunk = match chunk_from_payload(&r.id, r.payload.as_ref()) {
                         Ok(c) => c,
                         Err(_) => {
@@ -438,16 +436,7 @@ impl EdgeStore {
                             continue;
                         }
                     };
-                    let vector = match r.vector {
-                        Some(qdrant_edge::VectorStructInternal::Named(mut m)) => {
-                            match m.remove(DENSE) {
-                                Some(qdrant_edge::VectorInternal::Dense(d)) => Some(d),
-                                _ => None,
-                            }
-                        }
-                        Some(qdrant_edge::VectorStructInternal::Single(d)) => Some(d),
-                        _ => None,
-                    };
+                    let vector = dense_of(r.vector.take());
                     let recorded: Option<Vec<f32>> = r
                         .payload
                         .as_ref()
