@@ -41,8 +41,11 @@ pub fn pdf(bytes: &[u8]) -> Result<PdfText, String> {
             format!("damaged or truncated PDF: {e}")
         }
     })?;
-    check_inflated_size(&doc)?;
     let encrypted = doc.is_encrypted();
+    // The raw scan saw encrypted streams as noise: measure them decrypted.
+    if encrypted {
+        check_inflated_size(&doc)?;
+    }
     let title = info_title(&doc);
     let page_count = doc.get_pages().len();
     drop(doc);
@@ -107,7 +110,7 @@ fn tidy(page: &str) -> String {
     out
 }
 
-/// Refuse a PDF whose streams, as loaded (decrypted), inflate past
+/// Refuse an encrypted PDF whose streams, as loaded (decrypted), inflate past
 /// [`MAX_INFLATED`] all together, every Flate layer decoded within the budget.
 fn check_inflated_size(doc: &lopdf::Document) -> Result<(), String> {
     let mut budget = Budget::new();

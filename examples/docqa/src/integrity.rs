@@ -315,8 +315,11 @@ fn print_verification(
     }
 }
 
-/// Move a damaged store directory aside (kept, never deleted).
-fn set_aside(dir: &Path) -> Result<PathBuf> {
+/// Move a damaged store directory aside (kept, never deleted), saying so.
+fn set_aside(dir: &Path, what: &str, actions: &mut Vec<String>) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
     let stamp = crate::serve::unix_now();
     let name = format!(
         "{}.damaged-{stamp}",
@@ -325,7 +328,8 @@ fn set_aside(dir: &Path) -> Result<PathBuf> {
     let to = dir.with_file_name(name);
     std::fs::rename(dir, &to)
         .with_context(|| format!("moving {} aside to {}", dir.display(), to.display()))?;
-    Ok(to)
+    actions.push(format!("set the damaged {what} aside in {}", to.display()));
+    Ok(())
 }
 
 /// Catalog entries rebuilt from stored chunks: a document whose chunks are all
@@ -453,33 +457,13 @@ pub async fn repair(index: &Path, models: &ModelArgs, args: &RepairArgs) -> Resu
                 actions.push(format!("dropped {} damaged vectors", ids.len()));
             }
         }
-        (true, false) => {
-            // Rebuilt empty here, filled from the vector store's chunks below.
-            let dir = keywords_dir(index);
-            if let Some(kept) = dir.exists().then(|| set_aside(&dir)).transpose()? {
-                actions.push(format!(
-                    "set the damaged keyword index aside in {}",
-                    kept.display()
-                ));
-            }
-        }
-        (false, true) => {
-            let dir = vectors_dir(index);
-            if let Some(kept) = dir.exists().then(|| set_aside(&dir)).transpose()? {
-                actions.push(format!(
-                    "set the damaged vector store aside in {}",
-                    kept.display()
-                ));
-            }
-        }
+        // Set aside here, rebuilt empty and filled from the other store below.
+        (true, false) => set_aside(&keywords_dir(index), "keyword index", &mut actions)?,
+        (false, true) => set_aside(&vectors_dir(index), "vector store", &mut actions)?,
         (false, false) => {
             // Nothing to rebuild from: start both afresh, and say what to index again.
-            for dir in [vectors_dir(index), keywords_dir(index)] {
-                if dir.exists() {
-                    let kept = set_aside(&dir)?;
-                    actions.push(format!("set aside {}", kept.display()));
-                }
-            }
+            set_aside(&vectors_dir(index), "vector store", &mut actions)?;
+            set_aside(&keywords_dir(index), "keyword index", &mut actions)?;
             if let Ok(cat) = Catalog::open(index.join("catalog.json")) {
                 lost = cat.iter().map(|(_, e)| e.uri.clone()).collect();
             }
