@@ -47,7 +47,7 @@ done
 python3 - target/bench/embed.jsonl <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-m = statistics.median(r["sentences_per_sec"] for r in rows if r["runtime"] == "magpie-candle")
+m = statistics.median(r["sentences_per_sec"] for r in rows if r["runtime"].startswith("magpie"))
 s = statistics.median(r["sentences_per_sec"] for r in rows if r["runtime"] == "sentence-transformers")
 print(f"median sentences/s: magpie {m:.1f}, sentence-transformers {s:.1f}, ratio {m/s:.2f}")
 PY

@@ -13,6 +13,8 @@ use tokenizers::{Tokenizer, TruncationParams};
 use tracing::{debug, info};
 
 use crate::device::select_device;
+use crate::encoder::gemm::Isa;
+use crate::encoder::{BertEncoder, EncoderConfig, Pooling};
 use crate::resolve::resolve_model_dir;
 use crate::CandleError;
 
@@ -26,7 +28,10 @@ pub struct BertEmbedderBuilder {
     spec: String,
     max_tokens: Option<usize>,
     batch_size: usize,
+    batch_tokens: usize,
     device: Option<Device>,
+    generic: bool,
+    kernels: Option<Isa>,
 }
 
 impl BertEmbedderBuilder {
@@ -36,9 +41,33 @@ impl BertEmbedderBuilder {
         self
     }
 
-    /// Sentences per forward pass (default 32).
+    /// At most this many sentences per forward pass (default 256; the token
+    /// budget usually closes a batch first).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
+        self
+    }
+
+    /// At most this many tokens per forward pass (default 4,096). Inputs are
+    /// sorted by length and packed up to this budget, so a batch of short
+    /// queries and one of long passages do about the same work per pass.
+    pub fn batch_tokens(mut self, n: usize) -> Self {
+        self.batch_tokens = n.max(1);
+        self
+    }
+
+    /// Run on candle's generic BERT instead of magpie's own encoder (on a GPU
+    /// that is the path anyway; on the CPU it is about 3× slower, kept for
+    /// comparison). `MAGPIE_EMBEDDER=candle` does the same from outside.
+    pub fn generic_bert(mut self, yes: bool) -> Self {
+        self.generic = yes;
+        self
+    }
+
+    /// Cap magpie's encoder at this kernel family (default: the best this CPU
+    /// runs). For comparing kernels; vectors agree to rounding.
+    pub fn kernels(mut self, isa: Isa) -> Self {
+        self.kernels = Some(isa);
         self
     }
 
@@ -100,20 +129,31 @@ impl BertEmbedderBuilder {
             }))
             .map_err(|e| stage(CandleError::Tokenizer(e.to_string())))?;
         let device = self.device.unwrap_or_else(select_device);
-        let vb = VarBuilder::from_tensors(
-            linear_weights_transposed(&weights, &device)?,
-            DType::F32,
-            &device,
-        );
-        let model = BertModel::load(vb, &config).map_err(stage)?;
+        let pooling = pooling_of(&dir);
+        let backend = load_backend(
+            &config_path,
+            &weights,
+            &config,
+            device,
+            self.generic,
+            self.kernels,
+        )?;
         let model_id = model_id_for(&self.spec);
-        info!(model = %model_id, dim = config.hidden_size, max_tokens, "embedding model loaded");
+        info!(
+            model = %model_id,
+            dim = config.hidden_size,
+            max_tokens,
+            ?pooling,
+            backend = backend.name(),
+            "embedding model loaded"
+        );
         Ok(BertEmbedder {
             inner: Arc::new(Inner {
-                model,
+                backend,
                 tokenizer,
-                device,
+                pooling,
                 batch_size: self.batch_size,
+                batch_tokens: self.batch_tokens,
             }),
             counter: Arc::new(HfTokenCounter {
                 tokenizer: counter_tok,
@@ -166,11 +206,100 @@ fn model_id_for(spec: &str) -> String {
         .unwrap_or_else(|| spec.to_string())
 }
 
-struct Inner {
-    model: BertModel,
-    tokenizer: Tokenizer,
+/// Which forward pass runs the model.
+enum Backend {
+    /// magpie's own CPU encoder ([`crate::encoder`]).
+    Owned(BertEncoder),
+    /// candle's generic BERT (GPUs, and models the own pass does not cover).
+    Candle { model: BertModel, device: Device },
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Owned(e) => match e.isa() {
+                Isa::Avx512 => "magpie-avx512",
+                Isa::Avx2 => "magpie-avx2",
+                Isa::Portable => "magpie-portable",
+            },
+            Backend::Candle { .. } => "candle",
+        }
+    }
+}
+
+/// The own encoder on the CPU unless `MAGPIE_EMBEDDER=candle` or the model is
+/// outside what it covers (then candle, with the reason logged).
+fn load_backend(
+    config_path: &Path,
+    weights: &Path,
+    config: &Config,
     device: Device,
+    generic: bool,
+    kernels: Option<Isa>,
+) -> Result<Backend> {
+    let want_candle = generic || std::env::var("MAGPIE_EMBEDDER").as_deref() == Ok("candle");
+    if device.is_cpu() && !want_candle {
+        let raw: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(config_path)
+                .map_err(|e| Error::io(config_path.display().to_string(), e))?,
+        )
+        .map_err(|e| {
+            stage(CandleError::Model(format!(
+                "{}: {e}",
+                config_path.display()
+            )))
+        })?;
+        match EncoderConfig::from_json(&raw) {
+            Ok(cfg) => {
+                let tensors =
+                    candle_core::safetensors::load(weights, &Device::Cpu).map_err(stage)?;
+                let mut plain = std::collections::HashMap::new();
+                for (name, t) in tensors {
+                    if name.ends_with("position_ids") {
+                        continue;
+                    }
+                    let dims = t.dims().to_vec();
+                    let v = t
+                        .to_dtype(DType::F32)
+                        .and_then(|t| t.flatten_all())
+                        .and_then(|t| t.to_vec1::<f32>())
+                        .map_err(stage)?;
+                    plain.insert(name, (dims, v));
+                }
+                let enc = BertEncoder::new(cfg, plain, kernels).map_err(|e| {
+                    stage(CandleError::Model(format!("{}: {e}", weights.display())))
+                })?;
+                return Ok(Backend::Owned(enc));
+            }
+            Err(why) => info!("embedding on candle's BERT: {why}"),
+        }
+    }
+    let vb = VarBuilder::from_tensors(
+        linear_weights_transposed(weights, &device)?,
+        DType::F32,
+        &device,
+    );
+    let model = BertModel::load(vb, config).map_err(stage)?;
+    Ok(Backend::Candle { model, device })
+}
+
+/// sentence-transformers' pooling setting (1_Pooling/config.json): the CLS
+/// token for bge-style models, else the mean.
+fn pooling_of(dir: &Path) -> Pooling {
+    let raw = std::fs::read(dir.join("1_Pooling/config.json")).ok();
+    let v: Option<serde_json::Value> = raw.and_then(|r| serde_json::from_slice(&r).ok());
+    match v {
+        Some(v) if v["pooling_mode_cls_token"].as_bool() == Some(true) => Pooling::Cls,
+        _ => Pooling::Mean,
+    }
+}
+
+struct Inner {
+    backend: Backend,
+    tokenizer: Tokenizer,
+    pooling: Pooling,
     batch_size: usize,
+    batch_tokens: usize,
 }
 
 /// A BERT-family sentence embedder on candle.
@@ -198,8 +327,11 @@ impl BertEmbedder {
         BertEmbedderBuilder {
             spec: spec.into(),
             max_tokens: None,
-            batch_size: 32,
+            batch_size: 256,
+            batch_tokens: 4096,
             device: None,
+            generic: false,
+            kernels: None,
         }
     }
 
@@ -211,6 +343,12 @@ impl BertEmbedder {
     /// A token counter with this model's tokenizer (for sizing chunks).
     pub fn token_counter(&self) -> Arc<HfTokenCounter> {
         self.counter.clone()
+    }
+
+    /// The forward pass in use: `magpie-avx512`, `magpie-avx2`,
+    /// `magpie-portable` (magpie's encoder) or `candle`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend.name()
     }
 
     /// Longest input in tokens; longer inputs are truncated.
@@ -233,28 +371,19 @@ impl Inner {
             .tokenizer
             .encode_batch(texts.iter().map(|s| s.as_str()).collect::<Vec<_>>(), true)
             .map_err(|e| stage(CandleError::Tokenizer(e.to_string())))?;
-        // Sort by length so each batch pads little.
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
+        let lens: Vec<usize> = encodings.iter().map(|e| e.get_ids().len().max(1)).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        for group in order.chunks(self.batch_size) {
-            let longest = group
-                .iter()
-                .map(|&i| encodings[i].get_ids().len())
-                .max()
-                .unwrap_or(0)
-                .max(1);
-            let n = group.len();
-            let mut ids = vec![0u32; n * longest];
-            let mut mask = vec![0u32; n * longest];
-            for (row, &i) in group.iter().enumerate() {
-                let e = &encodings[i];
-                for (col, (&id, &m)) in e.get_ids().iter().zip(e.get_attention_mask()).enumerate() {
-                    ids[row * longest + col] = id;
-                    mask[row * longest + col] = m;
+        for group in token_batches(&lens, self.batch_size, self.batch_tokens) {
+            let vectors = match &self.backend {
+                Backend::Owned(enc) => {
+                    let seqs: Vec<&[u32]> = group.iter().map(|&i| encodings[i].get_ids()).collect();
+                    enc.encode(&seqs, self.pooling)
                 }
-            }
-            let vectors = self.forward(ids, mask, n, longest).map_err(stage)?;
+                Backend::Candle { model, device } => {
+                    candle_forward(model, device, &encodings, &group, self.pooling)
+                        .map_err(stage)?
+                }
+            };
             for (row, &i) in group.iter().enumerate() {
                 out[i] = vectors[row].clone();
             }
@@ -262,25 +391,74 @@ impl Inner {
         debug!(count = texts.len(), "embedded");
         Ok(out)
     }
+}
 
-    fn forward(
-        &self,
-        ids: Vec<u32>,
-        mask: Vec<u32>,
-        n: usize,
-        len: usize,
-    ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let input_ids = Tensor::from_vec(ids, (n, len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let type_ids = input_ids.zeros_like()?;
-        let hidden = self.model.forward(&input_ids, &type_ids, Some(&mask))?; // (n, len, dim)
-        let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
-        let summed = hidden.broadcast_mul(&maskf)?.sum(1)?; // (n, dim)
-        let counts = maskf.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
-        let mean = summed.broadcast_div(&counts)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        mean.broadcast_div(&norm)?.to_vec2::<f32>()
+/// Inputs sorted longest first and cut into batches of at most `max_count`
+/// inputs and `max_tokens` tokens (a longer input goes alone). Padded
+/// backends waste little, and every batch is about the same work.
+pub fn token_batches(lens: &[usize], max_count: usize, max_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    let mut batches = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut tokens = 0;
+    for i in order {
+        if !cur.is_empty() && (cur.len() >= max_count || tokens + lens[i] > max_tokens) {
+            batches.push(std::mem::take(&mut cur));
+            tokens = 0;
+        }
+        tokens += lens[i];
+        cur.push(i);
     }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    batches
+}
+
+/// One padded batch through candle's BERT.
+fn candle_forward(
+    model: &BertModel,
+    device: &Device,
+    encodings: &[tokenizers::Encoding],
+    group: &[usize],
+    pooling: Pooling,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let longest = group
+        .iter()
+        .map(|&i| encodings[i].get_ids().len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let n = group.len();
+    let mut ids = vec![0u32; n * longest];
+    let mut mask = vec![0u32; n * longest];
+    for (row, &i) in group.iter().enumerate() {
+        let e = &encodings[i];
+        for (col, (&id, &m)) in e.get_ids().iter().zip(e.get_attention_mask()).enumerate() {
+            ids[row * longest + col] = id;
+            mask[row * longest + col] = m;
+        }
+    }
+    let input_ids = Tensor::from_vec(ids, (n, longest), device)?;
+    let mask = Tensor::from_vec(mask, (n, longest), device)?;
+    let type_ids = input_ids.zeros_like()?;
+    let hidden = model.forward(&input_ids, &type_ids, Some(&mask))?; // (n, len, dim)
+    let pooled = match pooling {
+        Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        Pooling::Mean => {
+            let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+            let summed = hidden.broadcast_mul(&maskf)?.sum(1)?; // (n, dim)
+            let counts = maskf.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
+            summed.broadcast_div(&counts)?
+        }
+    };
+    let norm = pooled
+        .sqr()?
+        .sum_keepdim(1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    pooled.broadcast_div(&norm)?.to_vec2::<f32>()
 }
 
 #[async_trait]
@@ -337,6 +515,32 @@ impl TokenCounter for HfTokenCounter {
             Err(e) => {
                 tracing::warn!("tokenizer failed ({e}); counting words instead");
                 Vec::new()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_batches;
+
+    #[test]
+    fn batches_respect_both_budgets_and_cover_every_input_once() {
+        let lens = [5, 300, 12, 12, 7, 80, 1, 40, 40, 40];
+        for (count, tokens) in [(4, 100), (2, 1000), (100, 64), (1, 1)] {
+            let batches = token_batches(&lens, count, tokens);
+            let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+            seen.sort();
+            assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+            for b in &batches {
+                assert!(b.len() <= count, "{b:?} over {count} inputs");
+                let sum: usize = b.iter().map(|&i| lens[i]).sum();
+                assert!(
+                    b.len() == 1 || sum <= tokens,
+                    "{b:?}: {sum} tokens over {tokens}"
+                );
+                // longest first: a batch never holds an input longer than one before it
+                assert!(b.windows(2).all(|w| lens[w[0]] >= lens[w[1]]));
             }
         }
     }

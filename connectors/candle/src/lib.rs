@@ -6,6 +6,7 @@
 
 pub mod bert;
 pub mod device;
+pub mod encoder;
 pub mod llm;
 pub mod resolve;
 
@@ -13,6 +14,7 @@ pub use bert::{BertEmbedder, BertEmbedderBuilder, HfTokenCounter};
 pub use device::{
     cpu_features_ok, pin_thread_count, select_device, tune_allocator, uniform_cpu_kernels,
 };
+pub use encoder::gemm::Isa;
 pub use llm::{resolve_gguf, LlmError, LlmOptions, LocalLlm};
 pub use resolve::{resolve_model_dir, ResolveError};
 

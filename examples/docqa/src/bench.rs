@@ -26,7 +26,7 @@ pub struct EmbedBenchArgs {
 
 #[derive(Serialize)]
 struct EmbedBench {
-    runtime: &'static str,
+    runtime: String,
     sentences: usize,
     batch: usize,
     seconds: Vec<f64>,
@@ -65,7 +65,7 @@ pub fn embed(args: &EmbedBenchArgs, models: &ModelArgs) -> Result<()> {
     sorted.sort_by(|a, b| a.total_cmp(b));
     let median = sorted[sorted.len() / 2];
     let out = EmbedBench {
-        runtime: "magpie-candle",
+        runtime: format!("magpie ({})", emb.backend()),
         sentences: sentences.len(),
         batch: args.batch,
         seconds: secs,

@@ -1,0 +1,184 @@
+//! Self-attention over unpadded sequences: one task per (sequence, head).
+//! No batch × heads × L × L tensor exists: a task packs its head's keys and
+//! values into the matrix kernel's panel layout, then takes its queries `MR`
+//! rows at a time: scores (`MR × L`, the kernel with k = head width),
+//! softmax, then those rows of the output (the kernel with k = L).
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::gemm::{kernel, Aligned, Isa};
+use super::math;
+
+/// Where the sequences of a batch sit in the token rows.
+pub struct Spans<'a> {
+    /// First token row of each sequence, plus the total at the end.
+    pub starts: &'a [usize],
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint (rows, head columns) blocks to rayon tasks.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    // A method, so closures capture the wrapper (Send) rather than its field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Per-thread buffers: packed keys, packed values, a block of score rows, a tile.
+#[derive(Default)]
+struct Scratch {
+    keys: Option<Aligned>,
+    values: Option<Aligned>,
+    scores: Vec<f32>,
+}
+
+fn ensure(buf: &mut Option<Aligned>, len: usize) -> &mut [f32] {
+    if buf.as_ref().is_none_or(|b| b.as_slice().len() < len) {
+        *buf = Some(Aligned::zeros(len.next_power_of_two()));
+    }
+    buf.as_mut().map(|b| b.as_mut_slice()).unwrap_or_default()
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// `ctx[t, h·d..(h+1)·d] = softmax(q_t · Kᵀ) · V` within each sequence, for
+/// `qkv` rows laid out `[q (H) | k (H) | v (H)]`, queries already scaled by
+/// 1/√d.
+pub fn attend(
+    qkv: &[f32],
+    ctx: &mut [f32],
+    spans: &Spans<'_>,
+    hidden: usize,
+    heads: usize,
+    isa: Isa,
+) {
+    let d = hidden / heads;
+    let seqs = spans.starts.len() - 1;
+    let out = SendPtr(ctx.as_mut_ptr());
+    let total = spans.starts[seqs];
+    assert!(qkv.len() >= total * 3 * hidden && ctx.len() >= total * hidden);
+    (0..seqs * heads).into_par_iter().for_each(|task| {
+        let (s, h) = (task / heads, task % heads);
+        let (t0, t1) = (spans.starts[s], spans.starts[s + 1]);
+        if t1 == t0 {
+            return;
+        }
+        SCRATCH.with(|cell| {
+            // SAFETY: rows t0..t1, columns h·d..(h+1)·d of ctx belong to this task.
+            unsafe {
+                head(
+                    qkv,
+                    out.get(),
+                    t0,
+                    t1 - t0,
+                    hidden,
+                    h * d,
+                    d,
+                    isa,
+                    &mut cell.borrow_mut(),
+                )
+            };
+        });
+    });
+}
+
+/// One (sequence, head).
+///
+/// # Safety
+/// `out` is the `tokens × hidden` context; no other thread writes rows
+/// `t0..t0+len` at columns `col..col+d`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head(
+    qkv: &[f32],
+    out: *mut f32,
+    t0: usize,
+    len: usize,
+    hidden: usize,
+    col: usize,
+    d: usize,
+    isa: Isa,
+    scratch: &mut Scratch,
+) {
+    let (mr, nr) = (isa.mr(), isa.nr());
+    let row = 3 * hidden;
+    let key_panels = len.div_ceil(nr);
+    let val_panels = d.div_ceil(nr);
+    let lpad = key_panels * nr;
+    // Keys as panels of nr keys: panel p holds, for each c < d, keys p·nr.. side by side.
+    let keys = ensure(&mut scratch.keys, key_panels * d * nr);
+    keys[..key_panels * d * nr].fill(0.0);
+    for j in 0..len {
+        let k = &qkv[(t0 + j) * row + hidden + col..][..d];
+        let (p, lane) = (j / nr, j % nr);
+        for (c, v) in k.iter().enumerate() {
+            keys[(p * d + c) * nr + lane] = *v;
+        }
+    }
+    // Values as panels of nr columns: panel p holds, for each key j, columns p·nr..
+    let values = ensure(&mut scratch.values, val_panels * lpad * nr);
+    values[..val_panels * lpad * nr].fill(0.0);
+    for j in 0..len {
+        let v = &qkv[(t0 + j) * row + 2 * hidden + col..][..d];
+        for (c, x) in v.iter().enumerate() {
+            values[((c / nr) * lpad + j) * nr + c % nr] = *x;
+        }
+    }
+    if scratch.scores.len() < mr * lpad {
+        scratch.scores.resize(mr * lpad, 0.0);
+    }
+    let scores = &mut scratch.scores;
+    let mut tile = [0f32; 12 * 32];
+    let mut i = 0;
+    while i < len {
+        let rows = mr.min(len - i);
+        let q = qkv.as_ptr().add((t0 + i) * row + col);
+        for p in 0..key_panels {
+            kernel(
+                isa,
+                rows,
+                d,
+                q,
+                row,
+                keys.as_ptr().add(p * d * nr),
+                tile.as_mut_ptr(),
+            );
+            for r in 0..rows {
+                scores[r * lpad + p * nr..][..nr].copy_from_slice(&tile[r * nr..][..nr]);
+            }
+        }
+        for r in 0..rows {
+            let s = &mut scores[r * lpad..r * lpad + lpad];
+            math::softmax(&mut s[..len]);
+            s[len..].fill(0.0);
+        }
+        for p in 0..val_panels {
+            let cols = nr.min(d - p * nr);
+            kernel(
+                isa,
+                rows,
+                lpad,
+                scores.as_ptr(),
+                lpad,
+                values.as_ptr().add(p * lpad * nr),
+                tile.as_mut_ptr(),
+            );
+            for r in 0..rows {
+                let o = std::slice::from_raw_parts_mut(
+                    out.add((t0 + i + r) * hidden + col + p * nr),
+                    cols,
+                );
+                o.copy_from_slice(&tile[r * nr..][..cols]);
+            }
+        }
+        i += rows;
+    }
+}

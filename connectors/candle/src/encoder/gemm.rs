@@ -1,0 +1,523 @@
+//! f32 matrix products `C = A · Wᵀ (+ epilogue)` for the encoder.
+//!
+//! `W` is a linear layer's weight (out × in, as PyTorch stores it). It is
+//! packed once at load into column panels of `NR` outputs: panel `p` holds, for
+//! every input index `k`, the `NR` weights `W[p·NR + j][k]` side by side, so
+//! the micro-kernel reads the panel front to back. `A` (tokens × in) is read in
+//! place, `MR` rows at a time. The micro-kernel keeps an `MR × NR` tile of `C`
+//! in registers for the whole reduction; the epilogue (bias, GELU, residual)
+//! runs on the tile's rows while they are in L1.
+//!
+//! Kernels: AVX-512 (12 × 32 tile), AVX2 + FMA (6 × 16), and a portable one,
+//! chosen once at load from what the CPU has.
+
+use rayon::prelude::*;
+
+use super::math;
+
+/// Which micro-kernel a packed matrix was laid out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// 512-bit vectors (AVX-512F).
+    Avx512,
+    /// 256-bit vectors with FMA.
+    Avx2,
+    /// Plain Rust.
+    Portable,
+}
+
+impl Isa {
+    /// The best kernel this CPU runs, at most `cap` when given.
+    /// `MAGPIE_ENCODER_ISA=avx2|portable` caps it from outside (for comparing
+    /// kernels; the vectors agree to rounding).
+    pub fn detect(cap: Option<Isa>) -> Isa {
+        let env = match std::env::var("MAGPIE_ENCODER_ISA").as_deref() {
+            Ok("portable") => Some(Isa::Portable),
+            Ok("avx2") => Some(Isa::Avx2),
+            _ => None,
+        };
+        let best = Self::best();
+        [Some(best), cap, env]
+            .into_iter()
+            .flatten()
+            .min_by_key(|i| i.rank())
+            .unwrap_or(best)
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Isa::Portable => 0,
+            Isa::Avx2 => 1,
+            Isa::Avx512 => 2,
+        }
+    }
+
+    /// Every kernel family this CPU runs.
+    pub fn available() -> Vec<Isa> {
+        let best = Self::best();
+        [Isa::Portable, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.rank() <= best.rank())
+            .collect()
+    }
+
+    fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Output columns per panel.
+    pub fn nr(self) -> usize {
+        match self {
+            Isa::Avx512 => 32,
+            Isa::Avx2 => 16,
+            Isa::Portable => 8,
+        }
+    }
+
+    /// Rows of `A` per micro-kernel call.
+    pub fn mr(self) -> usize {
+        match self {
+            Isa::Avx512 => 12,
+            Isa::Avx2 => 6,
+            Isa::Portable => 4,
+        }
+    }
+}
+
+/// A buffer of f32 whose first element sits on a 64-byte boundary.
+pub struct Aligned {
+    buf: Vec<f32>,
+    off: usize,
+    len: usize,
+}
+
+impl Aligned {
+    /// `len` zeros.
+    pub fn zeros(len: usize) -> Self {
+        let buf = vec![0f32; len + 16];
+        let addr = buf.as_ptr() as usize;
+        let off = ((64 - addr % 64) % 64) / 4;
+        Self { buf, off, len }
+    }
+
+    /// The elements.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.buf[self.off..self.off + self.len]
+    }
+
+    /// The elements, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+/// A linear layer packed for the micro-kernel.
+pub struct PackedLinear {
+    k: usize,
+    n: usize,
+    isa: Isa,
+    panels: Aligned,
+    bias: Vec<f32>,
+}
+
+/// What happens to each output after the product.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `C = A·Wᵀ + b`.
+    Bias,
+    /// `C = gelu(A·Wᵀ + b)` (the exact, erf form).
+    BiasGelu,
+    /// `C = layer_norm(A·Wᵀ + b + R)` with gain, shift and epsilon; `R` has C's shape.
+    BiasResidualNorm {
+        /// Added before the norm.
+        residual: &'a [f32],
+        /// The norm's per-column gain.
+        gain: &'a [f32],
+        /// The norm's per-column shift.
+        shift: &'a [f32],
+        /// The norm's epsilon.
+        eps: f32,
+    },
+}
+
+impl PackedLinear {
+    /// Pack `weight` (`n` rows of `k`, row-major) and its bias for `isa`.
+    pub fn new(weight: &[f32], bias: &[f32], n: usize, k: usize, isa: Isa) -> Self {
+        assert_eq!(weight.len(), n * k, "weight shape");
+        assert_eq!(bias.len(), n, "bias shape");
+        let nr = isa.nr();
+        let panels_n = n.div_ceil(nr);
+        let mut panels = Aligned::zeros(panels_n * k * nr);
+        let dst = panels.as_mut_slice();
+        for p in 0..panels_n {
+            for kk in 0..k {
+                for j in 0..nr {
+                    let col = p * nr + j;
+                    if col < n {
+                        dst[(p * k + kk) * nr + j] = weight[col * k + kk];
+                    }
+                }
+            }
+        }
+        Self {
+            k,
+            n,
+            isa,
+            panels,
+            bias: bias.to_vec(),
+        }
+    }
+
+    /// Inputs per row.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Outputs per row.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// `c[m × n] = epilogue(a[m × k] · Wᵀ)`, on the rayon pool.
+    pub fn forward(&self, a: &[f32], m: usize, c: &mut [f32], epi: Epilogue<'_>) {
+        let (k, n) = (self.k, self.n);
+        assert!(a.len() >= m * k && c.len() >= m * n, "matmul shapes");
+        if let Epilogue::BiasResidualNorm { residual, .. } = epi {
+            assert!(residual.len() >= m * n, "residual shape");
+        }
+        if m == 0 {
+            return;
+        }
+        let mr = self.isa.mr();
+        let nr = self.isa.nr();
+        let panels = n.div_ceil(nr);
+        let threads = rayon::current_num_threads().max(1);
+        let c_ptr = SendPtr(c.as_mut_ptr());
+        // Enough rows: each task takes a block of rows across every column
+        // panel (and can normalise its rows at the end). Few rows (a short
+        // query): split the columns instead, so both cores share the weights.
+        let row_tiles = m.div_ceil(mr);
+        if row_tiles >= 2 * threads || threads == 1 {
+            // ~4 tasks per thread for balance on a noisy machine, each a whole
+            // number of row tiles, at most ~192 rows so its A block stays in L2.
+            let tiles_per_task = row_tiles.div_ceil(4 * threads).clamp(1, 192 / mr);
+            let tasks = row_tiles.div_ceil(tiles_per_task);
+            (0..tasks).into_par_iter().for_each(|t| {
+                let r0 = t * tiles_per_task * mr;
+                let r1 = ((t + 1) * tiles_per_task * mr).min(m);
+                let c = c_ptr;
+                // SAFETY: tasks write disjoint row ranges of c.
+                unsafe { self.block(a, r0, r1, 0, panels, c.0, epi) };
+                if let Epilogue::BiasResidualNorm {
+                    gain, shift, eps, ..
+                } = epi
+                {
+                    // SAFETY: rows r0..r1 belong to this task alone.
+                    let rows =
+                        unsafe { std::slice::from_raw_parts_mut(c.0.add(r0 * n), (r1 - r0) * n) };
+                    for row in rows.chunks_exact_mut(n) {
+                        math::layer_norm(row, gain, shift, eps);
+                    }
+                }
+            });
+        } else {
+            let per = panels.div_ceil(threads * 2).max(1);
+            let tasks = panels.div_ceil(per);
+            (0..tasks).into_par_iter().for_each(|t| {
+                let p0 = t * per;
+                let p1 = ((t + 1) * per).min(panels);
+                let c = c_ptr;
+                // SAFETY: tasks write disjoint column ranges of c.
+                unsafe { self.block(a, 0, m, p0, p1, c.0, epi) };
+            });
+            if let Epilogue::BiasResidualNorm {
+                gain, shift, eps, ..
+            } = epi
+            {
+                for row in c[..m * n].chunks_exact_mut(n) {
+                    math::layer_norm(row, gain, shift, eps);
+                }
+            }
+        }
+    }
+
+    /// Rows `r0..r1`, column panels `p0..p1`: products, bias, GELU or residual
+    /// (not the norm, which needs whole rows).
+    ///
+    /// # Safety
+    /// `c` points at an `m × n` matrix; no other thread touches this block.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        &self,
+        a: &[f32],
+        r0: usize,
+        r1: usize,
+        p0: usize,
+        p1: usize,
+        c: *mut f32,
+        epi: Epilogue<'_>,
+    ) {
+        let (k, n) = (self.k, self.n);
+        let mr = self.isa.mr();
+        let nr = self.isa.nr();
+        let mut tile = [0f32; 12 * 32];
+        for p in p0..p1 {
+            let col0 = p * nr;
+            let cols = nr.min(n - col0);
+            let b = self.panels.as_slice()[p * k * nr..(p + 1) * k * nr].as_ptr();
+            let mut r = r0;
+            while r < r1 {
+                let rows = mr.min(r1 - r);
+                let ap = a.as_ptr().add(r * k);
+                kernel(self.isa, rows, k, ap, k, b, tile.as_mut_ptr());
+                for i in 0..rows {
+                    let out = std::slice::from_raw_parts_mut(c.add((r + i) * n + col0), cols);
+                    let t = &tile[i * nr..i * nr + cols];
+                    let bias = &self.bias[col0..col0 + cols];
+                    match epi {
+                        Epilogue::Bias => math::add2(out, t, bias),
+                        Epilogue::BiasGelu => {
+                            math::add2(out, t, bias);
+                            math::gelu(out);
+                        }
+                        Epilogue::BiasResidualNorm { residual, .. } => {
+                            let res = &residual[(r + i) * n + col0..(r + i) * n + col0 + cols];
+                            math::add3(out, t, bias, res);
+                        }
+                    }
+                }
+                r += rows;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint blocks of one output to rayon tasks.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+/// One `rows × NR` tile (rows ≤ MR) of `A·panel` into `tile` (row stride NR).
+///
+/// # Safety
+/// `a` has `rows` rows of `k` floats, `lda` apart; `b` a packed panel of
+/// `k × NR`, 64-byte aligned; `tile` room for `MR × NR`.
+pub(super) unsafe fn kernel(
+    isa: Isa,
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    tile: *mut f32,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::tile_avx512(rows, k, a, lda, b, tile),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::tile_avx2(rows, k, a, lda, b, tile),
+        _ => portable_tile(rows, k, a, lda, b, tile),
+    }
+}
+
+unsafe fn portable_tile(
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    tile: *mut f32,
+) {
+    const NR: usize = 8;
+    let mut acc = [[0f32; NR]; 4];
+    for kk in 0..k {
+        let bp = std::slice::from_raw_parts(b.add(kk * NR), NR);
+        for (i, acc_row) in acc.iter_mut().enumerate().take(rows) {
+            let av = *a.add(i * lda + kk);
+            for j in 0..NR {
+                acc_row[j] += av * bp[j];
+            }
+        }
+    }
+    for (i, acc_row) in acc.iter().enumerate().take(rows) {
+        std::ptr::copy_nonoverlapping(acc_row.as_ptr(), tile.add(i * NR), NR);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    macro_rules! dispatch {
+        ($f:ident, $rows:expr, $($arg:expr),*) => {
+            match $rows {
+                1 => $f::<1>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                4 => $f::<4>($($arg),*),
+                5 => $f::<5>($($arg),*),
+                6 => $f::<6>($($arg),*),
+                7 => $f::<7>($($arg),*),
+                8 => $f::<8>($($arg),*),
+                9 => $f::<9>($($arg),*),
+                10 => $f::<10>($($arg),*),
+                11 => $f::<11>($($arg),*),
+                _ => $f::<12>($($arg),*),
+            }
+        };
+    }
+
+    pub(super) unsafe fn tile_avx2(
+        rows: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        t: *mut f32,
+    ) {
+        dispatch!(avx2_mr, rows.min(6), k, a, lda, b, t)
+    }
+
+    pub(super) unsafe fn tile_avx512(
+        rows: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        t: *mut f32,
+    ) {
+        dispatch!(avx512_mr, rows, k, a, lda, b, t)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_mr<const MR: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        t: *mut f32,
+    ) {
+        if MR > 6 {
+            return;
+        }
+        let mut c0 = [_mm256_setzero_ps(); MR];
+        let mut c1 = [_mm256_setzero_ps(); MR];
+        let mut bp = b;
+        let mut ap = a;
+        for _ in 0..k {
+            let b0 = _mm256_load_ps(bp);
+            let b1 = _mm256_load_ps(bp.add(8));
+            for i in 0..MR {
+                let av = _mm256_broadcast_ss(&*ap.add(i * lda));
+                c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
+                c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+            }
+            bp = bp.add(16);
+            ap = ap.add(1);
+        }
+        for i in 0..MR {
+            _mm256_storeu_ps(t.add(i * 16), c0[i]);
+            _mm256_storeu_ps(t.add(i * 16 + 8), c1[i]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512_mr<const MR: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        t: *mut f32,
+    ) {
+        let mut c0 = [_mm512_setzero_ps(); MR];
+        let mut c1 = [_mm512_setzero_ps(); MR];
+        let mut bp = b;
+        let mut ap = a;
+        for _ in 0..k {
+            let b0 = _mm512_load_ps(bp);
+            let b1 = _mm512_load_ps(bp.add(16));
+            for i in 0..MR {
+                let av = _mm512_set1_ps(*ap.add(i * lda));
+                c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+                c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+            }
+            bp = bp.add(32);
+            ap = ap.add(1);
+        }
+        for i in 0..MR {
+            _mm512_storeu_ps(t.add(i * 32), c0[i]);
+            _mm512_storeu_ps(t.add(i * 32 + 16), c1[i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(a: &[f32], w: &[f32], bias: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for kk in 0..k {
+                    s += a[i * k + kk] as f64 * w[j * k + kk] as f64;
+                }
+                c[i * n + j] = s as f32 + bias[j];
+            }
+        }
+        c
+    }
+
+    fn noise(len: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_matches_the_reference_on_ragged_shapes() {
+        for isa in Isa::available() {
+            for &(m, n, k) in &[
+                (1, 8, 3),
+                (5, 37, 19),
+                (13, 64, 40),
+                (40, 100, 33),
+                (200, 48, 7),
+            ] {
+                let a = noise(m * k, 1);
+                let w = noise(n * k, 2);
+                let bias = noise(n, 3);
+                let want = reference(&a, &w, &bias, m, n, k);
+                let p = PackedLinear::new(&w, &bias, n, k, isa);
+                let mut got = vec![f32::NAN; m * n];
+                p.forward(&a, m, &mut got, Epilogue::Bias);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() < 1e-4,
+                        "{isa:?} {m}x{n}x{k} at {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Row operations of the encoder: element-wise sums, GELU, layer norm and
+//! softmax. 256-bit vector code where the build targets AVX2 + FMA (this
+//! workspace's default, `.cargo/config.toml`), the same formulas in plain Rust
+//! elsewhere.
+
+/// `out = a + b`.
+pub fn add2(out: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        *o = x + y;
+    }
+}
+
+/// `out = a + b + c`.
+pub fn add3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32]) {
+    for (((o, x), y), z) in out.iter_mut().zip(a).zip(b).zip(c) {
+        *o = x + y + z;
+    }
+}
+
+/// Sum in eight lanes (vectorises; the order differs from a serial sum only
+/// by rounding).
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += f(*v);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|v| f(*v)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// In place: `x = (x - mean) / sqrt(var + eps) * gain + shift`.
+pub fn layer_norm(x: &mut [f32], gain: &[f32], shift: &[f32], eps: f32) {
+    let n = x.len() as f32;
+    let mean = lane_sum(x, |v| v) / n;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), s) in x.iter_mut().zip(gain).zip(shift) {
+        *v = (*v - mean) * inv * g + s;
+    }
+}
+
+/// In place: `x = x · Φ(x)`, the exact (erf) GELU; erf is good to 1.5e-7.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+pub fn gelu(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: the build enables AVX2 and FMA; c has 8 elements.
+        unsafe { simd::gelu8(c.as_mut_ptr()) };
+    }
+    for v in chunks.into_remainder() {
+        *v = gelu_scalar(*v);
+    }
+}
+
+/// In place: `x = x · Φ(x)`, the exact (erf) GELU; erf is good to 1.5e-7.
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+pub fn gelu(x: &mut [f32]) {
+    for v in x {
+        *v = gelu_scalar(*v);
+    }
+}
+
+/// In place: `x = softmax(x)`.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    exp_shifted(x, max);
+    let inv = 1.0 / lane_sum(x, |v| v);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// In place: `x = exp(x - shift)`.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+fn exp_shifted(x: &mut [f32], shift: f32) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: the build enables AVX2 and FMA; c has 8 elements.
+        unsafe { simd::exp8_shifted(c.as_mut_ptr(), shift) };
+    }
+    for v in chunks.into_remainder() {
+        *v = exp_scalar(*v - shift);
+    }
+}
+
+/// In place: `x = exp(x - shift)`.
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+fn exp_shifted(x: &mut [f32], shift: f32) {
+    for v in x {
+        *v = exp_scalar(*v - shift);
+    }
+}
+
+// Cephes-style exp: 2^n · p(r) with r = x − n·ln 2 in [−ln2/2, ln2/2]
+// (ln 2 split in two for exact reduction), a degree-6 polynomial.
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+const EXP_HI: f32 = 88.376_26;
+const EXP_LO: f32 = -87.336_55;
+
+/// exp, relative error about 2e-7 (the vector code's formula).
+pub fn exp_scalar(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let x = x.clamp(EXP_LO, EXP_HI);
+    let n = (x * LOG2E).round();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = EXP_P[0];
+    for c in &EXP_P[1..] {
+        p = p * r + c;
+    }
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+// Abramowitz & Stegun 7.1.26: erf(x) = 1 − t·P(t)·e^(−x²), t = 1/(1 + p·x),
+// absolute error below 1.5e-7 for x ≥ 0 (odd extension below).
+const ERF_P: f32 = 0.327_591_1;
+const ERF_A: [f32; 5] = [
+    1.061_405_4,
+    -1.453_152_1,
+    1.421_413_8,
+    -0.284_496_74,
+    0.254_829_6,
+];
+
+/// erf, absolute error below 1.5e-7 (plus rounding).
+pub fn erf_scalar(x: f32) -> f32 {
+    let ax = x.abs();
+    let t = 1.0 / (1.0 + ERF_P * ax);
+    let mut p = ERF_A[0];
+    for c in &ERF_A[1..] {
+        p = p * t + c;
+    }
+    let y = 1.0 - p * t * exp_scalar(-ax * ax);
+    y.copysign(x)
+}
+
+/// The exact GELU on one value.
+pub fn gelu_scalar(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_scalar(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    #[inline(always)]
+    unsafe fn exp(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(
+            _mm256_min_ps(x, _mm256_set1_ps(EXP_HI)),
+            _mm256_set1_ps(EXP_LO),
+        );
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_P[0]);
+        for c in &EXP_P[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+        }
+        let y = _mm256_fmadd_ps(
+            _mm256_mul_ps(p, r),
+            r,
+            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+        );
+        let pow = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        );
+        _mm256_mul_ps(y, _mm256_castsi256_ps(pow))
+    }
+
+    /// # Safety
+    /// `p` points at 8 floats.
+    pub unsafe fn exp8_shifted(p: *mut f32, shift: f32) {
+        let x = _mm256_sub_ps(_mm256_loadu_ps(p), _mm256_set1_ps(shift));
+        _mm256_storeu_ps(p, exp(x));
+    }
+
+    /// # Safety
+    /// `p` points at 8 floats.
+    pub unsafe fn gelu8(p: *mut f32) {
+        let x = _mm256_loadu_ps(p);
+        let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+        let sign = _mm256_and_ps(z, _mm256_set1_ps(-0.0));
+        let az = _mm256_andnot_ps(_mm256_set1_ps(-0.0), z);
+        let one = _mm256_set1_ps(1.0);
+        let t = _mm256_div_ps(one, _mm256_fmadd_ps(az, _mm256_set1_ps(ERF_P), one));
+        let mut poly = _mm256_set1_ps(ERF_A[0]);
+        for c in &ERF_A[1..] {
+            poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(*c));
+        }
+        let e = exp(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
+        let erf = _mm256_fnmadd_ps(_mm256_mul_ps(poly, t), e, one);
+        let erf = _mm256_or_ps(erf, sign);
+        let half_x = _mm256_mul_ps(x, _mm256_set1_ps(0.5));
+        _mm256_storeu_ps(p, _mm256_fmadd_ps(half_x, erf, half_x));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        let mut worst_exp = 0f64;
+        let mut worst_erf = 0f64;
+        let mut x = -20.0f32;
+        while x < 20.0 {
+            let e = exp_scalar(x) as f64;
+            let want = (x as f64).exp();
+            worst_exp = worst_exp.max(((e - want) / want).abs());
+            let z = x / 4.0;
+            worst_erf = worst_erf.max((erf_scalar(z) as f64 - erf64(z as f64)).abs());
+            x += 0.001;
+        }
+        assert!(worst_exp < 4e-7, "exp relative error {worst_exp}");
+        assert!(worst_erf < 1e-6, "erf absolute error {worst_erf}");
+    }
+
+    /// erf to double precision by its Taylor series (|x| ≤ 5 is enough here).
+    fn erf64(x: f64) -> f64 {
+        let mut term = x;
+        let mut sum = x;
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn vector_paths_agree_with_scalar() {
+        let xs: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) * 0.07).collect();
+        let mut g = xs.clone();
+        gelu(&mut g);
+        for (x, y) in xs.iter().zip(&g) {
+            assert!((gelu_scalar(*x) - y).abs() < 1e-6, "gelu({x}) = {y}");
+        }
+        let mut s = xs.clone();
+        softmax(&mut s);
+        let max = xs.iter().copied().fold(f32::MIN, f32::max) as f64;
+        let total: f64 = xs.iter().map(|x| (*x as f64 - max).exp()).sum();
+        for (x, y) in xs.iter().zip(&s) {
+            let want = (*x as f64 - max).exp() / total;
+            assert!(
+                (want - *y as f64).abs() < 1e-6,
+                "softmax at {x}: {y} vs {want}"
+            );
+        }
+        let mut ln = xs.clone();
+        let ones = vec![1.0; xs.len()];
+        let zeros = vec![0.0; xs.len()];
+        layer_norm(&mut ln, &ones, &zeros, 1e-12);
+        let mean: f32 = ln.iter().sum::<f32>() / ln.len() as f32;
+        let var: f32 = ln.iter().map(|v| v * v).sum::<f32>() / ln.len() as f32;
+        assert!(
+            mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4,
+            "{mean} {var}"
+        );
+    }
+}
