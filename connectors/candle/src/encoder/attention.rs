@@ -157,7 +157,7 @@ unsafe fn head(
         }
         for r in 0..rows {
             let s = &mut scores[r * lpad..r * lpad + lpad];
-            math::softmax(&mut s[..len]);
+            math::softmax(&mut s[..len], isa);
             s[len..].fill(0.0);
         }
         for p in 0..val_panels {

@@ -289,7 +289,7 @@ impl PackedLinear {
                         Epilogue::Bias => math::add2(out, t, bias),
                         Epilogue::BiasGelu => {
                             math::add2(out, t, bias);
-                            math::gelu(out);
+                            math::gelu(out, self.isa);
                         }
                         Epilogue::BiasResidualNorm { residual, .. } => {
                             let res = &residual[(r + i) * n + col0..(r + i) * n + col0 + cols];
@@ -518,6 +518,78 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+}
+#[cfg(test)]
+mod speed {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn gflops() {
+        for isa in Isa::available() {
+            for &(m, n, k) in &[(1152, 1536, 384), (1152, 384, 1536), (1152, 1152, 384), (12, 1536, 384)] {
+                let a = vec![0.5f32; m * k];
+                let w = vec![0.25f32; n * k];
+                let b = vec![0f32; n];
+                let p = PackedLinear::new(&w, &b, n, k, isa);
+                let mut c = vec![0f32; m * n];
+                p.forward(&a, m, &mut c, Epilogue::Bias);
+                let reps = 20;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    p.forward(&a, m, &mut c, Epilogue::Bias);
+                }
+                let s = t.elapsed().as_secs_f64() / reps as f64;
+                eprintln!("{isa:?} {m}x{n}x{k}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / s / 1e9);
+            }
+        }
+    }
+}
+#[cfg(test)]
+mod peak {
+    #[test]
+    #[ignore]
+    fn fma_peak() {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run(n: usize) -> f32 {
+            let mut acc = [_mm512_set1_ps(0.0); 20];
+            let a = _mm512_set1_ps(0.999);
+            let b = _mm512_set1_ps(0.001);
+            for _ in 0..n {
+                for x in acc.iter_mut() {
+                    *x = _mm512_fmadd_ps(*x, a, b);
+                }
+            }
+            let mut s = 0.0;
+            for x in acc { s += _mm512_reduce_add_ps(x); }
+            s
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run2(n: usize) -> f32 {
+            let mut acc = [_mm256_set1_ps(0.0); 12];
+            let a = _mm256_set1_ps(0.999);
+            let b = _mm256_set1_ps(0.001);
+            for _ in 0..n {
+                for x in acc.iter_mut() {
+                    *x = _mm256_fmadd_ps(*x, a, b);
+                }
+            }
+            let mut s = [0f32; 8];
+            _mm256_storeu_ps(s.as_mut_ptr(), acc[0]);
+            s[0]
+        }
+        let n = 100_000_000;
+        for threads in [1, 2] {
+            let t = std::time::Instant::now();
+            std::thread::scope(|s| { for _ in 0..threads { s.spawn(|| unsafe { run(n) }); } });
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!("avx512 {threads} threads: {:.1} GFLOP/s", threads as f64 * n as f64 * 20.0 * 32.0 / secs / 1e9);
+            let t = std::time::Instant::now();
+            std::thread::scope(|s| { for _ in 0..threads { s.spawn(|| unsafe { run2(n) }); } });
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!("avx2 {threads} threads: {:.1} GFLOP/s", threads as f64 * n as f64 * 12.0 * 16.0 / secs / 1e9);
         }
     }
 }
