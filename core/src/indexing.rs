@@ -159,6 +159,222 @@ struct Pending {
     chunks: Vec<Chunk>,
 }
 
+/// Documents loaded and split ahead of the encoder.
+const PREPARE_AHEAD: usize = 64;
+
+/// From the preparing stage to the embedding stage.
+enum Prepared {
+    Doc(Pending),
+    Skip(Skipped),
+    Unchanged(String),
+}
+
+/// A document with its chunks' vectors, or why they could not be made.
+type EmbeddedDoc = (Pending, std::result::Result<Vec<Vec<f32>>, Error>);
+
+/// From the embedding stage to the writing stage.
+enum Embedded {
+    /// A batch: each document with its vectors, or why it could not be embedded.
+    Batch {
+        docs: Vec<EmbeddedDoc>,
+        embed_time: Duration,
+    },
+    Skip(Skipped),
+    Unchanged(String),
+    /// The embedder failed in a way no document explains (the run stops).
+    Fatal(Error),
+}
+
+/// Load, check and split every source, in listing order, ahead of the
+/// encoder. Returns the document ids seen (for `--sync`). Stops early when the
+/// later stages have stopped.
+async fn prepare_stage(
+    loader: &dyn Loader,
+    sources: &[crate::traits::SourceRef],
+    splitter: Arc<dyn Splitter>,
+    held_hashes: &HashMap<String, String>,
+    origin: String,
+    concurrency: usize,
+    to_embed: tokio::sync::mpsc::Sender<Prepared>,
+) -> HashSet<String> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut loads = futures::stream::iter(sources.iter())
+        .map(|src| async move {
+            catch_async("loader", loader.load(src))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(Skipped {
+                        uri: src.uri.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+        })
+        .buffered(concurrency);
+    while let Some(result) = loads.next().await {
+        let item = match result {
+            Err(skip) => Prepared::Skip(skip),
+            Ok(doc) if !seen.insert(doc.id.clone()) => Prepared::Skip(Skipped {
+                uri: doc.uri.clone(),
+                reason: "another source in this run has the same document id".into(),
+            }),
+            Ok(doc) if held_hashes.get(&doc.id) == Some(&doc.content_hash) => {
+                Prepared::Unchanged(doc.uri)
+            }
+            Ok(doc) => split_doc(&splitter, doc, &origin).await,
+        };
+        if to_embed.send(item).await.is_err() {
+            break;
+        }
+    }
+    seen
+}
+
+/// Split on a blocking thread (tokenizer-heavy work stays off the async
+/// workers), guarded like every stage.
+async fn split_doc(splitter: &Arc<dyn Splitter>, doc: Document, origin: &str) -> Prepared {
+    let splitter = splitter.clone();
+    let uri = doc.uri.clone();
+    let split = tokio::task::spawn_blocking(move || {
+        let chunks = catch("splitter", || splitter.split(&doc));
+        (doc, chunks)
+    })
+    .await;
+    match split {
+        Err(e) => Prepared::Skip(Skipped {
+            uri,
+            reason: format!("splitter: {e}"),
+        }),
+        Ok((doc, Err(e))) => {
+            let skip = Skipped {
+                uri: doc.uri.clone(),
+                reason: e.to_string(),
+            };
+            warn!(uri = %skip.uri, reason = %skip.reason, "document not indexed");
+            Prepared::Skip(skip)
+        }
+        Ok((doc, Ok(chunks))) if chunks.is_empty() => Prepared::Skip(Skipped {
+            uri: doc.uri.clone(),
+            reason: "no text to index after extraction".into(),
+        }),
+        Ok((doc, Ok(chunks))) => Prepared::Doc(Pending {
+            doc,
+            origin: origin.to_string(),
+            chunks,
+        }),
+    }
+}
+
+/// Gather prepared documents into batches of about `batch_chunks` chunks and
+/// embed each; a batch that fails is embedded again one document at a time, so
+/// a document that breaks the embedder is skipped and the others go on.
+async fn embed_stage(
+    embedder: Arc<dyn Embedder>,
+    mut from_prepare: tokio::sync::mpsc::Receiver<Prepared>,
+    to_write: tokio::sync::mpsc::Sender<Embedded>,
+    batch_chunks: usize,
+    progress: &dyn IndexProgress,
+) {
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut chunks = 0usize;
+    loop {
+        let next = from_prepare.recv().await;
+        let flush = match &next {
+            None => !batch.is_empty(),
+            Some(_) => chunks >= batch_chunks,
+        };
+        if flush {
+            let item = embed_batch(&embedder, std::mem::take(&mut batch), progress).await;
+            chunks = 0;
+            let fatal = matches!(item, Embedded::Fatal(_));
+            if to_write.send(item).await.is_err() || fatal {
+                return;
+            }
+        }
+        let item = match next {
+            None => return,
+            Some(Prepared::Doc(p)) => {
+                chunks += p.chunks.len();
+                batch.push(p);
+                continue;
+            }
+            Some(Prepared::Skip(s)) => Embedded::Skip(s),
+            Some(Prepared::Unchanged(u)) => Embedded::Unchanged(u),
+        };
+        if to_write.send(item).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn embed_batch(
+    embedder: &Arc<dyn Embedder>,
+    batch: Vec<Pending>,
+    progress: &dyn IndexProgress,
+) -> Embedded {
+    let t = Instant::now();
+    let all: Vec<&Pending> = batch.iter().collect();
+    let results: Vec<std::result::Result<Vec<Vec<f32>>, Error>> =
+        match embed_docs(embedder, &all, progress).await {
+            Ok(mut vectors) => {
+                let mut out = Vec::with_capacity(batch.len());
+                for p in &batch {
+                    let rest = vectors.split_off(p.chunks.len());
+                    out.push(Ok(std::mem::replace(&mut vectors, rest)));
+                }
+                out
+            }
+            Err(e) if is_fatal(&e) => return Embedded::Fatal(e),
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                warn!(
+                    "embedding a batch of {} documents failed ({}); embedding them one at a time",
+                    batch.len(),
+                    error_chain(&e)
+                );
+                let mut out = Vec::with_capacity(batch.len());
+                for p in &batch {
+                    match embed_docs(embedder, &[p], progress).await {
+                        Err(e) if is_fatal(&e) => return Embedded::Fatal(e),
+                        r => out.push(r),
+                    }
+                }
+                out
+            }
+        };
+    Embedded::Batch {
+        docs: batch.into_iter().zip(results).collect(),
+        embed_time: t.elapsed(),
+    }
+}
+
+/// The vectors of every chunk of `docs`, in order.
+async fn embed_docs(
+    embedder: &Arc<dyn Embedder>,
+    docs: &[&Pending],
+    progress: &dyn IndexProgress,
+) -> Result<Vec<Vec<f32>>> {
+    let texts: Vec<String> = docs
+        .iter()
+        .flat_map(|p| p.chunks.iter().map(|c| c.embedding_text()))
+        .collect();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for part in texts.chunks(EMBED_CALL_TEXTS) {
+        let got = catch_async("embedder", embedder.embed(part)).await??;
+        if got.len() != part.len() {
+            return Err(Error::stage(
+                "embedder",
+                format!("returned {} vectors for {} texts", got.len(), part.len()),
+            ));
+        }
+        vectors.extend(got);
+        progress.embedded(part.len());
+    }
+    Ok(vectors)
+}
+
+/// Texts per embedder call (the embedder batches them by tokens itself).
+const EMBED_CALL_TEXTS: usize = 128;
+
 impl IndexingPipeline {
     /// A pipeline writing into `vectors` and `keywords`, tracking documents in `catalog`.
     pub fn new(
@@ -339,96 +555,38 @@ impl IndexingPipeline {
         // Sources that still exist, even if they fail to load this time: `--sync`
         // keeps their last good version rather than losing it.
         let listed: HashSet<String> = listing.sources.iter().map(|s| s.uri.clone()).collect();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut pending_chunks = 0usize;
-        let mut since_commit = 0usize;
         self.failing_streak = 0;
-        let mut loads = futures::stream::iter(listing.sources.iter())
-            .map(|src| async move {
-                catch_async("loader", loader.load(src))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(Skipped {
-                            uri: src.uri.clone(),
-                            reason: e.to_string(),
-                        })
-                    })
-            })
-            .buffered(self.concurrency);
 
-        while let Some(result) = loads.next().await {
-            let doc = match result {
-                Ok(doc) => doc,
-                Err(skip) => {
-                    progress.source_done(&skip.uri, &DocStatus::Skipped(skip.reason.clone()));
-                    report.skipped.push(skip);
-                    continue;
-                }
-            };
-            if !seen.insert(doc.id.clone()) {
-                let skip = Skipped {
-                    uri: doc.uri.clone(),
-                    reason: "another source in this run has the same document id".into(),
-                };
-                progress.source_done(&skip.uri, &DocStatus::Skipped(skip.reason.clone()));
-                report.skipped.push(skip);
-                continue;
-            }
-            if self
-                .catalog
-                .get(&doc.id)
-                .is_some_and(|e| e.hash == doc.content_hash)
-            {
-                report.unchanged += 1;
-                progress.source_done(&doc.uri, &DocStatus::Unchanged);
-                continue;
-            }
-            let chunks = match catch("splitter", || self.splitter.split(&doc)) {
-                Ok(chunks) => chunks,
-                Err(e) => {
-                    let skip = Skipped {
-                        uri: doc.uri.clone(),
-                        reason: e.to_string(),
-                    };
-                    warn!(uri = %skip.uri, reason = %skip.reason, "document not indexed");
-                    progress.source_done(&skip.uri, &DocStatus::Skipped(skip.reason.clone()));
-                    report.skipped.push(skip);
-                    continue;
-                }
-            };
-            if chunks.is_empty() {
-                let skip = Skipped {
-                    uri: doc.uri.clone(),
-                    reason: "no text to index after extraction".into(),
-                };
-                progress.source_done(&skip.uri, &DocStatus::Skipped(skip.reason.clone()));
-                report.skipped.push(skip);
-                continue;
-            }
-            pending_chunks += chunks.len();
-            pending.push(Pending {
-                doc,
-                origin: origin.clone(),
-                chunks,
-            });
-            if pending_chunks >= self.batch_chunks {
-                let n = self
-                    .write_batch(std::mem::take(&mut pending), &mut report, progress)
-                    .await?;
-                pending_chunks = 0;
-                since_commit += n;
-                if since_commit >= self.commit_chunks {
-                    self.commit().await?;
-                    since_commit = 0;
-                }
-            }
-        }
-        drop(loads);
-        if !pending.is_empty() {
-            self.write_batch(std::mem::take(&mut pending), &mut report, progress)
-                .await?;
-        }
+        // Three stages on bounded queues, so the encoder never waits: loading and
+        // splitting the next documents, embedding a batch, and writing the
+        // previous batch to the stores run at the same time. Only the writer
+        // touches the stores and the catalog, in order, as before.
+        let held_hashes: HashMap<String, String> = self
+            .catalog
+            .iter()
+            .map(|(id, e)| (id.clone(), e.hash.clone()))
+            .collect();
+        let (to_embed, from_prepare) = tokio::sync::mpsc::channel::<Prepared>(PREPARE_AHEAD);
+        let (to_write, from_embed) = tokio::sync::mpsc::channel::<Embedded>(1);
+        let prepare = prepare_stage(
+            loader,
+            &listing.sources,
+            self.splitter.clone(),
+            &held_hashes,
+            origin.clone(),
+            self.concurrency,
+            to_embed,
+        );
+        let embed = embed_stage(
+            self.embedder.clone(),
+            from_prepare,
+            to_write,
+            self.batch_chunks,
+            progress,
+        );
+        let write = self.write_stage(from_embed, &mut report, progress);
+        let (seen, (), written) = tokio::join!(prepare, embed, write);
+        written?;
 
         if opts.sync {
             let gone: Vec<String> = self
@@ -466,22 +624,55 @@ impl IndexingPipeline {
         Ok(report)
     }
 
-    /// Embed and store a batch. A failure is retried one document at a time, so
+    /// The writing stage: takes embedded batches in order, writes them, commits
+    /// every `commit_chunks`. Ends with the first fatal error.
+    async fn write_stage(
+        &mut self,
+        mut from_embed: tokio::sync::mpsc::Receiver<Embedded>,
+        report: &mut IndexReport,
+        progress: &dyn IndexProgress,
+    ) -> Result<()> {
+        let mut since_commit = 0usize;
+        while let Some(item) = from_embed.recv().await {
+            match item {
+                Embedded::Skip(skip) => {
+                    progress.source_done(&skip.uri, &DocStatus::Skipped(skip.reason.clone()));
+                    report.skipped.push(skip);
+                }
+                Embedded::Unchanged(uri) => {
+                    report.unchanged += 1;
+                    progress.source_done(&uri, &DocStatus::Unchanged);
+                }
+                Embedded::Fatal(e) => return Err(e),
+                Embedded::Batch { docs, embed_time } => {
+                    report.embed_time += embed_time;
+                    since_commit += self.write_batch(docs, report, progress).await?;
+                    if since_commit >= self.commit_chunks {
+                        self.commit().await?;
+                        since_commit = 0;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Store an embedded batch. A failure is retried one document at a time, so
     /// one bad document is skipped with its reason and the others are stored; a
     /// full disk, or documents failing one after another, stop the run.
     async fn write_batch(
         &mut self,
-        batch: Vec<Pending>,
+        batch: Vec<EmbeddedDoc>,
         report: &mut IndexReport,
         progress: &dyn IndexProgress,
     ) -> Result<usize> {
         let span = info_span!("batch", docs = batch.len());
         async {
             if let Some(dir) = &self.storage_dir {
-                let chunks: usize = batch.iter().map(|p| p.chunks.len()).sum();
+                let chunks: usize = batch.iter().map(|(p, _)| p.chunks.len()).sum();
                 let text: usize = batch
                     .iter()
-                    .flat_map(|p| &p.chunks)
+                    .flat_map(|(p, _)| &p.chunks)
                     .map(|c| c.text.len())
                     .sum();
                 // Vectors, payloads and postings, with room for segment merges.
@@ -491,41 +682,50 @@ impl IndexingPipeline {
             }
             let replaced: Vec<String> = batch
                 .iter()
-                .filter(|p| self.catalog.get(&p.doc.id).is_some())
-                .map(|p| p.doc.id.clone())
+                .filter(|(p, _)| self.catalog.get(&p.doc.id).is_some())
+                .map(|(p, _)| p.doc.id.clone())
                 .collect();
             if !replaced.is_empty() {
                 debug!(count = replaced.len(), "replacing changed documents");
                 self.vectors.delete_docs(&replaced).await?;
                 self.keywords.delete_docs(&replaced).await?;
             }
-            let all: Vec<&Pending> = batch.iter().collect();
             let mut failed: HashMap<usize, Error> = HashMap::new();
-            match self.store(&all, report, progress).await {
+            let mut ready: Vec<(usize, &Pending, &[Vec<f32>])> = Vec::new();
+            for (i, (p, vectors)) in batch.iter().enumerate() {
+                match vectors {
+                    Ok(v) => ready.push((i, p, v)),
+                    Err(e) => {
+                        failed.insert(i, Error::stage("embedder", error_chain(e)));
+                    }
+                }
+            }
+            match self.store(&ready).await {
                 Ok(()) => {}
                 Err(e) if is_fatal(&e) => return Err(e),
-                Err(e) if batch.len() == 1 => {
-                    failed.insert(0, e);
+                Err(e) if ready.len() == 1 => {
+                    failed.insert(ready[0].0, e);
                 }
                 Err(e) => {
                     warn!(
                         "a batch of {} documents failed ({}); storing them one at a time",
-                        batch.len(),
+                        ready.len(),
                         error_chain(&e)
                     );
-                    for (i, p) in batch.iter().enumerate() {
-                        if let Err(e) = self.store(&[p], report, progress).await {
+                    for one in &ready {
+                        if let Err(e) = self.store(std::slice::from_ref(one)).await {
                             if is_fatal(&e) {
                                 return Err(e);
                             }
-                            failed.insert(i, e);
+                            failed.insert(one.0, e);
                         }
                     }
                 }
             }
+            drop(ready);
             let mut stored = 0;
             let mut last_error = None;
-            for (i, p) in batch.into_iter().enumerate() {
+            for (i, (p, _)) in batch.into_iter().enumerate() {
                 let n = p.chunks.len();
                 if let Some(e) = failed.remove(&i) {
                     // Its old version's chunks are gone too: it leaves the catalog,
@@ -576,37 +776,26 @@ impl IndexingPipeline {
         .await
     }
 
-    /// Embed and upsert the chunks of `docs` into both stores. On failure, what
-    /// was written of them is removed again (as far as the stores allow).
-    async fn store(
-        &self,
-        docs: &[&Pending],
-        report: &mut IndexReport,
-        progress: &dyn IndexProgress,
-    ) -> Result<()> {
-        let chunks: Vec<Chunk> = docs.iter().flat_map(|p| p.chunks.clone()).collect();
-        let texts: Vec<String> = chunks.iter().map(|c| c.embedding_text()).collect();
-        let te = Instant::now();
-        let mut vectors = Vec::with_capacity(texts.len());
-        for part in texts.chunks(64) {
-            let got = catch_async("embedder", self.embedder.embed(part)).await??;
-            if got.len() != part.len() {
-                return Err(Error::stage(
-                    "embedder",
-                    format!("returned {} vectors for {} texts", got.len(), part.len()),
-                ));
-            }
-            vectors.extend(got);
-            progress.embedded(part.len());
+    /// Upsert the chunks of `docs`, with their vectors, into both stores. On
+    /// failure, what was written of them is removed again (as far as the
+    /// stores allow).
+    async fn store(&self, docs: &[(usize, &Pending, &[Vec<f32>])]) -> Result<()> {
+        if docs.is_empty() {
+            return Ok(());
         }
-        report.embed_time += te.elapsed();
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut vectors: Vec<Vec<f32>> = Vec::new();
+        for (_, p, v) in docs {
+            chunks.extend(p.chunks.iter().cloned());
+            vectors.extend(v.iter().cloned());
+        }
         let written = async {
             catch_async("vector store", self.vectors.upsert(&chunks, &vectors)).await??;
             catch_async("keyword store", self.keywords.upsert(&chunks)).await?
         }
         .await;
         if written.is_err() {
-            let ids: Vec<String> = docs.iter().map(|p| p.doc.id.clone()).collect();
+            let ids: Vec<String> = docs.iter().map(|(_, p, _)| p.doc.id.clone()).collect();
             let _ = catch_async("vector store", self.vectors.delete_docs(&ids)).await;
             let _ = catch_async("keyword store", self.keywords.delete_docs(&ids)).await;
         }

@@ -337,3 +337,108 @@ async fn failures_that_are_not_the_documents_stop_the_run() {
     let msg = magpie_core::error_chain(&e);
     assert!(msg.contains("No space left"), "{msg}");
 }
+
+/// Records what the stages do, in order.
+#[derive(Default)]
+struct Events(Mutex<Vec<String>>);
+
+impl Events {
+    fn push(&self, e: String) {
+        self.0.lock().unwrap().push(e);
+    }
+    fn position(&self, e: &str) -> usize {
+        let v = self.0.lock().unwrap();
+        v.iter()
+            .position(|x| x == e)
+            .unwrap_or_else(|| panic!("no {e} in {v:?}"))
+    }
+}
+
+/// An embedder that takes 80 ms a call and logs it.
+struct SlowEmbed(Arc<Events>);
+
+#[async_trait]
+impl Embedder for SlowEmbed {
+    fn model_id(&self) -> &str {
+        "slow"
+    }
+    fn dimension(&self) -> usize {
+        2
+    }
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        self.0.push(format!("embed start {}", texts[0]));
+        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+        self.0.push(format!("embed end {}", texts[0]));
+        Ok(texts.iter().map(|_| vec![1.0, 0.0]).collect())
+    }
+}
+
+/// A vector store that takes 80 ms an upsert and logs it.
+struct SlowStore(MemStore, Arc<Events>);
+
+#[async_trait]
+impl VectorStore for SlowStore {
+    async fn upsert(&self, chunks: &[Chunk], vectors: &[Vec<f32>]) -> Result<()> {
+        self.1.push(format!("write start {}", chunks[0].text));
+        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+        self.1.push(format!("write end {}", chunks[0].text));
+        VectorStore::upsert(&self.0, chunks, vectors).await
+    }
+    async fn delete_docs(&self, doc_ids: &[String]) -> Result<()> {
+        VectorStore::delete_docs(&self.0, doc_ids).await
+    }
+    async fn delete_chunks(&self, chunk_ids: &[String]) -> Result<()> {
+        VectorStore::delete_chunks(&self.0, chunk_ids).await
+    }
+    async fn search(&self, vector: &[f32], k: usize) -> Result<Vec<Hit>> {
+        VectorStore::search(&self.0, vector, k).await
+    }
+    async fn commit(&self) -> Result<()> {
+        Ok(())
+    }
+    async fn list_chunks(&self) -> Result<Vec<StoredChunk>> {
+        VectorStore::list_chunks(&self.0).await
+    }
+}
+
+/// Embedding the next batch runs while the previous one is written, and the
+/// documents after it are loaded and split meanwhile: the encoder does not
+/// wait for the stores or the loader.
+#[tokio::test]
+async fn stages_overlap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = Arc::new(Events::default());
+    let docs: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("d{i}.txt"), format!("doc{i}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = docs.iter().map(|(u, t)| (u.as_str(), t.as_str())).collect();
+    let mut p = IndexingPipeline::new(
+        Arc::new(OneChunk),
+        Arc::new(SlowEmbed(events.clone())),
+        Arc::new(SlowStore(MemStore::default(), events.clone())),
+        Arc::new(MemStore::default()),
+        Catalog::open(tmp.path().join("catalog.json")).unwrap(),
+    )
+    .batch_chunks(1);
+    let report = p
+        .run(&MemLoader::new(&refs), &RunOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(report.indexed, 6);
+    // doc1 is embedded while doc0 is being written
+    let e = &events;
+    assert!(
+        e.position("embed start doc1") < e.position("write end doc0"),
+        "{:?}",
+        e.0.lock().unwrap()
+    );
+    // writes stay in order, one at a time
+    for i in 0..5 {
+        assert!(
+            e.position(&format!("write end doc{i}"))
+                < e.position(&format!("write start doc{}", i + 1))
+        );
+    }
+    let c = p.check().await.unwrap();
+    assert!(c.is_consistent(), "{c:?}");
+}

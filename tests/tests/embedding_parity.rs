@@ -71,3 +71,33 @@ async fn check(
     let single = emb.embed(&sentences[..1]).await.unwrap();
     assert!(cosine(&single[0], &got[0]) > 0.99999);
 }
+
+/// The int8 mode (where the CPU has AVX-512 VNNI) stays close to
+/// sentence-transformers' f32 vectors; its retrieval quality is measured on
+/// SciFact in BENCHMARKS.md.
+#[tokio::test]
+async fn int8_stays_close() {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            magpie_tests::workspace().join("tests/fixtures/minilm_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let sentences: Vec<String> = serde_json::from_value(fixture["sentences"].clone()).unwrap();
+    let reference: Vec<Vec<f32>> = serde_json::from_value(fixture["vectors"].clone()).unwrap();
+    let emb = BertEmbedder::builder(magpie_tests::minilm_dir().to_string_lossy())
+        .batch_size(4)
+        .int8(true)
+        .build()
+        .unwrap();
+    eprintln!("backend {}", emb.backend());
+    let got = emb.embed(&sentences).await.unwrap();
+    let mut worst = 1.0f64;
+    for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+        let c = cosine(g, r);
+        eprintln!("int8 sentence {i}: cosine {c:.5}");
+        worst = worst.min(c);
+    }
+    assert!(worst > 0.99, "int8 vectors drifted: worst cosine {worst}");
+}

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use crate::device::select_device;
 use crate::encoder::gemm::Isa;
-use crate::encoder::{BertEncoder, EncoderConfig, Pooling};
+use crate::encoder::{BertEncoder, EncoderConfig, EncoderOptions, Pooling};
 use crate::resolve::resolve_model_dir;
 use crate::CandleError;
 
@@ -32,6 +32,7 @@ pub struct BertEmbedderBuilder {
     device: Option<Device>,
     generic: bool,
     kernels: Option<Isa>,
+    int8: bool,
 }
 
 impl BertEmbedderBuilder {
@@ -68,6 +69,15 @@ impl BertEmbedderBuilder {
     /// runs). For comparing kernels; vectors agree to rounding.
     pub fn kernels(mut self, isa: Isa) -> Self {
         self.kernels = Some(isa);
+        self
+    }
+
+    /// Run the linear layers in int8 (weights quantized per output channel
+    /// at load, activations per row) where the CPU has AVX-512 VNNI; f32
+    /// elsewhere. Faster; vectors move slightly (BENCHMARKS.md has the
+    /// retrieval quality of both).
+    pub fn int8(mut self, yes: bool) -> Self {
+        self.int8 = yes;
         self
     }
 
@@ -136,7 +146,10 @@ impl BertEmbedderBuilder {
             &config,
             device,
             self.generic,
-            self.kernels,
+            EncoderOptions {
+                kernels: self.kernels,
+                int8: self.int8,
+            },
         )?;
         let model_id = model_id_for(&self.spec);
         info!(
@@ -217,10 +230,11 @@ enum Backend {
 impl Backend {
     fn name(&self) -> &'static str {
         match self {
-            Backend::Owned(e) => match e.isa() {
-                Isa::Avx512 => "magpie-avx512",
-                Isa::Avx2 => "magpie-avx2",
-                Isa::Portable => "magpie-portable",
+            Backend::Owned(e) => match (e.isa(), e.is_int8()) {
+                (_, true) => "magpie-int8-vnni",
+                (Isa::Avx512, false) => "magpie-avx512",
+                (Isa::Avx2, false) => "magpie-avx2",
+                (Isa::Portable, false) => "magpie-portable",
             },
             Backend::Candle { .. } => "candle",
         }
@@ -235,7 +249,7 @@ fn load_backend(
     config: &Config,
     device: Device,
     generic: bool,
-    kernels: Option<Isa>,
+    opts: EncoderOptions,
 ) -> Result<Backend> {
     let want_candle = generic || std::env::var("MAGPIE_EMBEDDER").as_deref() == Ok("candle");
     if device.is_cpu() && !want_candle {
@@ -266,7 +280,7 @@ fn load_backend(
                         .map_err(stage)?;
                     plain.insert(name, (dims, v));
                 }
-                let enc = BertEncoder::new(cfg, plain, kernels).map_err(|e| {
+                let enc = BertEncoder::new(cfg, plain, opts).map_err(|e| {
                     stage(CandleError::Model(format!("{}: {e}", weights.display())))
                 })?;
                 return Ok(Backend::Owned(enc));
@@ -332,6 +346,7 @@ impl BertEmbedder {
             device: None,
             generic: false,
             kernels: None,
+            int8: false,
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::engine::ModelArgs;
+use crate::engine::{Engine, ModelArgs, OpenOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct EmbedBenchArgs {
@@ -50,6 +50,7 @@ pub fn embed(args: &EmbedBenchArgs, models: &ModelArgs) -> Result<()> {
     let spec = models.embed_spec();
     let emb = magpie_candle::BertEmbedder::builder(spec)
         .batch_size(args.batch)
+        .int8(models.embed_precision == "int8")
         .build()?;
     // warm-up
     emb.embed_blocking(&sentences[..sentences.len().min(args.batch)])?;
@@ -73,4 +74,99 @@ pub fn embed(args: &EmbedBenchArgs, models: &ModelArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IngestBenchArgs {
+    /// A BEIR-style corpus.jsonl (`_id`, `title`, `text` per line), such as
+    /// ../shared/data/scifact/corpus.jsonl.
+    pub corpus: PathBuf,
+    /// Use only the first N documents.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Chunk size in tokens (default: docqa's, 200).
+    #[arg(long)]
+    pub chunk_tokens: Option<usize>,
+    /// Overlap between chunks in tokens (default: docqa's, 40).
+    #[arg(long)]
+    pub overlap: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct IngestBench {
+    #[serde(rename = "impl")]
+    runtime: String,
+    docs: usize,
+    chunks: usize,
+    seconds: f64,
+    docs_per_s: f64,
+    chunks_per_s: f64,
+    /// Share of the run's wall time the encoder was working.
+    encoder_busy: f64,
+    peak_rss_mib: f64,
+}
+
+/// Index the corpus into a fresh temporary index, from loading the models to
+/// the last commit, and print one JSON line (scripts/bench_ingest.sh runs
+/// LlamaIndex on the same documents beside it).
+pub async fn ingest(args: &IngestBenchArgs, models: &ModelArgs) -> Result<()> {
+    let tmp = tempfile::tempdir().context("creating a temporary index directory")?;
+    let corpus = tmp.path().join("corpus.jsonl");
+    let raw = std::fs::read_to_string(&args.corpus)
+        .with_context(|| format!("reading {}", args.corpus.display()))?;
+    let lines: Vec<&str> = raw
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(args.limit.unwrap_or(usize::MAX))
+        .collect();
+    if lines.is_empty() {
+        bail!("{} has no documents", args.corpus.display());
+    }
+    std::fs::write(&corpus, lines.join("\n") + "\n")?;
+    let t = Instant::now();
+    let engine = Engine::open(
+        &tmp.path().join("index"),
+        models,
+        OpenOptions {
+            chunk_tokens: args.chunk_tokens,
+            overlap_tokens: args.overlap,
+            ..OpenOptions::index()
+        },
+    )?;
+    let backend = engine.embedder.backend();
+    let mut pipeline = engine.pipeline()?;
+    let report = pipeline
+        .run(
+            &magpie_files::JsonlLoader::beir(&corpus),
+            &magpie_core::RunOptions::default(),
+            &magpie_core::NoProgress,
+        )
+        .await?;
+    let secs = t.elapsed().as_secs_f64();
+    if !report.skipped.is_empty() {
+        tracing::warn!(count = report.skipped.len(), "documents skipped");
+    }
+    let out = IngestBench {
+        runtime: format!("magpie ({backend})"),
+        docs: report.indexed,
+        chunks: report.chunks,
+        seconds: secs,
+        docs_per_s: report.indexed as f64 / secs,
+        chunks_per_s: report.chunks as f64 / secs,
+        encoder_busy: report.embed_time.as_secs_f64() / report.elapsed.as_secs_f64().max(1e-9),
+        peak_rss_mib: peak_rss_mib(),
+    };
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+/// This process's peak resident set so far, in MiB (0 where unknown).
+fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+        ru.ru_maxrss as f64 / 1024.0
+    } else {
+        0.0
+    }
 }

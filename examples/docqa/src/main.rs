@@ -263,8 +263,12 @@ enum StoreCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
-    /// Sentences per second through the embedding model.
+    /// Sentences per second through the embedding model (scripts/bench_embed.sh runs
+    /// sentence-transformers side by side).
     Embed(bench::EmbedBenchArgs),
+    /// Documents per second from a corpus to a committed index, in a fresh temporary
+    /// index (scripts/bench_ingest.sh runs LlamaIndex side by side).
+    Ingest(bench::IngestBenchArgs),
     /// Prompt processing and generation tokens/s of the language model (scripts/bench_llm.sh
     /// runs llama.cpp side by side).
     Llm(ask::LlmBenchArgs),
@@ -558,6 +562,7 @@ async fn run(cli: Cli) -> Result<()> {
             models::fetch(&cli.models.models_dir, *which, *force).context("fetching models")?;
         }
         Command::Bench(BenchCommand::Embed(args)) => bench::embed(args, &cli.models)?,
+        Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(args, &cli.models).await?,
         Command::Bench(BenchCommand::Llm(args)) => ask::bench_llm(args, &cli.models)?,
         Command::Bench(BenchCommand::Plugins {
             wasm_dir,

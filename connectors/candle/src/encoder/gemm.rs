@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::int8::{with_quantized, PackedI8, QuantRows};
 use super::math;
 
 /// Which micro-kernel a packed matrix was laid out for.
@@ -129,6 +130,15 @@ pub struct PackedLinear {
     isa: Isa,
     panels: Aligned,
     bias: Vec<f32>,
+    /// The int8 weights, when this layer runs in int8 (then `panels` is empty).
+    int8: Option<PackedI8>,
+}
+
+/// The left operand of a product.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    F32(&'a [f32]),
+    I8(&'a QuantRows),
 }
 
 /// What happens to each output after the product.
@@ -152,10 +162,21 @@ pub enum Epilogue<'a> {
 }
 
 impl PackedLinear {
-    /// Pack `weight` (`n` rows of `k`, row-major) and its bias for `isa`.
-    pub fn new(weight: &[f32], bias: &[f32], n: usize, k: usize, isa: Isa) -> Self {
+    /// Pack `weight` (`n` rows of `k`, row-major) and its bias for `isa`; in
+    /// int8 when `int8` is asked and the CPU has AVX-512 VNNI.
+    pub fn new(weight: &[f32], bias: &[f32], n: usize, k: usize, isa: Isa, int8: bool) -> Self {
         assert_eq!(weight.len(), n * k, "weight shape");
         assert_eq!(bias.len(), n, "bias shape");
+        if int8 && isa == Isa::Avx512 && super::int8::available() {
+            return Self {
+                k,
+                n,
+                isa,
+                panels: Aligned::zeros(0),
+                bias: bias.to_vec(),
+                int8: Some(PackedI8::new(weight, n, k)),
+            };
+        }
         let nr = isa.nr();
         let panels_n = n.div_ceil(nr);
         let mut panels = Aligned::zeros(panels_n * k * nr);
@@ -176,7 +197,13 @@ impl PackedLinear {
             isa,
             panels,
             bias: bias.to_vec(),
+            int8: None,
         }
+    }
+
+    /// True when this layer runs in int8.
+    pub fn is_int8(&self) -> bool {
+        self.int8.is_some()
     }
 
     /// Inputs per row.
@@ -191,8 +218,18 @@ impl PackedLinear {
 
     /// `c[m × n] = epilogue(a[m × k] · Wᵀ)`, on the rayon pool.
     pub fn forward(&self, a: &[f32], m: usize, c: &mut [f32], epi: Epilogue<'_>) {
-        let (k, n) = (self.k, self.n);
-        assert!(a.len() >= m * k && c.len() >= m * n, "matmul shapes");
+        assert!(a.len() >= m * self.k, "matmul shapes");
+        match &self.int8 {
+            Some(q) => with_quantized(a, m, self.k, q.row_bytes(), |rows| {
+                self.run(Src::I8(rows), m, c, epi)
+            }),
+            None => self.run(Src::F32(a), m, c, epi),
+        }
+    }
+
+    fn run(&self, a: Src<'_>, m: usize, c: &mut [f32], epi: Epilogue<'_>) {
+        let n = self.n;
+        assert!(c.len() >= m * n, "matmul shapes");
         if let Epilogue::BiasResidualNorm { residual, .. } = epi {
             assert!(residual.len() >= m * n, "residual shape");
         }
@@ -260,7 +297,7 @@ impl PackedLinear {
     #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         &self,
-        a: &[f32],
+        a: Src<'_>,
         r0: usize,
         r1: usize,
         p0: usize,
@@ -275,12 +312,37 @@ impl PackedLinear {
         for p in p0..p1 {
             let col0 = p * nr;
             let cols = nr.min(n - col0);
-            let b = self.panels.as_slice()[p * k * nr..(p + 1) * k * nr].as_ptr();
             let mut r = r0;
             while r < r1 {
                 let rows = mr.min(r1 - r);
-                let ap = a.as_ptr().add(r * k);
-                kernel(self.isa, rows, k, ap, k, b, tile.as_mut_ptr());
+                match (a, &self.int8) {
+                    (Src::I8(q), Some(w)) => {
+                        let lda = w.row_bytes();
+                        let ap = q.bytes.as_ptr().add(r * lda);
+                        w.tile(
+                            rows,
+                            ap,
+                            lda,
+                            &q.scale[r..r + rows],
+                            &q.min[r..r + rows],
+                            p,
+                            tile.as_mut_ptr(),
+                        );
+                    }
+                    (Src::F32(a), _) => {
+                        let b = self.panels.as_slice()[p * k * nr..(p + 1) * k * nr].as_ptr();
+                        kernel(
+                            self.isa,
+                            rows,
+                            k,
+                            a.as_ptr().add(r * k),
+                            k,
+                            b,
+                            tile.as_mut_ptr(),
+                        );
+                    }
+                    (Src::I8(_), None) => unreachable!("int8 rows for an f32 layer"),
+                }
                 for i in 0..rows {
                     let out = std::slice::from_raw_parts_mut(c.add((r + i) * n + col0), cols);
                     let t = &tile[i * nr..i * nr + cols];
@@ -508,7 +570,7 @@ mod tests {
                 let w = noise(n * k, 2);
                 let bias = noise(n, 3);
                 let want = reference(&a, &w, &bias, m, n, k);
-                let p = PackedLinear::new(&w, &bias, n, k, isa);
+                let p = PackedLinear::new(&w, &bias, n, k, isa, false);
                 let mut got = vec![f32::NAN; m * n];
                 p.forward(&a, m, &mut got, Epilogue::Bias);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -520,76 +582,31 @@ mod tests {
             }
         }
     }
-}
-#[cfg(test)]
-mod speed {
-    use super::*;
+
     #[test]
-    #[ignore]
-    fn gflops() {
-        for isa in Isa::available() {
-            for &(m, n, k) in &[(1152, 1536, 384), (1152, 384, 1536), (1152, 1152, 384), (12, 1536, 384)] {
-                let a = vec![0.5f32; m * k];
-                let w = vec![0.25f32; n * k];
-                let b = vec![0f32; n];
-                let p = PackedLinear::new(&w, &b, n, k, isa);
-                let mut c = vec![0f32; m * n];
-                p.forward(&a, m, &mut c, Epilogue::Bias);
-                let reps = 20;
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    p.forward(&a, m, &mut c, Epilogue::Bias);
-                }
-                let s = t.elapsed().as_secs_f64() / reps as f64;
-                eprintln!("{isa:?} {m}x{n}x{k}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / s / 1e9);
-            }
+    fn int8_products_stay_within_quantization_error() {
+        if !crate::encoder::int8::available() {
+            eprintln!("SKIPPED: this CPU has no AVX-512 VNNI, the int8 path falls back to f32");
+            return;
         }
-    }
-}
-#[cfg(test)]
-mod peak {
-    #[test]
-    #[ignore]
-    fn fma_peak() {
-        use std::arch::x86_64::*;
-        #[target_feature(enable = "avx512f")]
-        unsafe fn run(n: usize) -> f32 {
-            let mut acc = [_mm512_set1_ps(0.0); 20];
-            let a = _mm512_set1_ps(0.999);
-            let b = _mm512_set1_ps(0.001);
-            for _ in 0..n {
-                for x in acc.iter_mut() {
-                    *x = _mm512_fmadd_ps(*x, a, b);
-                }
+        for &(m, n, k) in &[(1, 32, 4), (7, 40, 19), (30, 96, 384), (200, 33, 61)] {
+            let a = noise(m * k, 4);
+            let w = noise(n * k, 5);
+            let bias = noise(n, 6);
+            let want = reference(&a, &w, &bias, m, n, k);
+            let p = PackedLinear::new(&w, &bias, n, k, Isa::Avx512, true);
+            assert!(p.is_int8());
+            let mut got = vec![f32::NAN; m * n];
+            p.forward(&a, m, &mut got, Epilogue::Bias);
+            // each product term is off by at most (|a|+|w|)/254 of its scale;
+            // with values in [-1, 1] the sum is off by well under k/127
+            let tol = 2.0 * (k as f32).sqrt() / 127.0;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() < tol,
+                    "{m}x{n}x{k} at {i}: {g} vs {w} (tol {tol})"
+                );
             }
-            let mut s = 0.0;
-            for x in acc { s += _mm512_reduce_add_ps(x); }
-            s
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn run2(n: usize) -> f32 {
-            let mut acc = [_mm256_set1_ps(0.0); 12];
-            let a = _mm256_set1_ps(0.999);
-            let b = _mm256_set1_ps(0.001);
-            for _ in 0..n {
-                for x in acc.iter_mut() {
-                    *x = _mm256_fmadd_ps(*x, a, b);
-                }
-            }
-            let mut s = [0f32; 8];
-            _mm256_storeu_ps(s.as_mut_ptr(), acc[0]);
-            s[0]
-        }
-        let n = 100_000_000;
-        for threads in [1, 2] {
-            let t = std::time::Instant::now();
-            std::thread::scope(|s| { for _ in 0..threads { s.spawn(|| unsafe { run(n) }); } });
-            let secs = t.elapsed().as_secs_f64();
-            eprintln!("avx512 {threads} threads: {:.1} GFLOP/s", threads as f64 * n as f64 * 20.0 * 32.0 / secs / 1e9);
-            let t = std::time::Instant::now();
-            std::thread::scope(|s| { for _ in 0..threads { s.spawn(|| unsafe { run2(n) }); } });
-            let secs = t.elapsed().as_secs_f64();
-            eprintln!("avx2 {threads} threads: {:.1} GFLOP/s", threads as f64 * n as f64 * 12.0 * 16.0 / secs / 1e9);
         }
     }
 }

@@ -42,7 +42,11 @@ fn lane_max(x: &[f32]) -> f32 {
             *a = if *v > *a { *v } else { *a };
         }
     }
-    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     acc.iter().copied().fold(tail, f32::max)
 }
 
@@ -282,19 +286,28 @@ mod simd512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn exp(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(EXP_HI)), _mm512_set1_ps(EXP_LO));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-            x,
-            _mm512_set1_ps(LOG2E),
-        ));
+        let x = _mm512_max_ps(
+            _mm512_min_ps(x, _mm512_set1_ps(EXP_HI)),
+            _mm512_set1_ps(EXP_LO),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+        );
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
         let mut p = _mm512_set1_ps(EXP_P[0]);
         for c in &EXP_P[1..] {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
         }
-        let y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-        let pow = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+        let y = _mm512_fmadd_ps(
+            _mm512_mul_ps(p, r),
+            r,
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        let pow = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(n),
+            _mm512_set1_epi32(127),
+        ));
         _mm512_mul_ps(y, _mm512_castsi512_ps(pow))
     }
 
@@ -394,7 +407,10 @@ mod tests {
         let mut g = xs.clone();
         gelu(&mut g, isa);
         for (x, y) in xs.iter().zip(&g) {
-            assert!((gelu_scalar(*x) - y).abs() < 1e-6, "{isa:?} gelu({x}) = {y}");
+            assert!(
+                (gelu_scalar(*x) - y).abs() < 1e-6,
+                "{isa:?} gelu({x}) = {y}"
+            );
         }
         let mut s = xs.clone();
         softmax(&mut s, isa);

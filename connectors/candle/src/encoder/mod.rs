@@ -14,6 +14,7 @@
 
 mod attention;
 pub mod gemm;
+pub mod int8;
 pub mod math;
 
 use std::collections::HashMap;
@@ -28,6 +29,16 @@ pub enum Pooling {
     Mean,
     /// The first token's vector (bge).
     Cls,
+}
+
+/// How to build an encoder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EncoderOptions {
+    /// Cap on the kernel family (`None`: the best this CPU has).
+    pub kernels: Option<Isa>,
+    /// Linear layers in int8 (per-channel weight scales, per-row activation
+    /// scales) where the CPU has AVX-512 VNNI; f32 elsewhere.
+    pub int8: bool,
 }
 
 /// The parts of a BERT `config.json` the forward pass needs.
@@ -153,13 +164,14 @@ pub type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
 impl BertEncoder {
     /// Build from a model's tensors (names as in a BERT `model.safetensors`,
     /// with or without the `bert.` prefix).
-    /// `kernels` caps the kernel family (`None`: the best the CPU has).
+    /// Build with `opts` (kernel family, precision).
     pub fn new(
         cfg: EncoderConfig,
         mut tensors: Tensors,
-        kernels: Option<Isa>,
+        opts: EncoderOptions,
     ) -> Result<Self, String> {
-        let isa = Isa::detect(kernels);
+        let isa = Isa::detect(opts.kernels);
+        let int8 = opts.int8;
         let mut t: Tensors = tensors
             .drain()
             .map(|(k, v)| (k.strip_prefix("bert.").map(str::to_string).unwrap_or(k), v))
@@ -198,7 +210,7 @@ impl BertEncoder {
             |t: &mut Tensors, name: &str, n: usize, k: usize| -> Result<PackedLinear, String> {
                 let w = take(t, &format!("{name}.weight"), &[n, k])?;
                 let b = take(t, &format!("{name}.bias"), &[n])?;
-                Ok(PackedLinear::new(&w, &b, n, k, isa))
+                Ok(PackedLinear::new(&w, &b, n, k, isa, int8))
             };
         let emb_norm = norm(&mut t, "embeddings.LayerNorm")?;
         let d = h / cfg.heads;
@@ -219,7 +231,7 @@ impl BertEncoder {
                 b.extend(bp.iter().map(|x| x * s));
             }
             layers.push(Layer {
-                qkv: PackedLinear::new(&w, &b, 3 * h, h, isa),
+                qkv: PackedLinear::new(&w, &b, 3 * h, h, isa, int8),
                 attn_out: lin(&mut t, &format!("{p}.attention.output.dense"), h, h)?,
                 norm1: norm(&mut t, &format!("{p}.attention.output.LayerNorm"))?,
                 ffn_in: lin(&mut t, &format!("{p}.intermediate.dense"), i, h)?,
@@ -242,6 +254,11 @@ impl BertEncoder {
     /// The kernel family in use.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// True when the linear layers run in int8.
+    pub fn is_int8(&self) -> bool {
+        self.layers.first().is_some_and(|l| l.qkv.is_int8())
     }
 
     /// Width of the output vectors.
