@@ -231,6 +231,7 @@ impl Backend {
     fn name(&self) -> &'static str {
         match self {
             Backend::Owned(e) => match (e.isa(), e.is_int8()) {
+                (_, true) if e.is_amx() => "magpie-int8-amx",
                 (_, true) => "magpie-int8-vnni",
                 (Isa::Avx512, false) => "magpie-avx512",
                 (Isa::Avx2, false) => "magpie-avx2",

@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::int8::{with_quantized, PackedI8, QuantRows};
+use super::int8::{self, with_quantized, PackedI8, QuantRows};
 use super::math;
 
 /// Which micro-kernel a packed matrix was laid out for.
@@ -206,6 +206,24 @@ impl PackedLinear {
         self.int8.is_some()
     }
 
+    /// True when this layer runs in int8 on AMX tiles.
+    pub fn is_amx(&self) -> bool {
+        self.int8.as_ref().is_some_and(|w| w.is_amx())
+    }
+
+    /// Keep an int8 layer on VNNI even where AMX is ready.
+    pub fn without_amx(mut self) -> Self {
+        self.int8 = self.int8.map(PackedI8::without_amx);
+        self
+    }
+
+    fn rows_per_tile(&self) -> usize {
+        match &self.int8 {
+            Some(w) => w.rows_per_tile(),
+            None => self.isa.mr(),
+        }
+    }
+
     /// Inputs per row.
     pub fn k(&self) -> usize {
         self.k
@@ -236,7 +254,7 @@ impl PackedLinear {
         if m == 0 {
             return;
         }
-        let mr = self.isa.mr();
+        let mr = self.rows_per_tile();
         let nr = self.isa.nr();
         let panels = n.div_ceil(nr);
         let threads = rayon::current_num_threads().max(1);
@@ -306,9 +324,13 @@ impl PackedLinear {
         epi: Epilogue<'_>,
     ) {
         let (k, n) = (self.k, self.n);
-        let mr = self.isa.mr();
+        let mr = self.rows_per_tile();
         let nr = self.isa.nr();
-        let mut tile = [0f32; 12 * 32];
+        let mut tile = [0f32; 32 * 32];
+        let amx = self.is_amx();
+        if amx {
+            int8::amx_begin();
+        }
         for p in p0..p1 {
             let col0 = p * nr;
             let cols = nr.min(n - col0);
@@ -361,6 +383,9 @@ impl PackedLinear {
                 }
                 r += rows;
             }
+        }
+        if amx {
+            int8::amx_end();
         }
     }
 }
@@ -589,7 +614,13 @@ mod tests {
             eprintln!("SKIPPED: this CPU has no AVX-512 VNNI, the int8 path falls back to f32");
             return;
         }
-        for &(m, n, k) in &[(1, 32, 4), (7, 40, 19), (30, 96, 384), (200, 33, 61)] {
+        for &(m, n, k) in &[
+            (1, 32, 4),
+            (7, 40, 19),
+            (17, 64, 130),
+            (30, 96, 384),
+            (200, 33, 61),
+        ] {
             let a = noise(m * k, 4);
             let w = noise(n * k, 5);
             let bias = noise(n, 6);
@@ -598,6 +629,15 @@ mod tests {
             assert!(p.is_int8());
             let mut got = vec![f32::NAN; m * n];
             p.forward(&a, m, &mut got, Epilogue::Bias);
+            if p.is_amx() {
+                // AMX and VNNI sum the same integers: the same outputs, bit for bit
+                let vnni = PackedLinear::new(&w, &bias, n, k, Isa::Avx512, true).without_amx();
+                let mut other = vec![f32::NAN; m * n];
+                vnni.forward(&a, m, &mut other, Epilogue::Bias);
+                assert_eq!(got, other, "{m}x{n}x{k}: AMX and VNNI differ");
+            } else {
+                eprintln!("no AMX here: the int8 test covers VNNI only");
+            }
             // each product term is off by at most (|a|+|w|)/254 of its scale;
             // with values in [-1, 1] the sum is off by well under k/127
             let tol = 2.0 * (k as f32).sqrt() / 127.0;

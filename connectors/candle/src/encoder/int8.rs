@@ -18,8 +18,45 @@ use super::gemm::Aligned;
 
 /// Outputs per panel (two 16-lane vectors).
 const NR: usize = 32;
+/// Rows per AMX micro-kernel call (two tiles of 16).
+pub const AMX_ROWS: usize = 32;
 /// Rows per micro-kernel call.
 pub const MR: usize = 12;
+
+/// True when this CPU has AMX-INT8 and the kernel lets this process use it
+/// (asked once). `MAGPIE_ENCODER_AMX=0` keeps the int8 path on VNNI.
+pub fn amx_ready() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        if std::env::var("MAGPIE_ENCODER_AMX").as_deref() == Ok("0") || !available() {
+            return false;
+        }
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            // CPUID.(7,0):EDX bit 24 AMX-TILE, bit 25 AMX-INT8
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            if edx & (3 << 24) != 3 << 24 {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: arch_prctl with these arguments only asks for permission.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                )
+            };
+            if r != 0 {
+                tracing::info!("AMX present but not granted by the kernel; int8 runs on VNNI");
+            }
+            r == 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        false
+    })
+}
 
 /// True when this CPU runs the int8 kernel.
 pub fn available() -> bool {
@@ -45,12 +82,15 @@ pub struct PackedI8 {
     scale: Aligned,
     /// Per output: weight scale · Σ_k q_w (0 past n).
     wsum: Aligned,
+    /// Run on AMX tiles (32 rows a call) instead of VNNI (12).
+    amx: bool,
 }
 
 impl PackedI8 {
     /// Quantize and pack `weight` (`n` rows of `k`).
     pub fn new(weight: &[f32], n: usize, k: usize) -> Self {
-        let kp = k.div_ceil(4) * 4;
+        // whole 64-byte steps, as AMX tiles take them (zeros past k)
+        let kp = k.div_ceil(64) * 64;
         let panels_n = n.div_ceil(NR);
         let len = panels_n * kp * NR;
         let mut panels = vec![0i8; len + 64];
@@ -79,6 +119,7 @@ impl PackedI8 {
             off,
             scale,
             wsum,
+            amx: amx_ready(),
         }
     }
 
@@ -92,12 +133,35 @@ impl PackedI8 {
         self.n
     }
 
-    /// One tile: `rows` (≤ 12) quantized rows `lda` bytes apart against panel
-    /// `p`, scaled back to f32 into `tile` (row stride 32).
+    /// Rows per micro-kernel call.
+    pub fn rows_per_tile(&self) -> usize {
+        if self.amx {
+            AMX_ROWS
+        } else {
+            MR
+        }
+    }
+
+    /// True when this matrix runs on AMX.
+    pub fn is_amx(&self) -> bool {
+        self.amx
+    }
+
+    /// Use VNNI even where AMX is ready (for comparing the two; results are equal).
+    pub fn without_amx(mut self) -> Self {
+        self.amx = false;
+        self
+    }
+
+    /// One tile: `rows` (≤ [`Self::rows_per_tile`]) quantized rows `lda`
+    /// bytes apart against panel `p`, scaled back to f32 into `tile` (row
+    /// stride 32).
     ///
     /// # Safety
-    /// [`available`] is true; `a` holds `rows` rows of [`Self::row_bytes`];
-    /// `a_scale` and `a_min` have `rows` entries; `tile` room for 12 × 32.
+    /// [`available`] is true (and the thread's AMX tiles configured by
+    /// [`amx_begin`] when [`Self::is_amx`]); `a` holds `rows` rows of
+    /// [`Self::row_bytes`] (readable up to a whole 32-row block); `a_scale`
+    /// and `a_min` have `rows` entries; `tile` room for 32 × 32.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn tile(
         &self,
@@ -114,7 +178,11 @@ impl PackedI8 {
             let b = self.panels.as_ptr().add(self.off + p * self.kp * NR);
             let sw = self.scale.as_slice().as_ptr().add(p * NR);
             let ws = self.wsum.as_slice().as_ptr().add(p * NR);
-            vnni::tile(rows, self.kp / 4, a, lda, b, sw, ws, a_scale, a_min, tile);
+            if self.amx {
+                amx::tile(rows, self.kp / 64, a, lda, b, sw, ws, a_scale, a_min, tile);
+            } else {
+                vnni::tile(rows, self.kp / 4, a, lda, b, sw, ws, a_scale, a_min, tile);
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -149,8 +217,10 @@ pub fn with_quantized<R>(
     QUANT.with(|cell| {
         let mut q = cell.borrow_mut();
         let q = &mut *q;
-        if q.bytes.len() < m * row_bytes {
-            q.bytes.resize(m * row_bytes, 128);
+        // whole 32-row blocks, as AMX tiles read them
+        let rows = m.div_ceil(AMX_ROWS) * AMX_ROWS;
+        if q.bytes.len() < rows * row_bytes {
+            q.bytes.resize(rows * row_bytes, 0);
         }
         if q.scale.len() < m {
             q.scale.resize(m, 0.0);
@@ -180,6 +250,138 @@ fn quantize_row(row: &[f32], dst: &mut [u8]) -> (f32, f32) {
     {
         let _ = (row, dst);
         unreachable!("the int8 path is only chosen where available() is true")
+    }
+}
+
+/// Configure this thread's AMX tiles (8 tiles of 16 rows × 64 bytes).
+///
+/// # Safety
+/// [`amx_ready`] is true. Pair with [`amx_end`] on the same thread.
+pub unsafe fn amx_begin() {
+    #[cfg(target_arch = "x86_64")]
+    amx::configure();
+}
+
+/// Release this thread's AMX state.
+///
+/// # Safety
+/// [`amx_ready`] is true.
+pub unsafe fn amx_end() {
+    #[cfg(target_arch = "x86_64")]
+    std::arch::asm!("tilerelease", options(nostack, nomem));
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    static CONFIG: Config = {
+        let mut c = [0u8; 64];
+        c[0] = 1; // palette 1
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64; // bytes per row
+            c[48 + t] = 16; // rows
+            t += 1;
+        }
+        Config(c)
+    };
+
+    pub(super) unsafe fn configure() {
+        asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
+    }
+
+    /// `rows` ≤ 32 rows against a 32-column panel: C tiles 0–3 (rows 0–15 and
+    /// 16–31 × columns 0–15 and 16–31), A tiles 4–5, B tiles 6–7. Each step
+    /// takes 64 bytes of the rows (16 groups of 4 inputs) and 16 groups of the
+    /// panel (128 bytes apart: the panel holds 32 columns a group).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile(
+        rows: usize,
+        steps: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        sw: *const f32,
+        ws: *const f32,
+        a_scale: &[f32],
+        a_min: &[f32],
+        t: *mut f32,
+    ) {
+        let two = rows > 16;
+        asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+        if two {
+            asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        }
+        for s in 0..steps {
+            let ap = a.add(s * 64);
+            let bp = b.add(s * 16 * 128);
+            asm!(
+                "tileloadd tmm4, [{a} + {lda}*1]",
+                "tileloadd tmm6, [{b} + {ldb}*1]",
+                "tileloadd tmm7, [{b2} + {ldb}*1]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm1, tmm4, tmm7",
+                a = in(reg) ap,
+                lda = in(reg) lda,
+                b = in(reg) bp,
+                b2 = in(reg) bp.add(64),
+                ldb = in(reg) 128usize,
+                options(nostack, readonly),
+            );
+            if two {
+                asm!(
+                    "tileloadd tmm5, [{a} + {lda}*1]",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    a = in(reg) ap.add(16 * lda),
+                    lda = in(reg) lda,
+                    options(nostack, readonly),
+                );
+            }
+        }
+        #[repr(C, align(64))]
+        struct Acc([i32; 32 * 32]);
+        let mut acc = Acc([0; 32 * 32]);
+        let c = acc.0.as_mut_ptr();
+        asm!(
+            "tilestored [{c0} + {ld}*1], tmm0",
+            "tilestored [{c1} + {ld}*1], tmm1",
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(16),
+            ld = in(reg) 128usize,
+            options(nostack),
+        );
+        if two {
+            asm!(
+                "tilestored [{c0} + {ld}*1], tmm2",
+                "tilestored [{c1} + {ld}*1], tmm3",
+                c0 = in(reg) c.add(16 * 32),
+                c1 = in(reg) c.add(16 * 32 + 16),
+                ld = in(reg) 128usize,
+                options(nostack),
+            );
+        }
+        let sw0 = _mm512_loadu_ps(sw);
+        let sw1 = _mm512_loadu_ps(sw.add(16));
+        let ws0 = _mm512_loadu_ps(ws);
+        let ws1 = _mm512_loadu_ps(ws.add(16));
+        for i in 0..rows {
+            // s_w · (s_a · Σ q·q_w + min · Σ q_w)
+            let sa = _mm512_set1_ps(a_scale[i]);
+            let ma = _mm512_set1_ps(a_min[i]);
+            let v0 = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(i * 32) as *const _));
+            let v1 = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(i * 32 + 16) as *const _));
+            let o0 = _mm512_fmadd_ps(v0, _mm512_mul_ps(sw0, sa), _mm512_mul_ps(ws0, ma));
+            let o1 = _mm512_fmadd_ps(v1, _mm512_mul_ps(sw1, sa), _mm512_mul_ps(ws1, ma));
+            _mm512_storeu_ps(t.add(i * 32), o0);
+            _mm512_storeu_ps(t.add(i * 32 + 16), o1);
+        }
     }
 }
 

@@ -261,6 +261,11 @@ impl BertEncoder {
         self.layers.first().is_some_and(|l| l.qkv.is_int8())
     }
 
+    /// True when the int8 products run on AMX tiles.
+    pub fn is_amx(&self) -> bool {
+        self.layers.first().is_some_and(|l| l.qkv.is_amx())
+    }
+
     /// Width of the output vectors.
     pub fn hidden(&self) -> usize {
         self.cfg.hidden
