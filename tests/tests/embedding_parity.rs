@@ -47,6 +47,7 @@ async fn check(
 ) {
     let emb = BertEmbedder::builder(magpie_tests::minilm_dir().to_string_lossy())
         .batch_size(4)
+        .int8(false)
         .generic_bert(generic)
         .kernels(isa)
         .build()
