@@ -109,6 +109,18 @@ pub struct IndexReport {
 }
 
 impl IndexReport {
+    /// The share of the run's wall time the embedder was working (the
+    /// pipeline overlaps loading, splitting and writing with it, so near 1.0
+    /// means the encoder never waited).
+    pub fn encoder_busy(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            (self.embed_time.as_secs_f64() / s).min(1.0)
+        } else {
+            0.0
+        }
+    }
+
     /// Chunks stored per second of wall time.
     pub fn chunks_per_sec(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();

@@ -153,7 +153,7 @@ pub async fn ingest(args: &IngestBenchArgs, models: &ModelArgs) -> Result<()> {
         seconds: secs,
         docs_per_s: report.indexed as f64 / secs,
         chunks_per_s: report.chunks as f64 / secs,
-        encoder_busy: report.embed_time.as_secs_f64() / report.elapsed.as_secs_f64().max(1e-9),
+        encoder_busy: report.encoder_busy(),
         peak_rss_mib: peak_rss_mib(),
     };
     println!("{}", serde_json::to_string(&out)?);

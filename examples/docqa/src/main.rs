@@ -630,6 +630,7 @@ fn print_index_report(
             "skipped": report.skipped,
             "seconds": report.elapsed.as_secs_f64(),
             "chunks_per_sec": report.chunks_per_sec(),
+            "encoder_busy": report.encoder_busy(),
             "documents_in_index": documents,
             "chunks_in_index": chunks,
         });
@@ -655,11 +656,12 @@ fn print_index_report(
         );
     } else {
         println!(
-            "Indexed {} documents ({} chunks) in {:.1} s, {:.1} chunks/s.",
+            "Indexed {} documents ({} chunks) in {:.1} s, {:.1} chunks/s (the encoder busy {:.0}% of the time).",
             report.indexed,
             report.chunks,
             report.elapsed.as_secs_f64(),
-            report.chunks_per_sec()
+            report.chunks_per_sec(),
+            100.0 * report.encoder_busy()
         );
         println!(
             "Unchanged: {}  Removed: {}  Skipped: {}",

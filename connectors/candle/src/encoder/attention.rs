@@ -115,7 +115,6 @@ unsafe fn head(
     let lpad = key_panels * nr;
     // Keys as panels of nr keys: panel p holds, for each c < d, keys p·nr.. side by side.
     let keys = ensure(&mut scratch.keys, key_panels * d * nr);
-    keys[..key_panels * d * nr].fill(0.0);
     for j in 0..len {
         let k = &qkv[(t0 + j) * row + hidden + col..][..d];
         let (p, lane) = (j / nr, j % nr);
@@ -123,13 +122,28 @@ unsafe fn head(
             keys[(p * d + c) * nr + lane] = *v;
         }
     }
+    // the padding lanes of the last panel score 0 and are never read after
+    let last = key_panels - 1;
+    for c in 0..d {
+        keys[(last * d + c) * nr + (len - last * nr)..(last * d + c + 1) * nr].fill(0.0);
+    }
     // Values as panels of nr columns: panel p holds, for each key j, columns p·nr..
     let values = ensure(&mut scratch.values, val_panels * lpad * nr);
-    values[..val_panels * lpad * nr].fill(0.0);
-    for j in 0..len {
-        let v = &qkv[(t0 + j) * row + 2 * hidden + col..][..d];
-        for (c, x) in v.iter().enumerate() {
-            values[((c / nr) * lpad + j) * nr + c % nr] = *x;
+    for p in 0..val_panels {
+        let cols = nr.min(d - p * nr);
+        for j in 0..len {
+            let v = &qkv[(t0 + j) * row + 2 * hidden + col + p * nr..][..cols];
+            values[(p * lpad + j) * nr..][..cols].copy_from_slice(v);
+        }
+        // keys past len have probability 0, but their values must not be NaN
+        values[(p * lpad + len) * nr..(p + 1) * lpad * nr].fill(0.0);
+    }
+    if !d.is_multiple_of(nr) {
+        // a partial last panel: its unused columns are never written out
+        let p = val_panels - 1;
+        let cols = d - p * nr;
+        for j in 0..len {
+            values[(p * lpad + j) * nr + cols..(p * lpad + j + 1) * nr].fill(0.0);
         }
     }
     if scratch.scores.len() < mr * lpad {
@@ -137,6 +151,7 @@ unsafe fn head(
     }
     let scores = &mut scratch.scores;
     let mut tile = [0f32; 12 * 32];
+    let mut inv_sum = [0f32; 12];
     let mut i = 0;
     while i < len {
         let rows = mr.min(len - i);
@@ -151,13 +166,17 @@ unsafe fn head(
                 keys.as_ptr().add(p * d * nr),
                 tile.as_mut_ptr(),
             );
+            let valid = nr.min(len - p * nr);
             for r in 0..rows {
-                scores[r * lpad + p * nr..][..nr].copy_from_slice(&tile[r * nr..][..nr]);
+                let t = &tile[r * nr..][..valid];
+                scores[r * lpad + p * nr..][..valid].copy_from_slice(t);
             }
         }
+        // unnormalised probabilities; each output row is scaled by 1/Σ below
         for r in 0..rows {
             let s = &mut scores[r * lpad..r * lpad + lpad];
-            math::softmax(&mut s[..len], isa);
+            let max = math::lane_max(&s[..len]);
+            inv_sum[r] = 1.0 / math::exp_sum(&mut s[..len], max, isa);
             s[len..].fill(0.0);
         }
         for p in 0..val_panels {
@@ -176,7 +195,9 @@ unsafe fn head(
                     out.add((t0 + i + r) * hidden + col + p * nr),
                     cols,
                 );
-                o.copy_from_slice(&tile[r * nr..][..cols]);
+                for (o, t) in o.iter_mut().zip(&tile[r * nr..][..cols]) {
+                    *o = t * inv_sum[r];
+                }
             }
         }
         i += rows;

@@ -34,7 +34,7 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 /// The largest value, in sixteen lanes (vectorises; NaN is passed over).
-fn lane_max(x: &[f32]) -> f32 {
+pub fn lane_max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
     let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {
@@ -104,22 +104,24 @@ fn gelu256(x: &mut [f32]) {
 /// In place: `x = softmax(x)`; 512-bit vectors when `isa` allows.
 pub fn softmax(x: &mut [f32], isa: Isa) {
     let max = lane_max(x);
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        // SAFETY: Isa::Avx512 is only chosen when the CPU has AVX-512F.
-        unsafe { simd512::exp_shifted(x, max) };
-    } else {
-        exp_shifted(x, max);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = isa;
-        exp_shifted(x, max);
-    }
-    let inv = 1.0 / lane_sum(x, |v| v);
+    let inv = 1.0 / exp_sum(x, max, isa);
     for v in x.iter_mut() {
         *v *= inv;
     }
+}
+
+/// In place: `x = exp(x - max)`, returning the sum: a softmax whose
+/// normalisation is left to the caller (attention scales its output row
+/// instead of every score).
+pub fn exp_sum(x: &mut [f32], max: f32, isa: Isa) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: Isa::Avx512 is only chosen when the CPU has AVX-512F.
+        return unsafe { simd512::exp_shifted(x, max) };
+    }
+    let _ = isa;
+    exp_shifted(x, max);
+    lane_sum(x, |v| v)
 }
 
 /// In place: `x = exp(x - shift)`.
@@ -304,11 +306,8 @@ mod simd512 {
             r,
             _mm512_add_ps(r, _mm512_set1_ps(1.0)),
         );
-        let pow = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-            _mm512_cvtps_epi32(n),
-            _mm512_set1_epi32(127),
-        ));
-        _mm512_mul_ps(y, _mm512_castsi512_ps(pow))
+        // y · 2^n in one instruction
+        _mm512_scalef_ps(y, n)
     }
 
     /// In place: `x = exp(x - shift)`.
@@ -316,16 +315,21 @@ mod simd512 {
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn exp_shifted(x: &mut [f32], shift: f32) {
+    pub unsafe fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
         let mut chunks = x.chunks_exact_mut(16);
         let s = _mm512_set1_ps(shift);
+        let mut sum = _mm512_setzero_ps();
         for c in &mut chunks {
-            let v = _mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), s);
-            _mm512_storeu_ps(c.as_mut_ptr(), exp(v));
+            let v = exp(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), s));
+            sum = _mm512_add_ps(sum, v);
+            _mm512_storeu_ps(c.as_mut_ptr(), v);
         }
+        let mut total = _mm512_reduce_add_ps(sum);
         for v in chunks.into_remainder() {
             *v = exp_scalar(*v - shift);
+            total += *v;
         }
+        total
     }
 
     /// In place: the exact GELU.
