@@ -581,6 +581,15 @@ mod tests {
             .collect()
     }
 
+    /// Inputs, weights and bias from `seed`, and the f64 reference product.
+    fn case(m: usize, n: usize, k: usize, seed: u32) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let a = noise(m * k, seed);
+        let w = noise(n * k, seed + 1);
+        let bias = noise(n, seed + 2);
+        let want = reference(&a, &w, &bias, m, n, k);
+        (a, w, bias, want)
+    }
+
     #[test]
     fn every_kernel_matches_the_reference_on_ragged_shapes() {
         for isa in Isa::available() {
@@ -591,10 +600,7 @@ mod tests {
                 (40, 100, 33),
                 (200, 48, 7),
             ] {
-                let a = noise(m * k, 1);
-                let w = noise(n * k, 2);
-                let bias = noise(n, 3);
-                let want = reference(&a, &w, &bias, m, n, k);
+                let (a, w, bias, want) = case(m, n, k, 1);
                 let p = PackedLinear::new(&w, &bias, n, k, isa, false);
                 let mut got = vec![f32::NAN; m * n];
                 p.forward(&a, m, &mut got, Epilogue::Bias);
@@ -621,10 +627,7 @@ mod tests {
             (30, 96, 384),
             (200, 33, 61),
         ] {
-            let a = noise(m * k, 4);
-            let w = noise(n * k, 5);
-            let bias = noise(n, 6);
-            let want = reference(&a, &w, &bias, m, n, k);
+            let (a, w, bias, want) = case(m, n, k, 4);
             let p = PackedLinear::new(&w, &bias, n, k, Isa::Avx512, true);
             assert!(p.is_int8());
             let mut got = vec![f32::NAN; m * n];

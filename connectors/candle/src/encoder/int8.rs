@@ -271,6 +271,38 @@ pub unsafe fn amx_end() {
     std::arch::asm!("tilerelease", options(nostack, nomem));
 }
 
+/// One row of 32 sums back to f32: `s_w · (s_a · Σ q·q_w + min · Σ q_w)`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `sw`, `ws` and `out` hold 32 floats.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_back(
+    acc0: std::arch::x86_64::__m512i,
+    acc1: std::arch::x86_64::__m512i,
+    sw: *const f32,
+    ws: *const f32,
+    a_scale: f32,
+    a_min: f32,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let (sa, ma) = (_mm512_set1_ps(a_scale), _mm512_set1_ps(a_min));
+    for (h, acc) in [acc0, acc1].into_iter().enumerate() {
+        let (w, m) = (
+            _mm512_loadu_ps(sw.add(16 * h)),
+            _mm512_loadu_ps(ws.add(16 * h)),
+        );
+        let v = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(acc),
+            _mm512_mul_ps(w, sa),
+            _mm512_mul_ps(m, ma),
+        );
+        _mm512_storeu_ps(out.add(16 * h), v);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use std::arch::asm;
@@ -367,20 +399,10 @@ mod amx {
                 options(nostack),
             );
         }
-        let sw0 = _mm512_loadu_ps(sw);
-        let sw1 = _mm512_loadu_ps(sw.add(16));
-        let ws0 = _mm512_loadu_ps(ws);
-        let ws1 = _mm512_loadu_ps(ws.add(16));
         for i in 0..rows {
-            // s_w · (s_a · Σ q·q_w + min · Σ q_w)
-            let sa = _mm512_set1_ps(a_scale[i]);
-            let ma = _mm512_set1_ps(a_min[i]);
-            let v0 = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(i * 32) as *const _));
-            let v1 = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(i * 32 + 16) as *const _));
-            let o0 = _mm512_fmadd_ps(v0, _mm512_mul_ps(sw0, sa), _mm512_mul_ps(ws0, ma));
-            let o1 = _mm512_fmadd_ps(v1, _mm512_mul_ps(sw1, sa), _mm512_mul_ps(ws1, ma));
-            _mm512_storeu_ps(t.add(i * 32), o0);
-            _mm512_storeu_ps(t.add(i * 32 + 16), o1);
+            let acc0 = _mm512_load_si512(c.add(i * 32) as *const _);
+            let acc1 = _mm512_load_si512(c.add(i * 32 + 16) as *const _);
+            super::scale_back(acc0, acc1, sw, ws, a_scale[i], a_min[i], t.add(i * 32));
         }
     }
 }
@@ -506,20 +528,9 @@ mod vnni {
             bp = bp.add(128);
             ap = ap.add(4);
         }
-        let ws0 = _mm512_loadu_ps(ws);
-        let ws1 = _mm512_loadu_ps(ws.add(16));
-        let sw0 = _mm512_loadu_ps(sw);
-        let sw1 = _mm512_loadu_ps(sw.add(16));
         for i in 0..MR {
-            // s_w · (s_a · Σ q·q_w + min · Σ q_w)
-            let sa = _mm512_set1_ps(*a_scale.add(i));
-            let ma = _mm512_set1_ps(*a_min.add(i));
-            let v0 = _mm512_cvtepi32_ps(c0[i]);
-            let v1 = _mm512_cvtepi32_ps(c1[i]);
-            let o0 = _mm512_fmadd_ps(v0, _mm512_mul_ps(sw0, sa), _mm512_mul_ps(ws0, ma));
-            let o1 = _mm512_fmadd_ps(v1, _mm512_mul_ps(sw1, sa), _mm512_mul_ps(ws1, ma));
-            _mm512_storeu_ps(t.add(i * 32), o0);
-            _mm512_storeu_ps(t.add(i * 32 + 16), o1);
+            let (sa, ma) = (*a_scale.add(i), *a_min.add(i));
+            super::scale_back(c0[i], c1[i], sw, ws, sa, ma, t.add(i * 32));
         }
     }
 }
