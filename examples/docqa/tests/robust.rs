@@ -302,8 +302,10 @@ fn leftover_uploads_resume_in_any_number_and_unfinished_ones_are_not_indexed() {
     let tmp = tempfile::tempdir().unwrap();
     let idx = tmp.path().join("idx");
     // An index to start from, then what a crash with a full queue leaves behind.
-    // Only the index is wanted; the stop may race the signal handler (noted).
-    let _ = Server::start(&idx, &[]).stop();
+    // A SIGTERM the moment the server says it listens is a graceful stop (the
+    // handlers are installed before that line is printed).
+    let st = Server::start(&idx, &[]).stop();
+    assert!(st.success(), "a stop right after start: {st:?}");
     let uploads = idx.join("uploads");
     let n = 4200;
     for i in 0..n {

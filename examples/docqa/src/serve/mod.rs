@@ -241,6 +241,9 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}: is another server using it?", cfg.bind))?;
     let addr: SocketAddr = listener.local_addr()?;
+    // Signal handlers first: a SIGTERM sent the moment the line below is read
+    // must stop the server gracefully, not kill it.
+    let signals = Signals::install()?;
     // Tests and scripts read this line for the port.
     println!("docqa listening on http://{addr}");
     use std::io::Write;
@@ -251,7 +254,7 @@ pub async fn serve(
     let shutdown = {
         let app = app.clone();
         async move {
-            shutdown_signal().await;
+            signals.wait().await;
             app.stopping.store(true, Ordering::SeqCst);
             tracing::info!("shutting down: finishing requests in flight");
         }
@@ -278,19 +281,39 @@ pub async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, registered when made.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+                int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
