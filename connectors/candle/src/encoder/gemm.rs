@@ -272,18 +272,26 @@ impl PackedLinear {
                 let r0 = t * tiles_per_task * mr;
                 let r1 = ((t + 1) * tiles_per_task * mr).min(m);
                 let c = c_ptr;
+                // GELU and the norm run over whole rows once the block is done
+                let tile_epi = match epi {
+                    Epilogue::BiasGelu => Epilogue::Bias,
+                    e => e,
+                };
                 // SAFETY: tasks write disjoint row ranges of c.
-                unsafe { self.block(a, r0, r1, 0, panels, c.0, epi) };
-                if let Epilogue::BiasResidualNorm {
-                    gain, shift, eps, ..
-                } = epi
-                {
-                    // SAFETY: rows r0..r1 belong to this task alone.
-                    let rows =
-                        unsafe { std::slice::from_raw_parts_mut(c.0.add(r0 * n), (r1 - r0) * n) };
-                    for row in rows.chunks_exact_mut(n) {
-                        math::layer_norm(row, gain, shift, eps);
+                unsafe { self.block(a, r0, r1, 0, panels, c.0, tile_epi) };
+                // SAFETY: rows r0..r1 belong to this task alone.
+                let rows =
+                    unsafe { std::slice::from_raw_parts_mut(c.0.add(r0 * n), (r1 - r0) * n) };
+                match epi {
+                    Epilogue::BiasResidualNorm {
+                        gain, shift, eps, ..
+                    } => {
+                        for row in rows.chunks_exact_mut(n) {
+                            math::layer_norm(row, gain, shift, eps);
+                        }
                     }
+                    Epilogue::BiasGelu => math::gelu(rows, self.isa),
+                    Epilogue::Bias => {}
                 }
             });
         } else {
