@@ -175,7 +175,7 @@ unsafe fn head(
         // unnormalised probabilities; each output row is scaled by 1/Σ below
         for r in 0..rows {
             let s = &mut scores[r * lpad..r * lpad + lpad];
-            let max = math::lane_max(&s[..len]);
+            let max = math::row_max(&s[..len], isa);
             inv_sum[r] = 1.0 / math::exp_sum(&mut s[..len], max, isa);
             s[len..].fill(0.0);
         }

@@ -33,8 +33,19 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The largest value; 512-bit vectors when `isa` allows.
+pub fn row_max(x: &[f32], isa: Isa) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: Isa::Avx512 is only chosen when the CPU has AVX-512F.
+        return unsafe { simd512::max(x) };
+    }
+    let _ = isa;
+    lane_max(x)
+}
+
 /// The largest value, in sixteen lanes (vectorises; NaN is passed over).
-pub fn lane_max(x: &[f32]) -> f32 {
+fn lane_max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
     let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {
@@ -103,7 +114,7 @@ fn gelu256(x: &mut [f32]) {
 
 /// In place: `x = softmax(x)`; 512-bit vectors when `isa` allows.
 pub fn softmax(x: &mut [f32], isa: Isa) {
-    let max = lane_max(x);
+    let max = row_max(x, isa);
     let inv = 1.0 / exp_sum(x, max, isa);
     for v in x.iter_mut() {
         *v *= inv;
@@ -330,6 +341,25 @@ mod simd512 {
             total += *v;
         }
         total
+    }
+
+    /// The largest value.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn max(x: &[f32]) -> f32 {
+        let mut chunks = x.chunks_exact(16);
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for c in &mut chunks {
+            m = _mm512_max_ps(m, _mm512_loadu_ps(c.as_ptr()));
+        }
+        let tail = chunks
+            .remainder()
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        _mm512_reduce_max_ps(m).max(tail)
     }
 
     /// In place: the exact GELU.
