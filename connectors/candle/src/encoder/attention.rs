@@ -8,7 +8,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::gemm::{kernel, Aligned, Isa};
+use super::gemm::{Aligned, Isa};
+use super::kernels::kernel;
 use super::math;
 
 /// Where the sequences of a batch sit in the token rows.

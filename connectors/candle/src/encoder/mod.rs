@@ -15,6 +15,7 @@
 mod attention;
 pub mod gemm;
 pub mod int8;
+mod kernels;
 pub mod math;
 
 use std::collections::HashMap;
