@@ -12,12 +12,6 @@ use super::gemm::{Aligned, Isa};
 use super::kernels::kernel;
 use super::math;
 
-/// Where the sequences of a batch sit in the token rows.
-pub struct Spans<'a> {
-    /// First token row of each sequence, plus the total at the end.
-    pub starts: &'a [usize],
-}
-
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: used only to hand disjoint (rows, head columns) blocks to rayon tasks.
@@ -53,23 +47,23 @@ thread_local! {
 
 /// `ctx[t, h·d..(h+1)·d] = softmax(q_t · Kᵀ) · V` within each sequence, for
 /// `qkv` rows laid out `[q (H) | k (H) | v (H)]`, queries already scaled by
-/// 1/√d.
+/// 1/√d. `starts` holds each sequence's first token row, then the total.
 pub fn attend(
     qkv: &[f32],
     ctx: &mut [f32],
-    spans: &Spans<'_>,
+    starts: &[usize],
     hidden: usize,
     heads: usize,
     isa: Isa,
 ) {
     let d = hidden / heads;
-    let seqs = spans.starts.len() - 1;
+    let seqs = starts.len() - 1;
     let out = SendPtr(ctx.as_mut_ptr());
-    let total = spans.starts[seqs];
+    let total = starts[seqs];
     assert!(qkv.len() >= total * 3 * hidden && ctx.len() >= total * hidden);
     (0..seqs * heads).into_par_iter().for_each(|task| {
         let (s, h) = (task / heads, task % heads);
-        let (t0, t1) = (spans.starts[s], spans.starts[s + 1]);
+        let (t0, t1) = (starts[s], starts[s + 1]);
         if t1 == t0 {
             return;
         }

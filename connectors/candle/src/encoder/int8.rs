@@ -73,7 +73,6 @@ pub fn available() -> bool {
 pub struct PackedI8 {
     /// Inputs rounded up to a multiple of 4.
     kp: usize,
-    n: usize,
     /// Panel p, group g of 4 inputs: 32 lanes × 4 bytes.
     panels: Vec<i8>,
     /// Byte offset of the first panel in `panels` (64-byte aligned).
@@ -114,7 +113,6 @@ impl PackedI8 {
         }
         Self {
             kp,
-            n,
             panels,
             off,
             scale,
@@ -126,11 +124,6 @@ impl PackedI8 {
     /// Bytes per quantized activation row.
     pub fn row_bytes(&self) -> usize {
         self.kp
-    }
-
-    /// Outputs per row.
-    pub fn n(&self) -> usize {
-        self.n
     }
 
     /// Rows per micro-kernel call.

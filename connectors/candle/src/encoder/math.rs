@@ -112,15 +112,6 @@ fn gelu256(x: &mut [f32]) {
     }
 }
 
-/// In place: `x = softmax(x)`; 512-bit vectors when `isa` allows.
-pub fn softmax(x: &mut [f32], isa: Isa) {
-    let max = row_max(x, isa);
-    let inv = 1.0 / exp_sum(x, max, isa);
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
-
 /// In place: `x = exp(x - max)`, returning the sum: a softmax whose
 /// normalisation is left to the caller (attention scales its output row
 /// instead of every score).
@@ -446,14 +437,16 @@ mod tests {
                 "{isa:?} gelu({x}) = {y}"
             );
         }
+        // softmax as attention computes it: row max, exp and sum, then 1/Σ
         let mut s = xs.clone();
-        softmax(&mut s, isa);
+        let inv = 1.0 / exp_sum(&mut s, row_max(&xs, isa), isa);
         let max = xs.iter().copied().fold(f32::MIN, f32::max) as f64;
         let total: f64 = xs.iter().map(|x| (*x as f64 - max).exp()).sum();
         for (x, y) in xs.iter().zip(&s) {
+            let y = y * inv;
             let want = (*x as f64 - max).exp() / total;
             assert!(
-                (want - *y as f64).abs() < 1e-6,
+                (want - y as f64).abs() < 1e-6,
                 "softmax at {x}: {y} vs {want}"
             );
         }

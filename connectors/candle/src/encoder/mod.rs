@@ -333,10 +333,9 @@ impl BertEncoder {
                 math::layer_norm(row, &self.emb_norm.gain, &self.emb_norm.shift, self.cfg.eps);
             }
         }
-        let spans = attention::Spans { starts: &starts };
         for layer in &self.layers {
             layer.qkv.forward(x, total, qkv, Epilogue::Bias);
-            attention::attend(qkv, ctx, &spans, h, self.cfg.heads, self.isa);
+            attention::attend(qkv, ctx, &starts, h, self.cfg.heads, self.isa);
             layer.attn_out.forward(
                 ctx,
                 total,
