@@ -168,8 +168,47 @@ fn json_in_range(v: &serde_json::Value, bounds: &Bounds) -> bool {
     }
 }
 
+/// Most clauses in one filter.
+pub const MAX_FILTER_CLAUSES: usize = 64;
+/// Most values, over all clauses, in one filter (`a|b|c` is three).
+pub const MAX_FILTER_VALUES: usize = 1024;
+/// Longest filter clause, bytes.
+pub const MAX_FILTER_BYTES: usize = 16 * 1024;
+
+/// Split `a|b` into trimmed values; `\|` is a literal `|`, `\\` a backslash.
+fn split_values(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n @ ('|' | '\\')) => cur.push(n),
+                Some(n) => {
+                    cur.push('\\');
+                    cur.push(n);
+                }
+                None => cur.push('\\'),
+            },
+            '|' => out.push(std::mem::take(&mut cur).trim().to_string()),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur.trim().to_string());
+    out
+}
+
+/// A value as [`Clause::parse`] reads it back (`|` and `\` escaped).
+fn escape_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('|', "\\|")
+}
+
 impl Clause {
     /// Parse one clause: `source=a.md`, `doc=ID`, `meta.lang=en|fr`, `meta.year>=2020`.
+    ///
+    /// The operator is the first one after the field name, so values may hold
+    /// `<`, `>` and `=` (`meta.title=a<b`). In a value, `\|` is a literal `|`
+    /// and `\\` a literal backslash.
     pub fn parse(text: &str) -> Result<Self> {
         let t = text.trim();
         if t.is_empty() {
@@ -177,33 +216,29 @@ impl Clause {
                 "the filter is empty: {SYNTAX}"
             )));
         }
-        for op in [">=", "<=", ">", "<"] {
-            if let Some((f, v)) = t.split_once(op) {
-                let field = parse_field(f)?;
-                let n: f64 = v.trim().parse().map_err(|_| {
-                    Error::InvalidInput(format!(
-                        "filter {t:?}: {:?} is not a number; ranges compare numbers",
-                        v.trim()
-                    ))
-                })?;
-                if !n.is_finite() {
-                    return Err(Error::InvalidInput(format!(
-                        "filter {t:?}: the bound must be a finite number"
-                    )));
-                }
-                let mut bounds = Bounds::default();
-                *match op {
-                    ">=" => &mut bounds.gte,
-                    "<=" => &mut bounds.lte,
-                    ">" => &mut bounds.gt,
-                    _ => &mut bounds.lt,
-                } = Some(n);
-                return Ok(Clause::Range { field, bounds });
-            }
+        if t.len() > MAX_FILTER_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "a filter clause is {} bytes; at most {MAX_FILTER_BYTES} are allowed",
+                t.len()
+            )));
         }
-        if let Some((f, v)) = t.split_once('=') {
-            let field = parse_field(f)?;
-            let values: Vec<String> = v.split('|').map(|s| s.trim().to_string()).collect();
+        // The field name: letters, digits, '.', '_', '-' and spaces around it.
+        let end = t
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "._- ".contains(c)))
+            .unwrap_or(t.len());
+        let (f, rest) = t.split_at(end);
+        let op = [">=", "<=", ">", "<", "="]
+            .into_iter()
+            .find(|op| rest.starts_with(op));
+        let Some(op) = op else {
+            return Err(Error::InvalidInput(format!(
+                "filter {t:?} has no operator: {SYNTAX}"
+            )));
+        };
+        let v = &rest[op.len()..];
+        let field = parse_field(f)?;
+        if op == "=" {
+            let values = split_values(v);
             if values.iter().any(String::is_empty) {
                 return Err(Error::InvalidInput(format!(
                     "filter {t:?} has an empty value: {SYNTAX}"
@@ -211,9 +246,25 @@ impl Clause {
             }
             return Ok(Clause::Eq { field, values });
         }
-        Err(Error::InvalidInput(format!(
-            "filter {t:?} has no operator: {SYNTAX}"
-        )))
+        let n: f64 = v.trim().parse().map_err(|_| {
+            Error::InvalidInput(format!(
+                "filter {t:?}: {:?} is not a number; ranges compare numbers",
+                v.trim()
+            ))
+        })?;
+        if !n.is_finite() {
+            return Err(Error::InvalidInput(format!(
+                "filter {t:?}: the bound must be a finite number"
+            )));
+        }
+        let mut bounds = Bounds::default();
+        *match op {
+            ">=" => &mut bounds.gte,
+            "<=" => &mut bounds.lte,
+            ">" => &mut bounds.gt,
+            _ => &mut bounds.lt,
+        } = Some(n);
+        Ok(Clause::Range { field, bounds })
     }
 
     /// Whether `chunk` satisfies the clause.
@@ -279,10 +330,16 @@ impl Filter {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let clauses = clauses
-            .into_iter()
-            .map(|c| Clause::parse(c.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
+        let mut parsed = Vec::new();
+        for c in clauses {
+            if parsed.len() == MAX_FILTER_CLAUSES {
+                return Err(Error::InvalidInput(format!(
+                    "the filter has more than {MAX_FILTER_CLAUSES} clauses"
+                )));
+            }
+            parsed.push(Clause::parse(c.as_ref())?);
+        }
+        let clauses = parsed;
         let f = Self { clauses };
         f.validate()?;
         Ok(f)
@@ -306,6 +363,26 @@ impl Filter {
 
     /// Check every clause (used by stores before building a query).
     pub fn validate(&self) -> Result<()> {
+        if self.clauses.len() > MAX_FILTER_CLAUSES {
+            return Err(Error::InvalidInput(format!(
+                "the filter has {} clauses; at most {MAX_FILTER_CLAUSES} are allowed",
+                self.clauses.len()
+            )));
+        }
+        let values: usize = self
+            .clauses
+            .iter()
+            .map(|c| match c {
+                Clause::Eq { values, .. } => values.len(),
+                Clause::Range { .. } => 1,
+            })
+            .sum();
+        if values > MAX_FILTER_VALUES {
+            return Err(Error::InvalidInput(format!(
+                "the filter has {values} values; at most {MAX_FILTER_VALUES} are allowed \
+                 (filter on a metadata field the documents share instead)"
+            )));
+        }
         self.clauses.iter().try_for_each(Clause::validate)
     }
 }
@@ -316,7 +393,14 @@ impl fmt::Display for Filter {
             .clauses
             .iter()
             .map(|c| match c {
-                Clause::Eq { field, values } => format!("{field}={}", values.join("|")),
+                Clause::Eq { field, values } => format!(
+                    "{field}={}",
+                    values
+                        .iter()
+                        .map(|v| escape_value(v))
+                        .collect::<Vec<_>>()
+                        .join("|")
+                ),
                 Clause::Range { field, bounds } => bounds
                     .set()
                     .map(|(op, b)| format!("{field}{op}{b}"))
@@ -416,6 +500,40 @@ mod tests {
             let e = Filter::parse_all([bad]).unwrap_err().to_string();
             assert!(e.contains(says), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn values_may_hold_operators_and_escaped_bars() {
+        let f = Filter::parse_all(["meta.title=a<b>=c", r"meta.x=p\|q|r\\s"]).unwrap();
+        assert_eq!(
+            f.clauses[0],
+            Clause::Eq {
+                field: FilterField::Meta("title".into()),
+                values: vec!["a<b>=c".into()]
+            }
+        );
+        assert_eq!(
+            f.clauses[1],
+            Clause::Eq {
+                field: FilterField::Meta("x".into()),
+                values: vec!["p|q".into(), r"r\s".into()]
+            }
+        );
+        // What Display writes parses back to the same filter.
+        let again = Filter::parse_all(f.to_string().split(' ')).unwrap();
+        assert_eq!(again.clauses, f.clauses);
+    }
+
+    #[test]
+    fn filters_are_bounded() {
+        let many = format!("doc={}", vec!["x"; MAX_FILTER_VALUES + 1].join("|"));
+        let e = Filter::parse_all([many]).unwrap_err().to_string();
+        assert!(e.contains("at most 1024"), "{e}");
+        let clauses = vec!["doc=x"; MAX_FILTER_CLAUSES + 1];
+        let e = Filter::parse_all(clauses).unwrap_err().to_string();
+        assert!(e.contains("more than 64 clauses"), "{e}");
+        let long = format!("doc={}", "y".repeat(MAX_FILTER_BYTES));
+        assert!(Filter::parse_all([long]).is_err());
     }
 
     #[test]

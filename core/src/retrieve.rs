@@ -12,11 +12,24 @@ use crate::filter::Filter;
 use crate::traits::{Embedder, KeywordStore, Reranker, Retriever, VectorStore};
 use crate::types::Hit;
 
+/// Longest query or question, bytes: beyond it the work a search does is
+/// no longer worth bounding case by case.
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+
+/// Most distinct terms a keyword query may have (stores refuse more).
+pub const MAX_QUERY_TERMS: usize = 256;
+
 fn check_query(query: &str, k: usize) -> Result<()> {
     if query.trim().is_empty() {
         return Err(Error::InvalidInput(
             "the query is empty: type a question or some keywords".into(),
         ));
+    }
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "the query is {} bytes; at most {MAX_QUERY_BYTES} are allowed: ask a shorter question",
+            query.len()
+        )));
     }
     if k == 0 {
         return Err(Error::InvalidInput("k must be at least 1".into()));

@@ -80,6 +80,7 @@ fn schema() -> (Schema, Fields) {
 }
 
 /// BM25 over chunk text and titles, persisted in one directory.
+#[derive(Clone)]
 pub struct TantivyStore {
     reader: IndexReader,
     writer: Option<Arc<Mutex<IndexWriter>>>,
@@ -263,20 +264,46 @@ impl TantivyStore {
         self.path.as_deref()
     }
 
-    fn build_query(&self, query: &str) -> Option<Box<dyn Query>> {
+    /// The BM25 query: one clause per distinct term (body, and title at
+    /// `title_boost`), a repeated term weighted by its count. More than
+    /// [`magpie_core::retrieve::MAX_QUERY_TERMS`] distinct terms is an error, so one
+    /// request's work stays bounded.
+    fn build_query(&self, query: &str) -> Result<Option<Box<dyn Query>>> {
         let mut analyzer = tokenizer::analyzer();
         let terms = tokenizer::terms(&mut analyzer, query);
         if terms.is_empty() {
-            return None;
+            return Ok(None);
+        }
+        let mut counted: Vec<(String, usize)> = Vec::new();
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for t in terms {
+            match seen.get(&t) {
+                Some(&i) => counted[i].1 += 1,
+                None => {
+                    if counted.len() == magpie_core::retrieve::MAX_QUERY_TERMS {
+                        return Err(Error::InvalidInput(format!(
+                            "the query has more than {} distinct terms: ask a shorter question",
+                            magpie_core::retrieve::MAX_QUERY_TERMS
+                        )));
+                    }
+                    seen.insert(t.clone(), counted.len());
+                    counted.push((t, 1));
+                }
+            }
         }
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for t in &terms {
+        for (t, n) in &counted {
+            let body: Box<dyn Query> = Box::new(TermQuery::new(
+                Term::from_field_text(self.fields.text, t),
+                IndexRecordOption::WithFreqs,
+            ));
             clauses.push((
                 Occur::Should,
-                Box::new(TermQuery::new(
-                    Term::from_field_text(self.fields.text, t),
-                    IndexRecordOption::WithFreqs,
-                )),
+                if *n == 1 {
+                    body
+                } else {
+                    Box::new(BoostQuery::new(body, *n as f32))
+                },
             ));
             let tq: Box<dyn Query> = Box::new(TermQuery::new(
                 Term::from_field_text(self.fields.title, t),
@@ -284,14 +311,14 @@ impl TantivyStore {
             ));
             clauses.push((
                 Occur::Should,
-                Box::new(BoostQuery::new(tq, self.title_boost)),
+                Box::new(BoostQuery::new(tq, self.title_boost * *n as f32)),
             ));
         }
-        Some(Box::new(BooleanQuery::new(clauses)))
+        Ok(Some(Box::new(BooleanQuery::new(clauses))))
     }
 
     fn search_blocking(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
-        let Some(q) = self.build_query(query) else {
+        let Some(q) = self.build_query(query)? else {
             return Ok(Vec::new());
         };
         let searcher = self.reader.searcher();
@@ -423,9 +450,17 @@ impl KeywordStore for TantivyStore {
     }
 
     async fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
-        damaged(magpie_core::guard::catch("keyword store", || {
-            self.search_blocking(query, k)
-        }))
+        // On the blocking pool: a search must not hold an async worker, or a
+        // request's deadline could not fire while it runs.
+        let me = self.clone();
+        let query = query.to_string();
+        tokio::task::spawn_blocking(move || {
+            damaged(magpie_core::guard::catch("keyword store", || {
+                me.search_blocking(&query, k)
+            }))
+        })
+        .await
+        .map_err(|e| Error::stage("keyword store", e))?
     }
 
     async fn commit(&self) -> Result<()> {
@@ -608,6 +643,33 @@ mod tests {
         assert!(
             s.search("\"(unbalanced: AND", 5).await.is_ok(),
             "query syntax is not interpreted"
+        );
+    }
+
+    /// A repeated word is one clause weighted by its count (same scores as
+    /// before), and a query with too many distinct terms is refused quickly.
+    #[tokio::test]
+    async fn query_terms_are_deduplicated_and_capped() {
+        let s = TantivyStore::in_memory().unwrap();
+        s.upsert(&chunks("a", "Rust compiles fast programs, rust is safe."))
+            .await
+            .unwrap();
+        s.upsert(&chunks("b", "Programs written fast are not always safe."))
+            .await
+            .unwrap();
+        s.commit().await.unwrap();
+        let once = s.search("rust programs", 5).await.unwrap();
+        let twice = s.search("rust rust programs", 5).await.unwrap();
+        assert_eq!(once[0].chunk.source, "a");
+        assert!(twice[0].score > once[0].score, "{twice:?} {once:?}");
+        // 10,000 repeats of one word: one clause, answered.
+        let repeated = "rust ".repeat(10_000);
+        assert_eq!(s.search(&repeated, 5).await.unwrap().len(), 1);
+        let many: Vec<String> = (0..300).map(|i| format!("w{i}x")).collect();
+        let e = s.search(&many.join(" "), 5).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidInput(m) if m.contains("256 distinct terms")),
+            "{e}"
         );
     }
 

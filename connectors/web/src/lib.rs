@@ -163,12 +163,44 @@ impl WebLoader {
         }
     }
 
+    /// Where a redirect leads, checked like a link: on a crawl it must stay on
+    /// the start's site (an `http` to `https` upgrade of the same host is
+    /// fine) and robots.txt must allow it.
+    fn redirect_target(
+        &self,
+        resp: &reqwest::Response,
+        robots: &Robots,
+    ) -> std::result::Result<Url, String> {
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| format!("HTTP {} redirect without a Location", resp.status()))?;
+        let next = resp
+            .url()
+            .join(location.trim())
+            .map_err(|e| format!("redirect to an invalid URL {location:?}: {e}"))?;
+        if next.scheme() != "http" && next.scheme() != "https" {
+            return Err(format!("redirect to {next}, which is not http(s)"));
+        }
+        if self.crawl {
+            if !same_site(&next, &self.start) && !https_upgrade(&self.start, &next) {
+                return Err(format!("redirect off the site, to {next}"));
+            }
+            if !robots.allowed(&robots_target(&next)) {
+                return Err(format!("redirect to {next}, which robots.txt disallows"));
+            }
+        }
+        Ok(next)
+    }
+
     /// Fetch one page (conditionally when the cache knows it).
     async fn fetch(
         &self,
         url: &Url,
         cached: Option<&CacheEntry>,
         budget: &mut usize,
+        robots: &Robots,
     ) -> (Fetched, Vec<Url>, Option<CacheEntry>) {
         let mut req = self.client.get(url.clone());
         // Ask "changed since?" only for pages the index holds as cached: a page
@@ -191,6 +223,25 @@ impl WebLoader {
         let limits = &self.limits;
         let work = async {
             let mut resp = req.send().await.map_err(|e| magpie_core::error_chain(&e))?;
+            let mut hops = 0;
+            while resp.status().is_redirection()
+                && resp.status() != reqwest::StatusCode::NOT_MODIFIED
+            {
+                let next = self.redirect_target(&resp, robots)?;
+                hops += 1;
+                if hops > limits.max_redirects {
+                    return Err(format!(
+                        "more than {} redirects (the last to {next})",
+                        limits.max_redirects
+                    ));
+                }
+                resp = self
+                    .client
+                    .get(next)
+                    .send()
+                    .await
+                    .map_err(|e| magpie_core::error_chain(&e))?;
+            }
             let status = resp.status();
             let final_url = resp.url().clone();
             if status == reqwest::StatusCode::NOT_MODIFIED {
@@ -337,7 +388,8 @@ impl WebLoader {
 fn client(limits: &CrawlLimits) -> std::result::Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
-        .redirect(reqwest::redirect::Policy::limited(limits.max_redirects))
+        // Redirects are followed by hand, each hop checked like a link.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(limits.timeout)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
@@ -347,6 +399,19 @@ fn client(limits: &CrawlLimits) -> std::result::Result<reqwest::Client, String> 
 fn normalise(mut u: Url) -> Url {
     u.set_fragment(None);
     u
+}
+
+/// `to` is `from`'s host moved from http to https.
+fn https_upgrade(from: &Url, to: &Url) -> bool {
+    from.scheme() == "http" && to.scheme() == "https" && from.host_str() == to.host_str()
+}
+
+/// What robots.txt rules are matched against: the path and query.
+fn robots_target(u: &Url) -> String {
+    match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_string(),
+    }
 }
 
 fn same_site(a: &Url, b: &Url) -> bool {
@@ -441,7 +506,7 @@ impl Loader for WebLoader {
                 );
                 break;
             }
-            if !robots.allowed(url.path()) {
+            if !robots.allowed(&robots_target(&url)) {
                 listing.skipped.push(Skipped {
                     uri: url.to_string(),
                     reason: "disallowed by robots.txt".into(),
@@ -456,8 +521,9 @@ impl Loader for WebLoader {
             }
             last = Some(Instant::now());
             pages += 1;
-            let (fetched, links, entry) =
-                self.fetch(&url, cache.get(url.as_str()), &mut budget).await;
+            let (fetched, links, entry) = self
+                .fetch(&url, cache.get(url.as_str()), &mut budget, &robots)
+                .await;
             tracing::debug!(url = %url, "fetched");
             if let Some(e) = entry {
                 cache.insert(url.to_string(), e);

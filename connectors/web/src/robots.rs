@@ -8,6 +8,39 @@ use url::Url;
 /// One `User-agent` group: its agents, its (allow, pattern) rules, its Crawl-delay.
 type Group = (Vec<String>, Vec<(bool, String)>, Option<Duration>);
 
+/// The most of a robots.txt that is read (500 KiB, Google's limit).
+pub const MAX_ROBOTS_BYTES: usize = 500 * 1024;
+
+/// A path (with query) in the form rules are compared in: percent-encoded
+/// unreserved characters decoded (`/%70rivate` is `/private`), other escapes
+/// in upper case, so one resource has one spelling.
+pub fn normalise_path(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    out.push(c as char);
+                } else {
+                    out.push('%');
+                    out.push_str(&format!("{c:02X}"));
+                }
+                i += 3;
+                continue;
+            }
+        }
+        // Copy one whole character.
+        let ch = path[i..].chars().next().unwrap_or('\u{FFFD}');
+        out.push(ch);
+        i += ch.len_utf8().max(1);
+    }
+    out
+}
+
 /// The rules that apply to magpie on one site.
 #[derive(Debug, Clone, Default)]
 pub struct Robots {
@@ -28,11 +61,29 @@ impl Robots {
         let Ok(url) = site.join("/robots.txt") else {
             return Self::allow_all();
         };
+        // Read at most MAX_ROBOTS_BYTES (what follows is ignored, as Google
+        // does), within the request timeout.
         let resp = tokio::time::timeout(timeout, async {
-            let r = client.get(url).send().await?;
+            let mut r = client.get(url).send().await?;
             let status = r.status();
-            let text = r.text().await?;
-            Ok::<_, reqwest::Error>((status, text))
+            let mut body = Vec::new();
+            while let Some(chunk) = r.chunk().await? {
+                let room = MAX_ROBOTS_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= MAX_ROBOTS_BYTES {
+                    tracing::warn!(
+                        "robots.txt is over {MAX_ROBOTS_BYTES} bytes; the rest is ignored"
+                    );
+                    break;
+                }
+            }
+            // A rule cut in half at the limit is dropped, not misread.
+            if body.len() >= MAX_ROBOTS_BYTES {
+                if let Some(nl) = body.iter().rposition(|&b| b == b'\n') {
+                    body.truncate(nl + 1);
+                }
+            }
+            Ok::<_, reqwest::Error>((status, String::from_utf8_lossy(&body).into_owned()))
         })
         .await;
         match resp {
@@ -75,7 +126,7 @@ impl Robots {
                     if let Some(g) = groups.last_mut() {
                         // An empty Disallow allows everything.
                         if !value.is_empty() {
-                            g.1.push((key == "allow", value));
+                            g.1.push((key == "allow", normalise_path(&value)));
                         }
                     }
                 }
@@ -108,6 +159,7 @@ impl Robots {
 
     /// Whether magpie may fetch `path` (with its query).
     pub fn allowed(&self, path: &str) -> bool {
+        let path = &normalise_path(path);
         let mut best: Option<(usize, bool)> = None;
         for (allow, pattern) in &self.rules {
             if matches(pattern, path) {
@@ -178,5 +230,19 @@ mod tests {
         assert!(star.allowed("/files/x.pdf?download=1"));
         assert!(star.allowed("/"));
         assert!(Robots::parse("User-agent: *\nDisallow:\n", "magpie").allowed("/any"));
+    }
+
+    #[test]
+    fn escapes_do_not_get_around_the_rules() {
+        let r = Robots::parse(
+            "User-agent: *\nDisallow: /private\nDisallow: /a%2fb\n",
+            "magpie",
+        );
+        assert!(!r.allowed("/%70rivate/x"));
+        assert!(!r.allowed("/%70%72%69vate"));
+        assert!(!r.allowed("/a%2Fb"));
+        assert!(r.allowed("/public/%70"));
+        assert_eq!(normalise_path("/%7e%2f%zz%"), "/~%2F%zz%");
+        assert_eq!(normalise_path("/文档%41"), "/文档A");
     }
 }

@@ -88,9 +88,12 @@ fn the_api_end_to_end() {
 
     let (st, v) = body(c.get(s.at("/healthz")).send().unwrap());
     assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+    // The probe says ready and nothing else (no key can be given here).
     let (st, v) = body(c.get(s.at("/readyz")).send().unwrap());
     assert_eq!(st, 200);
-    let docs_before = v["documents"].as_u64().unwrap();
+    assert_eq!(v, json!({"status": "ready"}));
+    let (_, v) = body(c.get(s.at("/v1/documents")).send().unwrap());
+    let docs_before = v["count"].as_u64().unwrap();
     assert!(docs_before >= 5, "{v}");
     let (_, api) = body(c.get(s.at("/openapi.json")).send().unwrap());
     for p in ["/v1/query", "/v1/chat/completions", "/v1/documents/{id}"] {

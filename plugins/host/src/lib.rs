@@ -398,6 +398,22 @@ impl wit::http::Host for State {
 
 impl wit::types::Host for State {}
 
+/// A compiled-code cache entry, if its checksum file says it is intact
+/// (a missing, damaged or truncated entry is compiled again).
+fn read_checked(path: &Path, sum_path: &Path) -> Option<Vec<u8>> {
+    let compiled = std::fs::read(path).ok()?;
+    let sum = std::fs::read_to_string(sum_path).ok()?;
+    if blake3::hash(&compiled).to_hex().as_str() == sum.trim() {
+        Some(compiled)
+    } else {
+        tracing::warn!(
+            path = %path.display(),
+            "a compiled plugin in the cache does not match its checksum; compiling it again"
+        );
+        None
+    }
+}
+
 /// Stops the epoch ticker when the host goes.
 struct Ticker {
     stop: Arc<AtomicBool>,
@@ -654,12 +670,13 @@ impl PluginHost {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let key = format!("{}-{:016x}.cwasm", blake3::hash(bytes).to_hex(), h.finish());
-        let path = dir.join(key);
-        if path.is_file() {
-            // SAFETY: the file was written by `precompile_component` of an
-            // engine with the same compatibility hash, into the operator's
-            // cache directory; wasmtime checks its header before use.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+        let path = dir.join(&key);
+        let sum_path = dir.join(format!("{key}.blake3"));
+        if let Some(compiled) = read_checked(&path, &sum_path) {
+            // SAFETY: the bytes are what `precompile_component` of an engine
+            // with the same compatibility hash wrote, unchanged since: their
+            // checksum matches the one written beside them.
+            match unsafe { Component::deserialize(&self.engine, &compiled) } {
                 Ok(c) => return Ok((c, true)),
                 Err(e) => tracing::warn!(path = %path.display(), "ignoring a bad cache entry: {e}"),
             }
@@ -671,7 +688,10 @@ impl PluginHost {
         if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| {
             let tmp = dir.join(format!(".{}.tmp", std::process::id()));
             std::fs::write(&tmp, &compiled)?;
-            std::fs::rename(&tmp, &path)
+            std::fs::rename(&tmp, &path)?;
+            let tmp = dir.join(format!(".{}.sum.tmp", std::process::id()));
+            std::fs::write(&tmp, blake3::hash(&compiled).to_hex().as_bytes())?;
+            std::fs::rename(&tmp, &sum_path)
         }) {
             tracing::warn!(dir = %dir.display(), "cannot write the compile cache: {e}");
         }
@@ -820,17 +840,34 @@ impl PluginHost {
             .map_err(|_| PluginError::Host("the plugin host is shutting down".into()))?;
         let mut store = self.new_store(&p.shared, &p.limits);
         let t0 = Instant::now();
-        let instance = p
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| self.classify(&mut store, p, tool, e))?;
-        let instantiate_us = t0.elapsed().as_secs_f64() * 1e6;
-        let t1 = Instant::now();
-        let result = instance
-            .call_call(&mut store, tool, arguments)
-            .await
-            .map_err(|e| self.classify(&mut store, p, tool, e))?;
+        let mut instantiate_us = 0.0;
+        let mut t1 = t0;
+        // The epoch deadline stops guest code; this one also stops a call
+        // blocked in a host function (an HTTP request, a search), so the
+        // budget is wall time whatever the plugin waits on.
+        let run = async {
+            let instance = p
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| self.classify(&mut store, p, tool, e))?;
+            instantiate_us = t0.elapsed().as_secs_f64() * 1e6;
+            t1 = Instant::now();
+            instance
+                .call_call(&mut store, tool, arguments)
+                .await
+                .map_err(|e| self.classify(&mut store, p, tool, e))
+        };
+        let result = match tokio::time::timeout(p.limits.timeout, run).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(PluginError::Timeout {
+                    plugin: pn,
+                    tool: tn,
+                    budget: p.limits.timeout,
+                })
+            }
+        };
         let call_us = t1.elapsed().as_secs_f64() * 1e6;
         match result {
             Ok(json) => {

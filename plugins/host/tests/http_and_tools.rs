@@ -59,6 +59,11 @@ async fn serve() -> (u16, Arc<AtomicUsize>) {
                         "location: /redirect-loop\r\n".into(),
                         Vec::new(),
                     ),
+                    "/stall" => {
+                        // Accept, then say nothing for longer than any budget.
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                        return;
+                    }
                     _ => ("404 Not Found", String::new(), b"no".to_vec()),
                 };
                 let head = format!(
@@ -140,6 +145,40 @@ async fn fetch_reads_allowed_pages_and_nothing_else() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not granted"), "{e}");
+}
+
+/// A plugin blocked in a host call (an HTTP request to a server that never
+/// answers) is stopped at its time budget, not at the HTTP client's longer one.
+#[tokio::test]
+async fn the_time_budget_holds_while_a_host_call_blocks() {
+    let (port, _) = serve().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plugins");
+    install(
+        &dir,
+        "fetch",
+        "capabilities = [\"http\"]\n[limits]\ntimeout_ms = 1000\n",
+    );
+    let mut h = host(&tmp.path().join("cache"));
+    for r in h
+        .load_dir(
+            &dir,
+            &operator("[plugins.fetch]\ngrant = [\"http\"]\nhttp_hosts = [\"127.0.0.1\"]\nallow_private_addresses = true\n"),
+        )
+        .await
+    {
+        r.expect("load");
+    }
+    let t0 = std::time::Instant::now();
+    let e = fetch(&h, &format!("http://127.0.0.1:{port}/stall"))
+        .await
+        .unwrap_err();
+    let took = t0.elapsed();
+    assert!(
+        matches!(e, magpie_plugins::PluginError::Timeout { .. }),
+        "{e}"
+    );
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
 }
 
 #[tokio::test]

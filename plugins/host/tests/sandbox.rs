@@ -283,6 +283,34 @@ async fn compiled_components_are_cached_on_disk() {
         .await
         .unwrap();
     assert_eq!(out.value["result"], "42");
+
+    // A cache entry changed on disk (here: bytes flipped in its code, header
+    // intact) is noticed by its checksum and compiled again, never run.
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .expect("a cache entry");
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b = 0xCC; // int3
+    }
+    std::fs::write(&entry, &bytes).unwrap();
+    let mut third = host(&cache);
+    for r in third.load_dir(&dir, &operator("")).await {
+        r.unwrap();
+    }
+    assert!(!third.plugin("calculator").unwrap().timings.cached);
+    let out = third
+        .call("calculator", "calculate", r#"{"expression":"6*7"}"#)
+        .await
+        .unwrap();
+    assert_eq!(out.value["result"], "42");
+    // The recompiled entry is written back, checksum and all.
+    let mut fourth = host(&cache);
+    fourth.load_dir(&dir, &operator("")).await;
+    assert!(fourth.plugin("calculator").unwrap().timings.cached);
 }
 
 #[tokio::test]

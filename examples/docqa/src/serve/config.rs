@@ -51,6 +51,28 @@ pub struct ServeArgs {
     /// authenticates).
     #[arg(long, env = "DOCQA_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// Seconds a client has to send a request's head, and that an idle
+    /// kept-alive connection stays open (default 10).
+    #[arg(long, env = "DOCQA_HEADER_TIMEOUT")]
+    pub header_timeout: Option<u64>,
+    /// Most connections open at once; more get 503 (default 4096, and never
+    /// more than the open-files limit allows, which the server raises at start).
+    #[arg(long, env = "DOCQA_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Requests per second one client address may make (bursts of twice
+    /// that); more get 429. Default: no limit.
+    #[arg(long, env = "DOCQA_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+    /// Host names the server answers to besides its own address and
+    /// localhost (a reverse proxy's name), comma-separated. Other Host
+    /// headers get 421, which stops DNS rebinding.
+    #[arg(long, env = "DOCQA_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_host: Vec<String>,
+    /// Web origins (`https://app.example.org`) allowed to call the API from a
+    /// browser (CORS), comma-separated. Other origins cannot add, delete or
+    /// ask anything.
+    #[arg(long, env = "DOCQA_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
 }
 
 /// The settings file.
@@ -66,6 +88,13 @@ pub struct FileConfig {
     pub max_upload_bytes: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub allow_unauthenticated: Option<bool>,
+    pub header_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub rate_limit: Option<f64>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
     #[serde(default)]
     pub keys: Vec<KeyEntry>,
     #[serde(default)]
@@ -127,6 +156,11 @@ pub struct ServeConfig {
     pub shutdown_grace: std::time::Duration,
     pub keys: Vec<KeyEntry>,
     pub answer: AnswerConfig,
+    pub header_timeout: std::time::Duration,
+    pub max_connections: Option<usize>,
+    pub rate_limit: Option<f64>,
+    pub allowed_hosts: Vec<String>,
+    pub cors_origins: Vec<String>,
 }
 
 impl ServeConfig {
@@ -174,6 +208,26 @@ impl ServeConfig {
                  authenticating proxy"
             );
         }
+        let cors = names(&args.cors_origin, &file.cors_origins)
+            .into_iter()
+            .map(|o| o.trim_end_matches('/').to_string())
+            .collect::<Vec<_>>();
+        if let Some(bad) = cors
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.contains('*'))
+        {
+            bail!(
+                "--cors-origin {bad:?} is not an origin: write it as scheme://host[:port], \
+                 such as https://app.example.org (wildcards are not accepted)"
+            );
+        }
+        if args
+            .rate_limit
+            .or(file.rate_limit)
+            .is_some_and(|r| !(r > 0.0))
+        {
+            bail!("--rate-limit must be a positive number of requests per second");
+        }
         let size = |flag: Option<u64>, file: Option<u64>, default: u64| -> usize {
             flag.or(file).unwrap_or(default) as usize
         };
@@ -193,8 +247,27 @@ impl ServeConfig {
             shutdown_grace: std::time::Duration::from_secs(file.shutdown_grace_secs.unwrap_or(30)),
             keys,
             answer: file.answer,
+            header_timeout: std::time::Duration::from_secs(
+                args.header_timeout
+                    .or(file.header_timeout_secs)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
+            max_connections: args.max_connections.or(file.max_connections),
+            rate_limit: args.rate_limit.or(file.rate_limit),
+            allowed_hosts: names(&args.allowed_host, &file.allowed_hosts),
+            cors_origins: cors,
         })
     }
+}
+
+/// Flag values if any, else the file's; trimmed, lower-cased, no empties.
+fn names(flag: &[String], file: &[String]) -> Vec<String> {
+    let from = if flag.is_empty() { file } else { flag };
+    from.iter()
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {

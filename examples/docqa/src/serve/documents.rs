@@ -312,10 +312,17 @@ pub async fn add(State(app): State<Arc<App>>, req: Request) -> Result<Response, 
             magpie_core::atomic_write(&file, &bytes).map_err(std::io::Error::other)
         })
     };
-    write
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
+    write.await.map_err(ApiError::internal)?.map_err(|e| {
+        tracing::error!("cannot store the upload in {}: {e}", dir.display());
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!(
+                "cannot store the upload ({}); see the server's log",
+                e.kind()
+            ),
+        )
+    })?;
     let doc_id = document_id(&file);
     let info = enqueue(&app, Job::Upload { id, file }, name, Some(doc_id)).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
@@ -335,7 +342,24 @@ fn multipart_error(status: StatusCode, text: String) -> ApiError {
     }
 }
 
-/// A file name safe to create: its last component, printable, not hidden, bounded.
+/// Longest stored upload name, bytes: with the `.` and `.tmp` of an
+/// unfinished write it stays far inside the 255-byte limit of file systems.
+const MAX_NAME_BYTES: usize = 200;
+/// Longest extension kept, bytes (no supported format has a longer one).
+const MAX_EXT_BYTES: usize = 16;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut_bytes(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A file name safe to create: its last component, printable, not hidden,
+/// at most [`MAX_NAME_BYTES`] bytes with an extension of at most
+/// [`MAX_EXT_BYTES`].
 fn sanitize_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
     let mut s: String = base
@@ -349,19 +373,20 @@ fn sanitize_name(name: &str) -> String {
         })
         .collect();
     s = s.trim().trim_start_matches('.').to_string();
-    if s.chars().count() > 120 {
-        let ext = Path::new(&s)
-            .extension()
-            .map(|e| e.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let stem: String = s.chars().take(100).collect();
-        s = if ext.is_empty() {
-            stem
-        } else {
-            format!("{stem}.{ext}")
-        };
-    }
-    if s.is_empty() {
+    let (stem, ext) = match s.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => {
+            (stem.to_string(), cut_bytes(ext, MAX_EXT_BYTES).to_string())
+        }
+        _ => (s.clone(), String::new()),
+    };
+    let room = MAX_NAME_BYTES - if ext.is_empty() { 0 } else { ext.len() + 1 };
+    let stem = cut_bytes(&stem, room).trim_end();
+    s = if ext.is_empty() {
+        stem.to_string()
+    } else {
+        format!("{stem}.{ext}")
+    };
+    if s.is_empty() || s.starts_with('.') {
         "document.txt".into()
     } else {
         s
@@ -504,7 +529,12 @@ mod tests {
         assert_eq!(sanitize_name(".hidden"), "hidden");
         assert_eq!(sanitize_name("a\u{0}b;rm -rf.txt"), "a_b_rm -rf.txt");
         assert_eq!(sanitize_name(""), "document.txt");
-        assert!(sanitize_name(&"x".repeat(500)).len() <= 120);
+        assert!(sanitize_name(&"x".repeat(500)).len() <= MAX_NAME_BYTES);
+        // Bytes, not characters: 100 Chinese characters are 300 bytes.
+        let zh = sanitize_name(&format!("{}.md", "文".repeat(100)));
+        assert!(zh.len() <= MAX_NAME_BYTES && zh.ends_with("文.md"), "{zh}");
+        let long_ext = sanitize_name(&format!("a.{}", "e".repeat(300)));
+        assert_eq!(long_ext, format!("a.{}", "e".repeat(MAX_EXT_BYTES)));
     }
 
     #[test]

@@ -29,9 +29,25 @@ pub struct Metrics {
     pub embedded_texts: AtomicU64,
 }
 
+/// The metrics label of an HTTP method: the standard ones, else "other".
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
 impl Metrics {
     /// One finished request.
     pub fn request(&self, method: &str, route: &str, status: u16, secs: f64) {
+        // Labels from a fixed set: a client must not grow the exposition.
+        let method = method_label(method);
         *self
             .requests
             .lock()

@@ -10,8 +10,11 @@
 pub mod config;
 mod documents;
 mod indexer;
+mod limits;
 mod metrics;
+mod net;
 mod openai;
+mod origin;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,6 +74,12 @@ pub struct App {
     indexer_restarts: AtomicU64,
     /// The job the worker is on, so a crash can be charged to it.
     current_job: Mutex<Option<String>>,
+    /// Concurrency and rate bounds on requests' work.
+    limits: limits::Limits,
+    /// Which hosts and web origins the server answers.
+    origins: origin::OriginPolicy,
+    /// Open and refused connections.
+    net: Arc<net::NetStats>,
 }
 
 /// Seconds since the Unix epoch (job and completion timestamps).
@@ -105,14 +114,34 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
+    /// A 500; the log gets the whole message, the client one without the
+    /// server's file paths.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {e}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
-            e.to_string(),
+            redact_paths(&e.to_string()),
         )
     }
+}
+
+/// `text` with absolute file paths replaced by `<path>`.
+pub fn redact_paths(text: &str) -> String {
+    text.split(' ')
+        .map(|w| {
+            let bare = w.trim_start_matches(['"', '\'', '(', '[', '`']);
+            let is_path = (bare.starts_with('/') && bare[1..].contains('/'))
+                || (bare.as_bytes().get(1) == Some(&b':')
+                    && bare.get(2..).is_some_and(|r| r.starts_with('\\')));
+            if is_path {
+                format!("{}<path>", &w[..w.len() - bare.len()])
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl From<magpie_core::Error> for ApiError {
@@ -202,6 +231,11 @@ pub async fn serve(
         );
         None
     };
+    let fd_limit = net::raise_fd_limit();
+    let listener = tokio::net::TcpListener::bind(cfg.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another server using it?", cfg.bind))?;
+    let addr: SocketAddr = listener.local_addr()?;
     let app = Arc::new(App {
         plugins,
         queries,
@@ -220,6 +254,13 @@ pub async fn serve(
         indexing_up: AtomicBool::new(true),
         indexer_restarts: AtomicU64::new(0),
         current_job: Mutex::new(None),
+        limits: limits::Limits::new(cfg.rate_limit),
+        origins: origin::OriginPolicy {
+            bind: Some(addr),
+            allowed_hosts: cfg.allowed_hosts.clone(),
+            cors_origins: cfg.cors_origins.clone(),
+        },
+        net: Arc::new(net::NetStats::default()),
         cfg: cfg.clone(),
     });
     indexer::load_failed(&app);
@@ -237,10 +278,6 @@ pub async fn serve(
         watch_task = Some(documents::watch(app.clone(), dir, &index)?);
     }
 
-    let listener = tokio::net::TcpListener::bind(cfg.bind)
-        .await
-        .with_context(|| format!("cannot listen on {}: is another server using it?", cfg.bind))?;
-    let addr: SocketAddr = listener.local_addr()?;
     // Signal handlers first: a SIGTERM sent the moment the line below is read
     // must stop the server gracefully, not kill it.
     let signals = Signals::install()?;
@@ -248,7 +285,8 @@ pub async fn serve(
     println!("docqa listening on http://{addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    tracing::info!(%addr, keys = cfg.keys.len(), "serving");
+    let cap = net::connection_cap(cfg.max_connections, fd_limit);
+    tracing::info!(%addr, keys = cfg.keys.len(), max_connections = cap, "serving");
 
     let router = router(app.clone());
     let shutdown = {
@@ -259,10 +297,10 @@ pub async fn serve(
             tracing::info!("shutting down: finishing requests in flight");
         }
     };
-    axum::serve(listener, router.into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the HTTP server failed")?;
+    let net_cfg = net::NetConfig {
+        header_timeout: cfg.header_timeout,
+    };
+    net::serve(listener, router, net_cfg, cap, app.net.clone(), shutdown).await;
     if let Some(t) = watch_task {
         t.abort();
     }
@@ -395,9 +433,65 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let response = match authorize(&app, &req) {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let admitted = app
+        .origins
+        .check(req.method(), req.headers())
+        .and_then(|preflight| match preflight {
+            Some(done) => Ok(Err(done)),
+            None => rate_check(&app, &req).map(Ok),
+        });
+    let req = match admitted {
+        Ok(Ok(())) => Ok(req),
+        Ok(Err(preflight)) => Err(preflight),
+        Err(e) => Err(e.into_response()),
+    };
+    let mut response = match req.map(|req| (authorize(&app, &req), req)) {
+        Err(early) => early,
+        Ok((auth, req)) => guarded(&app, auth, req, next).await,
+    };
+    app.origins.decorate(origin.as_ref(), &mut response);
+    app.metrics.request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        t0.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// The per-address rate limit, when one is set.
+fn rate_check(app: &App, req: &Request) -> Result<(), ApiError> {
+    let (Some(limiter), Some(peer)) = (&app.limits.rate, net::peer(req)) else {
+        return Ok(());
+    };
+    limiter.check(peer.ip()).map_err(|wait| {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("too many requests from {}; retry in {wait} s", peer.ip()),
+        );
+        e.retry_after = Some(wait);
+        e
+    })
+}
+
+/// Auth and the request's deadline.
+async fn guarded(
+    app: &Arc<App>,
+    auth: Result<Option<Role>, ApiError>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match auth {
         Err(e) => e.into_response(),
-        Ok(()) => match tokio::time::timeout(app.cfg.request_timeout, next.run(req)).await {
+        Ok(role) => match tokio::time::timeout(app.cfg.request_timeout, {
+            let mut req = req;
+            req.extensions_mut().insert(Caller(role));
+            next.run(req)
+        })
+        .await
+        {
             Ok(r) => r,
             Err(_) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -410,30 +504,46 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             )
             .into_response(),
         },
-    };
-    app.metrics.request(
-        &method,
-        &route,
-        response.status().as_u16(),
-        t0.elapsed().as_secs_f64(),
-    );
-    response
+    }
 }
 
-fn authorize(app: &App, req: &Request) -> Result<(), ApiError> {
-    let Some(needed) = required_role(req.uri().path()) else {
-        return Ok(());
-    };
-    if app.cfg.keys.is_empty() {
-        return Ok(());
-    }
-    let given = req
+/// The key a request carries: `Authorization: Bearer <key>` (the scheme in
+/// any case) or `X-API-Key`.
+fn given_key(req: &Request) -> Option<&str> {
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            let (scheme, rest) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+        });
+    bearer
         .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim);
+        .map(str::trim)
+}
+
+/// The role of a request's valid key (`None`: no key, or not a valid one).
+fn role_of(app: &App, req: &Request) -> Option<Role> {
+    let given = given_key(req)?;
+    app.cfg
+        .keys
+        .iter()
+        .find(|k| constant_time_eq(k.key.as_bytes(), given.as_bytes()))
+        .map(|k| k.role)
+}
+
+/// What the request may do: the role of its key (a server without keys
+/// gives everyone the admin role), or the error when the path needs more.
+/// An open path without a valid key gets `None`.
+fn authorize(app: &App, req: &Request) -> Result<Option<Role>, ApiError> {
+    if app.cfg.keys.is_empty() {
+        return Ok(Some(Role::Admin));
+    }
+    let Some(needed) = required_role(req.uri().path()) else {
+        return Ok(role_of(app, req));
+    };
+    let given = given_key(req);
     let Some(given) = given else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -458,7 +568,25 @@ fn authorize(app: &App, req: &Request) -> Result<(), ApiError> {
             "permission_error",
             "this API key has the read role; documents, jobs and plugins need an admin key",
         )),
-        Some(_) => Ok(()),
+        Some(r) => Ok(Some(r)),
+    }
+}
+
+/// The role the guard found for this request, an extension handlers read.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Option<Role>);
+
+impl Caller {
+    /// Plugins run only for admin keys (or everyone on a server without keys).
+    pub fn check_tools(self, tools: bool) -> Result<(), ApiError> {
+        if tools && self.0 != Some(Role::Admin) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "answering with tools runs plugins, which needs an admin key",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -490,7 +618,7 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+async fn readyz(State(app): State<Arc<App>>, req: Request) -> Response {
     if app.stopping.load(Ordering::SeqCst) {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -506,6 +634,10 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             "the indexing worker is down after repeated crashes; see the server's log",
         )
         .into_response();
+    }
+    // Details only for a caller with a valid key: the probe itself is open.
+    if app.cfg.keys.is_empty() || role_of(&app, &req).is_none() {
+        return Json(json!({"status": "ready"})).into_response();
     }
     let docs = app.counts.lock().unwrap().0;
     Json(json!({"status": "ready", "documents": docs, "model": app.llm.model_id()})).into_response()
@@ -541,6 +673,16 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             "docqa_indexing_up",
             "1 while indexing works (0 after repeated crashes).",
             f64::from(u8::from(app.indexing_up.load(Ordering::SeqCst))),
+        ),
+        (
+            "docqa_connections_open",
+            "HTTP connections open now.",
+            app.net.open.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "docqa_connections_refused",
+            "Connections turned away because the server had too many open.",
+            app.net.refused.load(Ordering::Relaxed) as f64,
         ),
         (
             "docqa_indexer_restarts",
@@ -628,6 +770,7 @@ async fn search(app: Arc<App>, q: SearchRequest) -> Result<Json<Value>, ApiError
     let mode = parse_mode(q.mode.as_deref())?;
     let k = check_k(q.k, 5)?;
     let filter = parse_filter(q.filter.as_ref())?;
+    let _slot = app.search_slot().await?;
     let pipeline = QueryPipeline::new(app.retriever(mode))
         .top_k(k)
         .filter(filter);
@@ -687,6 +830,17 @@ impl App {
         self.engine.retriever_with(mode, self.queries.clone())
     }
 
+    /// A place among the searches running at once (waits for one).
+    async fn search_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.limits.searches.acquire().await.map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is stopping",
+            )
+        })
+    }
+
     /// Retrieve and pack the passages for `question`.
     pub async fn prepare(
         &self,
@@ -717,9 +871,11 @@ impl App {
             few_shot: true,
             generation,
         };
+        let filter = parse_filter(req.filter.as_ref())?;
+        let _slot = self.search_slot().await?;
         let pipeline = QueryPipeline::new(self.retriever(mode))
             .top_k(k)
-            .filter(parse_filter(req.filter.as_ref())?);
+            .filter(filter);
         Ok(pipeline
             .prepare_answer(question, self.llm.as_ref(), &opts)
             .await?)
@@ -871,8 +1027,10 @@ impl Drop for Ticket {
 
 async fn query(
     State(app): State<Arc<App>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     ApiJson(req): ApiJson<QueryRequest>,
 ) -> Result<Response, ApiError> {
+    caller.check_tools(req.tools)?;
     let ticket = app.admit(&req.question)?;
     let prepared = app.prepare(&req.question, &req, Vec::new()).await?;
     let turn = app.llm_turn(ticket).await?;

@@ -284,9 +284,32 @@ pub async fn embeddings(
             )))
         }
     };
+    // A bounded number of embedding requests at a time; beyond it, 429.
+    let _permit = app
+        .limits
+        .embeddings
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "{} embedding requests are running; retry in a second",
+                    super::limits::EMBEDDING_REQUESTS
+                ),
+            );
+            e.retry_after = Some(1);
+            e
+        })?;
     let counter = embedder.token_counter();
     let tokens: usize = texts.iter().map(|t| counter.count(t)).sum();
-    let vectors = embedder.embed(&texts).await?;
+    // In slices, each awaited: when the deadline drops this future, at most
+    // the slice in progress finishes and nothing more starts.
+    let mut vectors = Vec::with_capacity(texts.len());
+    for part in texts.chunks(super::limits::EMBED_SLICE) {
+        vectors.extend(embedder.embed(part).await?);
+    }
     app.metrics
         .embedded_texts
         .fetch_add(texts.len() as u64, Ordering::Relaxed);

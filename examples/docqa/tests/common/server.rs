@@ -24,12 +24,19 @@ impl Server {
 
     /// Start with extra environment variables.
     pub fn start_with(index: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = docqa(index)
-            .args(["serve", "--bind", "127.0.0.1:0"])
+        let mut cmd = docqa(index);
+        cmd.args(["serve", "--bind", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .arg("--plugins")
             .arg(root().join("plugins/dist"))
-            .args(extra)
+            .args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Start a `docqa … serve` command made by the caller, and wait for its
+    /// address.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
