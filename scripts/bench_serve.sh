@@ -85,3 +85,24 @@ wrk -t2 -c16 -d20s --timeout 60s -s "$WORK/query.lua" "$URL/v1/query" | grep -E 
 curl -s "$URL/healthz"; echo
 echo "peak RSS of the server: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$SERVER/status)"
 kill -TERM $SERVER; wait $SERVER || true
+
+# 4. Search on a keyed server, alone and then beside the soak generator (the
+#    seeded mix of valid and hostile requests the soak test sends: bad keys,
+#    huge queries, foreign hosts and origins, uploads, embeddings...).
+READ=read-key-0123456789abcdef
+ADMIN=admin-key-0123456789abcdef
+cargo build --locked -q -p docqa --example soak
+$BIN --index "$WORK/idx" serve --bind 127.0.0.1:0 --read-keys $READ --admin-keys $ADMIN >"$WORK/out2" 2>"$WORK/err2" &
+SERVER=$!
+for _ in $(seq 100); do grep -q listening "$WORK/out2" 2>/dev/null && break; sleep 0.2; done
+URL=$(sed -n 's/^docqa listening on //p' "$WORK/out2")
+echo; echo "== search, 64 connections, ${SECS}s, keyed server, alone"
+wrk -t2 -c64 -d"${SECS}s" --timeout 10s -H "Authorization: Bearer $READ" -s "$WORK/count.lua" "$URL/v1/search?q=how+large+can+a+survey+grow&k=5" | grep -E "Requests/sec|statuses|p50"
+echo; echo "== search, 64 connections, ${SECS}s, beside the soak generator (8 workers)"
+target/debug/examples/soak "$URL" $READ $ADMIN 1000000 8 >"$WORK/soak" 2>&1 &
+SOAK=$!
+sleep 1
+wrk -t2 -c64 -d"${SECS}s" --timeout 10s -H "Authorization: Bearer $READ" -s "$WORK/count.lua" "$URL/v1/search?q=how+large+can+a+survey+grow&k=5" | grep -E "Requests/sec|statuses|p50"
+kill $SOAK 2>/dev/null || true; wait $SOAK 2>/dev/null || true
+echo "peak RSS of the keyed server: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$SERVER/status)"
+kill -TERM $SERVER; wait $SERVER || true

@@ -239,15 +239,15 @@ fn every_request_is_bounded() {
     let t0 = Instant::now();
     for t in &mut held {
         t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 1024];
-        // Closed: EOF (or a reset), never a timeout.
-        match t.read(&mut buf) {
-            Ok(_) => {}
-            Err(e) => assert!(
+        // Closed: EOF (or a reset), never a timeout. Whatever came before
+        // the end (an error response) is read to the end.
+        let mut rest = Vec::new();
+        if let Err(e) = t.read_to_end(&mut rest) {
+            assert!(
                 e.kind() != std::io::ErrorKind::WouldBlock
                     && e.kind() != std::io::ErrorKind::TimedOut,
                 "a connection stayed open: {e}"
-            ),
+            );
         }
     }
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
@@ -473,5 +473,127 @@ fn a_connection_flood_does_not_starve_the_server() {
         .unwrap();
     assert!(m.contains("docqa_connections_open"), "{m}");
     drop(flood);
+    assert!(s.stop().success());
+}
+
+/// 20,000 seeded requests, valid and hostile, at bounded concurrency against
+/// one server: each gets the status its kind must get, none takes longer than
+/// the request timeout, memory stays bounded, the server still answers, and
+/// every acknowledged upload is indexed exactly once.
+#[test]
+fn a_soak_of_valid_and_hostile_requests() {
+    use common::soak::{run, Target};
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    index_sample(&idx);
+    let read = "read-key-0123456789abcdef";
+    let admin = "admin-key-0123456789abcdef";
+    let timeout = Duration::from_secs(10);
+    let s = Server::start(
+        &idx,
+        &[
+            "--read-keys",
+            read,
+            "--admin-keys",
+            admin,
+            "--request-timeout",
+            "10",
+            "--header-timeout",
+            "3",
+        ],
+    );
+    let t = Target {
+        url: s.url.clone(),
+        read_key: read.into(),
+        admin_key: admin.into(),
+    };
+    let c = client();
+    let docs = |c: &reqwest::blocking::Client| {
+        body(
+            c.get(s.at("/v1/documents"))
+                .bearer_auth(admin)
+                .send()
+                .unwrap(),
+        )
+        .1["count"]
+            .as_u64()
+            .unwrap() as usize
+    };
+    let before = docs(&c);
+    let total: usize = std::env::var("DOCQA_SOAK_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let pid = s.child.id();
+    // Warm up (models paged in, buffers grown), then measure memory growth.
+    let warm = run(&t, 500, 8, 7, timeout);
+    let rss_warm = rss(pid);
+    let main = run(&t, total - 500, 8, 42, timeout);
+    eprintln!(
+        "soak: {} requests in {:.1} s, slowest {:.2} s, {} uploads acknowledged, RSS {} -> {} MiB",
+        warm.requests + main.requests,
+        (warm.elapsed + main.elapsed).as_secs_f64(),
+        warm.slowest.max(main.slowest).as_secs_f64(),
+        warm.uploads_acknowledged + main.uploads_acknowledged,
+        rss_warm >> 20,
+        rss(pid) >> 20
+    );
+    for r in [&warm, &main] {
+        assert!(
+            r.failed.is_empty(),
+            "no answer: {:?}",
+            &r.failed[..r.failed.len().min(5)]
+        );
+        assert!(
+            r.wrong.is_empty(),
+            "wrong statuses: {:?}",
+            &r.wrong[..r.wrong.len().min(5)]
+        );
+        assert!(
+            r.slowest <= timeout + Duration::from_secs(3),
+            "slowest {:?}",
+            r.slowest
+        );
+    }
+    assert_eq!(warm.requests + main.requests, total);
+    // Every acknowledged upload is indexed, once.
+    let acked = warm.uploads_acknowledged + main.uploads_acknowledged;
+    assert!(acked > 0);
+    let t0 = Instant::now();
+    loop {
+        let m = c
+            .get(s.at("/metrics"))
+            .bearer_auth(read)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let gauge = |name: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap()
+        };
+        if gauge("docqa_indexing_jobs_queued") == 0.0 && gauge("docqa_indexing_jobs_running") == 0.0
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "indexing did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(docs(&c), before + acked);
+    let grown = rss(pid).saturating_sub(rss_warm);
+    assert!(grown < 300 << 20, "RSS grew by {} MiB", grown >> 20);
+    let (st, _) = body(
+        c.post(s.at("/v1/search"))
+            .bearer_auth(read)
+            .json(&json!({"query": "soak note observer"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 200);
     assert!(s.stop().success());
 }

@@ -490,13 +490,42 @@ fn ask_with_tools_runs_the_tool_loop_with_the_real_model() {
     );
 }
 
-/// A two-page site on loopback (std threads; this test file is synchronous).
-fn serve_site() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// Counts of a test site's requests.
+#[derive(Default)]
+struct SiteCounts {
+    not_modified: std::sync::atomic::AtomicUsize,
+    /// Requests for a path robots.txt disallows, or to the other origin.
+    forbidden: std::sync::atomic::AtomicUsize,
+}
+
+/// A two-page site on loopback (std threads; this test file is synchronous),
+/// with traps: a redirect to another origin, a redirect into a path
+/// robots.txt disallows, and a percent-encoded link to that path.
+fn serve_site() -> (String, std::sync::Arc<SiteCounts>) {
     use std::io::{Read, Write};
+    let counts = std::sync::Arc::new(SiteCounts::default());
+    // The other origin: whatever it serves must never be fetched.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_url = format!("http://{}", other.local_addr().unwrap());
+    let c = counts.clone();
+    std::thread::spawn(move || {
+        for stream in other.incoming() {
+            let Ok(mut s) = stream else { return };
+            c.forbidden
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = "<html><body><p>Injected text about volcanoes.</p></body></html>";
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let not_modified = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let nm = not_modified.clone();
+    let nm = counts.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { return };
@@ -512,10 +541,29 @@ fn serve_site() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
             }
             let req = String::from_utf8_lossy(&req).to_string();
             let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+            if path.contains("rivate") {
+                nm.forbidden
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let redirect = match path.as_str() {
+                "/away" => Some(format!("{other_url}/")),
+                "/inward" => Some("/private/codes".to_string()),
+                _ => None,
+            };
+            if let Some(to) = redirect {
+                let _ = s.write_all(
+                    format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+                continue;
+            }
             let body = match path.as_str() {
+                "/robots.txt" => "User-agent: *\nDisallow: /private\n",
                 "/" => "<html><head><title>Station</title></head><body><h1>Station</h1>\
                         <p>The weather station logs wind speed every minute.</p>\
-                        <a href=\"/rain\">rain</a></body></html>",
+                        <a href=\"/rain\">rain</a> <a href=\"/away\">partners</a> \
+                        <a href=\"/inward\">codes</a> <a href=\"/%70rivate/log\">log</a></body></html>",
+                p if p.contains("rivate") => "<html><body><p>Secret wind codes.</p></body></html>",
                 "/rain" => "<html><head><title>Rain</title></head><body><h1>Rain gauge</h1>\
                             <p>Empty the tipping-bucket rain gauge before winter frost.</p></body></html>",
                 _ => "",
@@ -527,7 +575,8 @@ fn serve_site() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
                 .to_ascii_lowercase()
                 .contains(&format!("if-none-match: {etag}"))
             {
-                nm.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                nm.not_modified
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 format!("HTTP/1.1 304 Not Modified\r\netag: {etag}\r\ncontent-length: 0\r\n\r\n")
             } else {
                 format!(
@@ -541,12 +590,12 @@ fn serve_site() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
             let _ = s.write_all(resp.as_bytes());
         }
     });
-    (base, not_modified)
+    (base, counts)
 }
 
 #[test]
 fn index_a_site_by_crawling_it_and_again_without_downloads() {
-    let (base, not_modified) = serve_site();
+    let (base, counts) = serve_site();
     let tmp = tempfile::tempdir().unwrap();
     let idx = tmp.path().join("idx");
     let crawl = |idx: &Path| {
@@ -558,6 +607,16 @@ fn index_a_site_by_crawling_it_and_again_without_downloads() {
     };
     let v = crawl(&idx);
     assert_eq!(v["indexed"], 2, "{v}");
+    // The traps: a redirect off the site, one into a disallowed path, and a
+    // percent-encoded link to it are skipped with their reasons, unfetched.
+    let skipped = v["skipped"].to_string();
+    assert!(skipped.contains("off the site"), "{v}");
+    assert!(skipped.contains("robots.txt"), "{v}");
+    assert_eq!(
+        counts.forbidden.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the crawl fetched a forbidden page: {v}"
+    );
     let v = json(&run_ok(docqa(&idx).args([
         "search",
         "--json",
@@ -574,7 +633,16 @@ fn index_a_site_by_crawling_it_and_again_without_downloads() {
     let v = crawl(&idx);
     assert_eq!(v["unchanged"], 2, "{v}");
     assert_eq!(v["indexed"], 0, "{v}");
-    assert!(not_modified.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(
+        counts
+            .not_modified
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    );
+    assert_eq!(
+        counts.forbidden.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[test]

@@ -224,7 +224,7 @@ impl ServeConfig {
         if args
             .rate_limit
             .or(file.rate_limit)
-            .is_some_and(|r| !(r > 0.0))
+            .is_some_and(|r| r.is_nan() || r <= 0.0)
         {
             bail!("--rate-limit must be a positive number of requests per second");
         }

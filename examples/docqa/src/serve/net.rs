@@ -39,6 +39,8 @@ pub struct NetStats {
 
 /// Raise the soft open-files limit to the hard one (connections need
 /// descriptors) and return the limit in force.
+// `rlim_t` is u64 on Linux but not on every Unix: the casts stay.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_fd_limit() -> u64 {
     #[cfg(unix)]
     {

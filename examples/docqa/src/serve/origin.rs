@@ -44,7 +44,7 @@ impl OriginPolicy {
         if h.is_empty() {
             return false;
         }
-        if self.allowed_hosts.iter().any(|a| *a == h) {
+        if self.allowed_hosts.contains(&h) {
             return true;
         }
         let Some(bind) = self.bind else {
