@@ -7,14 +7,21 @@
 //! acknowledged but not yet indexed when the server stopped is indexed at the
 //! next start.
 
+mod auth;
 pub mod config;
 mod documents;
+mod errors;
 mod indexer;
 mod limits;
 mod metrics;
 mod net;
 mod openai;
 mod origin;
+mod plugin_api;
+
+pub use auth::Caller;
+use auth::{authorize, role_of};
+pub use errors::{ApiError, ApiJson};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,9 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, MatchedPath, Query, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -37,7 +43,6 @@ use magpie_core::{
     Answer, AnswerOptions, GenerationEvent, GenerationOptions, GenerationSummary, Generator,
     IndexingPipeline, PreparedAnswer, QueryPipeline,
 };
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -88,106 +93,6 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// A JSON error: `{"error": {"message", "type", "code"}}` (the OpenAI shape).
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
-    }
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-    /// A 500; the log gets the whole message, the client one without the
-    /// server's file paths.
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!("internal error: {e}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            redact_paths(&e.to_string()),
-        )
-    }
-}
-
-/// `text` with absolute file paths replaced by `<path>`.
-pub fn redact_paths(text: &str) -> String {
-    text.split(' ')
-        .map(|w| {
-            let bare = w.trim_start_matches(['"', '\'', '(', '[', '`']);
-            let is_path = (bare.starts_with('/') && bare[1..].contains('/'))
-                || (bare.as_bytes().get(1) == Some(&b':')
-                    && bare.get(2..).is_some_and(|r| r.starts_with('\\')));
-            if is_path {
-                format!("{}<path>", &w[..w.len() - bare.len()])
-            } else {
-                w.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-impl From<magpie_core::Error> for ApiError {
-    fn from(e: magpie_core::Error) -> Self {
-        match e {
-            magpie_core::Error::InvalidInput(m) => Self::bad_request(m),
-            e => Self::internal(magpie_core::error_chain(&e)),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let code = self.status.as_u16();
-        let body = json!({"error": {"message": self.message, "type": self.kind, "code": code}});
-        let mut r = (self.status, Json(body)).into_response();
-        if let Some(s) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        r
-    }
-}
-
-/// `Json` whose rejections (malformed JSON, wrong types, wrong content type,
-/// too large) are JSON errors with the right status.
-pub struct ApiJson<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Self(v)),
-            Err(r) => Err(json_rejection(r)),
-        }
-    }
-}
-
-fn json_rejection(r: JsonRejection) -> ApiError {
-    let kind = match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        _ => "invalid_request_error",
-    };
-    ApiError::new(r.status(), kind, r.body_text())
 }
 
 /// Run `docqa serve` until Ctrl-C or SIGTERM.
@@ -380,8 +285,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/jobs/{id}", get(documents::job))
         .route("/v1/search", get(search_get).post(search_post))
         .route("/v1/query", post(query))
-        .route("/v1/plugins", get(plugins_list))
-        .route("/v1/plugins/{plugin}/{tool}", post(plugin_call))
+        .route("/v1/plugins", get(plugin_api::plugins_list))
+        .route("/v1/plugins/{plugin}/{tool}", post(plugin_api::plugin_call))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/embeddings", post(openai::embeddings))
@@ -408,20 +313,6 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
             uri.path()
         ),
     )
-}
-
-/// The role a path needs (`None`: open to all).
-fn required_role(path: &str) -> Option<Role> {
-    if path.starts_with("/v1/documents")
-        || path.starts_with("/v1/jobs")
-        || path.starts_with("/v1/plugins")
-    {
-        Some(Role::Admin)
-    } else if path.starts_with("/v1/") || path == "/metrics" {
-        Some(Role::Read)
-    } else {
-        None
-    }
 }
 
 /// Auth, the per-request timeout and metrics, around every route.
@@ -505,96 +396,6 @@ async fn guarded(
             .into_response(),
         },
     }
-}
-
-/// The key a request carries: `Authorization: Bearer <key>` (the scheme in
-/// any case) or `X-API-Key`.
-fn given_key(req: &Request) -> Option<&str> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim_start().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
-        });
-    bearer
-        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-}
-
-/// The role of a request's valid key (`None`: no key, or not a valid one).
-fn role_of(app: &App, req: &Request) -> Option<Role> {
-    let given = given_key(req)?;
-    app.cfg
-        .keys
-        .iter()
-        .find(|k| constant_time_eq(k.key.as_bytes(), given.as_bytes()))
-        .map(|k| k.role)
-}
-
-/// What the request may do: the role of its key (a server without keys
-/// gives everyone the admin role), or the error when the path needs more.
-/// An open path without a valid key gets `None`.
-fn authorize(app: &App, req: &Request) -> Result<Option<Role>, ApiError> {
-    if app.cfg.keys.is_empty() {
-        return Ok(Some(Role::Admin));
-    }
-    let Some(needed) = required_role(req.uri().path()) else {
-        return Ok(role_of(app, req));
-    };
-    let given = given_key(req);
-    let Some(given) = given else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "this server needs an API key: send `Authorization: Bearer <key>`",
-        ));
-    };
-    let role = app
-        .cfg
-        .keys
-        .iter()
-        .find(|k| constant_time_eq(k.key.as_bytes(), given.as_bytes()))
-        .map(|k| k.role);
-    match role {
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "the API key is not valid",
-        )),
-        Some(r) if r < needed => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            "this API key has the read role; documents, jobs and plugins need an admin key",
-        )),
-        Some(r) => Ok(Some(r)),
-    }
-}
-
-/// The role the guard found for this request, an extension handlers read.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller(pub Option<Role>);
-
-impl Caller {
-    /// Plugins run only for admin keys (or everyone on a server without keys).
-    pub fn check_tools(self, tools: bool) -> Result<(), ApiError> {
-        if tools && self.0 != Some(Role::Admin) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_error",
-                "answering with tools runs plugins, which needs an admin key",
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn page() -> impl IntoResponse {
@@ -1079,62 +880,4 @@ pub fn sse(
             |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
         );
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-}
-
-// ---- plugins ----
-
-fn host(app: &App) -> Result<&Arc<magpie_plugins::PluginHost>, ApiError> {
-    app.plugins.as_ref().ok_or_else(|| {
-        ApiError::not_found("this server has no plugins loaded (start it with --plugins DIR)")
-    })
-}
-
-/// `GET /v1/plugins`: the plugins, their tools (with JSON schemas) and grants.
-async fn plugins_list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
-    let host = host(&app)?;
-    let list: Vec<Value> = host
-        .plugins()
-        .map(|p| {
-            json!({
-                "name": p.description.name,
-                "version": p.description.version,
-                "summary": p.description.summary,
-                "tools": p.description.tools,
-                "granted": p.grants.list(),
-            })
-        })
-        .collect();
-    Ok(Json(json!({"plugins": list})))
-}
-
-/// `POST /v1/plugins/{plugin}/{tool}` with the arguments object as the body.
-async fn plugin_call(
-    State(app): State<Arc<App>>,
-    axum::extract::Path((plugin, tool)): axum::extract::Path<(String, String)>,
-    ApiJson(arguments): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
-    use magpie_plugins::PluginError as E;
-    if !arguments.is_object() {
-        return Err(ApiError::bad_request(
-            "the body must be the tool's arguments as a JSON object",
-        ));
-    }
-    let host = host(&app)?;
-    match host.call(&plugin, &tool, &arguments.to_string()).await {
-        Ok(out) => Ok(Json(json!({
-            "plugin": plugin,
-            "tool": tool,
-            "result": out.value,
-            "call_us": out.call_us,
-        }))),
-        Err(e) => {
-            let msg = e.to_string();
-            Err(match e {
-                E::NotFound(_) | E::UnknownTool { .. } => ApiError::not_found(msg),
-                E::InvalidArguments { .. } => ApiError::bad_request(msg),
-                E::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", msg),
-                _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "tool_error", msg),
-            })
-        }
-    }
 }
