@@ -325,21 +325,10 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let admitted = app
-        .origins
-        .check(req.method(), req.headers())
-        .and_then(|preflight| match preflight {
-            Some(done) => Ok(Err(done)),
-            None => rate_check(&app, &req).map(Ok),
-        });
-    let req = match admitted {
-        Ok(Ok(())) => Ok(req),
-        Ok(Err(preflight)) => Err(preflight),
-        Err(e) => Err(e.into_response()),
-    };
-    let mut response = match req.map(|req| (authorize(&app, &req), req)) {
-        Err(early) => early,
-        Ok((auth, req)) => guarded(&app, auth, req, next).await,
+    let mut response = match admit(&app, &req) {
+        Ok(Admission::Preflight(r)) => r,
+        Ok(Admission::Run(role)) => with_deadline(&app, role, req, next).await,
+        Err(e) => e.into_response(),
     };
     app.origins.decorate(origin.as_ref(), &mut response);
     app.metrics.request(
@@ -367,34 +356,38 @@ fn rate_check(app: &App, req: &Request) -> Result<(), ApiError> {
     })
 }
 
-/// Auth and the request's deadline.
-async fn guarded(
-    app: &Arc<App>,
-    auth: Result<Option<Role>, ApiError>,
-    req: Request,
-    next: Next,
-) -> Response {
-    match auth {
-        Err(e) => e.into_response(),
-        Ok(role) => match tokio::time::timeout(app.cfg.request_timeout, {
-            let mut req = req;
-            req.extensions_mut().insert(Caller(role));
-            next.run(req)
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!(
-                    "the request took longer than {} s; ask for less (smaller k or max_tokens) \
-                     or raise request_timeout_secs",
-                    app.cfg.request_timeout.as_secs()
-                ),
-            )
-            .into_response(),
-        },
+/// What the guard decided before running a request.
+enum Admission {
+    /// An answered CORS preflight.
+    Preflight(Response),
+    /// Run it, with the caller's role.
+    Run(Option<Role>),
+}
+
+/// Host and Origin, the rate limit, then the key.
+fn admit(app: &App, req: &Request) -> Result<Admission, ApiError> {
+    if let Some(preflight) = app.origins.check(req.method(), req.headers())? {
+        return Ok(Admission::Preflight(preflight));
+    }
+    rate_check(app, req)?;
+    Ok(Admission::Run(authorize(app, req)?))
+}
+
+/// Run the request under its deadline.
+async fn with_deadline(app: &App, role: Option<Role>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(Caller(role));
+    match tokio::time::timeout(app.cfg.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "the request took longer than {} s; ask for less (smaller k or max_tokens) \
+                 or raise request_timeout_secs",
+                app.cfg.request_timeout.as_secs()
+            ),
+        )
+        .into_response(),
     }
 }
 
