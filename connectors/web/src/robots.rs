@@ -36,7 +36,7 @@ pub fn normalise_path(path: &str) -> String {
         // Copy one whole character.
         let ch = path[i..].chars().next().unwrap_or('\u{FFFD}');
         out.push(ch);
-        i += ch.len_utf8().max(1);
+        i += ch.len_utf8();
     }
     out
 }

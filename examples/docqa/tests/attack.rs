@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::multipart::{Form, Part};
@@ -12,12 +11,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 mod common;
-use common::server::{body, client, error, wait_job, Server};
-use common::{docqa, run_ok, sample};
-
-fn index_sample(index: &Path) {
-    run_ok(docqa(index).arg("index").arg(sample()));
-}
+use common::server::{body, client, error, metric_as, wait_job, Server};
+use common::{docqa, index_sample};
 
 /// CPU seconds the process has used (user + system), from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -561,19 +556,7 @@ fn a_soak_of_valid_and_hostile_requests() {
     assert!(acked > 0);
     let t0 = Instant::now();
     loop {
-        let m = c
-            .get(s.at("/metrics"))
-            .bearer_auth(read)
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        let gauge = |name: &str| {
-            m.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} ")))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap()
-        };
+        let gauge = |name: &str| metric_as(&c, &s, Some(read), name);
         if gauge("docqa_indexing_jobs_queued") == 0.0 && gauge("docqa_indexing_jobs_running") == 0.0
         {
             break;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod common;
-use common::server::{body, client, wait_job, Server};
+use common::server::{body, client, metric, wait_job, Server};
 use common::{docqa, json, run_ok};
 
 /// 410 words joined by `sep`, no newline, no sentence punctuation (the report).
@@ -196,14 +196,6 @@ fn upload(c: &reqwest::blocking::Client, s: &Server, name: &str, text: &str) -> 
     );
     assert_eq!(st, 202, "{v}");
     v["id"].as_str().unwrap().to_string()
-}
-
-fn metric(c: &reqwest::blocking::Client, s: &Server, name: &str) -> f64 {
-    let text = c.get(s.at("/metrics")).send().unwrap().text().unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 #[test]

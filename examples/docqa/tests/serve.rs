@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 mod common;
 use common::server::{body, client, error, wait_job, Server};
-use common::{docqa, models_dir, root, sample};
+use common::{docqa, index_sample, models_dir, root};
 
 /// Server-sent events as (event name, data) pairs.
 fn sse_events(text: &str) -> Vec<(String, String)> {
@@ -64,15 +64,6 @@ fn raw_upload(s: &Server, name: &str, size: usize) -> String {
     let mut out = Vec::new();
     let _ = sock.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn index_sample(index: &Path) {
-    let out = docqa(index).args(["index"]).arg(sample()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 const HERONS: &str = "The grey heron nests in colonies called heronries, high in tall trees \

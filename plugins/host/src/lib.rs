@@ -22,8 +22,10 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod config;
 pub mod http;
+mod imports;
 
 pub use config::{
     valid_name, Capability, Grants, Limits, LimitsRequest, Manifest, OperatorConfig, PluginGrant,
@@ -31,7 +33,6 @@ pub use config::{
 pub use http::HttpLimits;
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +41,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -318,102 +319,6 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     }
 }
 
-const MAX_LOG_BYTES: usize = 64 << 10;
-
-impl wit::log::Host for State {
-    async fn log(&mut self, level: wit::log::Level, message: String) {
-        if self.logged > MAX_LOG_BYTES {
-            return;
-        }
-        self.logged += message.len();
-        let name = &self.shared.name;
-        let message: String = message.chars().take(2000).collect();
-        use wit::log::Level as L;
-        match level {
-            L::Trace => tracing::trace!(plugin = %name, "{message}"),
-            L::Debug => tracing::debug!(plugin = %name, "{message}"),
-            L::Info => tracing::info!(plugin = %name, "{message}"),
-            L::Warn => tracing::warn!(plugin = %name, "{message}"),
-            L::Error => tracing::error!(plugin = %name, "{message}"),
-        }
-    }
-}
-
-impl wit::search::Host for State {
-    async fn search(&mut self, query: String, k: u32) -> Result<Vec<wit::search::Hit>, String> {
-        let s = &self.shared;
-        if !s.grants.search {
-            return Err(format!(
-                "capability `search` is not granted to plugin {}; the operator grants it in the plugin configuration",
-                s.name
-            ));
-        }
-        let backend = s
-            .search
-            .clone()
-            .ok_or("this host has no document index to search")?;
-        if query.trim().is_empty() {
-            return Err("the query is empty".into());
-        }
-        let k = (k as usize).clamp(1, s.max_search_k);
-        let hits = tokio::time::timeout(s.search_timeout, backend.search(&query, k))
-            .await
-            .map_err(|_| format!("search did not finish within {:?}", s.search_timeout))??;
-        Ok(hits
-            .into_iter()
-            .take(k)
-            .map(|h| wit::search::Hit {
-                text: h.text,
-                source: h.source,
-                doc_id: h.doc_id,
-                score: h.score,
-            })
-            .collect())
-    }
-}
-
-impl wit::http::Host for State {
-    async fn send(&mut self, request: wit::http::Request) -> Result<wit::http::Response, String> {
-        let s = &self.shared;
-        let Some(client) = s.http.as_ref() else {
-            return Err(format!(
-                "capability `http` is not granted to plugin {}; the operator grants it with a list of hosts",
-                s.name
-            ));
-        };
-        let method = match request.method {
-            wit::http::Method::Get => reqwest::Method::GET,
-            wit::http::Method::Post => reqwest::Method::POST,
-        };
-        let r = client
-            .send(method, &request.url, &request.headers, request.body)
-            .await?;
-        Ok(wit::http::Response {
-            status: r.status,
-            headers: r.headers,
-            body: r.body,
-        })
-    }
-}
-
-impl wit::types::Host for State {}
-
-/// A compiled-code cache entry, if its checksum file says it is intact
-/// (a missing, damaged or truncated entry is compiled again).
-fn read_checked(path: &Path, sum_path: &Path) -> Option<Vec<u8>> {
-    let compiled = std::fs::read(path).ok()?;
-    let sum = std::fs::read_to_string(sum_path).ok()?;
-    if blake3::hash(&compiled).to_hex().as_str() == sum.trim() {
-        Some(compiled)
-    } else {
-        tracing::warn!(
-            path = %path.display(),
-            "a compiled plugin in the cache does not match its checksum; compiling it again"
-        );
-        None
-    }
-}
-
 /// Stops the epoch ticker when the host goes.
 struct Ticker {
     stop: Arc<AtomicBool>,
@@ -592,7 +497,8 @@ impl PluginHost {
         let bytes = std::fs::read(&wasm_path)
             .map_err(|e| err(format!("cannot read {}: {e}", wasm_path.display())))?;
         let t0 = Instant::now();
-        let (component, cached) = self.compile(&bytes).map_err(&err)?;
+        let (component, cached) =
+            cache::compile(&self.engine, self.config.cache_dir.as_deref(), &bytes).map_err(&err)?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let t1 = Instant::now();
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
@@ -658,47 +564,6 @@ impl PluginHost {
             }),
         );
         Ok(name)
-    }
-
-    /// Compile a component, or read it from the disk cache.
-    fn compile(&self, bytes: &[u8]) -> Result<(Component, bool), String> {
-        let Some(dir) = &self.config.cache_dir else {
-            return Component::from_binary(&self.engine, bytes)
-                .map(|c| (c, false))
-                .map_err(|e| format!("not a valid WebAssembly component: {e}"));
-        };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let key = format!("{}-{:016x}.cwasm", blake3::hash(bytes).to_hex(), h.finish());
-        let path = dir.join(&key);
-        let sum_path = dir.join(format!("{key}.blake3"));
-        if let Some(compiled) = read_checked(&path, &sum_path) {
-            // SAFETY: the bytes are what `precompile_component` of an engine
-            // with the same compatibility hash wrote, unchanged since: their
-            // checksum matches the one written beside them.
-            match unsafe { Component::deserialize(&self.engine, &compiled) } {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring a bad cache entry: {e}"),
-            }
-        }
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| format!("not a valid WebAssembly component: {e}"))?;
-        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| {
-            let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-            std::fs::write(&tmp, &compiled)?;
-            std::fs::rename(&tmp, &path)?;
-            let tmp = dir.join(format!(".{}.sum.tmp", std::process::id()));
-            std::fs::write(&tmp, blake3::hash(&compiled).to_hex().as_bytes())?;
-            std::fs::rename(&tmp, &sum_path)
-        }) {
-            tracing::warn!(dir = %dir.display(), "cannot write the compile cache: {e}");
-        }
-        // SAFETY: produced just now by this engine.
-        let component = unsafe { Component::deserialize(&self.engine, &compiled) }
-            .map_err(|e| format!("loading the compiled component: {e}"))?;
-        Ok((component, false))
     }
 
     fn new_store(&self, shared: &Arc<Shared>, limits: &Limits) -> Store<State> {

@@ -35,6 +35,19 @@ impl Limits {
             rate: per_second.filter(|r| *r > 0.0).map(RateLimiter::new),
         }
     }
+
+    /// The per-address rate limit, when one is set: 429 with `Retry-After`.
+    pub fn check_rate(&self, req: &axum::extract::Request) -> Result<(), super::ApiError> {
+        let (Some(limiter), Some(peer)) = (&self.rate, super::net::peer(req)) else {
+            return Ok(());
+        };
+        limiter.check(peer.ip()).map_err(|wait| {
+            super::ApiError::too_many(
+                format!("too many requests from {}; retry in {wait} s", peer.ip()),
+                wait,
+            )
+        })
+    }
 }
 
 /// Addresses tracked before idle ones are forgotten.

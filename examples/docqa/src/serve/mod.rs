@@ -18,10 +18,12 @@ mod net;
 mod openai;
 mod origin;
 mod plugin_api;
+mod search;
 
 pub use auth::Caller;
 use auth::{authorize, role_of};
 pub use errors::{ApiError, ApiJson};
+use search::{check_k, parse_filter, parse_mode, FilterSpec};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use axum::extract::{MatchedPath, Query, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -283,7 +285,10 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/jobs", get(documents::jobs))
         .route("/v1/jobs/{id}", get(documents::job))
-        .route("/v1/search", get(search_get).post(search_post))
+        .route(
+            "/v1/search",
+            get(search::search_get).post(search::search_post),
+        )
         .route("/v1/query", post(query))
         .route("/v1/plugins", get(plugin_api::plugins_list))
         .route("/v1/plugins/{plugin}/{tool}", post(plugin_api::plugin_call))
@@ -340,22 +345,6 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     response
 }
 
-/// The per-address rate limit, when one is set.
-fn rate_check(app: &App, req: &Request) -> Result<(), ApiError> {
-    let (Some(limiter), Some(peer)) = (&app.limits.rate, net::peer(req)) else {
-        return Ok(());
-    };
-    limiter.check(peer.ip()).map_err(|wait| {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            format!("too many requests from {}; retry in {wait} s", peer.ip()),
-        );
-        e.retry_after = Some(wait);
-        e
-    })
-}
-
 /// What the guard decided before running a request.
 enum Admission {
     /// An answered CORS preflight.
@@ -369,7 +358,7 @@ fn admit(app: &App, req: &Request) -> Result<Admission, ApiError> {
     if let Some(preflight) = app.origins.check(req.method(), req.headers())? {
         return Ok(Admission::Preflight(preflight));
     }
-    rate_check(app, req)?;
+    app.limits.check_rate(req)?;
     Ok(Admission::Run(authorize(app, req)?))
 }
 
@@ -487,112 +476,6 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-// ---- search ----
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SearchRequest {
-    #[serde(alias = "q")]
-    query: String,
-    k: Option<usize>,
-    mode: Option<String>,
-    filter: Option<FilterSpec>,
-}
-
-/// Filter clauses (`source=…`, `doc=…`, `meta.NAME=…`, `meta.NAME>=N`): a list,
-/// or one string with clauses separated by `;` (handy in a query string).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum FilterSpec {
-    /// Clauses in one string, `;`-separated.
-    One(String),
-    /// One clause per item.
-    Many(Vec<String>),
-}
-
-fn parse_filter(f: Option<&FilterSpec>) -> Result<magpie_core::Filter, ApiError> {
-    let clauses: Vec<String> = match f {
-        None => vec![],
-        Some(FilterSpec::One(s)) => s
-            .split(';')
-            .filter(|c| !c.trim().is_empty())
-            .map(str::to_string)
-            .collect(),
-        Some(FilterSpec::Many(v)) => v.clone(),
-    };
-    magpie_core::Filter::parse_all(clauses).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-fn parse_mode(m: Option<&str>) -> Result<Mode, ApiError> {
-    match m.unwrap_or("hybrid") {
-        "hybrid" => Ok(Mode::Hybrid),
-        "dense" => Ok(Mode::Dense),
-        "bm25" => Ok(Mode::Bm25),
-        other => Err(ApiError::bad_request(format!(
-            "unknown mode {other:?}: use hybrid, dense or bm25"
-        ))),
-    }
-}
-
-fn check_k(k: Option<usize>, default: usize) -> Result<usize, ApiError> {
-    match k.unwrap_or(default) {
-        0 => Err(ApiError::bad_request("k must be at least 1")),
-        k if k > 100 => Err(ApiError::bad_request("k must be at most 100")),
-        k => Ok(k),
-    }
-}
-
-async fn search_get(
-    State(app): State<Arc<App>>,
-    q: Result<Query<SearchRequest>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    search(app, q).await
-}
-
-async fn search_post(
-    State(app): State<Arc<App>>,
-    ApiJson(q): ApiJson<SearchRequest>,
-) -> Result<Json<Value>, ApiError> {
-    search(app, q).await
-}
-
-async fn search(app: Arc<App>, q: SearchRequest) -> Result<Json<Value>, ApiError> {
-    if q.query.trim().is_empty() {
-        return Err(ApiError::bad_request("the query is empty"));
-    }
-    let mode = parse_mode(q.mode.as_deref())?;
-    let k = check_k(q.k, 5)?;
-    let filter = parse_filter(q.filter.as_ref())?;
-    let _slot = app.search_slot().await?;
-    let pipeline = QueryPipeline::new(app.retriever(mode))
-        .top_k(k)
-        .filter(filter);
-    let result = pipeline.search(&q.query).await?;
-    let hits: Vec<Value> = result
-        .hits
-        .iter()
-        .map(|h| {
-            json!({
-                "doc_id": h.chunk.doc_id,
-                "chunk_id": h.chunk.id,
-                "source": h.chunk.source,
-                "location": h.chunk.span.location(),
-                "heading_path": h.chunk.heading_path,
-                "score": h.score,
-                "text": h.chunk.text,
-                "snippet": h.snippet,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "query": q.query,
-        "mode": mode.name(),
-        "took_ms": result.retrieval.as_secs_f64() * 1e3,
-        "hits": hits,
-    })))
-}
-
 // ---- answers ----
 
 /// Answer settings a request may set.
@@ -688,16 +571,10 @@ impl App {
             self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
             let avg = self.avg_answer_ms.load(Ordering::Relaxed) as f64 / 1000.0;
             let wait = (avg * capacity as f64).ceil().max(1.0) as u64;
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                format!(
-                    "the model is busy ({} answering or waiting); retry in {wait} s",
-                    capacity
-                ),
-            );
-            e.retry_after = Some(wait);
-            return Err(e);
+            return Err(ApiError::too_many(
+                format!("the model is busy ({capacity} answering or waiting); retry in {wait} s"),
+                wait,
+            ));
         }
         Ok(ticket)
     }

@@ -291,16 +291,13 @@ pub async fn embeddings(
         .clone()
         .try_acquire_owned()
         .map_err(|_| {
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
+            ApiError::too_many(
                 format!(
                     "{} embedding requests are running; retry in a second",
                     super::limits::EMBEDDING_REQUESTS
                 ),
-            );
-            e.retry_after = Some(1);
-            e
+                1,
+            )
         })?;
     let counter = embedder.token_counter();
     let tokens: usize = texts.iter().map(|t| counter.count(t)).sum();

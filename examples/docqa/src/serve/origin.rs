@@ -65,10 +65,10 @@ impl OriginPolicy {
     /// Whether `origin` may call the API from a browser: the page's own
     /// origin (its host is the request's Host), or a configured CORS origin.
     fn origin_allowed(&self, origin: &str, host: &str) -> bool {
-        let o = origin.trim_end_matches('/');
-        if self.cors_origins.iter().any(|c| c.eq_ignore_ascii_case(o)) {
+        if self.is_cors_origin(origin) {
             return true;
         }
+        let o = origin.trim_end_matches('/');
         let authority = o
             .strip_prefix("http://")
             .or_else(|| o.strip_prefix("https://"));

@@ -79,3 +79,8 @@ pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
+
+/// Index the bundled sample corpus into `index`.
+pub fn index_sample(index: &Path) {
+    run_ok(docqa(index).arg("index").arg(sample()));
+}

@@ -129,3 +129,21 @@ pub fn wait_job(c: &Client, s: &Server, job: &str) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A gauge or counter from `/metrics` (with `key`, for a keyed server).
+pub fn metric_as(c: &Client, s: &Server, key: Option<&str>, name: &str) -> f64 {
+    let mut req = c.get(s.at("/metrics"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let text = req.send().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// A gauge or counter from `/metrics` of a server without keys.
+pub fn metric(c: &Client, s: &Server, name: &str) -> f64 {
+    metric_as(c, s, None, name)
+}
