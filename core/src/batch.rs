@@ -82,6 +82,14 @@ impl Embedder for BatchingEmbedder {
         self.inner.dimension()
     }
 
+    fn languages(&self) -> crate::lang::LanguageSupport {
+        self.inner.languages()
+    }
+
+    fn token_coverage(&self, text: &str) -> Option<f32> {
+        self.inner.token_coverage(text)
+    }
+
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         self.inner.embed(texts).await
     }

@@ -13,10 +13,12 @@ pub mod batch;
 pub mod catalog;
 pub mod error;
 pub mod filter;
+pub mod fusion;
 pub mod generate;
 pub mod guard;
 pub mod indexing;
 pub mod integrity;
+pub mod lang;
 pub mod metrics;
 pub mod retrieve;
 pub mod tools;
@@ -30,6 +32,7 @@ pub use batch::BatchingEmbedder;
 pub use catalog::{atomic_write, Catalog, CatalogEntry};
 pub use error::{error_chain, BoxError, Error, Result};
 pub use filter::{Bounds, Clause, Filter, FilterField};
+pub use fusion::{AdaptiveFusion, FusionWeights};
 pub use generate::{
     argmax, CancelToken, ChatMessage, Completion, FinishReason, GenerationEvent, GenerationOptions,
     GenerationStream, GenerationSummary, Generator, Prompt, Rng, Role, Sampler, StopFilter,
@@ -39,6 +42,7 @@ pub use indexing::{
     Consistency, DocStatus, IndexProgress, IndexReport, IndexingPipeline, NoProgress, RunOptions,
 };
 pub use integrity::{fingerprint_matches, vector_fingerprint, StoreHealth, Verification};
+pub use lang::{detect as detect_language, Detected, LanguageSupport};
 pub use retrieve::{
     reciprocal_rank_fusion, DenseRetriever, HybridRetriever, KeywordRetriever, QueryPipeline,
     SearchResult,

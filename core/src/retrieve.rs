@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
+use crate::fusion::{AdaptiveFusion, FusionWeights};
 use crate::traits::{Embedder, KeywordStore, Reranker, Retriever, VectorStore};
 use crate::types::Hit;
 
@@ -139,10 +140,14 @@ pub fn reciprocal_rank_fusion(lists: &[(f32, Vec<Hit>)], rrf_k: f32) -> Vec<Hit>
 }
 
 /// Runs several retrievers concurrently and fuses their lists with RRF.
+///
+/// With [`HybridRetriever::adaptive`], a `dense` and a `bm25` retriever are
+/// weighed per query by [`AdaptiveFusion`] instead of fixed weights.
 pub struct HybridRetriever {
     retrievers: Vec<(f32, Arc<dyn Retriever>)>,
     rrf_k: f32,
     candidates: usize,
+    adaptive: Option<AdaptiveFusion>,
 }
 
 impl HybridRetriever {
@@ -152,7 +157,54 @@ impl HybridRetriever {
             retrievers: retrievers.into_iter().map(|r| (1.0, r)).collect(),
             rrf_k: 60.0,
             candidates: 100,
+            adaptive: None,
         }
+    }
+
+    /// Weigh the retrievers named `dense` and `bm25` per query with `fusion`
+    /// (others keep their fixed weight).
+    pub fn adaptive(mut self, fusion: AdaptiveFusion) -> Self {
+        self.adaptive = Some(fusion);
+        self
+    }
+
+    /// Retrieve, fuse, and say which weights fusion used (`None` without
+    /// [`HybridRetriever::adaptive`]).
+    pub async fn retrieve_explained(
+        &self,
+        query: &str,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<(Vec<Hit>, Option<FusionWeights>)> {
+        check_query(query, k)?;
+        let n = self.candidates.max(k);
+        let futures = self.retrievers.iter().map(|(w, r)| async move {
+            let span = tracing::debug_span!("retrieve", retriever = r.name());
+            let _e = span.enter();
+            r.retrieve_filtered(query, n, filter)
+                .await
+                .map(|hits| (*w, hits))
+        });
+        let mut lists = futures::future::try_join_all(futures).await?;
+        let mut explained = None;
+        if let Some(fusion) = &self.adaptive {
+            let find = |name: &str| self.retrievers.iter().position(|(_, r)| r.name() == name);
+            if let (Some(d), Some(b)) = (find("dense"), find("bm25")) {
+                let w = fusion.weigh(query, &lists[d].1, &lists[b].1);
+                tracing::debug!(
+                    dense = w.dense,
+                    bm25 = w.bm25,
+                    agreement = w.agreement,
+                    "fusion weights"
+                );
+                lists[d].0 *= w.dense;
+                lists[b].0 *= w.bm25;
+                explained = Some(w);
+            }
+        }
+        let mut fused = reciprocal_rank_fusion(&lists, self.rrf_k);
+        fused.truncate(k);
+        Ok((fused, explained))
     }
 
     /// Set the weight of each retriever's contribution, in order.
@@ -187,19 +239,7 @@ impl Retriever for HybridRetriever {
     }
 
     async fn retrieve_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
-        check_query(query, k)?;
-        let n = self.candidates.max(k);
-        let futures = self.retrievers.iter().map(|(w, r)| async move {
-            let span = tracing::debug_span!("retrieve", retriever = r.name());
-            let _e = span.enter();
-            r.retrieve_filtered(query, n, filter)
-                .await
-                .map(|hits| (*w, hits))
-        });
-        let lists = futures::future::try_join_all(futures).await?;
-        let mut fused = reciprocal_rank_fusion(&lists, self.rrf_k);
-        fused.truncate(k);
-        Ok(fused)
+        Ok(self.retrieve_explained(query, k, filter).await?.0)
     }
 }
 

@@ -75,6 +75,17 @@ pub trait Embedder: Send + Sync {
     fn model_id(&self) -> &str;
     /// Length of the vectors.
     fn dimension(&self) -> usize;
+    /// The languages the model was trained on, as its card declares them
+    /// (hybrid search weighs the dense list by them, see [`crate::fusion`]).
+    fn languages(&self) -> crate::lang::LanguageSupport {
+        crate::lang::LanguageSupport::Unknown
+    }
+    /// Share of `text`'s tokens the model's vocabulary knows (not the unknown
+    /// token), 0 to 1; `None` when the model cannot tell. Used when the
+    /// languages are not declared.
+    fn token_coverage(&self, _text: &str) -> Option<f32> {
+        None
+    }
     /// Embed passages (batched by the implementation).
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
     /// Embed a query; models with query prefixes override this.

@@ -2,7 +2,7 @@
 //! Reference vectors: tests/fixtures/minilm_reference.json, written by
 //! scripts/make_embedding_fixture.py.
 
-use magpie_candle::{BertEmbedder, Isa};
+use magpie_candle::{BertEmbedder, Isa, Prompts};
 use magpie_core::Embedder;
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -101,4 +101,104 @@ async fn int8_stays_close() {
         worst = worst.min(c);
     }
     assert!(worst > 0.99, "int8 vectors drifted: worst cosine {worst}");
+}
+
+/// An XLM-RoBERTa model (bge-m3, multilingual-e5, paraphrase-multilingual):
+/// positions offset by the padding index, a SentencePiece Unigram tokenizer
+/// with its precompiled normalizer, mean and CLS pooling, and e5's
+/// `query: `/`passage: ` prompts, against sentence-transformers on a tiny
+/// random-weight model (tests/fixtures/tiny-xlmr, written by
+/// scripts/make_xlmr_fixture.py).
+#[tokio::test]
+async fn xlm_roberta_matches_sentence_transformers() {
+    let fixture_dir = magpie_tests::workspace().join("tests/fixtures/tiny-xlmr");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir.join("reference.json")).unwrap())
+            .unwrap();
+    let strings = |k: &str| -> Vec<String> { serde_json::from_value(fixture[k].clone()).unwrap() };
+    let vectors =
+        |k: &str| -> Vec<Vec<f32>> { serde_json::from_value(fixture[k].clone()).unwrap() };
+    let sentences = strings("sentences");
+    let queries = strings("queries");
+
+    for pooling in ["mean", "cls"] {
+        // The fixture is saved with mean pooling; CLS is the same model with
+        // 1_Pooling saying so.
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&fixture_dir, dir.path());
+        if pooling == "cls" {
+            let p = dir.path().join("1_Pooling/config.json");
+            let mut cfg: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            cfg["pooling_mode_mean_tokens"] = false.into();
+            cfg["pooling_mode_cls_token"] = true.into();
+            std::fs::write(&p, cfg.to_string()).unwrap();
+        }
+        let mut variants: Vec<(bool, Isa)> =
+            Isa::available().into_iter().map(|i| (false, i)).collect();
+        variants.push((true, Isa::Portable));
+        for (generic, isa) in variants {
+            let builder = BertEmbedder::builder(dir.path().to_string_lossy())
+                .batch_size(3)
+                .int8(false)
+                .generic_bert(generic)
+                .kernels(isa);
+            let emb = builder.clone().build().unwrap();
+            let plain = builder.prompts(Prompts::default()).build().unwrap();
+            let what = format!("{pooling} pooling on {}", emb.backend());
+            assert_eq!(emb.dimension(), 32);
+            assert_eq!(emb.max_tokens(), 64, "positions after the padding offset");
+            assert_eq!(emb.prompts().query, "query: ");
+            assert_eq!(emb.prompts().passage, "passage: ");
+            // Plain sentences: the encoder alone, no prompt.
+            let got = plain.embed(&sentences).await.unwrap();
+            expect_close(
+                &got,
+                &vectors(&format!("{pooling}_vectors")),
+                &sentences,
+                &what,
+            );
+            let got = emb.embed_queries(&queries).await.unwrap();
+            expect_close(
+                &got,
+                &vectors(&format!("{pooling}_query_vectors")),
+                &queries,
+                &what,
+            );
+            let one = emb.embed_query(&queries[1]).await.unwrap();
+            assert!(
+                cosine(&one, &got[1]) > 0.99999,
+                "{what}: embed_query differs from embed_queries"
+            );
+            let got = emb.embed(&sentences[..2]).await.unwrap();
+            expect_close(
+                &got,
+                &vectors(&format!("{pooling}_passage_vectors")),
+                &sentences,
+                &what,
+            );
+        }
+    }
+}
+
+fn expect_close(got: &[Vec<f32>], want: &[Vec<f32>], texts: &[String], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, r)) in got.iter().zip(want).enumerate() {
+        let c = cosine(g, r);
+        eprintln!("{what}: text {i}: cosine {c:.7}");
+        assert!(c >= 0.9999, "{what}: text {i} {:?}: cosine {c}", &texts[i]);
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
 }

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use magpie_core::{Embedder, Error, Result, TokenCounter};
+use candle_transformers::models::xlm_roberta::{Config as XlmrConfig, XLMRobertaModel};
+use magpie_core::{Embedder, Error, LanguageSupport, Result, TokenCounter};
 use tokenizers::{Tokenizer, TruncationParams};
 use tracing::{debug, info};
 
@@ -33,6 +34,51 @@ pub struct BertEmbedderBuilder {
     generic: bool,
     kernels: Option<Isa>,
     int8: bool,
+    languages: Option<LanguageSupport>,
+    prompts: Option<Prompts>,
+}
+
+/// Text put before queries and passages, as a model card asks (e5:
+/// `query: ` and `passage: `).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prompts {
+    /// Before each query.
+    pub query: String,
+    /// Before each passage (indexed text).
+    pub passage: String,
+}
+
+impl Prompts {
+    /// From `config_sentence_transformers.json`'s `prompts` (`query`, and
+    /// `passage` or `document`); without them, e5 models (named `*e5*`) get
+    /// the prefixes their cards ask for.
+    pub fn of(dir: &Path, model_id: &str) -> Self {
+        let raw = std::fs::read(dir.join("config_sentence_transformers.json")).ok();
+        let v: Option<serde_json::Value> = raw.and_then(|r| serde_json::from_slice(&r).ok());
+        let get = |k: &str| {
+            v.as_ref()
+                .and_then(|v| v["prompts"][k].as_str())
+                .map(str::to_string)
+        };
+        let query = get("query");
+        let passage = get("passage")
+            .filter(|p| !p.is_empty())
+            .or_else(|| get("document"));
+        if query.is_some() || passage.is_some() {
+            return Self {
+                query: query.unwrap_or_default(),
+                passage: passage.unwrap_or_default(),
+            };
+        }
+        let name = model_id.to_ascii_lowercase();
+        if name.contains("e5-") || name.ends_with("e5") {
+            return Self {
+                query: "query: ".into(),
+                passage: "passage: ".into(),
+            };
+        }
+        Self::default()
+    }
 }
 
 impl BertEmbedderBuilder {
@@ -83,6 +129,20 @@ impl BertEmbedderBuilder {
         self
     }
 
+    /// Put these before queries and passages, over what the model's
+    /// `config_sentence_transformers.json` says.
+    pub fn prompts(mut self, p: Prompts) -> Self {
+        self.prompts = Some(p);
+        self
+    }
+
+    /// Declare the languages the model covers, over what its model card
+    /// (README.md's `language:`) says.
+    pub fn languages(mut self, l: LanguageSupport) -> Self {
+        self.languages = Some(l);
+        self
+    }
+
     /// Run on this device instead of the automatic choice.
     pub fn device(mut self, d: Device) -> Self {
         self.device = Some(d);
@@ -106,21 +166,33 @@ impl BertEmbedderBuilder {
         let config_path = file("config.json")?;
         let tokenizer_path = file("tokenizer.json")?;
         let weights = file("model.safetensors")?;
-        let config: Config = serde_json::from_slice(
-            &std::fs::read(&config_path)
-                .map_err(|e| Error::io(config_path.display().to_string(), e))?,
-        )
-        .map_err(|e| {
+        let bad_config = |e: serde_json::Error| {
             stage(CandleError::Model(format!(
                 "{}: {e}",
                 config_path.display()
             )))
-        })?;
+        };
+        let raw: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&config_path)
+                .map_err(|e| Error::io(config_path.display().to_string(), e))?,
+        )
+        .map_err(bad_config)?;
+        let config: Config = serde_json::from_value(raw.clone()).map_err(bad_config)?;
+        let roberta = crate::encoder::is_roberta(&raw);
+        // RoBERTa models number positions from the padding index + 1.
+        let usable_positions = if roberta {
+            config
+                .max_position_embeddings
+                .saturating_sub(config.pad_token_id + 1)
+        } else {
+            config.max_position_embeddings
+        };
         let max_tokens = self
             .max_tokens
             .or_else(|| sentence_bert_max_len(&dir))
             .unwrap_or(256)
-            .min(config.max_position_embeddings);
+            .min(usable_positions)
+            .max(1);
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| {
             stage(CandleError::Tokenizer(format!(
                 "{}: {e}",
@@ -143,7 +215,7 @@ impl BertEmbedderBuilder {
         let device = self.device.unwrap_or_else(select_device);
         let pooling = pooling_of(&dir);
         let backend = load_backend(
-            &config_path,
+            &raw,
             &weights,
             &config,
             device,
@@ -154,6 +226,10 @@ impl BertEmbedderBuilder {
             },
         )?;
         let model_id = model_id_for(&self.spec);
+        let prompts = self.prompts.unwrap_or_else(|| Prompts::of(&dir, &model_id));
+        if !prompts.query.is_empty() || !prompts.passage.is_empty() {
+            info!(query = %prompts.query, passage = %prompts.passage, "the model's prompts");
+        }
         info!(
             model = %model_id,
             dim = config.hidden_size,
@@ -162,17 +238,20 @@ impl BertEmbedderBuilder {
             backend = backend.name(),
             "embedding model loaded"
         );
+        let languages = self.languages.unwrap_or_else(|| card_languages(&dir));
+        info!(model = %model_id, ?languages, "declared languages");
         Ok(BertEmbedder {
+            languages,
             inner: Arc::new(Inner {
                 backend,
                 tokenizer,
                 pooling,
+                pad_id: config.pad_token_id as u32,
+                prompts,
                 batch_size: self.batch_size,
                 batch_tokens: self.batch_tokens,
             }),
-            counter: Arc::new(HfTokenCounter {
-                tokenizer: counter_tok,
-            }),
+            counter: Arc::new(HfTokenCounter::new(counter_tok)),
             model_id,
             dim: config.hidden_size,
             max_tokens,
@@ -225,8 +304,9 @@ fn model_id_for(spec: &str) -> String {
 enum Backend {
     /// magpie's own CPU encoder ([`crate::encoder`]).
     Owned(BertEncoder),
-    /// candle's generic BERT (GPUs, and models the own pass does not cover).
-    Candle { model: BertModel, device: Device },
+    /// candle's generic BERT or XLM-R (GPUs, and models the own pass does
+    /// not cover).
+    Candle { model: CandleModel, device: Device },
 }
 
 impl Backend {
@@ -247,7 +327,7 @@ impl Backend {
 /// The own encoder on the CPU unless `MAGPIE_EMBEDDER=candle` or the model is
 /// outside what it covers (then candle, with the reason logged).
 fn load_backend(
-    config_path: &Path,
+    raw: &serde_json::Value,
     weights: &Path,
     config: &Config,
     device: Device,
@@ -256,17 +336,7 @@ fn load_backend(
 ) -> Result<Backend> {
     let want_candle = generic || std::env::var("MAGPIE_EMBEDDER").as_deref() == Ok("candle");
     if device.is_cpu() && !want_candle {
-        let raw: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(config_path)
-                .map_err(|e| Error::io(config_path.display().to_string(), e))?,
-        )
-        .map_err(|e| {
-            stage(CandleError::Model(format!(
-                "{}: {e}",
-                config_path.display()
-            )))
-        })?;
-        match EncoderConfig::from_json(&raw) {
+        match EncoderConfig::from_json(raw) {
             Ok(cfg) => {
                 let tensors =
                     candle_core::safetensors::load(weights, &Device::Cpu).map_err(stage)?;
@@ -291,13 +361,84 @@ fn load_backend(
             Err(why) => info!("embedding on candle's BERT: {why}"),
         }
     }
-    let vb = VarBuilder::from_tensors(
-        linear_weights_transposed(weights, &device)?,
-        DType::F32,
-        &device,
-    );
-    let model = BertModel::load(vb, config).map_err(stage)?;
+    let tensors = linear_weights_transposed(weights, &device)?;
+    let roberta_prefix = tensors.keys().any(|k| k.starts_with("roberta."));
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+    let model = if crate::encoder::is_roberta(raw) {
+        let vb = if roberta_prefix { vb.pp("roberta") } else { vb };
+        CandleModel::Xlmr(XLMRobertaModel::new(&xlmr_config(config), vb).map_err(stage)?)
+    } else {
+        CandleModel::Bert(BertModel::load(vb, config).map_err(stage)?)
+    };
     Ok(Backend::Candle { model, device })
+}
+
+/// candle's XLM-R configuration from the fields BERT's shares (configs
+/// saved by recent transformers omit some fields candle's own parser needs).
+fn xlmr_config(c: &Config) -> XlmrConfig {
+    XlmrConfig {
+        hidden_size: c.hidden_size,
+        layer_norm_eps: c.layer_norm_eps,
+        attention_probs_dropout_prob: 0.0,
+        hidden_dropout_prob: 0.0,
+        num_attention_heads: c.num_attention_heads,
+        position_embedding_type: "absolute".into(),
+        intermediate_size: c.intermediate_size,
+        hidden_act: candle_nn::Activation::Gelu,
+        num_hidden_layers: c.num_hidden_layers,
+        vocab_size: c.vocab_size,
+        max_position_embeddings: c.max_position_embeddings,
+        type_vocab_size: c.type_vocab_size,
+        pad_token_id: c.pad_token_id as u32,
+    }
+}
+
+/// candle's generic models.
+enum CandleModel {
+    Bert(BertModel),
+    Xlmr(XLMRobertaModel),
+}
+
+/// The languages a model card (README.md's YAML front matter) declares:
+/// `language: en`, `language: [en, zh]`, or a `- xx` list under
+/// `language:`; a `multilingual` tag counts too.
+pub fn card_languages(dir: &Path) -> LanguageSupport {
+    let Ok(readme) = std::fs::read_to_string(dir.join("README.md")) else {
+        return LanguageSupport::Unknown;
+    };
+    parse_card_languages(&readme)
+}
+
+fn parse_card_languages(readme: &str) -> LanguageSupport {
+    let mut lines = readme.lines();
+    if lines.next().map(str::trim) != Some("---") {
+        return LanguageSupport::Unknown;
+    }
+    let mut codes: Vec<String> = Vec::new();
+    let mut key = String::new();
+    for line in lines {
+        if line.trim() == "---" {
+            break;
+        }
+        if !line.starts_with([' ', '-', '\t']) {
+            let (k, v) = line.split_once(':').unwrap_or((line, ""));
+            key = k.trim().to_string();
+            let v = v.trim().trim_start_matches('[').trim_end_matches(']');
+            if key == "language" {
+                codes.extend(
+                    v.split(',')
+                        .map(|c| c.trim().trim_matches(['"', '\'']).to_string())
+                        .filter(|c| !c.is_empty()),
+                );
+            }
+        } else if let Some(item) = line.trim().strip_prefix("- ") {
+            let item = item.trim().trim_matches(['"', '\'']);
+            if key == "language" || (key == "tags" && item == "multilingual") {
+                codes.push(item.to_string());
+            }
+        }
+    }
+    LanguageSupport::from_card(&codes)
 }
 
 /// sentence-transformers' pooling setting (1_Pooling/config.json): the CLS
@@ -315,6 +456,8 @@ struct Inner {
     backend: Backend,
     tokenizer: Tokenizer,
     pooling: Pooling,
+    pad_id: u32,
+    prompts: Prompts,
     batch_size: usize,
     batch_tokens: usize,
 }
@@ -322,6 +465,7 @@ struct Inner {
 /// A BERT-family sentence embedder on candle.
 #[derive(Clone)]
 pub struct BertEmbedder {
+    languages: LanguageSupport,
     inner: Arc<Inner>,
     counter: Arc<HfTokenCounter>,
     model_id: String,
@@ -350,6 +494,8 @@ impl BertEmbedder {
             generic: false,
             kernels: None,
             int8: true,
+            languages: None,
+            prompts: None,
         }
     }
 
@@ -374,9 +520,23 @@ impl BertEmbedder {
         self.max_tokens
     }
 
-    /// Embed synchronously (the async trait method runs this on a blocking thread).
+    /// Embed passages synchronously (the async trait method runs this on a
+    /// blocking thread).
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        self.inner.embed(texts)
+        self.inner
+            .embed(&with_prefix(&self.inner.prompts.passage, texts))
+    }
+
+    /// The prompts put before queries and passages.
+    pub fn prompts(&self) -> &Prompts {
+        &self.inner.prompts
+    }
+
+    async fn run_blocking(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.embed(&texts))
+            .await
+            .map_err(|e| Error::stage("embedder", e))?
     }
 }
 
@@ -398,7 +558,7 @@ impl Inner {
                     enc.encode(&seqs, self.pooling)
                 }
                 Backend::Candle { model, device } => {
-                    candle_forward(model, device, &encodings, &group, self.pooling)
+                    candle_forward(model, device, &encodings, &group, self.pooling, self.pad_id)
                         .map_err(stage)?
                 }
             };
@@ -408,6 +568,14 @@ impl Inner {
         }
         debug!(count = texts.len(), "embedded");
         Ok(out)
+    }
+}
+
+fn with_prefix(prefix: &str, texts: &[String]) -> Vec<String> {
+    if prefix.is_empty() {
+        texts.to_vec()
+    } else {
+        texts.iter().map(|t| format!("{prefix}{t}")).collect()
     }
 }
 
@@ -436,11 +604,12 @@ pub fn token_batches(lens: &[usize], max_count: usize, max_tokens: usize) -> Vec
 
 /// One padded batch through candle's BERT.
 fn candle_forward(
-    model: &BertModel,
+    model: &CandleModel,
     device: &Device,
     encodings: &[tokenizers::Encoding],
     group: &[usize],
     pooling: Pooling,
+    pad_id: u32,
 ) -> candle_core::Result<Vec<Vec<f32>>> {
     let longest = group
         .iter()
@@ -449,7 +618,7 @@ fn candle_forward(
         .unwrap_or(0)
         .max(1);
     let n = group.len();
-    let mut ids = vec![0u32; n * longest];
+    let mut ids = vec![pad_id; n * longest];
     let mut mask = vec![0u32; n * longest];
     for (row, &i) in group.iter().enumerate() {
         let e = &encodings[i];
@@ -461,7 +630,10 @@ fn candle_forward(
     let input_ids = Tensor::from_vec(ids, (n, longest), device)?;
     let mask = Tensor::from_vec(mask, (n, longest), device)?;
     let type_ids = input_ids.zeros_like()?;
-    let hidden = model.forward(&input_ids, &type_ids, Some(&mask))?; // (n, len, dim)
+    let hidden = match model {
+        CandleModel::Bert(m) => m.forward(&input_ids, &type_ids, Some(&mask))?,
+        CandleModel::Xlmr(m) => m.forward(&input_ids, &mask, &type_ids, None, None, None)?,
+    }; // (n, len, dim)
     let pooled = match pooling {
         Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
         Pooling::Mean => {
@@ -488,27 +660,58 @@ impl Embedder for BertEmbedder {
     fn dimension(&self) -> usize {
         self.dim
     }
+    fn languages(&self) -> LanguageSupport {
+        self.languages.clone()
+    }
+    fn token_coverage(&self, text: &str) -> Option<f32> {
+        self.counter.known_share(text)
+    }
 
-    /// Queries embed like passages here (no prefix): one batched call.
+    /// Queries get the model's query prompt (if any): one batched call.
     async fn embed_queries(&self, queries: &[String]) -> Result<Vec<Vec<f32>>> {
-        self.embed(queries).await
+        let texts = with_prefix(&self.inner.prompts.query, queries);
+        self.run_blocking(texts).await
+    }
+
+    async fn embed_query(&self, query: &str) -> Result<Vec<f32>> {
+        let mut v = self.embed_queries(&[query.to_string()]).await?;
+        v.pop()
+            .ok_or_else(|| Error::stage("embedder", "no vector returned for the query"))
     }
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let inner = self.inner.clone();
-        let texts = texts.to_vec();
-        tokio::task::spawn_blocking(move || inner.embed(&texts))
-            .await
-            .map_err(|e| Error::stage("embedder", e))?
+        let texts = with_prefix(&self.inner.prompts.passage, texts);
+        self.run_blocking(texts).await
     }
 }
 
 /// Counts tokens with a Hugging Face tokenizer (no truncation, no special tokens).
 pub struct HfTokenCounter {
     tokenizer: Tokenizer,
+    unk: Option<u32>,
 }
 
 impl HfTokenCounter {
+    fn new(tokenizer: Tokenizer) -> Self {
+        let unk = ["[UNK]", "<unk>"]
+            .iter()
+            .find_map(|t| tokenizer.token_to_id(t));
+        Self { tokenizer, unk }
+    }
+
+    /// Share of `text`'s tokens that are not the unknown token (`None`
+    /// without an unknown token or without tokens).
+    pub fn known_share(&self, text: &str) -> Option<f32> {
+        let unk = self.unk?;
+        let enc = self.tokenizer.encode(text, false).ok()?;
+        let ids = enc.get_ids();
+        if ids.is_empty() {
+            return None;
+        }
+        let known = ids.iter().filter(|&&id| id != unk).count();
+        Some(known as f32 / ids.len() as f32)
+    }
+
     /// A counter from a tokenizer.json file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let mut tokenizer = Tokenizer::from_file(path.as_ref())
@@ -517,7 +720,7 @@ impl HfTokenCounter {
         tokenizer
             .with_truncation(None)
             .map_err(|e| stage(CandleError::Tokenizer(e.to_string())))?;
-        Ok(Self { tokenizer })
+        Ok(Self::new(tokenizer))
     }
 }
 
@@ -540,7 +743,38 @@ impl TokenCounter for HfTokenCounter {
 
 #[cfg(test)]
 mod tests {
-    use super::token_batches;
+    use super::{parse_card_languages, token_batches};
+    use magpie_core::LanguageSupport;
+
+    #[test]
+    fn model_cards_declare_languages() {
+        let only = |c: &[&str]| LanguageSupport::Only(c.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            parse_card_languages("---\nlanguage: en\nlicense: apache-2.0\n---\n# x"),
+            only(&["eng"])
+        );
+        assert_eq!(
+            parse_card_languages("---\nlicense: mit\nlanguage:\n- zh\n- en\ntags:\n- x\n---"),
+            only(&["cmn", "eng"])
+        );
+        assert_eq!(
+            parse_card_languages("---\nlanguage: [\"de\", 'fr']\n---"),
+            only(&["deu", "fra"])
+        );
+        assert_eq!(
+            parse_card_languages("---\ntags:\n  - multilingual\n---"),
+            LanguageSupport::Multilingual
+        );
+        assert_eq!(
+            parse_card_languages("---\nlanguage:\n- multilingual\n- af\n---"),
+            LanguageSupport::Multilingual
+        );
+        assert_eq!(
+            parse_card_languages("# no front matter\nlanguage: en"),
+            LanguageSupport::Unknown
+        );
+        assert_eq!(parse_card_languages(""), LanguageSupport::Unknown);
+    }
 
     #[test]
     fn batches_respect_both_budgets_and_cover_every_input_once() {

@@ -10,7 +10,7 @@ pub mod encoder;
 pub mod llm;
 pub mod resolve;
 
-pub use bert::{BertEmbedder, BertEmbedderBuilder, HfTokenCounter};
+pub use bert::{card_languages, BertEmbedder, BertEmbedderBuilder, HfTokenCounter, Prompts};
 pub use device::{
     cpu_features_ok, pin_thread_count, select_device, tune_allocator, uniform_cpu_kernels,
 };

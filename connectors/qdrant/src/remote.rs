@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use magpie_core::{
-    Chunk, Clause, Embedder, Error, Filter as MFilter, Hit, KeywordStore, Result, Retriever,
-    StoredChunk, VectorStore,
+    AdaptiveFusion, Chunk, Clause, Embedder, Error, Filter as MFilter, Hit, KeywordStore, Result,
+    Retriever, StoredChunk, VectorStore,
 };
 use qdrant_client::qdrant::{
     point_id::PointIdOptions, points_selector::PointsSelectorOneOf, vector_output,
@@ -1040,15 +1040,31 @@ impl KeywordStore for QdrantKeywords {
 
 /// Hybrid retrieval done by the server: one Query API request with dense and
 /// BM25 prefetches fused by RRF.
+///
+/// With [`QdrantHybridRetriever::adaptive`], a query in a language the
+/// embedding model does not cover fetches both lists and fuses them here with
+/// [`AdaptiveFusion`]'s weights; covered queries stay one server request.
 pub struct QdrantHybridRetriever {
     embedder: std::sync::Arc<dyn Embedder>,
     store: std::sync::Arc<QdrantStore>,
+    adaptive: Option<AdaptiveFusion>,
 }
 
 impl QdrantHybridRetriever {
     /// Embed queries with `embedder`, search `store`.
     pub fn new(embedder: std::sync::Arc<dyn Embedder>, store: std::sync::Arc<QdrantStore>) -> Self {
-        Self { embedder, store }
+        Self {
+            embedder,
+            store,
+            adaptive: None,
+        }
+    }
+
+    /// Weigh the dense list per query with `fusion` where the model does not
+    /// cover the query's language.
+    pub fn adaptive(mut self, fusion: AdaptiveFusion) -> Self {
+        self.adaptive = Some(fusion);
+        self
     }
 }
 
@@ -1072,6 +1088,21 @@ impl Retriever for QdrantHybridRetriever {
             return Err(Error::InvalidInput("k must be at least 1".into()));
         }
         let v = self.embedder.embed_query(query).await?;
+        if let Some(fusion) = &self.adaptive {
+            if fusion.query_coverage(query).0 < 1.0 {
+                let n = k.max(100);
+                let (dense, bm25) = futures::future::try_join(
+                    self.store.search_filtered(&v, n, filter),
+                    self.store.search_sparse(query, n, filter),
+                )
+                .await?;
+                let w = fusion.weigh(query, &dense, &bm25);
+                let mut fused =
+                    magpie_core::reciprocal_rank_fusion(&[(w.dense, dense), (w.bm25, bm25)], 60.0);
+                fused.truncate(k);
+                return Ok(fused);
+            }
+        }
         self.store.search_hybrid(&v, query, k, filter).await
     }
 }

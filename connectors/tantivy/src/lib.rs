@@ -60,9 +60,14 @@ struct Fields {
 }
 
 fn schema() -> (Schema, Fields) {
+    schema_with(tokenizer::ANALYZER)
+}
+
+/// The schema with text fields analyzed by `analyzer`.
+fn schema_with(analyzer: &str) -> (Schema, Fields) {
     let mut sb = Schema::builder();
     let indexing = TextFieldIndexing::default()
-        .set_tokenizer(tokenizer::ANALYZER)
+        .set_tokenizer(analyzer)
         .set_index_option(IndexRecordOption::WithFreqsAndPositions);
     let text_opts = TextOptions::default()
         .set_indexing_options(indexing.clone())
@@ -190,7 +195,24 @@ impl TantivyStore {
             })
         })?;
         let (schema, fields) = schema();
-        let index = Index::open_or_create(mmap, schema).map_err(|e| unreadable(dir, e))?;
+        let index = if dir.join("meta.json").exists() {
+            let index = Index::open(mmap).map_err(|e| unreadable(dir, e))?;
+            // Either analyzer's schema: indexes written before the v2
+            // analyzer keep working (see `from_index`).
+            let held = index.schema();
+            if held != schema && held != schema_with(tokenizer::ANALYZER_V1).0 {
+                return Err(unreadable(
+                    dir,
+                    tantivy::TantivyError::SchemaError(
+                        "An index exists but the schema does not match.".into(),
+                    ),
+                ));
+            }
+            index
+        } else {
+            Index::create(mmap, schema, tantivy::IndexSettings::default())
+                .map_err(|e| unreadable(dir, e))?
+        };
         Self::from_index(index, fields, Some(dir.to_path_buf()), true)
             .map_err(|e| reword_open_error(dir, e))
     }
@@ -226,6 +248,22 @@ impl TantivyStore {
         index
             .tokenizers()
             .register(tokenizer::ANALYZER, tokenizer::analyzer());
+        // Indexes written before Japanese and Korean became bigrams name the
+        // first analyzer; Latin and Chinese text analyze as they did.
+        index
+            .tokenizers()
+            .register(tokenizer::ANALYZER_V1, tokenizer::analyzer());
+        if let Some(dir) = &path {
+            if tokenizer::analyzer_of(&index.schema(), fields.text) == Some(tokenizer::ANALYZER_V1)
+            {
+                tracing::info!(
+                    "the keyword index in {} was built before Japanese and Korean text was cut into \
+                     bigrams: such text matches better once it is rebuilt (remove that directory \
+                     and run `repair`)",
+                    dir.display()
+                );
+            }
+        }
         let writer = if write {
             let w: IndexWriter = index
                 .writer_with_num_threads(1, 64 * 1024 * 1024)

@@ -1,5 +1,10 @@
-//! A tokenizer for mixed Western and Chinese text: words split on non-alphanumerics,
-//! runs of Han characters segmented with jieba (search mode, for recall).
+//! A tokenizer for mixed Western and CJK text, chosen per script run:
+//! - words split on non-alphanumerics (Latin, Cyrillic, Greek, ...);
+//! - runs of Han characters segmented with jieba (search mode, for recall);
+//! - Japanese (kana, and Han in a text that holds kana) and Korean (Hangul)
+//!   as overlapping character bigrams, the usual dictionary-free fallback:
+//!   Japanese is not segmented by spaces at all, and Korean words carry their
+//!   particles (서울은, 서울에서), which bigrams match across.
 
 use std::sync::OnceLock;
 
@@ -9,8 +14,24 @@ use tantivy::tokenizer::{
     TokenStream, Tokenizer,
 };
 
-/// Name under which the analyzer is registered in the index.
-pub const ANALYZER: &str = "magpie";
+/// Name under which the analyzer is registered in the index (v2: Japanese
+/// and Korean as bigrams).
+pub const ANALYZER: &str = "magpie-v2";
+
+/// The name indexes written by the first analyzer carry.
+pub const ANALYZER_V1: &str = "magpie";
+
+/// The analyzer a field of `schema` was indexed with.
+pub fn analyzer_of(
+    schema: &tantivy::schema::Schema,
+    field: tantivy::schema::Field,
+) -> Option<&'static str> {
+    let name = match schema.get_field_entry(field).field_type() {
+        tantivy::schema::FieldType::Str(o) => o.get_indexing_options()?.tokenizer().to_string(),
+        _ => return None,
+    };
+    [ANALYZER, ANALYZER_V1].into_iter().find(|a| *a == name)
+}
 
 fn jieba() -> &'static Jieba {
     static J: OnceLock<Jieba> = OnceLock::new();
@@ -21,7 +42,16 @@ fn is_han(c: char) -> bool {
     matches!(c as u32, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
 }
 
-/// Splits on anything that is not a letter or digit; Han runs go through jieba.
+fn is_kana(c: char) -> bool {
+    matches!(c as u32, 0x3040..=0x309F | 0x30A0..=0x30FF | 0x31F0..=0x31FF | 0xFF66..=0xFF9F)
+}
+
+fn is_hangul(c: char) -> bool {
+    matches!(c as u32, 0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F | 0xA960..=0xA97F | 0xD7B0..=0xD7FF)
+}
+
+/// Splits on anything that is not a letter or digit; Han runs go through
+/// jieba, Japanese and Korean runs become bigrams.
 #[derive(Clone, Default)]
 pub struct MixedTokenizer;
 
@@ -52,12 +82,19 @@ impl TokenStream for VecTokenStream {
 enum Kind {
     Word,
     Han,
+    Bigram,
     Other,
 }
 
-fn kind(c: char) -> Kind {
+fn kind(c: char, japanese: bool) -> Kind {
     if is_han(c) {
-        Kind::Han
+        if japanese {
+            Kind::Bigram
+        } else {
+            Kind::Han
+        }
+    } else if is_kana(c) || is_hangul(c) {
+        Kind::Bigram
     } else if c.is_alphanumeric() {
         Kind::Word
     } else {
@@ -91,10 +128,24 @@ impl Tokenizer for MixedTokenizer {
                     push(start + off, start + off + w.len(), tokens);
                 }
             }
+            Kind::Bigram => {
+                let chars: Vec<(usize, char)> = text[start..end].char_indices().collect();
+                if chars.len() == 1 {
+                    push(start, end, tokens);
+                }
+                for pair in chars.windows(2) {
+                    let from = start + pair[0].0;
+                    let to = start + pair[1].0 + pair[1].1.len_utf8();
+                    push(from, to, tokens);
+                }
+            }
             Kind::Other => {}
         };
+        // A text with kana is Japanese: its Han characters are kanji, which
+        // jieba's Chinese dictionary would cut wrongly.
+        let japanese = text.chars().any(is_kana);
         for (i, c) in text.char_indices() {
-            let k = kind(c);
+            let k = kind(c, japanese);
             match run {
                 Some((_, rk)) if rk == k => {}
                 Some((s, rk)) => {
@@ -207,5 +258,46 @@ mod tests {
             mixed.contains(&"rust".to_string()) && mixed.contains(&"语言".to_string()),
             "{mixed:?}"
         );
+    }
+
+    #[test]
+    fn japanese_and_korean_become_bigrams() {
+        let mut a = analyzer();
+        assert_eq!(
+            terms(&mut a, "東京の天気"),
+            ["東京", "京の", "の天", "天気"]
+        );
+        // particles attached to a Korean word still share its bigram
+        let doc = terms(&mut a, "서울에서 만나요");
+        let query = terms(&mut a, "서울은");
+        assert!(
+            doc.contains(&"서울".to_string()) && query.contains(&"서울".to_string()),
+            "{doc:?} {query:?}"
+        );
+        // one character alone is kept
+        assert_eq!(terms(&mut a, "ア"), ["ア"]);
+        // Latin words beside them are still words
+        let mixed = terms(&mut a, "Rustの本");
+        assert!(
+            mixed.contains(&"rust".to_string()) && mixed.contains(&"の本".to_string()),
+            "{mixed:?}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Every token is a non-empty slice of the text on character
+        /// boundaries, whatever mix of scripts comes in.
+        #[test]
+        fn tokens_are_slices_of_the_text(text in "[a-zA-Z0-9 .,中文字東京のテスト서울에서\u{00A0}\u{3000}é]{0,40}") {
+            let mut t = MixedTokenizer;
+            let mut ts = t.token_stream(&text);
+            while ts.advance() {
+                let tok = ts.token();
+                proptest::prop_assert!(text.is_char_boundary(tok.offset_from));
+                proptest::prop_assert!(text.is_char_boundary(tok.offset_to));
+                proptest::prop_assert!(tok.offset_from < tok.offset_to);
+                proptest::prop_assert_eq!(&text[tok.offset_from..tok.offset_to], tok.text.as_str());
+            }
+        }
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use magpie_candle::BertEmbedder;
 use magpie_core::{
-    Catalog, DenseRetriever, Embedder, HybridRetriever, IndexingPipeline, KeywordRetriever,
-    KeywordStore, Retriever, Splitter, VectorStore,
+    AdaptiveFusion, Catalog, DenseRetriever, Embedder, HybridRetriever, IndexingPipeline,
+    KeywordRetriever, KeywordStore, Retriever, Splitter, VectorStore,
 };
 use magpie_files::TokenSplitter;
 use magpie_qdrant::{EdgeStore, QdrantHybridRetriever, QdrantKeywords, QdrantStore, RemoteConfig};
@@ -433,6 +433,16 @@ impl Engine {
         self.retriever_with(mode, self.embedder.clone())
     }
 
+    /// Dense and BM25 fused here, weighed per query by adaptive fusion.
+    pub fn hybrid_with(&self, queries: Arc<dyn Embedder>) -> HybridRetriever {
+        HybridRetriever::new(vec![
+            Arc::new(DenseRetriever::new(queries.clone(), self.vectors.clone()))
+                as Arc<dyn Retriever>,
+            Arc::new(self.bm25()) as Arc<dyn Retriever>,
+        ])
+        .adaptive(AdaptiveFusion::for_embedder(queries))
+    }
+
     /// A retriever whose queries are embedded by `queries` (the server's batching embedder).
     pub fn retriever_with(&self, mode: Mode, queries: Arc<dyn Embedder>) -> Arc<dyn Retriever> {
         let dense = || DenseRetriever::new(queries.clone(), self.vectors.clone());
@@ -440,14 +450,11 @@ impl Engine {
             Mode::Dense => Arc::new(dense()),
             Mode::Bm25 => Arc::new(self.bm25()),
             // A cluster fuses dense and BM25 itself, in one request.
-            Mode::Hybrid if self.remote.is_some() => Arc::new(QdrantHybridRetriever::new(
-                queries,
-                self.remote.clone().expect("checked"),
-            )),
-            Mode::Hybrid => Arc::new(HybridRetriever::new(vec![
-                Arc::new(dense()) as Arc<dyn Retriever>,
-                Arc::new(self.bm25()) as Arc<dyn Retriever>,
-            ])),
+            Mode::Hybrid if self.remote.is_some() => Arc::new(
+                QdrantHybridRetriever::new(queries.clone(), self.remote.clone().expect("checked"))
+                    .adaptive(AdaptiveFusion::for_embedder(queries)),
+            ),
+            Mode::Hybrid => Arc::new(self.hybrid_with(queries)),
         }
     }
 }

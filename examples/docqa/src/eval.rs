@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use magpie_core::metrics::{docs_by_best_chunk, mrr_at, ndcg_at, recall_at};
-use magpie_core::{reciprocal_rank_fusion, Embedder, Hit, RunOptions};
+use magpie_core::{
+    reciprocal_rank_fusion, AdaptiveFusion, Embedder, FusionWeights, Hit, LanguageSupport,
+    RunOptions,
+};
 use magpie_files::JsonlLoader;
 use serde::Serialize;
 
@@ -114,9 +117,21 @@ pub struct BeirArgs {
     /// Weight of title matches relative to body matches in BM25.
     #[arg(long, default_value_t = magpie_tantivy::DEFAULT_TITLE_BOOST)]
     pub title_boost: f32,
-    /// Print one JSON object keyed by mode.
+    /// Print one JSON object keyed by mode (plus `fusion`, and `languages`
+    /// with --langs).
     #[arg(long)]
     pub json: bool,
+    /// Also score each query language apart (for mixed corpora).
+    #[arg(long)]
+    pub langs: bool,
+    /// Write one JSON line per query to this file: its id, detected
+    /// language, fusion weights and per-mode nDCG@10 (to study fusion).
+    #[arg(long, value_name = "FILE")]
+    pub per_query: Option<PathBuf>,
+    /// Fuse hybrid with plain RRF (both weights 1) instead of the adaptive
+    /// weights, to compare.
+    #[arg(long)]
+    pub fixed_weights: bool,
 }
 
 pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> Result<()> {
@@ -224,74 +239,238 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
     }
     pb.finish_and_clear();
 
-    let mut out: BTreeMap<&'static str, ModeScores> = BTreeMap::new();
-    for mode in &args.modes {
-        let (mut n, mut r, mut m) = (0.0, 0.0, 0.0);
-        let mut lat = Vec::new();
-        let mut lat_e = Vec::new();
-        for ((qid, _), pq) in queries.iter().zip(&results) {
-            let (hits, t) = match mode {
-                Mode::Bm25 => (pq.bm25.clone(), pq.t_bm25),
-                Mode::Dense => (pq.dense.clone(), pq.t_dense),
-                Mode::Hybrid => {
-                    let t = Instant::now();
-                    let fused = reciprocal_rank_fusion(
-                        &[(1.0, pq.dense.clone()), (1.0, pq.bm25.clone())],
-                        60.0,
-                    );
-                    let fuse = t.elapsed().as_secs_f64() * 1e3;
-                    // the two searches run concurrently in HybridRetriever
-                    (fused, pq.t_bm25.max(pq.t_dense) + fuse)
-                }
-            };
-            let ranked = docs_by_best_chunk(&hits);
-            let rels = &qrels[qid];
-            n += ndcg_at(&ranked, rels, 10);
-            r += recall_at(&ranked, rels, 100);
-            m += mrr_at(&ranked, rels, 10);
-            lat.push(t);
-            lat_e.push(t + pq.t_embed);
-        }
-        let q = queries.len() as f64;
-        out.insert(
-            mode.name(),
-            ModeScores {
-                ndcg10: n / q,
-                recall100: r / q,
-                mrr10: m / q,
-                queries: queries.len(),
-                latency_ms: Latency {
-                    p50: percentile(&mut lat, 0.5),
-                    p99: percentile(&mut lat, 0.99),
-                },
-                latency_with_embedding_ms: (*mode != Mode::Bm25).then(|| Latency {
-                    p50: percentile(&mut lat_e, 0.5),
-                    p99: percentile(&mut lat_e, 0.99),
-                }),
-            },
-        );
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+    let fusion = if args.fixed_weights {
+        None
     } else {
-        println!("{name}: {} queries ({} split)", queries.len(), args.split);
-        println!(
-            "{:<8} {:>8} {:>11} {:>8} {:>12} {:>12}",
-            "mode", "nDCG@10", "Recall@100", "MRR@10", "p50 ms", "p99 ms"
-        );
-        for (mode, s) in &out {
-            let l = s
-                .latency_with_embedding_ms
+        Some(AdaptiveFusion::for_embedder(embedder.clone()))
+    };
+    let weights: Vec<Option<FusionWeights>> = results
+        .iter()
+        .zip(&queries)
+        .map(|(pq, (_, text))| {
+            fusion
                 .as_ref()
-                .unwrap_or(&s.latency_ms);
-            println!(
-                "{:<8} {:>8.4} {:>11.4} {:>8.4} {:>12.2} {:>12.2}",
-                mode, s.ndcg10, s.recall100, s.mrr10, l.p50, l.p99
+                .filter(|_| args.modes.contains(&Mode::Hybrid))
+                .map(|f| f.weigh(text, &pq.dense, &pq.bm25))
+        })
+        .collect();
+    let langs: Vec<String> = queries
+        .iter()
+        .map(|(_, text)| {
+            magpie_core::detect_language(text)
+                .map(|d| d.lang)
+                .unwrap_or_else(|| "und".into())
+        })
+        .collect();
+    let all: Vec<usize> = (0..queries.len()).collect();
+    let score = |subset: &[usize]| -> BTreeMap<&'static str, ModeScores> {
+        let mut out = BTreeMap::new();
+        for mode in &args.modes {
+            let (mut n, mut r, mut m) = (0.0, 0.0, 0.0);
+            let mut lat = Vec::new();
+            let mut lat_e = Vec::new();
+            for &i in subset {
+                let (qid, pq) = (&queries[i].0, &results[i]);
+                let (hits, t) = match mode {
+                    Mode::Bm25 => (pq.bm25.clone(), pq.t_bm25),
+                    Mode::Dense => (pq.dense.clone(), pq.t_dense),
+                    Mode::Hybrid => {
+                        let t = Instant::now();
+                        let (wd, wb) = weights[i]
+                            .as_ref()
+                            .map(|w| (w.dense, w.bm25))
+                            .unwrap_or((1.0, 1.0));
+                        let fused = reciprocal_rank_fusion(
+                            &[(wd, pq.dense.clone()), (wb, pq.bm25.clone())],
+                            60.0,
+                        );
+                        let fuse = t.elapsed().as_secs_f64() * 1e3;
+                        // the two searches run concurrently in HybridRetriever
+                        (fused, pq.t_bm25.max(pq.t_dense) + fuse)
+                    }
+                };
+                let ranked = docs_by_best_chunk(&hits);
+                let rels = &qrels[qid];
+                n += ndcg_at(&ranked, rels, 10);
+                r += recall_at(&ranked, rels, 100);
+                m += mrr_at(&ranked, rels, 10);
+                lat.push(t);
+                lat_e.push(t + pq.t_embed);
+            }
+            let q = subset.len().max(1) as f64;
+            out.insert(
+                mode.name(),
+                ModeScores {
+                    ndcg10: n / q,
+                    recall100: r / q,
+                    mrr10: m / q,
+                    queries: subset.len(),
+                    latency_ms: Latency {
+                        p50: percentile(&mut lat, 0.5),
+                        p99: percentile(&mut lat, 0.99),
+                    },
+                    latency_with_embedding_ms: (*mode != Mode::Bm25).then(|| Latency {
+                        p50: percentile(&mut lat_e, 0.5),
+                        p99: percentile(&mut lat_e, 0.99),
+                    }),
+                },
             );
         }
+        out
+    };
+    let out = score(&all);
+    if let Some(path) = &args.per_query {
+        let mut lines = String::new();
+        for (i, (qid, _)) in queries.iter().enumerate() {
+            let pq = &results[i];
+            let rels = &qrels[qid];
+            let ndcg = |hits: &[Hit]| ndcg_at(&docs_by_best_chunk(hits), rels, 10);
+            let (wd, wb) = weights[i]
+                .as_ref()
+                .map(|w| (w.dense, w.bm25))
+                .unwrap_or((1.0, 1.0));
+            let fused =
+                reciprocal_rank_fusion(&[(wd, pq.dense.clone()), (wb, pq.bm25.clone())], 60.0);
+            let plain =
+                reciprocal_rank_fusion(&[(1.0, pq.dense.clone()), (1.0, pq.bm25.clone())], 60.0);
+            let top_scores =
+                |hits: &[Hit]| hits.iter().take(10).map(|h| h.score).collect::<Vec<_>>();
+            let line = serde_json::json!({
+                "id": qid,
+                "lang": langs[i],
+                "fusion": weights[i],
+                "dense_scores": top_scores(&pq.dense),
+                "bm25_scores": top_scores(&pq.bm25),
+                "ndcg@10": {"bm25": ndcg(&pq.bm25), "dense": ndcg(&pq.dense), "hybrid": ndcg(&fused), "rrf": ndcg(&plain)},
+            });
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let summary = FusionSummary::new(fusion.as_ref(), &weights, &langs);
+    let mut by_lang: BTreeMap<String, BTreeMap<&'static str, ModeScores>> = BTreeMap::new();
+    if args.langs {
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, l) in langs.iter().enumerate() {
+            groups.entry(l.as_str()).or_default().push(i);
+        }
+        for (l, idx) in groups {
+            by_lang.insert(l.to_string(), score(&idx));
+        }
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&out)?;
+        v["fusion"] = serde_json::to_value(&summary)?;
+        if args.langs {
+            v["languages"] = serde_json::to_value(&by_lang)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{name}: {} queries ({} split)", queries.len(), args.split);
+        print_table(&out);
         println!("(latencies include query embedding for dense and hybrid)");
+        summary.print();
+        for (l, scores) in &by_lang {
+            println!("\nqueries in {l}:");
+            print_table(scores);
+        }
     }
     Ok(())
+}
+
+fn print_table(out: &BTreeMap<&'static str, ModeScores>) {
+    println!(
+        "{:<8} {:>8} {:>11} {:>8} {:>12} {:>12} {:>8}",
+        "mode", "nDCG@10", "Recall@100", "MRR@10", "p50 ms", "p99 ms", "queries"
+    );
+    for (mode, s) in out {
+        let l = s
+            .latency_with_embedding_ms
+            .as_ref()
+            .unwrap_or(&s.latency_ms);
+        println!(
+            "{:<8} {:>8.4} {:>11.4} {:>8.4} {:>12.2} {:>12.2} {:>8}",
+            mode, s.ndcg10, s.recall100, s.mrr10, l.p50, l.p99, s.queries
+        );
+    }
+}
+
+/// What adaptive fusion did over the queries: the model's declared
+/// languages, the queries' detected languages, and the dense weights.
+#[derive(Debug, Serialize)]
+pub struct FusionSummary {
+    /// `adaptive` or `fixed` (plain RRF, `--fixed-weights`).
+    pub rule: &'static str,
+    /// What the embedding model declares.
+    pub model_languages: Option<LanguageSupport>,
+    /// Queries per detected language (ISO 639-3; `und` when undetected).
+    pub query_languages: BTreeMap<String, usize>,
+    /// Mean dense weight per query language (BM25's is always 1).
+    pub mean_dense_weight: BTreeMap<String, f32>,
+    /// Queries whose dense weight was below 1.
+    pub reduced: usize,
+}
+
+impl FusionSummary {
+    fn new(
+        fusion: Option<&AdaptiveFusion>,
+        weights: &[Option<FusionWeights>],
+        langs: &[String],
+    ) -> Self {
+        let mut query_languages = BTreeMap::new();
+        let mut sums: BTreeMap<String, (f32, usize)> = BTreeMap::new();
+        let mut reduced = 0;
+        for (w, l) in weights.iter().zip(langs) {
+            *query_languages.entry(l.clone()).or_insert(0) += 1;
+            let d = w.as_ref().map(|w| w.dense).unwrap_or(1.0);
+            let e = sums.entry(l.clone()).or_insert((0.0, 0));
+            e.0 += d;
+            e.1 += 1;
+            if d < 1.0 {
+                reduced += 1;
+            }
+        }
+        Self {
+            rule: if fusion.is_some() {
+                "adaptive"
+            } else {
+                "fixed"
+            },
+            model_languages: fusion.map(|f| f.support().clone()),
+            query_languages,
+            mean_dense_weight: sums
+                .into_iter()
+                .map(|(l, (s, n))| (l, s / n.max(1) as f32))
+                .collect(),
+            reduced,
+        }
+    }
+
+    fn print(&self) {
+        let model = match &self.model_languages {
+            None => "plain RRF (--fixed-weights)".to_string(),
+            Some(LanguageSupport::Unknown) => "model languages not declared".to_string(),
+            Some(LanguageSupport::Multilingual) => "multilingual model".to_string(),
+            Some(LanguageSupport::Only(l)) => format!("model declares {}", l.join(", ")),
+        };
+        let langs: Vec<String> = self
+            .query_languages
+            .iter()
+            .map(|(l, n)| {
+                format!(
+                    "{l} {n} (dense weight {:.2})",
+                    self.mean_dense_weight.get(l).copied().unwrap_or(1.0)
+                )
+            })
+            .collect();
+        println!(
+            "fusion: {} rule, {model}; queries: {}; {} queries with dense weight below 1",
+            self.rule,
+            langs.join(", "),
+            self.reduced
+        );
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod integrity;
 mod models;
 mod plugins;
 mod progress;
+mod search;
 mod serve;
 mod store;
 mod watch;
@@ -19,10 +20,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use magpie_core::{QueryPipeline, RunOptions};
+use magpie_core::RunOptions;
 use magpie_files::{DirectoryLoader, JsonlLoader};
 
-use engine::{Engine, Mode, ModelArgs, OpenOptions};
+use engine::{Engine, ModelArgs, OpenOptions};
 
 const AFTER_HELP: &str = "\
 Getting started:
@@ -130,23 +131,7 @@ Examples:
   docqa search \"中文查询\" --json
   docqa search \"ownership\" --filter source=book/ch04.md
   docqa search \"trial results\" --filter meta.year>=2020 --filter 'meta.lang=en|de'")]
-    Search {
-        /// What to look for.
-        query: String,
-        /// Retrieval mode.
-        #[arg(long, value_enum, default_value = "hybrid")]
-        mode: Mode,
-        /// Number of results.
-        #[arg(short, default_value_t = 5)]
-        k: usize,
-        /// Only chunks that pass: `source=PATH`, `doc=ID`, `meta.NAME=V` (`a|b` for any
-        /// of), `meta.NAME>=N` (also >, <, <=). Repeat to require several.
-        #[arg(long = "filter", value_name = "CLAUSE")]
-        filters: Vec<String>,
-        /// Print results as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Search(search::SearchArgs),
     /// Answer a question from the indexed documents with the local language model.
     #[command(after_help = "\
 Examples:
@@ -510,44 +495,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Search {
-            query,
-            mode,
-            k,
-            filters,
-            json,
-        } => {
-            let filter = magpie_core::Filter::parse_all(filters)?;
-            let engine = Engine::open(&cli.index, &cli.models, OpenOptions::search())?;
-            let pipeline = QueryPipeline::new(engine.retriever(*mode))
-                .top_k(*k)
-                .filter(filter);
-            let result = pipeline.search(query).await?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&result)?);
-                return Ok(());
-            }
-            if result.hits.is_empty() {
-                println!("No results for {query:?} ({} search).", mode.name());
-            }
-            for (i, h) in result.hits.iter().enumerate() {
-                let c = &h.chunk;
-                let heading = heading_suffix(&c.heading_path);
-                println!(
-                    "{}. {}{}  score {:.4}{}",
-                    i + 1,
-                    c.source,
-                    c.span.cite_suffix(),
-                    h.score,
-                    heading
-                );
-                let text = h.snippet.clone().unwrap_or_else(|| preview(&c.text, 240));
-                for line in text.lines().filter(|l| !l.trim().is_empty()).take(4) {
-                    println!("   {}", line.trim());
-                }
-            }
-            tracing::info!(ms = result.retrieval.as_secs_f64() * 1e3, "search took");
-        }
+        Command::Search(args) => search::run(args, &cli.index, &cli.models).await?,
         Command::Status(args) => integrity::status(&cli.index, &cli.models, args).await?,
         Command::Repair(args) => integrity::repair(&cli.index, &cli.models, args).await?,
         Command::CheckVectors { dir, dim } => integrity::check_vectors_child(dir, *dim).await?,

@@ -1,6 +1,7 @@
 //! magpie's own forward pass for BERT-family sentence encoders
 //! (all-MiniLM-L6-v2, bge-small, e5-small and the other models with BERT's
-//! layout) on the CPU.
+//! layout, and the XLM-RoBERTa family: bge-m3, multilingual-e5,
+//! paraphrase-multilingual) on the CPU.
 //!
 //! What it does differently from a general tensor library:
 //! - the sequences of a batch are concatenated, never padded: the linear
@@ -55,8 +56,12 @@ pub struct EncoderConfig {
     pub layers: usize,
     /// Layer norm epsilon.
     pub eps: f32,
-    /// Positions the model has embeddings for.
+    /// Positions a sequence may use (for RoBERTa models, the table's rows
+    /// after the padding offset).
     pub max_positions: usize,
+    /// Rows of the position table before position 0: RoBERTa models number
+    /// positions from the padding index + 1 (2 for XLM-R), BERT from 0.
+    pub position_offset: usize,
 }
 
 impl EncoderConfig {
@@ -78,13 +83,25 @@ impl EncoderConfig {
         if pos != "absolute" {
             return Err(format!("position embeddings {pos:?}"));
         }
+        let position_offset = if is_roberta(v) {
+            v["pad_token_id"].as_u64().unwrap_or(1) as usize + 1
+        } else {
+            0
+        };
+        let rows = get("max_position_embeddings")?;
+        if rows <= position_offset {
+            return Err(format!(
+                "{rows} position embeddings leave none after the padding offset {position_offset}"
+            ));
+        }
         let cfg = Self {
             hidden: get("hidden_size")?,
             heads: get("num_attention_heads")?,
             intermediate: get("intermediate_size")?,
             layers: get("num_hidden_layers")?,
             eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32,
-            max_positions: get("max_position_embeddings")?,
+            max_positions: rows - position_offset,
+            position_offset,
         };
         if cfg.heads == 0 || !cfg.hidden.is_multiple_of(cfg.heads) {
             return Err(format!(
@@ -94,6 +111,17 @@ impl EncoderConfig {
         }
         Ok(cfg)
     }
+}
+
+/// True for the RoBERTa layout (XLM-R, CamemBERT): positions offset by the
+/// padding index, weights under `roberta.`.
+pub fn is_roberta(config: &serde_json::Value) -> bool {
+    let ty = config["model_type"].as_str().unwrap_or_default();
+    matches!(ty, "roberta" | "xlm-roberta" | "camembert")
+        || config["architectures"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x.as_str().is_some_and(|s| s.contains("Roberta")))
+        })
 }
 
 struct Norm {
@@ -163,9 +191,9 @@ impl std::fmt::Debug for BertEncoder {
 pub type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
 impl BertEncoder {
-    /// Build from a model's tensors (names as in a BERT `model.safetensors`,
-    /// with or without the `bert.` prefix).
-    /// Build with `opts` (kernel family, precision).
+    /// Build from a model's tensors (names as in a BERT or RoBERTa
+    /// `model.safetensors`, with or without the `bert.`/`roberta.` prefix),
+    /// with `opts` (kernel family, precision).
     pub fn new(
         cfg: EncoderConfig,
         mut tensors: Tensors,
@@ -175,7 +203,13 @@ impl BertEncoder {
         let int8 = opts.int8;
         let mut t: Tensors = tensors
             .drain()
-            .map(|(k, v)| (k.strip_prefix("bert.").map(str::to_string).unwrap_or(k), v))
+            .map(|(k, v)| {
+                let bare = k
+                    .strip_prefix("bert.")
+                    .or_else(|| k.strip_prefix("roberta."))
+                    .map(str::to_string);
+                (bare.unwrap_or(k), v)
+            })
             .collect();
         let (h, i) = (cfg.hidden, cfg.intermediate);
         let word_shape = t
@@ -190,8 +224,9 @@ impl BertEncoder {
         let mut position = take(
             &mut t,
             "embeddings.position_embeddings.weight",
-            &[cfg.max_positions, h],
+            &[cfg.max_positions + cfg.position_offset, h],
         )?;
+        position.drain(..cfg.position_offset * h);
         let types = t
             .remove("embeddings.token_type_embeddings.weight")
             .map(|(_, v)| v)
