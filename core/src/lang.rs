@@ -60,7 +60,7 @@ impl LanguageSupport {
             return (1.0, "language not detected".into());
         };
         let declared = langs.join(",");
-        if langs.iter().any(|l| *l == d.lang) {
+        if langs.contains(&d.lang) {
             return (1.0, format!("{} is among the model's languages", d.lang));
         }
         if !langs

@@ -413,7 +413,7 @@ pub struct FusionSummary {
 }
 
 impl FusionSummary {
-    fn new(
+    pub fn new(
         fusion: Option<&AdaptiveFusion>,
         weights: &[Option<FusionWeights>],
         langs: &[String],
@@ -447,7 +447,7 @@ impl FusionSummary {
         }
     }
 
-    fn print(&self) {
+    pub fn print(&self) {
         let model = match &self.model_languages {
             None => "plain RRF (--fixed-weights)".to_string(),
             Some(LanguageSupport::Unknown) => "model languages not declared".to_string(),

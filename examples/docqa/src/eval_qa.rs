@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::engine::{Engine, Mode, ModelArgs, OpenOptions};
 use crate::eval::read_qrels;
+use crate::eval::FusionSummary;
 use crate::progress::{bar, BarProgress};
 
 #[derive(clap::Args, Debug)]
@@ -36,6 +37,9 @@ pub struct QaArgs {
     /// Print the summary (and every answer) as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also score each question language apart (for mixed corpora).
+    #[arg(long)]
+    pub langs: bool,
 }
 
 #[derive(Serialize)]
@@ -50,6 +54,10 @@ struct QaRow {
     gold_passage_cited: bool,
     prompt_tokens: usize,
     time_to_first_token_ms: f64,
+    /// The question's detected language (ISO 639-3; `und` when undetected).
+    language: String,
+    /// How hybrid fusion weighed the dense list for it (1 outside hybrid).
+    dense_weight: f32,
 }
 
 #[derive(Serialize)]
@@ -65,6 +73,10 @@ struct QaSummary {
     mean_prompt_tokens: f64,
     mean_time_to_first_token_ms: f64,
     mean_answer_seconds: f64,
+    fusion: FusionSummary,
+    /// Exact match and F1 per question language (with --langs).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    languages: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 fn is_cjk(c: char) -> bool {
@@ -246,11 +258,26 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
             ..GenerationOptions::greedy()
         },
     };
+    let fusion = (args.mode == Mode::Hybrid).then(|| engine.hybrid_with(engine.embedder.clone()));
     let pb = bar(n as u64, "answering", !args.json);
     let mut rows = Vec::new();
+    let mut weights = Vec::new();
     let t0 = std::time::Instant::now();
     for (id, question, answers, gold) in &picked {
         let ans = pipeline.answer(question, llm, &opts).await?;
+        // The weights fusion gave this question (the same retrieval again,
+        // explained; cheap beside the answer).
+        let w = match &fusion {
+            Some(h) => {
+                h.retrieve_explained(question, args.k, &magpie_core::Filter::none())
+                    .await?
+                    .1
+            }
+            None => None,
+        };
+        let language = magpie_core::detect_language(question)
+            .map(|d| d.lang)
+            .unwrap_or_else(|| "und".into());
         let text = strip_citations(&ans.text);
         let em = answers.iter().any(|g| normalize(g) == normalize(&text));
         let f1 = answers
@@ -277,7 +304,10 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
             gold_passage_cited: cited,
             prompt_tokens: ans.usage.prompt_tokens,
             time_to_first_token_ms: ans.timings.time_to_first_token_ms,
+            language,
+            dense_weight: w.as_ref().map(|w| w.dense).unwrap_or(1.0),
         });
+        weights.push(w);
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -295,6 +325,19 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
         mean_prompt_tokens: mean(&|r| r.prompt_tokens as f64),
         mean_time_to_first_token_ms: mean(&|r| r.time_to_first_token_ms),
         mean_answer_seconds: t0.elapsed().as_secs_f64() / nf,
+        fusion: FusionSummary::new(
+            fusion
+                .as_ref()
+                .map(|_| magpie_core::AdaptiveFusion::for_embedder(engine.embedder.clone()))
+                .as_ref(),
+            &weights,
+            &rows.iter().map(|r| r.language.clone()).collect::<Vec<_>>(),
+        ),
+        languages: if args.langs {
+            by_language(&rows)
+        } else {
+            Default::default()
+        },
     };
     if args.json {
         println!(
@@ -321,8 +364,41 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
             summary.mean_time_to_first_token_ms,
             summary.mean_answer_seconds
         )?;
+        summary.fusion.print();
+        for (lang, v) in &summary.languages {
+            writeln!(
+                o,
+                "  {lang}: {} questions, exact match {:.3}, token F1 {:.3}, gold passage given {:.3}",
+                v["questions"], v["exact_match"].as_f64().unwrap_or(0.0),
+                v["f1"].as_f64().unwrap_or(0.0),
+                v["retrieval_hit_rate"].as_f64().unwrap_or(0.0)
+            )?;
+        }
     }
     Ok(())
+}
+
+/// Exact match, F1 and retrieval hit rate per question language.
+fn by_language(rows: &[QaRow]) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut groups: std::collections::BTreeMap<String, Vec<&QaRow>> = Default::default();
+    for r in rows {
+        groups.entry(r.language.clone()).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(lang, rs)| {
+            let n = rs.len() as f64;
+            let mean = |f: &dyn Fn(&QaRow) -> f64| rs.iter().map(|r| f(r)).sum::<f64>() / n;
+            let v = serde_json::json!({
+                "questions": rs.len(),
+                "exact_match": mean(&|r| r.exact_match as u8 as f64),
+                "f1": mean(&|r| r.f1),
+                "retrieval_hit_rate": mean(&|r| r.gold_passage_retrieved as u8 as f64),
+                "mean_dense_weight": mean(&|r| r.dense_weight as f64),
+            });
+            (lang, v)
+        })
+        .collect()
 }
 
 #[cfg(test)]

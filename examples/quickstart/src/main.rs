@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use magpie_candle::BertEmbedder;
 use magpie_core::{
-    Catalog, DenseRetriever, HybridRetriever, IndexingPipeline, KeywordRetriever, NoProgress,
+    AdaptiveFusion, Catalog, DenseRetriever, HybridRetriever, IndexingPipeline, KeywordRetriever, NoProgress,
     QueryPipeline, Retriever, RunOptions,
 };
 use magpie_files::{DirectoryLoader, TokenSplitter};
@@ -52,11 +52,13 @@ async fn main() -> anyhow::Result<()> {
         report.indexed, report.chunks
     );
 
-    // Query: dense and BM25 in parallel, fused by reciprocal rank.
+    // Query: dense and BM25 in parallel, fused by reciprocal rank, the dense
+    // list weighed by the languages the model covers.
     let hybrid = HybridRetriever::new(vec![
-        Arc::new(DenseRetriever::new(embedder, vectors)) as Arc<dyn Retriever>,
+        Arc::new(DenseRetriever::new(embedder.clone(), vectors)) as Arc<dyn Retriever>,
         Arc::new(KeywordRetriever::new(keywords)),
-    ]);
+    ])
+    .adaptive(AdaptiveFusion::for_embedder(embedder));
     let result = QueryPipeline::new(Arc::new(hybrid))
         .top_k(3)
         .search(&question)
