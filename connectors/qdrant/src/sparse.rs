@@ -5,12 +5,15 @@
 //! then `Σ idf(t) · tf(t)·(k1+1) / (tf(t) + k1·(1 − b + b·len/avg_len))`, BM25
 //! with a fixed average length (the server does not know the corpus' average).
 //!
-//! Terms are words lower-cased, English stop words dropped, Snowball-stemmed,
-//! and hashed to 32-bit ids (FNV-1a), so both sides agree without a vocabulary.
+//! Terms are those of the embedded keyword store's analyzer
+//! ([`magpie_tantivy::tokenizer::analyzer`]: words lower-cased, English stop
+//! words dropped and Snowball-stemmed, Chinese segmented by jieba, Japanese
+//! and Korean as bigrams), hashed to 32-bit ids (FNV-1a), so both sides agree
+//! without a vocabulary and the two stores match the same terms.
 
 use std::collections::BTreeMap;
 
-use rust_stemmers::{Algorithm, Stemmer};
+use tantivy::tokenizer::TextAnalyzer;
 
 /// The BM25 parameters of the sparse encoding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,16 +53,10 @@ impl SparseVec {
     }
 }
 
-const STOP_WORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
-    "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these",
-    "they", "this", "to", "was", "will", "with",
-];
-
 /// Turns text into BM25 sparse vectors (documents) and term sets (queries).
 pub struct Bm25Encoder {
     params: Bm25Params,
-    stemmer: Stemmer,
+    analyzer: TextAnalyzer,
 }
 
 impl std::fmt::Debug for Bm25Encoder {
@@ -91,7 +88,7 @@ impl Bm25Encoder {
     pub fn new(params: Bm25Params) -> Self {
         Self {
             params,
-            stemmer: Stemmer::create(Algorithm::English),
+            analyzer: magpie_tantivy::tokenizer::analyzer(),
         }
     }
 
@@ -100,14 +97,9 @@ impl Bm25Encoder {
         self.params
     }
 
-    /// The terms of `text`, in order (lower-cased, stop words out, stemmed).
+    /// The terms of `text`, as the keyword store's analyzer gives them.
     pub fn terms(&self, text: &str) -> Vec<String> {
-        text.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty() && w.chars().count() <= 40)
-            .map(str::to_lowercase)
-            .filter(|w| !STOP_WORDS.contains(&w.as_str()))
-            .map(|w| self.stemmer.stem(&w).into_owned())
-            .collect()
+        magpie_tantivy::tokenizer::terms(&mut self.analyzer.clone(), text)
     }
 
     /// The sparse vector of a chunk.
@@ -193,5 +185,21 @@ mod tests {
         assert_eq!(q.indices.len(), 2);
         assert_eq!(q.values, [1.0, 1.0]);
         assert!(e.query("the and of").is_empty());
+    }
+
+    #[test]
+    fn chinese_japanese_and_korean_are_segmented_like_the_keyword_store() {
+        let e = Bm25Encoder::default();
+        let zh = e.terms("长城修筑的历史");
+        assert!(
+            zh.contains(&"长城".to_string()) && zh.contains(&"历史".to_string()),
+            "{zh:?}"
+        );
+        assert!(e.terms("東京の天気").contains(&"天気".to_string()));
+        assert!(e.terms("서울에서").contains(&"서울".to_string()));
+        // a query shares terms with a document that holds its words
+        let doc = e.document("长城是中国古代的军事防御工程，长城修筑的历史可上溯到西周时期。");
+        let q = e.query("长城的历史");
+        assert!(q.indices.iter().all(|i| doc.indices.contains(i)), "{q:?}");
     }
 }

@@ -170,6 +170,29 @@ fn filters_and_moving_an_index_to_qdrant_and_back() {
         let status = json(&run_ok(docqa(&idx).args(["status", "--json"])));
         assert_eq!(status["consistent"], true, "{status}");
 
+        // A Chinese query with the English-only default model: the server's
+        // hybrid gives way to BM25's order (adaptive fusion, dense weight 0).
+        std::fs::write(
+            corpus.join("changcheng.txt"),
+            "长城是中国古代的军事防御工程，长城修筑的历史可上溯到西周时期。",
+        )
+        .unwrap();
+        std::fs::write(
+            corpus.join("gugong.txt"),
+            "故宫是中国明清两代的皇家宫殿，旧称紫禁城，位于北京中轴线的中心，长城以南。",
+        )
+        .unwrap();
+        run_ok(docqa(&idx).args(["index", "--json"]).arg(&corpus));
+        let q = "长城修筑的历史";
+        let bm25 = search(&idx, "bm25", q, &[]);
+        assert_eq!(bm25[0].0, src("changcheng.txt"), "{bm25:?}");
+        let hybrid = search(&idx, "hybrid", q, &[]);
+        assert_eq!(
+            &hybrid[..bm25.len()],
+            &bm25[..],
+            "hybrid strays from BM25's order"
+        );
+
         // And back to embedded, replacing the stale embedded copy.
         let out =
             run_ok(docqa(&idx).args(["store", "copy", "--quiet", "--to", "embedded", "--replace"]));

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use magpie_candle::BertEmbedder;
 use magpie_core::{
-    AdaptiveFusion, Catalog, DenseRetriever, HybridRetriever, IndexingPipeline, KeywordRetriever, NoProgress,
-    QueryPipeline, Retriever, RunOptions,
+    AdaptiveFusion, Catalog, DenseRetriever, HybridRetriever, IndexingPipeline, KeywordRetriever,
+    NoProgress, QueryPipeline, Retriever, RunOptions,
 };
 use magpie_files::{DirectoryLoader, TokenSplitter};
 use magpie_qdrant::EdgeStore;
