@@ -332,26 +332,7 @@ impl QueryPipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Chunk;
-
-    fn hit(id: &str, text: &str) -> Hit {
-        Hit {
-            chunk: Chunk {
-                id: id.into(),
-                doc_id: format!("d{id}"),
-                doc_hash: "h".into(),
-                source: format!("{id}.md"),
-                index: 0,
-                text: text.into(),
-                span: Span::default(),
-                heading_path: vec![],
-                title: None,
-                metadata: Default::default(),
-            },
-            score: 1.0,
-            snippet: None,
-        }
-    }
+    use crate::types::test_hit as hit;
 
     fn words(t: &str) -> Result<usize> {
         Ok(t.split_whitespace().count())

@@ -193,26 +193,7 @@ pub fn agreement(a: &[Hit], b: &[Hit]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Chunk, Span};
-
-    fn hit(id: &str, text: &str) -> Hit {
-        Hit {
-            chunk: Chunk {
-                id: id.into(),
-                doc_id: "d".into(),
-                doc_hash: "h".into(),
-                source: "s".into(),
-                index: 0,
-                text: text.into(),
-                span: Span::default(),
-                heading_path: vec![],
-                title: None,
-                metadata: Default::default(),
-            },
-            score: 1.0,
-            snippet: None,
-        }
-    }
+    use crate::types::test_hit as hit;
 
     const ZH: &str = "北京是中华人民共和国的首都，也是全国的政治和文化中心。";
     const EN: &str = "Vitamin D deficiency is associated with an increased risk of fractures.";

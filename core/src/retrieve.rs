@@ -346,24 +346,11 @@ impl QueryPipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Chunk, Span};
 
     fn hit(id: &str, score: f32) -> Hit {
         Hit {
-            chunk: Chunk {
-                id: id.into(),
-                doc_id: format!("doc-{id}"),
-                doc_hash: "h".into(),
-                source: format!("{id}.txt"),
-                index: 0,
-                text: id.into(),
-                span: Span::default(),
-                heading_path: vec![],
-                title: None,
-                metadata: Default::default(),
-            },
             score,
-            snippet: None,
+            ..crate::types::test_hit(id, id)
         }
     }
 

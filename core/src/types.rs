@@ -173,6 +173,28 @@ pub struct Hit {
     pub snippet: Option<String>,
 }
 
+/// A hit on a chunk `id` holding `text` (document `d{id}`, source `{id}.md`,
+/// score 1), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_hit(id: &str, text: &str) -> Hit {
+    Hit {
+        chunk: Chunk {
+            id: id.into(),
+            doc_id: format!("d{id}"),
+            doc_hash: "h".into(),
+            source: format!("{id}.md"),
+            index: 0,
+            text: text.into(),
+            span: Span::default(),
+            heading_path: vec![],
+            title: None,
+            metadata: Default::default(),
+        },
+        score: 1.0,
+        snippet: None,
+    }
+}
+
 /// Stable document id for a source uri.
 pub fn doc_id_for(uri: &str) -> String {
     let h = blake3::hash(uri.as_bytes());

@@ -8,26 +8,9 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{docqa, json, run_ok};
-
-fn shared_data(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("MAGPIE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::root().join("../shared/data"))
-        .join(name);
-    if dir.exists() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "\n!!!!!!!!!! SKIPPED: evaluation data {} is absent; this test measured nothing !!!!!!!!!!\n",
-        dir.display()
-    );
-    println!("{msg}");
-    eprintln!("{msg}");
-    None
-}
 
 fn lines(p: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(p)
@@ -85,8 +68,10 @@ fn take(
 
 #[test]
 fn hybrid_is_never_worse_than_its_best_part_in_either_language() {
-    let (Some(scifact), Some(cmrc)) = (shared_data("scifact"), shared_data("cmrc2018-dev/beir"))
-    else {
+    let (Some(scifact), Some(cmrc)) = (
+        magpie_tests::shared_data("scifact"),
+        magpie_tests::shared_data("cmrc2018-dev/beir"),
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
