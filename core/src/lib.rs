@@ -21,6 +21,8 @@ pub mod integrity;
 pub mod lang;
 pub mod metrics;
 pub mod retrieve;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tools;
 pub mod traits;
 pub mod types;
