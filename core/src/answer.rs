@@ -327,6 +327,38 @@ impl QueryPipeline {
             .await?;
         Ok(prepared.finish(done.text, done.summary))
     }
+
+    /// [`Self::answer`], calling `on_text` with each piece of text as the
+    /// generator produces it.
+    pub async fn answer_streaming(
+        &self,
+        question: &str,
+        generator: &dyn Generator,
+        opts: &AnswerOptions,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Answer> {
+        use futures::StreamExt;
+        let prepared = self.prepare_answer(question, generator, opts).await?;
+        let mut stream = generator
+            .generate(prepared.prompt.clone(), prepared.options.clone())
+            .await?;
+        let mut text = String::new();
+        while let Some(ev) = stream.next().await {
+            match ev? {
+                crate::generate::GenerationEvent::Delta { text: t } => {
+                    on_text(&t);
+                    text.push_str(&t);
+                }
+                crate::generate::GenerationEvent::Done(summary) => {
+                    return Ok(prepared.finish(text, summary));
+                }
+            }
+        }
+        Err(Error::stage(
+            "generator",
+            "the stream ended without a summary",
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use magpie_core::{
 };
 use serde::Serialize;
 
-use crate::engine::{Engine, Mode, ModelArgs, OpenOptions};
+use crate::engine::{Mode, ModelArgs, OpenOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct AskArgs {
@@ -67,10 +67,10 @@ pub async fn ask(
     plugin_args: &crate::plugins::PluginArgs,
     args: &AskArgs,
 ) -> Result<()> {
-    let engine = Engine::open(index, models, OpenOptions::search())?;
+    let engine = crate::engine::open(index, models, OpenOptions::search())?;
     let llm = models.load_generator()?;
     let llm = llm.as_ref();
-    let pipeline = QueryPipeline::new(engine.retriever(args.mode))
+    let pipeline = QueryPipeline::new(engine.retriever(args.mode.into()))
         .top_k(args.k)
         .filter(magpie_core::Filter::parse_all(&args.filters)?);
     let opts = AnswerOptions {
@@ -92,7 +92,7 @@ pub async fn ask(
     }
     if args.tools {
         let search = std::sync::Arc::new(crate::plugins::IndexSearch::new(
-            engine.retriever(args.mode),
+            engine.retriever(args.mode.into()),
         ));
         let host = crate::plugins::open_host(plugin_args, Some(search)).await?;
         let moss = magpie_core::MossFormat;

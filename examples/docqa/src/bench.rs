@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::engine::{Engine, ModelArgs, OpenOptions};
+use crate::engine::{ModelArgs, OpenOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct EmbedBenchArgs {
@@ -124,7 +124,7 @@ pub async fn ingest(args: &IngestBenchArgs, models: &ModelArgs) -> Result<()> {
     }
     std::fs::write(&corpus, lines.join("\n") + "\n")?;
     let t = Instant::now();
-    let engine = Engine::open(
+    let engine = crate::engine::open(
         &tmp.path().join("index"),
         models,
         OpenOptions {

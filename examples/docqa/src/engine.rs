@@ -1,85 +1,15 @@
-//! Opening an index directory: its settings, the embedder, both stores and the catalog.
+//! Opening an index from the command line: docqa's flags become the
+//! facade's [`magpie::Models`] and [`magpie::OpenOptions`], and the facade's
+//! errors gain the command or flag that fixes them. What an index is (its
+//! layout, settings and stores) lives in the `magpie` crate.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
-use magpie_candle::BertEmbedder;
-use magpie_core::{
-    AdaptiveFusion, Catalog, DenseRetriever, Embedder, HybridRetriever, IndexingPipeline,
-    KeywordRetriever, KeywordStore, Retriever, Splitter, VectorStore,
-};
-use magpie_files::TokenSplitter;
-use magpie_qdrant::{EdgeStore, QdrantHybridRetriever, QdrantKeywords, QdrantStore, RemoteConfig};
-use magpie_tantivy::TantivyStore;
-use serde::{Deserialize, Serialize};
+use anyhow::{anyhow, Result};
+use magpie::{Models, SearchMode};
+use serde::Serialize;
 
-/// Settings fixed when an index is created, stored as `magpie.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IndexSettings {
-    pub format: u32,
-    pub embedding_model: String,
-    pub dimension: usize,
-    pub chunk_tokens: usize,
-    pub overlap_tokens: usize,
-    /// Where the vectors live: absent for the embedded stores under the index
-    /// directory, else a Qdrant URL (`qdrant+grpc://host:6334/collection`, no key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store: Option<String>,
-}
-
-/// Which store an index uses: the embedded pair, or a Qdrant collection.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreSpec {
-    /// qdrant-edge and tantivy under the index directory.
-    Embedded,
-    /// A Qdrant server or cluster.
-    Remote(RemoteConfig),
-}
-
-impl StoreSpec {
-    /// Parse `embedded` or a `qdrant+grpc(s)://` URL.
-    pub fn parse(s: &str) -> Result<Self> {
-        let s = s.trim();
-        if s.is_empty() || s == "embedded" {
-            return Ok(StoreSpec::Embedded);
-        }
-        if RemoteConfig::is_remote(s) {
-            return Ok(StoreSpec::Remote(RemoteConfig::parse(s)?));
-        }
-        bail!(
-            "store {s:?} is not known: use `embedded` (the default, under --index) or \
-             qdrant+grpc://HOST:6334/COLLECTION (qdrant+grpcs:// for TLS)"
-        )
-    }
-
-    /// As recorded in `magpie.json` (`None` for embedded).
-    pub fn recorded(&self) -> Option<String> {
-        match self {
-            StoreSpec::Embedded => None,
-            StoreSpec::Remote(c) => Some(c.display_url()),
-        }
-    }
-
-    /// For messages.
-    pub fn describe(&self) -> String {
-        self.recorded().unwrap_or_else(|| "embedded".into())
-    }
-}
-
-/// Run `f` to completion from synchronous code inside the runtime.
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| h.block_on(f))
-        }
-        _ => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(f),
-    }
-}
+pub use magpie::{block_on, Index as Engine, IndexSettings, OpenOptions, StoreSpec};
 
 /// Retrieval mode for `search` and `eval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -148,11 +78,37 @@ pub struct ModelArgs {
     pub store: Option<String>,
 }
 
+impl From<Mode> for SearchMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Hybrid => SearchMode::Hybrid,
+            Mode::Dense => SearchMode::Dense,
+            Mode::Bm25 => SearchMode::Bm25,
+        }
+    }
+}
+
 impl ModelArgs {
+    /// The facade's model choice from the flags.
+    pub fn models(&self) -> Models {
+        Models {
+            dir: self.models_dir.clone(),
+            embedder: self.embed_model.clone(),
+            int8: self.embed_precision == "int8",
+            llm: self.llm.clone(),
+            llm_model: self.llm_model.clone(),
+            llm_api_key: std::env::var("MAGPIE_LLM_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
+            context: self.ctx,
+        }
+    }
+
+    /// The embedding model's path or hub id.
     pub fn embed_spec(&self) -> String {
         self.embed_model.clone().unwrap_or_else(|| {
             self.models_dir
-                .join(crate::models::MINILM_DIR)
+                .join(magpie::models::DEFAULT_EMBEDDER_DIR)
                 .to_string_lossy()
                 .into_owned()
         })
@@ -161,342 +117,91 @@ impl ModelArgs {
     /// The language model as a generator: a remote server when `--llm` is an
     /// http(s) URL (API key from MAGPIE_LLM_API_KEY), else the local model.
     pub fn load_generator(&self) -> Result<std::sync::Arc<dyn magpie_core::Generator>> {
-        if let Some(url) = self
-            .llm
-            .as_deref()
-            .filter(|s| s.starts_with("http://") || s.starts_with("https://"))
-        {
-            let mut cfg = magpie_web::OpenAiConfig::new(url, self.llm_model.clone());
-            if let Some(k) = std::env::var("MAGPIE_LLM_API_KEY")
-                .ok()
-                .filter(|k| !k.is_empty())
-            {
-                cfg = cfg.api_key(k);
-            }
-            if let Some(ctx) = self.ctx {
-                cfg.context_length = ctx;
-            }
-            tracing::info!(%url, model = %self.llm_model, "using a remote language model");
-            return Ok(std::sync::Arc::new(magpie_web::OpenAiGenerator::new(cfg)?));
-        }
-        Ok(std::sync::Arc::new(self.load_llm()?))
+        self.models().load_generator().map_err(hint)
     }
 
     /// Load the local language model (`--llm`, else the default GGUF).
     pub fn load_llm(&self) -> Result<magpie_candle::LocalLlm> {
-        if self
-            .llm
-            .as_deref()
-            .is_some_and(|s| s.starts_with("http://") || s.starts_with("https://"))
-        {
-            bail!("this command needs a local model file; a server URL works with ask, serve and eval qa");
+        let models = self.models();
+        if models.llm_is_remote() {
+            anyhow::bail!("this command needs a local model file; a server URL works with ask, serve and eval qa");
         }
-        let path = match &self.llm {
-            Some(spec) => magpie_candle::resolve_gguf(spec)?,
-            None => {
-                let p = self.models_dir.join(crate::models::GEMMA_FILE);
-                if !p.exists() {
-                    bail!(
-                        "the default language model is not installed in {}: run `docqa models fetch llm` \
-                         (or pass --llm <file.gguf|hub-id>)",
-                        self.models_dir.display()
-                    );
-                }
-                p
-            }
-        };
-        let t = std::time::Instant::now();
-        let llm = magpie_candle::LocalLlm::load(
-            &path,
-            magpie_candle::LlmOptions {
-                context_window: self.ctx,
-                ..Default::default()
-            },
-        )
-        .with_context(|| format!("loading the language model {}", path.display()))?;
-        tracing::info!(model = %path.display(), secs = t.elapsed().as_secs_f64(), "language model loaded");
-        Ok(llm)
+        models.load_llm().map_err(hint)
     }
 
     /// Load the embedding model: `--embed-model` if given, else the hub model an
     /// existing index was built with (when it is in the local hub cache), else the default.
-    pub fn load_embedder(&self, recorded: Option<&str>) -> Result<BertEmbedder> {
-        if self.embed_model.is_none() {
-            if let Some(id) = recorded.filter(|id| id.contains('/')) {
-                if magpie_candle::resolve_model_dir(id).is_ok() {
-                    return self
-                        .embedder_builder(id)
-                        .build()
-                        .context("loading the embedding model");
-                }
-            }
-        }
-        let spec = self.embed_spec();
-        if self.embed_model.is_none() && !Path::new(&spec).exists() {
-            bail!(
-                "the default embedding model is not installed in {}: run `docqa models fetch` first \
-                 (or pass --embed-model <dir|hub-id>)",
-                self.models_dir.display()
-            );
-        }
-        self.embedder_builder(&spec)
-            .build()
-            .context("loading the embedding model")
-    }
-
-    fn embedder_builder(&self, spec: &str) -> magpie_candle::BertEmbedderBuilder {
-        BertEmbedder::builder(spec).int8(self.embed_precision == "int8")
+    pub fn load_embedder(&self, recorded: Option<&str>) -> Result<magpie_candle::BertEmbedder> {
+        self.models()
+            .load_embedder(recorded)
+            .map_err(|e| hint(e).context("loading the embedding model"))
     }
 }
 
-/// An open index: settings, embedder, stores.
-pub struct Engine {
-    pub dir: PathBuf,
-    pub settings: IndexSettings,
-    pub embedder: Arc<BertEmbedder>,
-    pub vectors: Arc<dyn VectorStore>,
-    pub keywords: Arc<dyn KeywordStore>,
-    /// The Qdrant collection, when the index lives in one.
-    pub remote: Option<Arc<QdrantStore>>,
-}
-
-#[derive(Default)]
-pub struct OpenOptions {
-    pub create: bool,
-    pub chunk_tokens: Option<usize>,
-    pub overlap_tokens: Option<usize>,
-    pub read_only: bool,
-    /// Weight of title matches in BM25 (default: the store's).
-    pub title_boost: Option<f32>,
-    /// The store asked for (`--store`); default: the one the index records.
-    pub store: Option<String>,
-}
-
-impl OpenOptions {
-    /// Open an existing index for searching.
-    pub fn search() -> Self {
-        Self {
-            read_only: true,
-            ..Self::default()
-        }
-    }
-
-    /// Open an index for writing, creating it if needed.
-    pub fn index() -> Self {
-        Self {
-            create: true,
-            ..Self::default()
-        }
-    }
-}
-
-impl Engine {
-    pub fn open(dir: &Path, models: &ModelArgs, opts: OpenOptions) -> Result<Self> {
-        let settings_path = dir.join("magpie.json");
-        let existing = read_settings(dir)?;
-        if existing.is_none() && !opts.create {
-            bail!(
-                "no index at {}: run `docqa index <path>` first (or pass --index <dir>)",
-                dir.display()
-            );
-        }
-        let embedder =
-            Arc::new(models.load_embedder(existing.as_ref().map(|s| s.embedding_model.as_str()))?);
-        let settings = match existing {
-            Some(s) => {
-                if s.embedding_model != embedder.model_id() || s.dimension != embedder.dimension() {
-                    bail!(
-                        "the index at {} was built with embedding model {:?} ({} dims) but {:?} is loaded; \
-                         pass --embed-model for that model, or use another --index",
-                        dir.display(),
-                        s.embedding_model,
-                        s.dimension,
-                        embedder.model_id()
-                    );
-                }
-                for (name, asked, have) in [
-                    ("--chunk-tokens", opts.chunk_tokens, s.chunk_tokens),
-                    ("--overlap", opts.overlap_tokens, s.overlap_tokens),
-                ] {
-                    if asked.is_some_and(|a| a != have) {
-                        bail!(
-                            "the index at {} uses {name} {have}; to change it, index into a new --index directory",
-                            dir.display()
-                        );
-                    }
-                }
-                s
-            }
-            None => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating the index directory {}", dir.display()))?;
-                let s = IndexSettings {
-                    format: 1,
-                    embedding_model: embedder.model_id().to_string(),
-                    dimension: embedder.dimension(),
-                    chunk_tokens: opts.chunk_tokens.unwrap_or(200),
-                    overlap_tokens: opts.overlap_tokens.unwrap_or(40),
-                    store: match opts.store.as_deref().or(models.store.as_deref()) {
-                        Some(s) => StoreSpec::parse(s)?.recorded(),
-                        None => None,
-                    },
-                };
-                s
-            }
-        };
-        let new_index = !settings_path.exists();
-        let spec = resolve_store(
-            dir,
-            &settings,
-            opts.store.as_deref().or(models.store.as_deref()),
-        )?;
-        let (vectors, keywords, remote) = match spec {
-            StoreSpec::Embedded => {
-                // The embedded stores map their files: opening them on a full
-                // disk would crash the process, so refuse with a message first.
-                magpie_core::guard::ensure_free_space(
-                    dir,
-                    magpie_core::guard::MIN_FREE_TO_OPEN,
-                    "opening the index",
-                )?;
-                let vectors = Arc::new(EdgeStore::open(dir.join("vectors"), settings.dimension)?);
-                let keywords = if opts.read_only {
-                    TantivyStore::open_read_only(dir.join("keywords"))?
-                } else {
-                    TantivyStore::open(dir.join("keywords"))?
-                };
-                let keywords = Arc::new(
-                    keywords.with_title_boost(
-                        opts.title_boost
-                            .unwrap_or(magpie_tantivy::DEFAULT_TITLE_BOOST),
-                    ),
-                );
-                (
-                    vectors as Arc<dyn VectorStore>,
-                    keywords as Arc<dyn KeywordStore>,
-                    None,
-                )
-            }
-            StoreSpec::Remote(cfg) => {
-                let url = cfg.display_url();
-                let store = Arc::new(
-                    block_on(QdrantStore::connect(cfg, settings.dimension))
-                        .with_context(|| format!("opening the Qdrant store {url}"))?,
-                );
-                tracing::info!(%url, "vectors in Qdrant");
-                (
-                    store.clone() as Arc<dyn VectorStore>,
-                    Arc::new(QdrantKeywords(store.clone())) as Arc<dyn KeywordStore>,
-                    Some(store),
-                )
-            }
-        };
-        if new_index {
-            // Recorded once the stores opened, so a mistyped store URL leaves no index behind.
-            magpie_core::atomic_write(&settings_path, &serde_json::to_vec_pretty(&settings)?)?;
-        }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            settings,
-            embedder,
-            vectors,
-            keywords,
-            remote,
-        })
-    }
-
-    pub fn splitter(&self) -> Arc<dyn Splitter> {
-        Arc::new(
-            TokenSplitter::new(self.embedder.token_counter())
-                .chunk_tokens(self.settings.chunk_tokens)
-                .overlap_tokens(self.settings.overlap_tokens),
-        )
-    }
-
-    pub fn pipeline(&self) -> Result<IndexingPipeline> {
-        let catalog = Catalog::open(self.dir.join("catalog.json"))?;
-        Ok(IndexingPipeline::new(
-            self.splitter(),
-            self.embedder.clone() as Arc<dyn Embedder>,
-            self.vectors.clone(),
-            self.keywords.clone(),
-            catalog,
-        )
-        .storage_dir(&self.dir))
-    }
-
-    pub fn bm25(&self) -> KeywordRetriever {
-        KeywordRetriever::new(self.keywords.clone())
-    }
-
-    pub fn retriever(&self, mode: Mode) -> Arc<dyn Retriever> {
-        self.retriever_with(mode, self.embedder.clone())
-    }
-
-    /// Dense and BM25 fused here, weighed per query by adaptive fusion.
-    pub fn hybrid_with(&self, queries: Arc<dyn Embedder>) -> HybridRetriever {
-        HybridRetriever::new(vec![
-            Arc::new(DenseRetriever::new(queries.clone(), self.vectors.clone()))
-                as Arc<dyn Retriever>,
-            Arc::new(self.bm25()) as Arc<dyn Retriever>,
-        ])
-        .adaptive(AdaptiveFusion::for_embedder(queries))
-    }
-
-    /// A retriever whose queries are embedded by `queries` (the server's batching embedder).
-    pub fn retriever_with(&self, mode: Mode, queries: Arc<dyn Embedder>) -> Arc<dyn Retriever> {
-        let dense = || DenseRetriever::new(queries.clone(), self.vectors.clone());
-        match mode {
-            Mode::Dense => Arc::new(dense()),
-            Mode::Bm25 => Arc::new(self.bm25()),
-            // A cluster fuses dense and BM25 itself, in one request.
-            Mode::Hybrid if self.remote.is_some() => Arc::new(
-                QdrantHybridRetriever::new(queries.clone(), self.remote.clone().expect("checked"))
-                    .adaptive(AdaptiveFusion::for_embedder(queries)),
-            ),
-            Mode::Hybrid => Arc::new(self.hybrid_with(queries)),
-        }
-    }
+/// Open the index in `dir` with the flags' models; errors say which command
+/// or flag fixes them.
+pub fn open(dir: &Path, models: &ModelArgs, opts: OpenOptions) -> Result<Engine> {
+    let opts = OpenOptions {
+        store: opts.store.or_else(|| models.store.clone()),
+        ..opts
+    };
+    Engine::open_with(dir, &models.models(), opts).map_err(hint)
 }
 
 /// The settings of the index in `dir`, if there is one.
 pub fn read_settings(dir: &Path) -> Result<Option<IndexSettings>> {
-    let settings_path = dir.join("magpie.json");
-    match std::fs::read(&settings_path) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-            format!(
-                "{} is damaged: `docqa repair` writes it again (with --embed-model, \
-                 --chunk-tokens and --overlap if the index was not made with the defaults)",
-                settings_path.display()
-            )
-        })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", settings_path.display())),
-    }
+    IndexSettings::read(dir).map_err(hint)
 }
 
-/// The store an index uses: `--store` when given (it must match what the index
-/// records), else the recorded one.
-fn resolve_store(dir: &Path, settings: &IndexSettings, asked: Option<&str>) -> Result<StoreSpec> {
-    let recorded = match &settings.store {
-        Some(url) => StoreSpec::parse(url)?,
-        None => StoreSpec::Embedded,
-    };
-    let Some(asked) = asked else {
-        return Ok(recorded);
-    };
-    let asked = StoreSpec::parse(asked)?;
-    if asked.recorded() != recorded.recorded() {
-        bail!(
-            "the index at {} keeps its vectors in {}, not {}; to move it there, run \
-             `docqa --index {} store copy --to {}`",
+/// The facade's error, with what to run or pass to fix it.
+pub fn hint(e: magpie::Error) -> anyhow::Error {
+    use magpie::Error as E;
+    match e {
+        E::NoIndex { dir } => anyhow!(
+            "no index at {}: run `docqa index <path>` first (or pass --index <dir>)",
+            dir.display()
+        ),
+        e @ E::ModelMismatch { .. } => {
+            anyhow!("{e}; pass --embed-model for that model, or use another --index")
+        }
+        E::SettingMismatch { dir, setting, have } => {
+            let flag = if setting == "chunk_tokens" {
+                "--chunk-tokens"
+            } else {
+                "--overlap"
+            };
+            anyhow!(
+                "the index at {} uses {flag} {have}; to change it, index into a new --index directory",
+                dir.display()
+            )
+        }
+        E::StoreMismatch {
+            dir,
+            recorded,
+            asked,
+        } => anyhow!(
+            "the index at {} keeps its vectors in {recorded}, not {asked}; to move it there, run \
+             `docqa --index {} store copy --to {asked}`",
             dir.display(),
-            recorded.describe(),
-            asked.describe(),
-            dir.display(),
-            asked.describe()
-        );
+            dir.display()
+        ),
+        e @ E::Damaged { .. } => anyhow!(
+            "{e}: `docqa repair` writes it again (with --embed-model, --chunk-tokens and \
+             --overlap if the index was not made with the defaults)"
+        ),
+        E::ModelMissing {
+            what: "language model",
+            dir,
+        } => anyhow!(
+            "the default language model is not installed in {}: run `docqa models fetch llm` \
+             (or pass --llm <file.gguf|hub-id>)",
+            dir.display()
+        ),
+        E::ModelMissing { what, dir } => anyhow!(
+            "the default {what} is not installed in {}: run `docqa models fetch` first \
+             (or pass --embed-model <dir|hub-id>)",
+            dir.display()
+        ),
+        other => anyhow::Error::from(other),
     }
-    // Same place; the flag's options (ordering, batch size, retries) apply.
-    Ok(asked)
 }

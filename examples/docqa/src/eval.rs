@@ -13,7 +13,7 @@ use magpie_core::{
 use magpie_files::JsonlLoader;
 use serde::Serialize;
 
-use crate::engine::{Engine, Mode, ModelArgs, OpenOptions};
+use crate::engine::{Mode, ModelArgs, OpenOptions};
 use crate::progress::{bar, BarProgress};
 
 /// Relevance judgements: query id → (doc id → grade).
@@ -156,7 +156,7 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
     let index_dir = index
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(".magpie-eval").join(&name));
-    let engine = Engine::open(
+    let engine = crate::engine::open(
         &index_dir,
         models,
         OpenOptions {

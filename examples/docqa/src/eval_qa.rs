@@ -10,7 +10,7 @@ use magpie_core::{AnswerOptions, GenerationOptions, QueryPipeline, RunOptions};
 use magpie_files::JsonlLoader;
 use serde::Serialize;
 
-use crate::engine::{Engine, Mode, ModelArgs, OpenOptions};
+use crate::engine::{Mode, ModelArgs, OpenOptions};
 use crate::eval::read_qrels;
 use crate::eval::FusionSummary;
 use crate::progress::{bar, BarProgress};
@@ -187,7 +187,7 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
     }
     let subset = work.join("corpus.jsonl");
     std::fs::write(&subset, lines.join("\n") + "\n")?;
-    let engine = Engine::open(&work.join("index"), models, OpenOptions::index())?;
+    let engine = crate::engine::open(&work.join("index"), models, OpenOptions::index())?;
     {
         let mut pipeline = engine.pipeline()?;
         let progress = BarProgress::new(!args.json);
@@ -248,7 +248,7 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
 
     let llm = models.load_generator()?;
     let llm = llm.as_ref();
-    let pipeline = QueryPipeline::new(engine.retriever(args.mode)).top_k(args.k);
+    let pipeline = QueryPipeline::new(engine.retriever(args.mode.into())).top_k(args.k);
     let opts = AnswerOptions {
         k: args.k,
         max_context_tokens: 1000,

@@ -20,6 +20,7 @@ use magpie_tantivy::TantivyStore;
 use serde_json::json;
 
 use crate::engine::{read_settings, Engine, IndexSettings, ModelArgs, OpenOptions};
+use magpie::Layout;
 
 /// `docqa status`.
 #[derive(clap::Args, Debug)]
@@ -63,11 +64,15 @@ pub struct RepairArgs {
 }
 
 fn vectors_dir(index: &Path) -> PathBuf {
-    index.join("vectors")
+    Layout::new(index).vectors()
 }
 
 fn keywords_dir(index: &Path) -> PathBuf {
-    index.join("keywords")
+    Layout::new(index).keywords()
+}
+
+fn catalog_path(index: &Path) -> PathBuf {
+    Layout::new(index).catalog()
 }
 
 /// The hidden `docqa __check-vectors DIR DIM`: open the embedded vector store,
@@ -150,7 +155,7 @@ pub async fn status(index: &Path, models: &ModelArgs, args: &StatusArgs) -> Resu
     if args.verify {
         return verify(index, models, args.json).await;
     }
-    let engine = Engine::open(index, models, OpenOptions::search())?;
+    let engine = crate::engine::open(index, models, OpenOptions::search())?;
     let c = engine.pipeline()?.check().await?;
     print_status(&engine, index, &c, args.json)?;
     if !c.is_consistent() {
@@ -166,7 +171,7 @@ async fn verify(index: &Path, models: &ModelArgs, as_json: bool) -> Result<()> {
         read_settings(index)?.with_context(|| format!("no index at {}", index.display()))?;
     if settings.store.is_some() {
         // A Qdrant collection: its stores check themselves through the API.
-        let engine = Engine::open(index, models, OpenOptions::search())?;
+        let engine = crate::engine::open(index, models, OpenOptions::search())?;
         let v = engine.pipeline()?.verify().await?;
         print_verification(
             index,
@@ -185,10 +190,10 @@ async fn verify(index: &Path, models: &ModelArgs, as_json: bool) -> Result<()> {
     let vectors = probe_vectors(index, settings.dimension);
     let (keyword_store, keywords) = open_keywords(index);
     drop(keyword_store);
-    let catalog = Catalog::open(index.join("catalog.json"));
+    let catalog = Catalog::open(catalog_path(index));
     let consistency =
         if vectors.problems.is_empty() && keywords.problems.is_empty() && catalog.is_ok() {
-            let engine = Engine::open(index, models, OpenOptions::search())?;
+            let engine = crate::engine::open(index, models, OpenOptions::search())?;
             Some(engine.pipeline()?.check().await?)
         } else {
             None
@@ -405,11 +410,15 @@ pub async fn repair(index: &Path, models: &ModelArgs, args: &RepairArgs) -> Resu
                 format: 1,
                 embedding_model: embedder.model_id().to_string(),
                 dimension: embedder.dimension(),
-                chunk_tokens: args.chunk_tokens.unwrap_or(200),
-                overlap_tokens: args.overlap.unwrap_or(40),
+                chunk_tokens: args
+                    .chunk_tokens
+                    .unwrap_or(IndexSettings::DEFAULT_CHUNK_TOKENS),
+                overlap_tokens: args
+                    .overlap
+                    .unwrap_or(IndexSettings::DEFAULT_OVERLAP_TOKENS),
                 store: None,
             };
-            magpie_core::atomic_write(&index.join("magpie.json"), &serde_json::to_vec_pretty(&s)?)?;
+            s.write(index).map_err(crate::engine::hint)?;
             actions.push(format!(
                 "wrote magpie.json again: model {}, chunks of {} tokens, overlap {} (pass \
                  --embed-model, --chunk-tokens, --overlap if the index was made otherwise)",
@@ -464,10 +473,10 @@ pub async fn repair(index: &Path, models: &ModelArgs, args: &RepairArgs) -> Resu
             // Nothing to rebuild from: start both afresh, and say what to index again.
             set_aside(&vectors_dir(index), "vector store", &mut actions)?;
             set_aside(&keywords_dir(index), "keyword index", &mut actions)?;
-            if let Ok(cat) = Catalog::open(index.join("catalog.json")) {
+            if let Ok(cat) = Catalog::open(catalog_path(index)) {
                 lost = cat.iter().map(|(_, e)| e.uri.clone()).collect();
             }
-            Catalog::from_entries(index.join("catalog.json"), []).save()?;
+            Catalog::from_entries(catalog_path(index), []).save()?;
             actions.push("both stores were unreadable: the index starts empty".into());
         }
     }
@@ -524,24 +533,24 @@ pub async fn repair(index: &Path, models: &ModelArgs, args: &RepairArgs) -> Resu
 
     // The catalog: rebuilt from the chunks when it is damaged, or lost while
     // the stores hold chunks.
-    let catalog_path = index.join("catalog.json");
+    let catalog_file = catalog_path(index);
     let chunks: Vec<Chunk> = chunks_by_id.into_values().collect();
-    let catalog_state = match Catalog::open(&catalog_path) {
+    let catalog_state = match Catalog::open(&catalog_file) {
         Err(e) => Some(e.to_string()),
-        Ok(_) if !catalog_path.exists() && !chunks.is_empty() => Some("missing".to_string()),
+        Ok(_) if !catalog_file.exists() && !chunks.is_empty() => Some("missing".to_string()),
         Ok(_) => None,
     };
     if let Some(e) = catalog_state {
         let entries = catalog_from_chunks(&chunks);
         let n = entries.len();
-        Catalog::from_entries(index.join("catalog.json"), entries).save()?;
+        Catalog::from_entries(catalog_path(index), entries).save()?;
         actions.push(format!(
             "rebuilt the catalog from the stored chunks ({n} documents; it was: {e})"
         ));
     }
 
     // Leftovers of interrupted runs, as `docqa index` cleans them; then a final check.
-    let engine = Engine::open(index, models, OpenOptions::index())?;
+    let engine = crate::engine::open(index, models, OpenOptions::index())?;
     let mut pipeline = engine.pipeline()?;
     let (chunks, docs) = pipeline.repair().await?;
     if chunks + docs > 0 {

