@@ -9,16 +9,13 @@
 //! beside the index: an unchanged page costs one conditional request and no
 //! embedding (the pipeline sees the same content hash).
 //!
-//! [`OpenAiGenerator`] and [`OpenAiEmbedder`] use any server with the OpenAI
-//! API (docqa serve among them) as a remote model.
+//! Servers with the OpenAI API as remote models are `magpie-openai`'s.
 
 mod links;
-pub mod openai;
 mod robots;
 
 pub use links::extract_links;
 use links::{https_upgrade, normalise, robots_target, same_site};
-pub use openai::{OpenAiConfig, OpenAiEmbedder, OpenAiGenerator};
 pub use robots::Robots;
 
 use std::collections::{HashMap, HashSet, VecDeque};

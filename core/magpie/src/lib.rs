@@ -20,7 +20,7 @@
 //!
 //! The building blocks are re-exported: [`core`] (traits, pipelines, fusion,
 //! the `testing` doubles behind the feature of that name), and the
-//! connectors [`candle`], [`files`], [`qdrant`], [`tantivy`] and [`web`].
+//! connectors [`candle`], [`files`], [`openai`], [`qdrant`], [`tantivy`] and [`web`].
 #![warn(missing_docs)]
 
 mod error;
@@ -40,6 +40,7 @@ pub use magpie_core::{Answer, AnswerOptions, Hit, IndexReport, RunOptions, Sourc
 pub use magpie_candle as candle;
 pub use magpie_core as core;
 pub use magpie_files as files;
+pub use magpie_openai as openai;
 pub use magpie_qdrant as qdrant;
 pub use magpie_tantivy as tantivy;
 pub use magpie_web as web;

@@ -154,7 +154,7 @@ impl Models {
     /// URL, else the local model.
     pub fn load_generator(&self) -> Result<Arc<dyn Generator>> {
         if let Some(url) = self.llm.as_deref().filter(|_| self.llm_is_remote()) {
-            let mut cfg = magpie_web::OpenAiConfig::new(url, self.llm_model.clone());
+            let mut cfg = magpie_openai::OpenAiConfig::new(url, self.llm_model.clone());
             if let Some(k) = &self.llm_api_key {
                 cfg = cfg.api_key(k.clone());
             }
@@ -162,7 +162,7 @@ impl Models {
                 cfg.context_length = ctx;
             }
             tracing::info!(%url, model = %self.llm_model, "using a remote language model");
-            let g = magpie_web::OpenAiGenerator::new(cfg)
+            let g = magpie_openai::OpenAiGenerator::new(cfg)
                 .map_err(|e| magpie_core::Error::stage("language model", e.to_string()))?;
             return Ok(Arc::new(g));
         }

@@ -91,7 +91,7 @@ pub async fn ask(
         );
     }
     if args.tools {
-        let search = std::sync::Arc::new(crate::plugins::IndexSearch::new(
+        let search = std::sync::Arc::new(magpie_plugins::RetrieverSearch::new(
             engine.retriever(args.mode.into()),
         ));
         let host = crate::plugins::open_host(plugin_args, Some(search)).await?;

@@ -787,8 +787,9 @@ fn the_openai_python_client_works_unchanged() {
         use futures::StreamExt;
         use magpie_core::{Embedder, GenerationEvent, GenerationOptions, Generator, Prompt};
         let base = format!("{}/v1", s.url);
-        let g = magpie_web::OpenAiGenerator::new(magpie_web::OpenAiConfig::new(&base, "docqa"))
-            .unwrap();
+        let g =
+            magpie_openai::OpenAiGenerator::new(magpie_openai::OpenAiConfig::new(&base, "docqa"))
+                .unwrap();
         let opts = GenerationOptions {
             max_tokens: 30,
             temperature: 0.0,
@@ -813,7 +814,7 @@ fn the_openai_python_client_works_unchanged() {
         assert!(summary.usage.completion_tokens >= deltas, "{summary:?}");
 
         let remote =
-            magpie_web::OpenAiEmbedder::connect(magpie_web::OpenAiConfig::new(&base, "any"))
+            magpie_openai::OpenAiEmbedder::connect(magpie_openai::OpenAiConfig::new(&base, "any"))
                 .await
                 .unwrap();
         let local = magpie_candle::BertEmbedder::load(

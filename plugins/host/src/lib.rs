@@ -26,11 +26,13 @@ mod cache;
 mod config;
 pub mod http;
 mod imports;
+mod search;
 
 pub use config::{
     valid_name, Capability, Grants, Limits, LimitsRequest, Manifest, OperatorConfig, PluginGrant,
 };
 pub use http::HttpLimits;
+pub use search::RetrieverSearch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

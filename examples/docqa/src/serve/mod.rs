@@ -125,7 +125,7 @@ pub async fn serve(
     ));
     // Plugins, when the plugin directory exists: tools for answers and /v1/plugins.
     let plugins = if plugin_args.dir.is_dir() {
-        let search = Arc::new(crate::plugins::IndexSearch::new(
+        let search = Arc::new(magpie_plugins::RetrieverSearch::new(
             engine.retriever_with(magpie::SearchMode::Hybrid, queries.clone()),
         ));
         let host = crate::plugins::open_host(plugin_args, Some(search)).await?;

@@ -1,6 +1,7 @@
 //! A client for servers with the OpenAI API (docqa serve, llama.cpp's server,
 //! vLLM, Ollama, OpenAI itself): a remote [`Generator`] over
 //! `/chat/completions` (streamed) and a remote [`Embedder`] over `/embeddings`.
+#![warn(missing_docs)]
 
 use std::time::{Duration, Instant};
 

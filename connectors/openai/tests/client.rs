@@ -8,7 +8,7 @@ use magpie_core::{
     ChatMessage, Embedder, FinishReason, GenerationEvent, GenerationOptions, Generator, Prompt,
     Role,
 };
-use magpie_web::{OpenAiConfig, OpenAiEmbedder, OpenAiGenerator};
+use magpie_openai::{OpenAiConfig, OpenAiEmbedder, OpenAiGenerator};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
