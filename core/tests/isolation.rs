@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use magpie_core::testing::MemoryLoader;
 use magpie_core::{
     chunk_id_for, Catalog, Chunk, Document, Embedder, Error, Hit, IndexingPipeline, KeywordStore,
     Listing, Loader, NoProgress, Result, RunOptions, Skipped, SourceRef, Span, Splitter,
@@ -16,17 +17,14 @@ use magpie_core::{
 
 /// Documents from memory; a uri containing PANIC_LOAD panics while loading.
 struct MemLoader {
-    docs: Vec<(String, String)>,
+    inner: MemoryLoader,
     held: Mutex<Option<HashMap<String, String>>>,
 }
 
 impl MemLoader {
     fn new(docs: &[(&str, &str)]) -> Self {
         Self {
-            docs: docs
-                .iter()
-                .map(|(u, t)| (u.to_string(), t.to_string()))
-                .collect(),
+            inner: MemoryLoader::new(docs.iter().copied()),
             held: Mutex::new(None),
         }
     }
@@ -41,18 +39,7 @@ impl Loader for MemLoader {
         *self.held.lock().unwrap() = Some(held.clone());
     }
     async fn list(&self) -> Result<Listing> {
-        Ok(Listing {
-            sources: self
-                .docs
-                .iter()
-                .map(|(u, _)| SourceRef {
-                    uri: u.clone(),
-                    locator: u.clone(),
-                    size: None,
-                })
-                .collect(),
-            skipped: vec![],
-        })
+        self.inner.list().await
     }
     async fn load(&self, source: &SourceRef) -> std::result::Result<Document, Skipped> {
         assert!(
@@ -60,8 +47,7 @@ impl Loader for MemLoader {
             "loader bug on {}",
             source.uri
         );
-        let (_, text) = self.docs.iter().find(|(u, _)| *u == source.uri).unwrap();
-        Ok(Document::from_text(&source.uri, text.as_str()))
+        self.inner.load(source).await
     }
 }
 

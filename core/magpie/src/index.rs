@@ -138,21 +138,16 @@ impl Index {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     Error::io(format!("creating the index directory {}", dir.display()), e)
                 })?;
-                IndexSettings {
-                    format: 1,
-                    embedding_model: embedder.model_id().to_string(),
-                    dimension: embedder.dimension(),
-                    chunk_tokens: opts
-                        .chunk_tokens
-                        .unwrap_or(IndexSettings::DEFAULT_CHUNK_TOKENS),
-                    overlap_tokens: opts
-                        .overlap_tokens
-                        .unwrap_or(IndexSettings::DEFAULT_OVERLAP_TOKENS),
-                    store: match opts.store.as_deref() {
-                        Some(s) => StoreSpec::parse(s)?.recorded(),
-                        None => None,
-                    },
-                }
+                let store = match opts.store.as_deref() {
+                    Some(s) => StoreSpec::parse(s)?.recorded(),
+                    None => None,
+                };
+                IndexSettings::new(
+                    embedder.as_ref(),
+                    opts.chunk_tokens,
+                    opts.overlap_tokens,
+                    store,
+                )
             }
         };
         let new_index = !layout.settings().exists();

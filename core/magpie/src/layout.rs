@@ -78,6 +78,24 @@ impl IndexSettings {
     /// Default overlap, tokens.
     pub const DEFAULT_OVERLAP_TOKENS: usize = 40;
 
+    /// Settings for a new index of `embedder`'s vectors; chunk sizes default
+    /// to 200 and 40 tokens, the store to the embedded pair.
+    pub fn new(
+        embedder: &dyn magpie_core::Embedder,
+        chunk_tokens: Option<usize>,
+        overlap_tokens: Option<usize>,
+        store: Option<String>,
+    ) -> Self {
+        Self {
+            format: 1,
+            embedding_model: embedder.model_id().to_string(),
+            dimension: embedder.dimension(),
+            chunk_tokens: chunk_tokens.unwrap_or(Self::DEFAULT_CHUNK_TOKENS),
+            overlap_tokens: overlap_tokens.unwrap_or(Self::DEFAULT_OVERLAP_TOKENS),
+            store,
+        }
+    }
+
     /// The settings of the index in `dir`, if there is one.
     pub fn read(dir: &Path) -> Result<Option<Self>> {
         let path = Layout::new(dir).settings();

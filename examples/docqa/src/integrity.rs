@@ -406,18 +406,7 @@ pub async fn repair(index: &Path, models: &ModelArgs, args: &RepairArgs) -> Resu
         // The settings file is lost: written again from what the user says.
         Ok(None) | Err(_) => {
             let embedder = models.load_embedder(None)?;
-            let s = IndexSettings {
-                format: 1,
-                embedding_model: embedder.model_id().to_string(),
-                dimension: embedder.dimension(),
-                chunk_tokens: args
-                    .chunk_tokens
-                    .unwrap_or(IndexSettings::DEFAULT_CHUNK_TOKENS),
-                overlap_tokens: args
-                    .overlap
-                    .unwrap_or(IndexSettings::DEFAULT_OVERLAP_TOKENS),
-                store: None,
-            };
+            let s = IndexSettings::new(&embedder, args.chunk_tokens, args.overlap, None);
             s.write(index).map_err(crate::engine::hint)?;
             actions.push(format!(
                 "wrote magpie.json again: model {}, chunks of {} tokens, overlap {} (pass \
