@@ -117,7 +117,10 @@ impl AdaptiveFusion {
         let mut sum = 0.0;
         let mut n = 0;
         let mut worst: Option<String> = None;
-        for hit in dense.iter().take(AGREEMENT_DEPTH) {
+        // Only a model that names its languages can be out of its depth on
+        // the hits; otherwise detecting their languages is wasted work.
+        let declared = matches!(self.support, LanguageSupport::Only(_));
+        for hit in dense.iter().take(AGREEMENT_DEPTH).filter(|_| declared) {
             let d = detect(&hit.chunk.text);
             if d.is_none() {
                 continue;

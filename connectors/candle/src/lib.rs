@@ -5,12 +5,14 @@
 #![warn(missing_docs)]
 
 pub mod bert;
+mod card;
 pub mod device;
 pub mod encoder;
 pub mod llm;
 pub mod resolve;
 
-pub use bert::{card_languages, BertEmbedder, BertEmbedderBuilder, HfTokenCounter, Prompts};
+pub use bert::{BertEmbedder, BertEmbedderBuilder, HfTokenCounter};
+pub use card::{card_languages, Prompts};
 pub use device::{
     cpu_features_ok, pin_thread_count, select_device, tune_allocator, uniform_cpu_kernels,
 };
