@@ -100,7 +100,7 @@ pub struct ModeScores {
 
 #[derive(clap::Args, Debug)]
 pub struct BeirArgs {
-    /// Dataset directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+    /// Dataset directory: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv (SPLIT: --split).
     pub dir: PathBuf,
     /// Which qrels file to score against.
     #[arg(long, default_value = "test")]

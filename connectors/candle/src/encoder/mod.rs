@@ -314,7 +314,7 @@ impl BertEncoder {
 
     /// Sentence vectors, L2-normalised, for sequences of token ids (special
     /// tokens included, each at most [`Self::max_positions`] long). Ids past
-    /// the vocabulary read as id 0 ([PAD]) rather than failing.
+    /// the vocabulary read as id 0 (`[PAD]`) rather than failing.
     pub fn encode(&self, seqs: &[&[u32]], pooling: Pooling) -> Vec<Vec<f32>> {
         if seqs.is_empty() {
             return Vec::new();
