@@ -257,6 +257,35 @@ impl PreparedAnswer {
         answer.tool_calls = run.calls;
         Ok(answer)
     }
+
+    /// Generate the answer with `generator`; `on_text` receives the text as
+    /// it streams.
+    pub async fn run(
+        self,
+        generator: &dyn Generator,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Answer> {
+        use futures::StreamExt;
+        let mut stream = generator
+            .generate(self.prompt.clone(), self.options.clone())
+            .await?;
+        let mut text = String::new();
+        while let Some(ev) = stream.next().await {
+            match ev? {
+                crate::generate::GenerationEvent::Delta { text: t } => {
+                    on_text(&t);
+                    text.push_str(&t);
+                }
+                crate::generate::GenerationEvent::Done(summary) => {
+                    return Ok(self.finish(text, summary));
+                }
+            }
+        }
+        Err(Error::stage(
+            "generator",
+            "the stream ended without a summary",
+        ))
+    }
 }
 
 impl QueryPipeline {
@@ -335,29 +364,10 @@ impl QueryPipeline {
         question: &str,
         generator: &dyn Generator,
         opts: &AnswerOptions,
-        mut on_text: impl FnMut(&str),
+        mut on_text: impl FnMut(&str) + Send,
     ) -> Result<Answer> {
-        use futures::StreamExt;
         let prepared = self.prepare_answer(question, generator, opts).await?;
-        let mut stream = generator
-            .generate(prepared.prompt.clone(), prepared.options.clone())
-            .await?;
-        let mut text = String::new();
-        while let Some(ev) = stream.next().await {
-            match ev? {
-                crate::generate::GenerationEvent::Delta { text: t } => {
-                    on_text(&t);
-                    text.push_str(&t);
-                }
-                crate::generate::GenerationEvent::Done(summary) => {
-                    return Ok(prepared.finish(text, summary));
-                }
-            }
-        }
-        Err(Error::stage(
-            "generator",
-            "the stream ended without a summary",
-        ))
+        prepared.run(generator, &mut on_text).await
     }
 }
 

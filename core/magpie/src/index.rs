@@ -285,7 +285,7 @@ impl Index {
         &self,
         question: &str,
         generator: &dyn Generator,
-        on_text: impl FnMut(&str),
+        on_text: impl FnMut(&str) + Send,
     ) -> Result<Answer> {
         self.ask_with(question, generator, &AnswerOptions::default(), on_text)
             .await
@@ -297,7 +297,7 @@ impl Index {
         question: &str,
         generator: &dyn Generator,
         options: &AnswerOptions,
-        on_text: impl FnMut(&str),
+        on_text: impl FnMut(&str) + Send,
     ) -> Result<Answer> {
         let pipeline = QueryPipeline::new(self.retriever(SearchMode::Hybrid)).top_k(options.k);
         Ok(pipeline

@@ -90,7 +90,19 @@ pub async fn ask(
             "nothing relevant was found in the index; the model answers without passages"
         );
     }
-    if args.tools {
+    // The text as it streams; the first piece usually starts with the space
+    // after "Answer:".
+    let quiet = args.json;
+    let mut started = false;
+    let mut show = |t: &str| {
+        if !quiet {
+            let shown = if started { t } else { t.trim_start() };
+            started |= !shown.is_empty();
+            print!("{shown}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+    };
+    let answer = if args.tools {
         let search = std::sync::Arc::new(magpie_plugins::RetrieverSearch::new(
             engine.retriever(args.mode.into()),
         ));
@@ -106,42 +118,13 @@ pub async fn ask(
             },
             max_calls: args.max_tool_calls,
         };
-        let quiet = args.json;
-        let mut started = false;
-        let answer = prepared
-            .run_with_tools(&tool_loop, &mut |t: &str| {
-                if !quiet {
-                    let shown = if started { t } else { t.trim_start() };
-                    started |= !shown.is_empty();
-                    print!("{shown}");
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
-                }
-            })
-            .await?;
-        return print_answer(answer, args.json);
-    }
-    let mut stream = llm
-        .generate(prepared.prompt.clone(), prepared.options.clone())
-        .await?;
-    let mut text = String::new();
-    let mut out = std::io::stdout();
-    let summary = loop {
-        match stream.next().await {
-            Some(Ok(GenerationEvent::Delta { text: t })) => {
-                if !args.json {
-                    // the first delta usually starts with the space after "Answer:"
-                    let shown = if text.is_empty() { t.trim_start() } else { &t };
-                    write!(out, "{shown}")?;
-                    out.flush()?;
-                }
-                text.push_str(&t);
-            }
-            Some(Ok(GenerationEvent::Done(s))) => break s,
-            Some(Err(e)) => return Err(e).context("generating the answer"),
-            None => anyhow::bail!("the model stopped without finishing"),
-        }
+        prepared.run_with_tools(&tool_loop, &mut show).await?
+    } else {
+        prepared
+            .run(llm, &mut show)
+            .await
+            .context("generating the answer")?
     };
-    let answer = prepared.finish(text, summary);
     print_answer(answer, args.json)
 }
 

@@ -40,10 +40,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
 use magpie_core::{
-    Answer, AnswerOptions, GenerationEvent, GenerationOptions, GenerationSummary, Generator,
-    IndexingPipeline, PreparedAnswer, QueryPipeline,
+    Answer, AnswerOptions, GenerationOptions, GenerationSummary, Generator, IndexingPipeline,
+    PreparedAnswer, QueryPipeline,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -618,15 +617,27 @@ impl App {
         tools: bool,
         mut on_delta: impl FnMut(&str) -> bool + Send,
     ) -> Result<Answer, ApiError> {
-        if tools {
+        let mut prepared = prepared;
+        let cancel = magpie_core::CancelToken::new();
+        prepared.options.cancel = Some(cancel.clone());
+        let gone = std::sync::atomic::AtomicBool::new(false);
+        let mut started = false;
+        // The first piece usually starts with the space after "Answer:".
+        let mut show = |t: &str| {
+            let shown = if started { t } else { t.trim_start() };
+            started |= !shown.is_empty();
+            if !shown.is_empty() && !gone.load(Ordering::Relaxed) && !on_delta(shown) {
+                // The client went away: the model stops at its next token.
+                gone.store(true, Ordering::Relaxed);
+                cancel.cancel();
+            }
+        };
+        let answer = if tools {
             let host = self.plugins.as_ref().ok_or_else(|| {
                 ApiError::bad_request(
                     "this server has no plugins loaded: start it with --plugins DIR to answer with tools",
                 )
             })?;
-            let mut prepared = prepared;
-            let cancel = magpie_core::CancelToken::new();
-            prepared.options.cancel = Some(cancel.clone());
             let format = magpie_core::MossFormat;
             let tool_loop = magpie_core::ToolLoop {
                 generator: self.llm.as_ref(),
@@ -634,50 +645,26 @@ impl App {
                 format: &format,
                 max_calls: 4,
             };
-            let mut started = false;
-            let answer = prepared
-                .run_with_tools(&tool_loop, &mut |t: &str| {
-                    let shown = if started { t } else { t.trim_start() };
-                    started |= !shown.is_empty();
-                    if !shown.is_empty() && !on_delta(shown) {
-                        cancel.cancel(); // the client went away
-                    }
-                })
-                .await?;
-            let summary = GenerationSummary {
+            prepared.run_with_tools(&tool_loop, &mut show).await?
+        } else {
+            prepared.run(self.llm.as_ref(), &mut show).await?
+        };
+        if gone.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "client_closed",
+                "the client disconnected",
+            ));
+        }
+        self.record_answer(
+            turn,
+            &GenerationSummary {
                 finish_reason: answer.finish_reason,
                 usage: answer.usage,
                 timings: answer.timings,
-            };
-            self.record_answer(turn, &summary);
-            return Ok(answer);
-        }
-        let mut stream = self
-            .llm
-            .generate(prepared.prompt.clone(), prepared.options.clone())
-            .await?;
-        let mut text = String::new();
-        let summary = loop {
-            match stream.next().await {
-                Some(Ok(GenerationEvent::Delta { text: t })) => {
-                    let shown = if text.is_empty() { t.trim_start() } else { &t };
-                    if !shown.is_empty() && !on_delta(shown) {
-                        // the client went away: dropping the stream stops the model
-                        return Err(ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "client_closed",
-                            "the client disconnected",
-                        ));
-                    }
-                    text.push_str(&t);
-                }
-                Some(Ok(GenerationEvent::Done(s))) => break s,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(ApiError::internal("the model stopped without finishing")),
-            }
-        };
-        self.record_answer(turn, &summary);
-        Ok(prepared.finish(text, summary))
+            },
+        );
+        Ok(answer)
     }
 }
 
