@@ -64,6 +64,14 @@ impl OpenOptions {
             ..Self::default()
         }
     }
+
+    /// Chunk size and overlap for a new index (`None`: the defaults; an
+    /// existing index must match what is given).
+    pub fn chunking(mut self, chunk_tokens: Option<usize>, overlap_tokens: Option<usize>) -> Self {
+        self.chunk_tokens = chunk_tokens;
+        self.overlap_tokens = overlap_tokens;
+        self
+    }
 }
 
 /// An open index directory.

@@ -124,15 +124,8 @@ pub async fn ingest(args: &IngestBenchArgs, models: &ModelArgs) -> Result<()> {
     }
     std::fs::write(&corpus, lines.join("\n") + "\n")?;
     let t = Instant::now();
-    let engine = crate::engine::open(
-        &tmp.path().join("index"),
-        models,
-        OpenOptions {
-            chunk_tokens: args.chunk_tokens,
-            overlap_tokens: args.overlap,
-            ..OpenOptions::index()
-        },
-    )?;
+    let opts = OpenOptions::index().chunking(args.chunk_tokens, args.overlap);
+    let engine = crate::engine::open(&tmp.path().join("index"), models, opts)?;
     let backend = engine.embedder.backend();
     let mut pipeline = engine.pipeline()?;
     let report = pipeline

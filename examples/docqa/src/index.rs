@@ -75,15 +75,8 @@ pub struct IndexArgs {
 }
 
 pub async fn run(args: &IndexArgs, index: &Path, models: &ModelArgs) -> Result<()> {
-    let engine = crate::engine::open(
-        index,
-        models,
-        OpenOptions {
-            chunk_tokens: args.chunk_tokens,
-            overlap_tokens: args.overlap,
-            ..OpenOptions::index()
-        },
-    )?;
+    let opts = OpenOptions::index().chunking(args.chunk_tokens, args.overlap);
+    let engine = crate::engine::open(index, models, opts)?;
     let mut pipeline = engine
         .pipeline()?
         .commit_chunks(args.commit_every)
