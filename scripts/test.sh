@@ -14,4 +14,8 @@ cargo build --locked -p docqa
 target/debug/docqa models fetch all
 # Chromium + Playwright and the openai Python package, for the service tests.
 scripts/setup_test_tools.sh
+# A real Qdrant server (from ../shared/tools/qdrant when it is there) for the
+# remote, store and cluster tests; stopped when the tests end.
+eval "$(scripts/qdrant_server.sh start)"
+trap 'scripts/qdrant_server.sh stop' EXIT
 cargo test --locked --workspace "$@"

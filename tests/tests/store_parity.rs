@@ -2,10 +2,11 @@
 //! dense top-10 documents from qdrant-edge against those from a Qdrant
 //! collection, same vectors (needs ../shared/data; skipped loudly without it).
 //!
-//! The remote side is the in-memory stand-in server (exact search), and also a
-//! real Qdrant when `QDRANT_URL` is set. Without QDRANT_URL the corpus is the
-//! documents the test queries judge plus others up to 1,000 (embedding all
-//! 5,183 abstracts takes minutes); with it, or MAGPIE_SCIFACT_FULL=1, all of them.
+//! The remote side is the real Qdrant server `scripts/test.sh` starts (or
+//! `QDRANT_URL`; skipped loudly without one). The corpus is the documents the
+//! test queries judge plus others up to 1,000; all 5,183 with
+//! MAGPIE_SCIFACT_FULL=1 (embedding them takes minutes: `scripts/bench_stores.sh`
+//! measures the whole corpus, single node and cluster).
 //! Also printed: nDCG@10 of each path, dense, BM25 and hybrid (the embedded
 //! hybrid fuses edge and tantivy in magpie; the remote one is fused by the server).
 
@@ -25,8 +26,11 @@ async fn scifact_dense_top10_agrees_between_embedded_and_remote() {
     let Some(dir) = magpie_tests::shared_data("scifact") else {
         return;
     };
-    let real = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty());
-    let full = real.is_some() || std::env::var("MAGPIE_SCIFACT_FULL").is_ok_and(|v| v == "1");
+    let collection = format!("scifact_parity_{}", std::process::id());
+    let Some(target) = qdrant_standin::real_qdrant(&collection) else {
+        return;
+    };
+    let full = std::env::var("MAGPIE_SCIFACT_FULL").is_ok_and(|v| v == "1");
 
     // Judgements and queries.
     let mut rel: HashMap<String, HashMap<String, i32>> = HashMap::new();
@@ -121,10 +125,7 @@ async fn scifact_dense_top10_agrees_between_embedded_and_remote() {
     edge.commit().await.unwrap();
     tantivy.commit().await.unwrap();
 
-    let standin = qdrant_standin::StandIn::start(None).await;
-    let collection = format!("scifact_parity_{}", std::process::id());
-    let mut targets = vec![("stand-in".to_string(), standin.store_url(&collection))];
-    targets.extend(qdrant_standin::real_qdrant(&collection));
+    let targets = [target];
 
     let ndcg = |lists: &[Vec<magpie_core::Hit>]| -> f64 {
         lists

@@ -1,7 +1,8 @@
-//! The remote store end to end: create, upsert, dense / BM25 / hybrid queries,
-//! filters, idempotent re-runs, deletes, retries. Runs against the in-memory
-//! stand-in server always, and against a real Qdrant server as well when
-//! `QDRANT_URL` is set (e.g. `QDRANT_URL=http://localhost:6334`).
+//! The remote store end to end against a real Qdrant server (the one
+//! `scripts/test.sh` starts, or `QDRANT_URL`): create, upsert, dense / BM25 /
+//! hybrid queries, filters, idempotent re-runs, deletes. What a real server
+//! cannot be made to do on demand (fail with UNAVAILABLE now, demand a key)
+//! runs against the in-memory stand-in.
 
 use std::sync::atomic::Ordering;
 
@@ -9,18 +10,9 @@ use magpie_core::{chunk_id_for, Chunk, Filter, Span, VectorStore};
 use magpie_qdrant::{EdgeStore, QdrantStore, RemoteConfig};
 use qdrant_standin::StandIn;
 
-/// Store URLs for a fresh collection on every server this run can reach.
-async fn servers(collection: &str) -> Vec<(String, String, Option<StandIn>)> {
-    let standin = StandIn::start(None).await;
-    let mut out = vec![(
-        "stand-in".to_string(),
-        standin.store_url(collection),
-        Some(standin),
-    )];
-    if let Some((name, url)) = qdrant_standin::real_qdrant(collection) {
-        out.push((name, url, None));
-    }
-    out
+/// The real server's label and a store URL for `collection` (None: SKIPPED, said loudly).
+fn server(collection: &str) -> Option<(String, String)> {
+    qdrant_standin::real_qdrant(collection)
 }
 
 fn chunk(doc: &str, i: usize, text: &str, meta: serde_json::Value) -> Chunk {
@@ -104,8 +96,7 @@ fn docs_of(hits: &[magpie_core::Hit]) -> Vec<String> {
 #[tokio::test]
 async fn remote_store_end_to_end() {
     let collection = format!("magpie_test_{}", std::process::id());
-    for (name, url, standin) in servers(&collection).await {
-        eprintln!("--- remote store against {name}");
+    if let Some((name, url)) = server(&collection) {
         let mut cfg =
             RemoteConfig::parse(&format!("{url}?shards=2&replication=1&write_consistency=1"))
                 .unwrap();
@@ -114,30 +105,6 @@ async fn remote_store_end_to_end() {
         let (chunks, vectors) = corpus();
         store.upsert(&chunks, &vectors).await.unwrap();
         assert_eq!(store.count().await.unwrap(), 6, "{name}");
-        if let Some(s) = &standin {
-            assert!(
-                s.stats().upserts.load(Ordering::SeqCst) >= 3,
-                "batched by bytes"
-            );
-            let params = s.collection_params(&collection).unwrap();
-            assert_eq!(params.shard_number, 2);
-            assert_eq!(params.write_consistency_factor, Some(1));
-            let idx: Vec<String> = s
-                .payload_indexes(&collection)
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
-            for k in [
-                "doc_id",
-                "source",
-                "chunk.metadata.year",
-                "chunk.metadata.lang",
-                "chunk.metadata.tags",
-                "chunk.metadata.score",
-            ] {
-                assert!(idx.iter().any(|i| i == k), "{k} indexed: {idx:?}");
-            }
-        }
         // Idempotent: the same chunks again replace, never duplicate.
         store.upsert(&chunks, &vectors).await.unwrap();
         assert_eq!(
@@ -218,24 +185,6 @@ async fn remote_store_end_to_end() {
         let hy = store.search_hybrid(&q, "shiny", 10, &f).await.unwrap();
         check(&["meta.lang=fr"], &hy, &["pies#0", "pies#1"]);
 
-        // Retries: transient failures are retried with backoff; a server that
-        // keeps failing is a clear error.
-        if let Some(s) = &standin {
-            s.fail_next(2);
-            store.upsert(&chunks[..1], &vectors[..1]).await.unwrap();
-            assert_eq!(s.stats().injected.load(Ordering::SeqCst), 2);
-            let mut impatient = cfg.clone();
-            impatient.retries = 1;
-            let st2 = QdrantStore::connect(impatient, 4).await.unwrap();
-            s.fail_next(5);
-            let e = st2.search(&q, 3).await.unwrap_err().to_string();
-            assert!(
-                e.contains("Unavailable") || e.contains("unavailable"),
-                "{e}"
-            );
-            s.fail_next(0);
-        }
-
         // Deletes.
         store.delete_docs(&["birds".into()]).await.unwrap();
         assert_eq!(store.count().await.unwrap(), 4, "{name}");
@@ -264,7 +213,7 @@ async fn filters_agree_between_the_embedded_and_the_remote_store() {
     let dir = tempfile::tempdir().unwrap();
     let edge = EdgeStore::open(dir.path(), 4).unwrap();
     let collection = format!("magpie_agree_{}", std::process::id());
-    for (name, url, _standin) in servers(&collection).await {
+    if let Some((name, url)) = server(&collection) {
         let remote = QdrantStore::connect(RemoteConfig::parse(&url).unwrap(), 4)
             .await
             .unwrap();
@@ -302,6 +251,59 @@ async fn filters_agree_between_the_embedded_and_the_remote_store() {
         }
         remote.drop_collection().await.unwrap();
     }
+}
+
+/// What a real server does not do on demand: fail the next requests. Upserts
+/// split by bytes, transient failures are retried with backoff, and a server
+/// that keeps failing is a clear error.
+#[tokio::test]
+async fn transient_failures_are_retried_on_the_stand_in() {
+    let s = StandIn::start(None).await;
+    let collection = "retries";
+    let mut cfg = RemoteConfig::parse(&format!(
+        "{}?shards=2&replication=1&write_consistency=1",
+        s.store_url(collection)
+    ))
+    .unwrap();
+    cfg.batch_bytes = 900; // several upsert requests for six points
+    let store = QdrantStore::connect(cfg.clone(), 4).await.unwrap();
+    let (chunks, vectors) = corpus();
+    store.upsert(&chunks, &vectors).await.unwrap();
+    assert!(
+        s.stats().upserts.load(Ordering::SeqCst) >= 3,
+        "batched by bytes"
+    );
+    let params = s.collection_params(collection).unwrap();
+    assert_eq!(params.shard_number, 2);
+    assert_eq!(params.write_consistency_factor, Some(1));
+    let idx: Vec<String> = s
+        .payload_indexes(collection)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for k in [
+        "doc_id",
+        "source",
+        "chunk.metadata.year",
+        "chunk.metadata.lang",
+        "chunk.metadata.tags",
+        "chunk.metadata.score",
+    ] {
+        assert!(idx.iter().any(|i| i == k), "{k} indexed: {idx:?}");
+    }
+    let q = [1.0, 1.0, 1.0, 0.0];
+    s.fail_next(2);
+    store.upsert(&chunks[..1], &vectors[..1]).await.unwrap();
+    assert_eq!(s.stats().injected.load(Ordering::SeqCst), 2);
+    let mut impatient = cfg.clone();
+    impatient.retries = 1;
+    let st2 = QdrantStore::connect(impatient, 4).await.unwrap();
+    s.fail_next(5);
+    let e = st2.search(&q, 3).await.unwrap_err().to_string();
+    assert!(
+        e.contains("Unavailable") || e.contains("unavailable"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

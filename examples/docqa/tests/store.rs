@@ -1,21 +1,16 @@
 //! docqa with its vectors in Qdrant: filters on both stores, `store copy` to a
-//! server and back, indexing and searching through the remote store. The server
-//! is the in-memory stand-in (tests/qdrant-standin), or a real Qdrant when
-//! `QDRANT_URL` is set (then both run).
+//! server and back, indexing and searching through the remote store, against a
+//! real Qdrant server (skipped, loudly, without one).
 
 use std::path::Path;
 
 mod common;
 use common::{docqa, json, run_ok, sample};
 
-fn servers() -> Vec<(String, String, Option<qdrant_standin::StandIn>)> {
-    let collection = format!("docqa_test_{}", std::process::id());
-    let s = qdrant_standin::StandIn::start_in_background(None);
-    let mut out = vec![("stand-in".to_string(), s.store_url(&collection), Some(s))];
-    if let Some((name, url)) = qdrant_standin::real_qdrant(&collection) {
-        out.push((name, url, None));
-    }
-    out
+/// The real Qdrant server (the one `scripts/test.sh` starts, or `QDRANT_URL`)
+/// and a fresh collection on it; None: SKIPPED, said loudly.
+fn server() -> Option<(String, String)> {
+    qdrant_standin::real_qdrant(&format!("docqa_test_{}", std::process::id()))
 }
 
 fn search(idx: &Path, mode: &str, q: &str, filters: &[&str]) -> Vec<(String, String)> {
@@ -47,7 +42,7 @@ fn fails_with(c: &mut std::process::Command, says: &str) {
 
 #[test]
 fn filters_and_moving_an_index_to_qdrant_and_back() {
-    for (name, url, standin) in servers() {
+    if let Some((name, url)) = server() {
         eprintln!("--- docqa store against {name}");
         let tmp = tempfile::tempdir().unwrap();
         let idx = tmp.path().join("idx");
@@ -113,14 +108,10 @@ fn filters_and_moving_an_index_to_qdrant_and_back() {
         );
         let status = json(&run_ok(docqa(&idx).args(["status", "--json"])));
         assert_eq!(status["consistent"], true, "{status}");
-        let chunks = status["chunks"].as_u64().unwrap() as usize;
+        assert!(status["chunks"].as_u64().unwrap() > 0, "{status}");
         let text = run_ok(docqa(&idx).arg("status"));
         let text = String::from_utf8_lossy(&text.stdout);
         assert!(text.contains("in Qdrant: qdrant+grpc://"), "{text}");
-        if let Some(s) = &standin {
-            let coll = url.rsplit('/').next().unwrap();
-            assert_eq!(s.point_count(coll), Some(chunks));
-        }
         // Copying again into a store that holds chunks needs --replace.
         fails_with(
             docqa(&idx).args([

@@ -1,15 +1,19 @@
-//! A stand-in for a Qdrant server in magpie's tests: the parts of Qdrant's
-//! gRPC API magpie's remote store uses (collections with named dense and
-//! sparse vectors, payload indexes, upsert, delete, scroll, count, and the
-//! Query API with prefetches, RRF fusion and filters), in memory, exact
-//! (brute force), on a local port. It lets the remote path run end to end
-//! where no Qdrant server can; the same tests run against a real server when
-//! `QDRANT_URL` is set. Faults can be injected to test retries.
+//! A stand-in for a Qdrant server, kept for the one thing a real server
+//! cannot be made to do on demand: fail requests with UNAVAILABLE at a chosen
+//! moment, so the remote store's retries and its error messages can be tested.
+//! Every other test of the remote path runs against the real server
+//! ([`real_qdrant`]: the one `scripts/test.sh` starts from
+//! `../shared/tools/qdrant`, or any named by `QDRANT_URL`) and says SKIPPED
+//! when there is none.
 //!
-//! Semantics follow Qdrant's documentation: cosine vectors are normalised on
-//! insert; a sparse vector with the IDF modifier scores
-//! `Σ q·d·ln(1 + (N − n + 0.5)/(n + 0.5))`; RRF sums `1/(k + rank)` (k = 2,
-//! Qdrant's default); a list payload matches when any element does.
+//! It speaks the parts of Qdrant's gRPC API magpie's remote store uses
+//! (collections with named dense and sparse vectors, payload indexes, upsert,
+//! delete, scroll, count, and the Query API with prefetches, RRF fusion and
+//! filters), in memory, exact (brute force), on a local port. Semantics follow
+//! Qdrant's documentation: cosine vectors are normalised on insert; a sparse
+//! vector with the IDF modifier scores `Σ q·d·ln(1 + (N − n + 0.5)/(n + 0.5))`;
+//! RRF sums `1/(k + rank)` (k = 2, Qdrant's default); a list payload matches
+//! when any element does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -168,35 +172,60 @@ impl StandIn {
 }
 
 /// The real Qdrant server named by `QDRANT_URL` (`http://HOST:6334`, the gRPC
-/// port), as a label and a magpie store URL for `collection`; without it, a loud
-/// notice that the tests ran against the stand-in only.
+/// port), as a label naming its version and a magpie store URL for
+/// `collection`; without one, a loud notice that the test is SKIPPED against a
+/// real server. A `QDRANT_URL` that does not answer is a test failure.
 pub fn real_qdrant(collection: &str) -> Option<(String, String)> {
-    match std::env::var("QDRANT_URL") {
-        Ok(url) if !url.is_empty() => {
-            let host_port = url
-                .split("://")
-                .last()
-                .unwrap_or(&url)
-                .trim_end_matches('/');
-            let scheme = if url.starts_with("https://") {
-                "qdrant+grpcs"
-            } else {
-                "qdrant+grpc"
-            };
-            Some((
-                format!("Qdrant at {url}"),
-                format!("{scheme}://{host_port}/{collection}"),
-            ))
-        }
+    let url = match std::env::var("QDRANT_URL") {
+        Ok(url) if !url.is_empty() => url,
         _ => {
-            let msg = "\n*** SKIPPED against a real Qdrant server: QDRANT_URL is not set, so the \
-                       remote store ran against the in-memory stand-in only. Set \
-                       QDRANT_URL=http://HOST:6334 (the gRPC port) to run it against Qdrant too. ***\n";
+            let msg = "\n*** SKIPPED against a real Qdrant server: QDRANT_URL is not set. \
+                       scripts/test.sh starts one from ../shared/tools/qdrant when that \
+                       folder is there; or set QDRANT_URL=http://HOST:6334 (the gRPC port). ***\n";
             println!("{msg}");
             eprintln!("{msg}");
-            None
+            return None;
         }
-    }
+    };
+    let version = server_version(&url)
+        .unwrap_or_else(|e| panic!("QDRANT_URL={url} is set but the server does not answer: {e}"));
+    let host_port = url
+        .split("://")
+        .last()
+        .unwrap_or(&url)
+        .trim_end_matches('/');
+    let scheme = if url.starts_with("https://") {
+        "qdrant+grpcs"
+    } else {
+        "qdrant+grpc"
+    };
+    let label = format!("real Qdrant {version} at {url}");
+    eprintln!("--- {label}");
+    Some((label, format!("{scheme}://{host_port}/{collection}")))
+}
+
+/// The version a Qdrant server at `url` (gRPC) reports.
+pub fn server_version(url: &str) -> Result<String, String> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let client = ::qdrant_client::Qdrant::from_url(&url)
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?;
+            client
+                .health_check()
+                .await
+                .map(|r| r.version)
+                .map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .map_err(|_| "the health check panicked".to_string())?
 }
 
 #[derive(Clone)]
