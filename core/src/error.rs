@@ -36,6 +36,10 @@ pub enum Error {
     /// The disk holding the index is full (or too full to go on safely).
     #[error("disk full: {0}")]
     DiskFull(String),
+    /// A store did not answer, even after retries (a server down, a cluster
+    /// that lost too many nodes): the run stops rather than skip documents.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The operation was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,

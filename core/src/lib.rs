@@ -31,7 +31,9 @@ pub use answer::{
     build_prompt, cited_numbers, pack_sources, Answer, AnswerOptions, PreparedAnswer, Source,
 };
 pub use batch::BatchingEmbedder;
-pub use catalog::{atomic_write, Catalog, CatalogEntry};
+pub use catalog::{
+    atomic_write, CasOutcome, Catalog, CatalogEntry, CatalogStore, Settled, Versioned,
+};
 pub use error::{error_chain, BoxError, Error, Result};
 pub use filter::{Bounds, Clause, Filter, FilterField};
 pub use fusion::{AdaptiveFusion, FusionWeights};

@@ -17,10 +17,12 @@ use qdrant_edge::{
 };
 use serde_json::json;
 
+pub mod catalog;
 pub mod remote;
 
 pub mod sparse;
 
+pub use catalog::QdrantCatalog;
 pub use remote::{QdrantHybridRetriever, QdrantKeywords, QdrantStore, RemoteConfig};
 
 /// Name of the dense vector in every point.

@@ -146,7 +146,7 @@ impl RemoteConfig {
             write_consistency: None,
             ordering: WriteOrderingType::Weak,
             batch_bytes: 4 << 20,
-            retries: 5,
+            retries: 8,
             timeout: Duration::from_secs(30),
             candidates: 100,
             bm25: Bm25Params::default(),
@@ -555,8 +555,18 @@ pub fn is_transient(e: &QdrantError) -> bool {
                     | Code::DeadlineExceeded
                     | Code::Aborted
                     | Code::ResourceExhausted
-            ) || (status.code() == Code::Unknown
-                && status.message().to_lowercase().contains("transport"))
+            ) || (matches!(status.code(), Code::Unknown | Code::Internal) && {
+                // A cluster node relays a peer's outage as an internal error.
+                let m = status.message().to_lowercase();
+                [
+                    "transport",
+                    "unavailable",
+                    "connect error",
+                    "connection refused",
+                ]
+                .iter()
+                .any(|w| m.contains(w))
+            })
         }
         _ => false,
     }
@@ -579,6 +589,17 @@ fn explain(what: &str, endpoint: &str, e: QdrantError) -> Error {
         );
     }
     remote_err(what, e)
+}
+
+/// A client for the deployment `cfg` names (connects lazily).
+pub(crate) fn connect_client(cfg: &RemoteConfig) -> Result<Qdrant> {
+    Qdrant::from_url(&cfg.endpoint)
+        .api_key(cfg.api_key.clone())
+        .timeout(cfg.timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .skip_compatibility_check()
+        .build()
+        .map_err(|e| explain("connecting", &cfg.endpoint, e))
 }
 
 /// A vector store in a Qdrant collection (server or cluster).
@@ -607,13 +628,7 @@ impl QdrantStore {
     /// does not exist (an existing one must have the same size and a `bm25`
     /// sparse vector).
     pub async fn connect(cfg: RemoteConfig, dim: usize) -> Result<Self> {
-        let client = Qdrant::from_url(&cfg.endpoint)
-            .api_key(cfg.api_key.clone())
-            .timeout(cfg.timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .skip_compatibility_check()
-            .build()
-            .map_err(|e| explain("connecting", &cfg.endpoint, e))?;
+        let client = connect_client(&cfg)?;
         let store = Self {
             client,
             bm25: Bm25Encoder::new(cfg.bm25),
@@ -636,30 +651,12 @@ impl QdrantStore {
     }
 
     /// Send a request, again after a backoff while it fails transiently.
-    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, QdrantError>>,
     {
-        let mut attempt = 0u32;
-        loop {
-            match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt < self.cfg.retries && is_transient(&e) => {
-                    let wait = match &e {
-                        QdrantError::ResourceExhaustedError {
-                            retry_after_seconds,
-                            ..
-                        } => Duration::from_secs((*retry_after_seconds).clamp(1, 30)),
-                        _ => backoff(attempt),
-                    };
-                    tracing::warn!(what, attempt, ?wait, error = %e, "qdrant request failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(explain(what, &self.cfg.endpoint, e)),
-            }
-        }
+        retry(&self.cfg, what, f).await
     }
 
     async fn ensure_collection(&self) -> Result<()> {
@@ -902,6 +899,43 @@ impl QdrantStore {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// Send a request, again after a backoff while it fails transiently.
+pub(crate) async fn retry<T, F, Fut>(cfg: &RemoteConfig, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, QdrantError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < cfg.retries && is_transient(&e) => {
+                let wait = match &e {
+                    QdrantError::ResourceExhaustedError {
+                        retry_after_seconds,
+                        ..
+                    } => Duration::from_secs((*retry_after_seconds).clamp(1, 30)),
+                    _ => backoff(attempt),
+                };
+                tracing::warn!(what, attempt, ?wait, error = %e, "qdrant request failed; retrying");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(e) if is_transient(&e) => {
+                return Err(Error::Unavailable(format!(
+                    "{}: still failing after {} retries ({}); bring the Qdrant node(s) back \
+                     and run again (what was committed is intact), or raise `retries=` in \
+                     the store URL",
+                    cfg.display_url(),
+                    cfg.retries,
+                    explain(what, &cfg.endpoint, e)
+                )))
+            }
+            Err(e) => return Err(explain(what, &cfg.endpoint, e)),
+        }
     }
 }
 

@@ -41,8 +41,10 @@ impl IndexProgress for NoProgress {}
 
 /// Errors that stop a run at once rather than skipping a document.
 fn is_fatal(e: &Error) -> bool {
-    matches!(e, Error::DiskFull(_) | Error::Cancelled | Error::Io { .. })
-        || crate::guard::mentions_disk_full(e)
+    matches!(
+        e,
+        Error::DiskFull(_) | Error::Cancelled | Error::Io { .. } | Error::Unavailable(_)
+    ) || crate::guard::mentions_disk_full(e)
 }
 
 /// Options for one run.
@@ -99,6 +101,10 @@ pub struct IndexReport {
     pub repaired_chunks: usize,
     /// Documents dropped by the repair because a store was missing some of their chunks.
     pub repaired_docs: usize,
+    /// Documents another process wrote at the same time (a shared catalog):
+    /// its version was kept and this run's chunks of them removed.
+    #[serde(default)]
+    pub superseded: usize,
     /// Sources not indexed, with reasons.
     pub skipped: Vec<Skipped>,
     /// Wall time of the run.
@@ -304,9 +310,7 @@ impl IndexingPipeline {
                 self.catalog.remove(d);
             }
         }
-        self.vectors.commit().await?;
-        self.keywords.commit().await?;
-        self.catalog.save()?;
+        self.commit().await?;
         Ok((orphans.len(), incomplete.len()))
     }
 
@@ -320,7 +324,12 @@ impl IndexingPipeline {
     ) -> Result<IndexReport> {
         let t0 = Instant::now();
         let mut report = IndexReport::default();
-        if !std::mem::take(&mut self.in_step) {
+        if self.catalog.is_shared() {
+            // Other processes write too: start from what they did, and leave
+            // chunks the catalog does not name alone (they may be another
+            // writer's, not yet in the catalog); `repair` is explicit here.
+            self.catalog.refresh().await?;
+        } else if !std::mem::take(&mut self.in_step) {
             let (rc, rd) = self.repair().await?;
             report.repaired_chunks = rc;
             report.repaired_docs = rd;
@@ -395,15 +404,18 @@ impl IndexingPipeline {
                     count = gone.len(),
                     "removing documents whose sources are gone"
                 );
-                self.vectors.delete_docs(&gone).await?;
-                self.keywords.delete_docs(&gone).await?;
+                // A shared catalog's removals delete their chunks once they settle.
+                if !self.catalog.is_shared() {
+                    self.vectors.delete_docs(&gone).await?;
+                    self.keywords.delete_docs(&gone).await?;
+                }
                 for id in &gone {
                     self.catalog.remove(id);
                 }
                 report.removed = gone.len();
             }
         }
-        self.commit().await?;
+        report.superseded += self.settle().await?;
         self.in_step = true;
         report.elapsed = t0.elapsed();
         info!(
@@ -441,7 +453,7 @@ impl IndexingPipeline {
                     report.embed_time += embed_time;
                     since_commit += self.write_batch(docs, report, progress).await?;
                     if since_commit >= self.commit_chunks {
-                        self.commit().await?;
+                        report.superseded += self.settle().await?;
                         since_commit = 0;
                     }
                 }
@@ -478,7 +490,9 @@ impl IndexingPipeline {
                 .filter(|(p, _)| self.catalog.get(&p.doc.id).is_some())
                 .map(|(p, _)| p.doc.id.clone())
                 .collect();
-            if !replaced.is_empty() {
+            // A shared catalog's old versions stay searchable until the new
+            // ones settle (another writer may win); then their chunks go.
+            if !replaced.is_empty() && !self.catalog.is_shared() {
                 debug!(count = replaced.len(), "replacing changed documents");
                 self.vectors.delete_docs(&replaced).await?;
                 self.keywords.delete_docs(&replaced).await?;
@@ -522,8 +536,11 @@ impl IndexingPipeline {
                 let n = p.chunks.len();
                 if let Some(e) = failed.remove(&i) {
                     // Its old version's chunks are gone too: it leaves the catalog,
-                    // and the next run tries it again.
-                    self.catalog.remove(&p.doc.id);
+                    // and the next run tries it again. (A shared catalog's old
+                    // version was left in place, and stays.)
+                    if !self.catalog.is_shared() {
+                        self.catalog.remove(&p.doc.id);
+                    }
                     let reason = error_chain(&e);
                     warn!(uri = %p.doc.uri, %reason, "document not indexed");
                     progress.source_done(&p.doc.uri, &DocStatus::Skipped(reason.clone()));
@@ -588,31 +605,64 @@ impl IndexingPipeline {
         }
         .await;
         if written.is_err() {
-            let ids: Vec<String> = docs.iter().map(|(_, p, _)| p.doc.id.clone()).collect();
-            let _ = catch_async("vector store", self.vectors.delete_docs(&ids)).await;
-            let _ = catch_async("keyword store", self.keywords.delete_docs(&ids)).await;
+            if self.catalog.is_shared() {
+                // Only this attempt's chunks: the document's stored version stays.
+                let ids: Vec<String> = chunks.iter().map(|c| c.id.clone()).collect();
+                let _ = catch_async("vector store", self.vectors.delete_chunks(&ids)).await;
+                let _ = catch_async("keyword store", self.keywords.delete_chunks(&ids)).await;
+            } else {
+                let ids: Vec<String> = docs.iter().map(|(_, p, _)| p.doc.id.clone()).collect();
+                let _ = catch_async("vector store", self.vectors.delete_docs(&ids)).await;
+                let _ = catch_async("keyword store", self.keywords.delete_docs(&ids)).await;
+            }
         }
         written
     }
 
     /// Commit both stores, then the catalog: the order that makes a crash recoverable.
     pub async fn commit(&mut self) -> Result<()> {
+        self.settle().await.map(|_| ())
+    }
+
+    /// [`Self::commit`], then remove the chunks no version in a shared catalog
+    /// names any more (replaced versions, and ours where another writer won).
+    /// Returns the documents another writer won.
+    async fn settle(&mut self) -> Result<usize> {
         self.vectors.commit().await?;
         self.keywords.commit().await?;
-        self.catalog.save()
+        let settled = self.catalog.persist().await?;
+        let lost = settled.iter().filter(|s| !s.won).count();
+        let unreferenced: Vec<String> = settled
+            .iter()
+            .flat_map(|s| s.unreferenced_chunks())
+            .collect();
+        if !unreferenced.is_empty() {
+            debug!(
+                chunks = unreferenced.len(),
+                lost, "removing chunks of replaced versions"
+            );
+            self.vectors.delete_chunks(&unreferenced).await?;
+            self.keywords.delete_chunks(&unreferenced).await?;
+            self.vectors.commit().await?;
+            self.keywords.commit().await?;
+        }
+        Ok(lost)
     }
 
     /// Remove documents by id from both stores and the catalog.
     pub async fn delete_docs(&mut self, doc_ids: &[String]) -> Result<usize> {
         // Until it finishes, the stores may disagree with the catalog.
         let in_step = std::mem::take(&mut self.in_step);
+        self.catalog.refresh().await?;
         let present: Vec<String> = doc_ids
             .iter()
             .filter(|d| self.catalog.get(d).is_some())
             .cloned()
             .collect();
-        self.vectors.delete_docs(&present).await?;
-        self.keywords.delete_docs(&present).await?;
+        if !self.catalog.is_shared() {
+            self.vectors.delete_docs(&present).await?;
+            self.keywords.delete_docs(&present).await?;
+        }
         for d in &present {
             self.catalog.remove(d);
         }

@@ -1,4 +1,6 @@
-//! The document catalog: which document versions the index holds, saved atomically.
+//! The document catalog: which document versions the index holds, saved
+//! atomically in a file, or shared by several processes through a
+//! [`CatalogStore`] (see [`shared`]).
 //!
 //! The catalog is the index's source of truth. It is written only after both
 //! stores have committed, so after a crash any chunk the catalog does not
@@ -13,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::types::chunk_id_for;
+
+pub mod shared;
+pub use shared::{CasOutcome, CatalogStore, Settled, Versioned};
 
 /// One indexed document version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,11 +63,21 @@ fn checksum(docs: &BTreeMap<String, CatalogEntry>) -> Result<String> {
     Ok(blake3::hash(&bytes).to_hex().to_string())
 }
 
-/// Documents in the index, keyed by document id, persisted as one JSON file.
-#[derive(Debug)]
+/// Documents in the index, keyed by document id, persisted as one JSON file,
+/// or in a [`CatalogStore`] several processes share.
 pub struct Catalog {
     path: PathBuf,
     docs: BTreeMap<String, CatalogEntry>,
+    shared: Option<shared::SharedState>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("at", &self.describe())
+            .field("documents", &self.docs.len())
+            .finish()
+    }
 }
 
 impl Catalog {
@@ -90,7 +105,95 @@ impl Catalog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
-        Ok(Self { path, docs })
+        Ok(Self {
+            path,
+            docs,
+            shared: None,
+        })
+    }
+
+    /// The catalog kept in `store`, shared with other processes: its entries
+    /// as they are now.
+    pub async fn shared(store: std::sync::Arc<dyn CatalogStore>) -> Result<Self> {
+        let loaded = store.load().await?;
+        let mut docs = BTreeMap::new();
+        let mut versions = std::collections::HashMap::new();
+        for (id, v) in loaded {
+            versions.insert(id.clone(), v.version);
+            if let Some(e) = v.entry {
+                docs.insert(id, e);
+            }
+        }
+        Ok(Self {
+            path: PathBuf::from(store.describe()),
+            docs,
+            shared: Some(shared::SharedState {
+                store,
+                versions,
+                base: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// True when other processes share this catalog.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Read a shared catalog again (what other writers did since); changes not
+    /// yet persisted are kept. A file catalog has no other writer: nothing to do.
+    pub async fn refresh(&mut self) -> Result<()> {
+        let Some(sh) = &mut self.shared else {
+            return Ok(());
+        };
+        let loaded = sh.store.load().await?;
+        let mut docs = BTreeMap::new();
+        sh.versions.clear();
+        for (id, v) in loaded {
+            sh.versions.insert(id.clone(), v.version);
+            if let Some(e) = v.entry {
+                docs.insert(id, e);
+            }
+        }
+        for id in sh.base.keys() {
+            match self.docs.get(id) {
+                Some(e) => docs.insert(id.clone(), e.clone()),
+                None => docs.remove(id),
+            };
+        }
+        self.docs = docs;
+        Ok(())
+    }
+
+    /// Make the changes durable: the file is replaced; a shared catalog writes
+    /// each changed entry conditionally and says how each settled (a document
+    /// another writer changed first keeps that writer's version). A file
+    /// catalog's changes all settle as written, and are not listed.
+    pub async fn persist(&mut self) -> Result<Vec<Settled>> {
+        match &mut self.shared {
+            None => {
+                self.save()?;
+                Ok(Vec::new())
+            }
+            Some(sh) => sh.persist(&mut self.docs).await,
+        }
+    }
+
+    /// Where it lives, for messages: the file, or the shared store.
+    pub fn describe(&self) -> String {
+        match &self.shared {
+            Some(sh) => sh.store.describe(),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    fn touch(&mut self, doc_id: &str) {
+        if let Some(sh) = &mut self.shared {
+            if !sh.base.contains_key(doc_id) {
+                sh.base
+                    .insert(doc_id.to_string(), self.docs.get(doc_id).cloned());
+            }
+        }
     }
 
     /// The entry for a document id.
@@ -100,11 +203,13 @@ impl Catalog {
 
     /// Add or replace a document's entry (in memory until [`Catalog::save`]).
     pub fn insert(&mut self, doc_id: String, entry: CatalogEntry) {
+        self.touch(&doc_id);
         self.docs.insert(doc_id, entry);
     }
 
     /// Remove a document's entry (in memory until [`Catalog::save`]).
     pub fn remove(&mut self, doc_id: &str) -> Option<CatalogEntry> {
+        self.touch(doc_id);
         self.docs.remove(doc_id)
     }
 
@@ -128,8 +233,15 @@ impl Catalog {
         self.docs.values().map(|e| e.chunks).sum()
     }
 
-    /// Write the catalog atomically: a temporary file, fsync, rename, fsync of the directory.
+    /// Write the catalog atomically: a temporary file, fsync, rename, fsync of
+    /// the directory. A shared catalog is written with [`Catalog::persist`].
     pub fn save(&self) -> Result<()> {
+        if let Some(sh) = &self.shared {
+            return Err(Error::Index(format!(
+                "the catalog in {} is shared: it is written with persist(), not saved to a file",
+                sh.store.describe()
+            )));
+        }
         let file = CatalogFile {
             version: 1,
             blake3: Some(checksum(&self.docs)?),
@@ -148,6 +260,7 @@ impl Catalog {
         Self {
             path: path.into(),
             docs: entries.into_iter().collect(),
+            shared: None,
         }
     }
 
