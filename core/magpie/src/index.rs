@@ -11,7 +11,7 @@ use magpie_core::{
     NoProgress, QueryPipeline, Retriever, RunOptions, Splitter, VectorStore,
 };
 use magpie_files::{DirectoryLoader, TokenSplitter};
-use magpie_qdrant::{QdrantHybridRetriever, QdrantStore};
+use magpie_qdrant::{QdrantCatalog, QdrantHybridRetriever, QdrantStore};
 
 use crate::error::{Error, Result};
 use crate::layout::{IndexSettings, Layout};
@@ -98,6 +98,9 @@ pub struct Index {
     pub keywords: Arc<dyn KeywordStore>,
     /// The Qdrant collection, when the index lives in one.
     pub remote: Option<Arc<QdrantStore>>,
+    /// With a Qdrant store: the catalog, settings and jobs every process
+    /// serving or writing the collection shares.
+    pub shared: Option<Arc<QdrantCatalog>>,
 }
 
 impl Index {
@@ -108,9 +111,37 @@ impl Index {
     }
 
     /// Open the index in `dir` with these models and options.
+    ///
+    /// With a Qdrant store, the settings, the catalog and the jobs live in the
+    /// deployment too, so a second process (another machine, another `dir`)
+    /// pointed at the same collection opens the same index.
     pub fn open_with(dir: &Path, models: &Models, opts: OpenOptions) -> Result<Self> {
         let layout = Layout::new(dir);
-        let existing = IndexSettings::read(dir)?;
+        let local = IndexSettings::read(dir)?;
+        let shared = match remote_config(local.as_ref(), opts.store.as_deref())? {
+            Some(cfg) => Some(Arc::new(crate::block_on(QdrantCatalog::connect(&cfg))?)),
+            None => None,
+        };
+        let published = match &shared {
+            Some(sh) => crate::block_on(sh.settings())?
+                .map(|v| {
+                    serde_json::from_value::<IndexSettings>(v).map_err(|e| Error::Damaged {
+                        path: PathBuf::from(sh.collection()),
+                        reason: format!("the recorded settings: {e}"),
+                    })
+                })
+                .transpose()?,
+            None => None,
+        };
+        let existing = match (&local, &published) {
+            (Some(l), _) => Some(l.clone()),
+            // Another process made this index: adopt its settings.
+            (None, Some(p)) => Some(IndexSettings {
+                store: StoreSpec::parse(opts.store.as_deref().unwrap_or_default())?.recorded(),
+                ..p.clone()
+            }),
+            (None, None) => None,
+        };
         if existing.is_none() && !opts.create {
             return Err(Error::NoIndex {
                 dir: dir.to_path_buf(),
@@ -120,25 +151,19 @@ impl Index {
             Arc::new(models.load_embedder(existing.as_ref().map(|s| s.embedding_model.as_str()))?);
         let settings = match existing {
             Some(s) => {
-                if s.embedding_model != embedder.model_id() || s.dimension != embedder.dimension() {
-                    return Err(Error::ModelMismatch {
-                        dir: dir.to_path_buf(),
-                        recorded: s.embedding_model.clone(),
-                        dimension: s.dimension,
-                        loaded: embedder.model_id().to_string(),
-                    });
-                }
-                for (setting, asked, have) in [
-                    ("chunk_tokens", opts.chunk_tokens, s.chunk_tokens),
-                    ("overlap_tokens", opts.overlap_tokens, s.overlap_tokens),
-                ] {
-                    if asked.is_some_and(|a| a != have) {
-                        return Err(Error::SettingMismatch {
-                            dir: dir.to_path_buf(),
-                            setting,
-                            have,
-                        });
-                    }
+                check_settings(dir, &s, &embedder, &opts)?;
+                if let (Some(_), Some(p)) = (&local, &published) {
+                    // This directory's record and the shared one name one index.
+                    check_settings(
+                        dir,
+                        p,
+                        &embedder,
+                        &OpenOptions {
+                            chunk_tokens: Some(s.chunk_tokens),
+                            overlap_tokens: Some(s.overlap_tokens),
+                            ..OpenOptions::default()
+                        },
+                    )?;
                 }
                 s
             }
@@ -158,7 +183,7 @@ impl Index {
                 )
             }
         };
-        let new_index = !layout.settings().exists();
+        let new_here = !layout.settings().exists();
         let spec = StoreSpec::resolve(dir, &settings, opts.store.as_deref())?;
         let stores = Stores::open(
             &layout,
@@ -169,8 +194,38 @@ impl Index {
                 title_boost: opts.title_boost,
             },
         )?;
-        if new_index {
+        if let (Some(sh), None) = (&shared, &published) {
+            // The first process records the settings for the others; two
+            // creating it at once agree on the first one's.
+            let mine = serde_json::to_value(IndexSettings {
+                store: None,
+                ..settings.clone()
+            })
+            .map_err(|e| magpie_core::Error::stage("settings", e.to_string()))?;
+            let kept = crate::block_on(sh.init_settings(&mine))?;
+            if kept != mine {
+                let kept: IndexSettings =
+                    serde_json::from_value(kept).map_err(|e| Error::Damaged {
+                        path: PathBuf::from(sh.collection()),
+                        reason: format!("the recorded settings: {e}"),
+                    })?;
+                check_settings(
+                    dir,
+                    &kept,
+                    &embedder,
+                    &OpenOptions {
+                        chunk_tokens: Some(settings.chunk_tokens),
+                        overlap_tokens: Some(settings.overlap_tokens),
+                        ..OpenOptions::default()
+                    },
+                )?;
+            }
+        }
+        if new_here {
             // Recorded once the stores opened, so a mistyped store URL leaves no index behind.
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::io(format!("creating the index directory {}", dir.display()), e)
+            })?;
             settings.write(dir)?;
         }
         Ok(Self {
@@ -180,6 +235,16 @@ impl Index {
             vectors: stores.vectors,
             keywords: stores.keywords,
             remote: stores.remote,
+            shared,
+        })
+    }
+
+    /// The catalog as it is now: the shared one with a Qdrant store, else the
+    /// file in the index directory.
+    pub async fn catalog(&self) -> Result<Catalog> {
+        Ok(match &self.shared {
+            Some(sh) => Catalog::shared(sh.clone() as Arc<dyn magpie_core::CatalogStore>).await?,
+            None => Catalog::open(self.layout().catalog())?,
         })
     }
 
@@ -198,8 +263,8 @@ impl Index {
     }
 
     /// An indexing pipeline over this index's stores and catalog.
-    pub fn pipeline(&self) -> Result<IndexingPipeline> {
-        let catalog = Catalog::open(self.layout().catalog())?;
+    pub async fn pipeline(&self) -> Result<IndexingPipeline> {
+        let catalog = self.catalog().await?;
         Ok(IndexingPipeline::new(
             self.splitter(),
             self.embedder.clone() as Arc<dyn Embedder>,
@@ -226,7 +291,11 @@ impl Index {
         progress: &dyn IndexProgress,
     ) -> Result<IndexReport> {
         let loader = DirectoryLoader::new(path.as_ref());
-        Ok(self.pipeline()?.run(&loader, options, progress).await?)
+        Ok(self
+            .pipeline()
+            .await?
+            .run(&loader, options, progress)
+            .await?)
     }
 
     /// BM25 over the keyword store.
@@ -312,4 +381,56 @@ impl Index {
             .answer_streaming(question, generator, options, on_text)
             .await?)
     }
+}
+
+/// The Qdrant deployment an index's vectors live in: the store asked for, else
+/// the one its settings record; `None` for the embedded stores.
+fn remote_config(
+    local: Option<&IndexSettings>,
+    asked: Option<&str>,
+) -> Result<Option<magpie_qdrant::RemoteConfig>> {
+    let spec = match (asked, local.and_then(|s| s.store.as_deref())) {
+        (Some(a), _) => StoreSpec::parse(a)?,
+        (None, Some(recorded)) => StoreSpec::parse(recorded)?,
+        (None, None) => StoreSpec::Embedded,
+    };
+    Ok(match spec {
+        StoreSpec::Remote(cfg) => Some(cfg),
+        StoreSpec::Embedded => None,
+    })
+}
+
+/// `recorded` (an index's settings) fits `embedder` and the chunking `opts` asks for.
+fn check_settings(
+    dir: &Path,
+    recorded: &IndexSettings,
+    embedder: &BertEmbedder,
+    opts: &OpenOptions,
+) -> Result<()> {
+    if recorded.embedding_model != embedder.model_id() || recorded.dimension != embedder.dimension()
+    {
+        return Err(Error::ModelMismatch {
+            dir: dir.to_path_buf(),
+            recorded: recorded.embedding_model.clone(),
+            dimension: recorded.dimension,
+            loaded: embedder.model_id().to_string(),
+        });
+    }
+    for (setting, asked, have) in [
+        ("chunk_tokens", opts.chunk_tokens, recorded.chunk_tokens),
+        (
+            "overlap_tokens",
+            opts.overlap_tokens,
+            recorded.overlap_tokens,
+        ),
+    ] {
+        if asked.is_some_and(|a| a != have) {
+            return Err(Error::SettingMismatch {
+                dir: dir.to_path_buf(),
+                setting,
+                have,
+            });
+        }
+    }
+    Ok(())
 }

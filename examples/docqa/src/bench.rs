@@ -127,7 +127,7 @@ pub async fn ingest(args: &IngestBenchArgs, models: &ModelArgs) -> Result<()> {
     let opts = OpenOptions::index().chunking(args.chunk_tokens, args.overlap);
     let engine = crate::engine::open(&tmp.path().join("index"), models, opts)?;
     let backend = engine.embedder.backend();
-    let mut pipeline = engine.pipeline()?;
+    let mut pipeline = engine.pipeline().await?;
     let report = pipeline
         .run(
             &magpie_files::JsonlLoader::beir(&corpus),

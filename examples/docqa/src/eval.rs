@@ -166,7 +166,7 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
     )?;
     // Index the corpus (a no-op when it is already indexed).
     {
-        let mut pipeline = engine.pipeline()?;
+        let mut pipeline = engine.pipeline().await?;
         let loader = JsonlLoader::beir(&corpus);
         let progress = BarProgress::new(!args.json);
         let report = pipeline

@@ -189,7 +189,7 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
     std::fs::write(&subset, lines.join("\n") + "\n")?;
     let engine = crate::engine::open(&work.join("index"), models, OpenOptions::index())?;
     {
-        let mut pipeline = engine.pipeline()?;
+        let mut pipeline = engine.pipeline().await?;
         let progress = BarProgress::new(!args.json);
         pipeline
             .run(

@@ -78,7 +78,8 @@ pub async fn run(args: &IndexArgs, index: &Path, models: &ModelArgs) -> Result<(
     let opts = OpenOptions::index().chunking(args.chunk_tokens, args.overlap);
     let engine = crate::engine::open(index, models, opts)?;
     let mut pipeline = engine
-        .pipeline()?
+        .pipeline()
+        .await?
         .commit_chunks(args.commit_every)
         .batch_chunks(args.commit_every.min(256));
     let folder = || {

@@ -156,7 +156,7 @@ pub async fn status(index: &Path, models: &ModelArgs, args: &StatusArgs) -> Resu
         return verify(index, models, args.json).await;
     }
     let engine = crate::engine::open(index, models, OpenOptions::search())?;
-    let c = engine.pipeline()?.check().await?;
+    let c = engine.pipeline().await?.check().await?;
     print_status(&engine, index, &c, args.json)?;
     if !c.is_consistent() {
         std::process::exit(3);
@@ -172,7 +172,7 @@ async fn verify(index: &Path, models: &ModelArgs, as_json: bool) -> Result<()> {
     if settings.store.is_some() {
         // A Qdrant collection: its stores check themselves through the API.
         let engine = crate::engine::open(index, models, OpenOptions::search())?;
-        let v = engine.pipeline()?.verify().await?;
+        let v = engine.pipeline().await?.verify().await?;
         print_verification(
             index,
             as_json,
@@ -194,7 +194,7 @@ async fn verify(index: &Path, models: &ModelArgs, as_json: bool) -> Result<()> {
     let consistency =
         if vectors.problems.is_empty() && keywords.problems.is_empty() && catalog.is_ok() {
             let engine = crate::engine::open(index, models, OpenOptions::search())?;
-            Some(engine.pipeline()?.check().await?)
+            Some(engine.pipeline().await?.check().await?)
         } else {
             None
         };
@@ -540,7 +540,7 @@ pub async fn repair(index: &Path, models: &ModelArgs, args: &RepairArgs) -> Resu
 
     // Leftovers of interrupted runs, as `docqa index` cleans them; then a final check.
     let engine = crate::engine::open(index, models, OpenOptions::index())?;
-    let mut pipeline = engine.pipeline()?;
+    let mut pipeline = engine.pipeline().await?;
     let (chunks, docs) = pipeline.repair().await?;
     if chunks + docs > 0 {
         actions.push(format!(

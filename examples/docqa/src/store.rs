@@ -2,15 +2,16 @@
 //! embedded stores and a Qdrant cluster without embedding again.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use magpie_core::{Chunk, KeywordStore, VectorStore};
-use magpie_qdrant::{EdgeStore, QdrantStore};
+use magpie_core::{Catalog, CatalogEntry, CatalogStore, Chunk, KeywordStore, VectorStore};
+use magpie_qdrant::{EdgeStore, QdrantCatalog, QdrantStore};
 use magpie_tantivy::TantivyStore;
 
 use crate::engine::{read_settings, StoreSpec};
-use magpie::Layout;
+use magpie::{IndexSettings, Layout};
 
 /// `docqa store copy`.
 #[derive(clap::Args, Debug)]
@@ -216,9 +217,10 @@ pub async fn copy(index: &Path, args: &CopyArgs) -> Result<()> {
             from.describe()
         );
     }
+    let docs = copy_catalog(&from, &to, index, &settings).await?;
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "Copied {copied} chunks from {} to {} in {secs:.1}s ({:.0} chunks/s); both hold the same chunks.",
+        "Copied {copied} chunks and {docs} catalog entries from {} to {} in {secs:.1}s ({:.0} chunks/s); both hold the same chunks.",
         from.describe(),
         to.describe(),
         copied as f64 / secs.max(1e-9)
@@ -258,7 +260,73 @@ async fn clear(dest: Dest, to: &StoreSpec, index: &Path, dim: usize) -> Result<D
                 std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
             }
         }
-        Dest::Remote(s) => s.drop_collection().await?,
+        Dest::Remote(s) => {
+            s.drop_collection().await?;
+            if let StoreSpec::Remote(cfg) = to {
+                QdrantCatalog::connect(cfg).await?.drop_collection().await?;
+            }
+        }
     }
     Dest::open(to, index, dim).await
+}
+
+/// The catalog of a store: the file under the index for the embedded one, the
+/// shared one in a Qdrant deployment.
+async fn catalog_of(spec: &StoreSpec, index: &Path) -> Result<Catalog> {
+    Ok(match spec {
+        StoreSpec::Embedded => Catalog::open(Layout::new(index).catalog())?,
+        StoreSpec::Remote(cfg) => {
+            Catalog::shared(Arc::new(QdrantCatalog::connect(cfg).await?) as Arc<dyn CatalogStore>)
+                .await?
+        }
+    })
+}
+
+/// Copy the catalog (and, to Qdrant, the settings) along with the chunks, so
+/// the destination is a whole index; returns the entries copied.
+async fn copy_catalog(
+    from: &StoreSpec,
+    to: &StoreSpec,
+    index: &Path,
+    settings: &IndexSettings,
+) -> Result<usize> {
+    let source = catalog_of(from, index).await?;
+    let entries: Vec<(String, CatalogEntry)> = source
+        .iter()
+        .map(|(id, e)| (id.clone(), e.clone()))
+        .collect();
+    match to {
+        StoreSpec::Embedded => {
+            Catalog::from_entries(Layout::new(index).catalog(), entries.clone()).save()?
+        }
+        StoreSpec::Remote(cfg) => {
+            let shared = Arc::new(QdrantCatalog::connect(cfg).await?);
+            let mine = serde_json::to_value(IndexSettings {
+                store: None,
+                ..settings.clone()
+            })?;
+            let kept = shared.init_settings(&mine).await?;
+            if kept != mine {
+                bail!(
+                    "{} already records other index settings ({kept}); copy with --replace, or to \
+                     another collection",
+                    to.describe()
+                );
+            }
+            let mut dest = Catalog::shared(shared as Arc<dyn CatalogStore>).await?;
+            let stale: Vec<String> = dest
+                .iter()
+                .filter(|(id, _)| source.get(id).is_none())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in stale {
+                dest.remove(&id);
+            }
+            for (id, e) in entries.iter().cloned() {
+                dest.insert(id, e);
+            }
+            dest.persist().await?;
+        }
+    }
+    Ok(entries.len())
 }

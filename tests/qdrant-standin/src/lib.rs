@@ -215,6 +215,7 @@ pub fn server_version(url: &str) -> Result<String, String> {
         rt.block_on(async {
             let client = ::qdrant_client::Qdrant::from_url(&url)
                 .timeout(std::time::Duration::from_secs(10))
+                .skip_compatibility_check()
                 .build()
                 .map_err(|e| e.to_string())?;
             client

@@ -20,7 +20,7 @@ use super::indexer::Job;
 use super::{ApiError, ApiJson, App};
 
 /// What a client polls.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct JobInfo {
     pub id: String,
     pub status: JobStatus,
@@ -35,7 +35,7 @@ pub struct JobInfo {
     pub created: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,
@@ -44,9 +44,38 @@ pub enum JobStatus {
     Failed,
 }
 
-/// The catalog as last committed (read from disk: never waits for indexing).
-pub fn catalog(app: &App) -> Result<Catalog, ApiError> {
-    Catalog::open(app.engine.layout().catalog()).map_err(ApiError::internal)
+/// The catalog as last committed (never waits for indexing): the file, or
+/// with a Qdrant store the catalog every server of the collection shares.
+pub async fn catalog(app: &App) -> Result<Catalog, ApiError> {
+    app.engine.catalog().await.map_err(ApiError::internal)
+}
+
+/// The kind of a job's record in a shared (Qdrant) index.
+const JOB_RECORD: &str = "job";
+
+/// With a Qdrant store, jobs are written there too (in order, off the request
+/// path), so every server of the collection can answer for them.
+pub fn publish_jobs(app: &App) -> Option<tokio::sync::mpsc::UnboundedSender<JobInfo>> {
+    let shared = app.engine.shared.clone()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<JobInfo>();
+    tokio::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            let value = match serde_json::to_value(&job) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if let Err(e) = shared.put_record(JOB_RECORD, &job.id, &value).await {
+                tracing::warn!(job = %job.id, "could not record the job in Qdrant: {e}");
+            }
+        }
+    });
+    Some(tx)
+}
+
+fn publish(app: &App, job: &JobInfo) {
+    if let Some(tx) = app.job_sink.get() {
+        let _ = tx.send(job.clone());
+    }
 }
 
 pub fn job_counts(app: &App) -> (usize, usize) {
@@ -56,8 +85,12 @@ pub fn job_counts(app: &App) -> (usize, usize) {
 }
 
 pub(super) fn set_job(app: &App, id: &str, f: impl FnOnce(&mut JobInfo)) {
-    if let Some(j) = app.jobs.lock().unwrap().get_mut(id) {
+    let changed = app.jobs.lock().unwrap().get_mut(id).map(|j| {
         f(j);
+        j.clone()
+    });
+    if let Some(j) = changed {
+        publish(app, &j);
     }
 }
 
@@ -91,6 +124,8 @@ pub(super) fn register(
         }
     }
     jobs.insert(info.id.clone(), info.clone());
+    drop(jobs);
+    publish(app, &info);
     info
 }
 
@@ -447,7 +482,7 @@ fn doc_json(id: &str, e: &magpie_core::CatalogEntry) -> Value {
 
 /// `GET /v1/documents`
 pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
-    let cat = catalog(&app)?;
+    let cat = catalog(&app).await?;
     let docs: Vec<Value> = cat.iter().map(|(id, e)| doc_json(id, e)).collect();
     Ok(Json(
         json!({"documents": docs, "count": docs.len(), "chunks": cat.chunk_count()}),
@@ -459,7 +494,7 @@ pub async fn get_one(
     State(app): State<Arc<App>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let cat = catalog(&app)?;
+    let cat = catalog(&app).await?;
     let e = cat
         .get(&id)
         .ok_or_else(|| ApiError::not_found(format!("no document {id}")))?;
@@ -471,7 +506,7 @@ pub async fn delete(
     State(app): State<Arc<App>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if catalog(&app)?.get(&id).is_none() {
+    if catalog(&app).await?.get(&id).is_none() {
         return Err(ApiError::not_found(format!("no document {id}")));
     }
     let mut pipeline = app.pipeline.lock().await;
@@ -497,22 +532,43 @@ pub async fn job(
     State(app): State<Arc<App>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<JobInfo>, ApiError> {
-    app.jobs
-        .lock()
-        .unwrap()
-        .get(&id)
-        .cloned()
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no job {id} (jobs are kept until the server restarts)"
-            ))
-        })
+    let here = app.jobs.lock().unwrap().get(&id).cloned();
+    if let Some(j) = here {
+        return Ok(Json(j));
+    }
+    // Another server of a shared index may have taken it.
+    if let Some(shared) = &app.engine.shared {
+        if let Some(v) = shared
+            .record(JOB_RECORD, &id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            if let Ok(j) = serde_json::from_value::<JobInfo>(v) {
+                return Ok(Json(j));
+            }
+        }
+    }
+    Err(ApiError::not_found(format!(
+        "no job {id} (jobs are kept until the server restarts)"
+    )))
 }
 
 /// `GET /v1/jobs`: newest first.
 pub async fn jobs(State(app): State<Arc<App>>) -> Json<Value> {
     let mut all: Vec<JobInfo> = app.jobs.lock().unwrap().values().cloned().collect();
+    if let Some(shared) = &app.engine.shared {
+        // Every server's jobs, when the index is shared (this one's win ties).
+        if let Ok(records) = shared.records(JOB_RECORD).await {
+            let here: std::collections::HashSet<String> =
+                all.iter().map(|j| j.id.clone()).collect();
+            all.extend(
+                records
+                    .into_values()
+                    .filter_map(|v| serde_json::from_value::<JobInfo>(v).ok())
+                    .filter(|j| !here.contains(&j.id)),
+            );
+        }
+    }
     all.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
     all.truncate(200);
     Json(json!({"jobs": all}))

@@ -250,7 +250,7 @@ fn crash_for_tests(file: &Path) {
 /// any number of them can wait. Ones whose indexing was started MAX_ATTEMPTS
 /// times are set aside instead. Returns how many were queued.
 pub fn resume_uploads(app: &Arc<App>) -> Result<usize> {
-    let cat = catalog(app).map_err(|e| anyhow::anyhow!(e.message))?;
+    let cat = magpie::block_on(catalog(app)).map_err(|e| anyhow::anyhow!(e.message))?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&app.uploads)
         .with_context(|| format!("reading {}", app.uploads.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

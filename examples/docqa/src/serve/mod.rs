@@ -62,6 +62,8 @@ pub struct App {
     queries: Arc<dyn magpie_core::Embedder>,
     pipeline: tokio::sync::Mutex<IndexingPipeline>,
     jobs: Mutex<HashMap<String, documents::JobInfo>>,
+    /// With a Qdrant store: where job changes go to be recorded there.
+    job_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<documents::JobInfo>>,
     job_tx: tokio::sync::mpsc::Sender<Job>,
     llm_slot: Arc<Semaphore>,
     in_llm: AtomicUsize,
@@ -113,7 +115,7 @@ pub async fn serve(
     };
     let engine = crate::engine::open(&index, models, OpenOptions::index())?;
     let llm = models.load_generator()?;
-    let pipeline = engine.pipeline()?;
+    let pipeline = engine.pipeline().await?;
     let counts = (pipeline.catalog().len(), pipeline.catalog().chunk_count());
     let uploads = index.join("uploads");
     std::fs::create_dir_all(&uploads).with_context(|| format!("creating {}", uploads.display()))?;
@@ -149,6 +151,7 @@ pub async fn serve(
         llm,
         pipeline: tokio::sync::Mutex::new(pipeline),
         jobs: Mutex::new(HashMap::new()),
+        job_sink: std::sync::OnceLock::new(),
         job_tx,
         llm_slot: Arc::new(Semaphore::new(1)),
         in_llm: AtomicUsize::new(0),
@@ -172,6 +175,9 @@ pub async fn serve(
     indexer::load_failed(&app);
     let worker = indexer::spawn(app.clone(), job_rx)?;
     // Acknowledged documents that a previous run did not finish indexing.
+    if let Some(sink) = documents::publish_jobs(&app) {
+        let _ = app.job_sink.set(sink);
+    }
     let resumed = indexer::resume_uploads(&app)?;
     if resumed > 0 {
         tracing::info!(
