@@ -31,7 +31,11 @@ fn two_servers_share_one_collection() {
             .args(["--store", &url, "index", "--json"])
             .arg(sample()),
     ));
-    assert_eq!((again["indexed"].as_u64(), again["unchanged"].as_u64()), (Some(0), Some(7)), "{again}");
+    assert_eq!(
+        (again["indexed"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(7)),
+        "{again}"
+    );
 
     let sa = Server::start(&ia, &[]);
     let sb = Server::start(&ib, &[]);
@@ -58,7 +62,10 @@ fn two_servers_share_one_collection() {
         if st == 200 && j["status"] == "done" {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "B never saw job {id}: {st} {j}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "B never saw job {id}: {st} {j}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     for s in [&sb, &sa] {
@@ -96,9 +103,17 @@ fn two_servers_share_one_collection() {
         .as_str()
         .unwrap()
         .to_string();
-    let (st, v) = body(c.delete(sb.at(&format!("/v1/documents/{doc}"))).send().unwrap());
+    let (st, v) = body(
+        c.delete(sb.at(&format!("/v1/documents/{doc}")))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(st, 200, "{v}");
-    let (st, _) = body(c.get(sa.at(&format!("/v1/documents/{doc}"))).send().unwrap());
+    let (st, _) = body(
+        c.get(sa.at(&format!("/v1/documents/{doc}")))
+            .send()
+            .unwrap(),
+    );
     assert_eq!(st, 404);
     drop((sa, sb));
     let status = json(&run_ok(docqa(&ia).args(["status", "--json"])));
