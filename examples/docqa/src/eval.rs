@@ -203,10 +203,18 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
     let embedder = engine.embedder.clone();
     let vectors = engine.vectors.clone();
     let keywords = engine.keywords.clone();
+    // With a Qdrant store, hybrid is what users get: one request fused by the
+    // server (client-side only for a query the embedder does not cover).
+    let server_hybrid = (engine.remote.is_some()
+        && args.modes.contains(&Mode::Hybrid)
+        && !args.fixed_weights)
+        .then(|| engine.retriever_with(magpie::SearchMode::Hybrid, embedder.clone()));
 
     struct PerQuery {
         bm25: Vec<Hit>,
         dense: Vec<Hit>,
+        /// Hybrid as the server fused it (`None`: fused here from the two lists).
+        server: Option<(Vec<Hit>, f64)>,
         t_embed: f64,
         t_dense: f64,
         t_bm25: f64,
@@ -217,6 +225,7 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
         let mut r = PerQuery {
             bm25: vec![],
             dense: vec![],
+            server: None,
             t_embed: 0.0,
             t_dense: 0.0,
             t_bm25: 0.0,
@@ -233,6 +242,13 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
             let t = Instant::now();
             r.bm25 = keywords.search(text, args.chunks).await?;
             r.t_bm25 = t.elapsed().as_secs_f64() * 1e3;
+        }
+        if let Some(h) = &server_hybrid {
+            let t = Instant::now();
+            let hits = h.retrieve(text, args.chunks).await?;
+            // Its time without the query embedding, as for the other modes.
+            let ms = (t.elapsed().as_secs_f64() * 1e3 - r.t_embed).max(0.0);
+            r.server = Some((hits, ms));
         }
         results.push(r);
         pb.inc(1);
@@ -274,6 +290,10 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
                 let (hits, t) = match mode {
                     Mode::Bm25 => (pq.bm25.clone(), pq.t_bm25),
                     Mode::Dense => (pq.dense.clone(), pq.t_dense),
+                    Mode::Hybrid if pq.server.is_some() => {
+                        let (hits, ms) = pq.server.clone().unwrap_or_default();
+                        (hits, ms)
+                    }
                     Mode::Hybrid => {
                         let t = Instant::now();
                         let (wd, wb) = weights[i]
@@ -361,6 +381,7 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
     }
     if args.json {
         let mut v = serde_json::to_value(&out)?;
+        v["hybrid_fused_by"] = serde_json::json!(if server_hybrid.is_some() { "qdrant" } else { "magpie" });
         v["fusion"] = serde_json::to_value(&summary)?;
         if args.langs {
             v["languages"] = serde_json::to_value(&by_lang)?;
@@ -370,6 +391,9 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
         println!("{name}: {} queries ({} split)", queries.len(), args.split);
         print_table(&out);
         println!("(latencies include query embedding for dense and hybrid)");
+        if server_hybrid.is_some() {
+            println!("(hybrid: one request fused by the Qdrant server, as `docqa search` does)");
+        }
         summary.print();
         for (l, scores) in &by_lang {
             println!("\nqueries in {l}:");
