@@ -205,10 +205,9 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
     let keywords = engine.keywords.clone();
     // With a Qdrant store, hybrid is what users get: one request fused by the
     // server (client-side only for a query the embedder does not cover).
-    let server_hybrid = (engine.remote.is_some()
-        && args.modes.contains(&Mode::Hybrid)
-        && !args.fixed_weights)
-        .then(|| engine.retriever_with(magpie::SearchMode::Hybrid, embedder.clone()));
+    let server_hybrid =
+        (engine.remote.is_some() && args.modes.contains(&Mode::Hybrid) && !args.fixed_weights)
+            .then(|| engine.retriever_with(magpie::SearchMode::Hybrid, embedder.clone()));
 
     struct PerQuery {
         bm25: Vec<Hit>,
@@ -381,7 +380,11 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
     }
     if args.json {
         let mut v = serde_json::to_value(&out)?;
-        v["hybrid_fused_by"] = serde_json::json!(if server_hybrid.is_some() { "qdrant" } else { "magpie" });
+        v["hybrid_fused_by"] = serde_json::json!(if server_hybrid.is_some() {
+            "qdrant"
+        } else {
+            "magpie"
+        });
         v["fusion"] = serde_json::to_value(&summary)?;
         if args.langs {
             v["languages"] = serde_json::to_value(&by_lang)?;

@@ -103,7 +103,11 @@ async fn corpus_vectors(embedder: &BertEmbedder, chunks: &[Chunk], cache: &Path)
             eprint!("\rembedding the corpus: {}/{}", out.len(), texts.len());
         }
     }
-    eprintln!("\rembedded {} abstracts in {:.0}s", out.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "\rembedded {} abstracts in {:.0}s",
+        out.len(),
+        t.elapsed().as_secs_f64()
+    );
     let bytes: Vec<u8> = out.iter().flatten().flat_map(|f| f.to_le_bytes()).collect();
     if let Some(d) = cache.parent() {
         let _ = std::fs::create_dir_all(d);
@@ -157,7 +161,11 @@ async fn main() {
         std::process::exit(2);
     };
     let (chunks, queries, rel) = load(&dir);
-    eprintln!("SciFact: {} abstracts, {} queries", chunks.len(), queries.len());
+    eprintln!(
+        "SciFact: {} abstracts, {} queries",
+        chunks.len(),
+        queries.len()
+    );
     let embedder = BertEmbedder::load(magpie_tests::minilm_dir().to_string_lossy()).expect("model");
     let dim = embedder.dimension();
     let cache = magpie_tests::workspace().join("target/bench-stores/scifact-minilm.f32");
@@ -188,7 +196,8 @@ async fn main() {
                 }
                 edge.commit().await.expect("commit");
                 kw.commit().await.expect("commit");
-                run.upsert_pps.push(chunks.len() as f64 / t.elapsed().as_secs_f64());
+                run.upsert_pps
+                    .push(chunks.len() as f64 / t.elapsed().as_secs_f64());
                 for (v, (_, q)) in qvecs.iter().zip(&queries) {
                     let t = Instant::now();
                     let d = edge.search(v, 10).await.expect("search");
@@ -222,7 +231,8 @@ async fn main() {
                 for (c, v) in chunks.chunks(256).zip(vectors.chunks(256)) {
                     store.upsert(c, v).await.expect("upsert");
                 }
-                run.upsert_pps.push(chunks.len() as f64 / t.elapsed().as_secs_f64());
+                run.upsert_pps
+                    .push(chunks.len() as f64 / t.elapsed().as_secs_f64());
                 assert_eq!(store.count().await.expect("count"), chunks.len());
                 for (v, (_, q)) in qvecs.iter().zip(&queries) {
                     let t = Instant::now();
