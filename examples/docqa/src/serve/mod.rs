@@ -338,7 +338,16 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     let mut response = match admit(&app, &req) {
         Ok(Admission::Preflight(r)) => r,
         Ok(Admission::Run(role)) => with_deadline(&app, role, req, next).await,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // A refused request's small body is read first, so its client
+            // gets this answer rather than a reset connection mid-send.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                axum::body::to_bytes(req.into_body(), 64 * 1024),
+            )
+            .await;
+            e.into_response()
+        }
     };
     app.origins.decorate(origin.as_ref(), &mut response);
     app.metrics.request(
