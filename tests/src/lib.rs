@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 pub mod docs;
+pub mod scifact;
 pub mod tiny;
 
 /// The workspace root.

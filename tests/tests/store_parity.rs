@@ -10,14 +10,12 @@
 //! Also printed: nDCG@10 of each path, dense, BM25 and hybrid (the embedded
 //! hybrid fuses edge and tantivy in magpie; the remote one is fused by the server).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use magpie_candle::BertEmbedder;
 use magpie_core::metrics::{docs_by_best_chunk, ndcg_at};
-use magpie_core::{
-    chunk_id_for, reciprocal_rank_fusion, Chunk, Embedder, Filter, KeywordStore, Span, VectorStore,
-};
+use magpie_core::{reciprocal_rank_fusion, Embedder, Filter, KeywordStore, VectorStore};
 use magpie_qdrant::{EdgeStore, QdrantStore, RemoteConfig};
 use magpie_tantivy::TantivyStore;
 
@@ -32,70 +30,19 @@ async fn scifact_dense_top10_agrees_between_embedded_and_remote() {
     };
     let full = std::env::var("MAGPIE_SCIFACT_FULL").is_ok_and(|v| v == "1");
 
-    // Judgements and queries.
-    let mut rel: HashMap<String, HashMap<String, i32>> = HashMap::new();
-    for line in std::fs::read_to_string(dir.join("qrels/test.tsv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-    {
-        let c: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
-        if c.len() == 3 {
-            rel.entry(c[0].into())
-                .or_default()
-                .insert(c[1].into(), c[2].trim().parse().unwrap());
-        }
-    }
+    let rel = magpie_tests::scifact::qrels(&dir);
     let judged: HashSet<&String> = rel.values().flat_map(|m| m.keys()).collect();
-    let mut queries = Vec::new();
-    for line in std::fs::read_to_string(dir.join("queries.jsonl"))
-        .unwrap()
-        .lines()
-    {
-        let q: serde_json::Value = serde_json::from_str(line).unwrap();
-        let id = q["_id"].as_str().unwrap().to_string();
-        if rel.contains_key(&id) {
-            queries.push((id, q["text"].as_str().unwrap().to_string()));
-        }
-    }
+    let queries = magpie_tests::scifact::queries(&dir, &rel);
     assert_eq!(queries.len(), 300);
-
-    // The corpus: one chunk per abstract (title and text).
-    let mut chunks = Vec::new();
+    // The corpus: the judged abstracts and others up to 1,000 (all with MAGPIE_SCIFACT_FULL=1).
     let mut others = 0;
-    for line in std::fs::read_to_string(dir.join("corpus.jsonl"))
-        .unwrap()
-        .lines()
-    {
-        let d: serde_json::Value = serde_json::from_str(line).unwrap();
-        let id = d["_id"].as_str().unwrap().to_string();
-        if !full && !judged.contains(&id) {
-            if others + judged.len() >= 1000 {
-                continue;
-            }
-            others += 1;
+    let chunks = magpie_tests::scifact::chunks(&dir, |id| {
+        if full || judged.contains(&id.to_string()) {
+            return true;
         }
-        let text = format!(
-            "{}\n{}",
-            d["title"].as_str().unwrap_or(""),
-            d["text"].as_str().unwrap_or("")
-        );
-        chunks.push(Chunk {
-            id: chunk_id_for(&id, "scifact", 0),
-            doc_id: id.clone(),
-            doc_hash: "scifact".into(),
-            source: id,
-            index: 0,
-            span: Span {
-                byte_end: text.len(),
-                ..Default::default()
-            },
-            text,
-            heading_path: vec![],
-            title: None,
-            metadata: Default::default(),
-        });
-    }
+        others += 1;
+        others + judged.len() <= 1000
+    });
     eprintln!(
         "SciFact store parity: {} documents, {} queries",
         chunks.len(),

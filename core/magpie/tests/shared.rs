@@ -21,6 +21,14 @@ fn models() -> Models {
     Models::in_dir(dir)
 }
 
+async fn add(index: &Index, docs: &MemoryLoader) -> magpie::IndexReport {
+    let mut pipeline = index.pipeline().await.unwrap();
+    pipeline
+        .run(docs, &RunOptions::default(), &NoProgress)
+        .await
+        .unwrap()
+}
+
 const A: &str = "Grey herons nest in colonies called heronries, high in the trees near water.";
 const B: &str = "Kingfishers dive for small fish from a low perch over slow rivers.";
 
@@ -42,13 +50,7 @@ async fn writers_in_two_places_share_one_index() {
         ("two.md", B),
         ("three.md", "Magpies collect shiny things."),
     ]);
-    let first = a
-        .pipeline()
-        .await
-        .unwrap()
-        .run(&docs, &RunOptions::default(), &NoProgress)
-        .await
-        .unwrap();
+    let first = add(&a, &docs).await;
     assert_eq!(first.indexed, 3);
 
     // A second place with no settings of its own: searching needs no create.
@@ -66,13 +68,7 @@ async fn writers_in_two_places_share_one_index() {
     assert_eq!(b.catalog().await.unwrap().len(), 3);
     let hits = b.search("where do herons nest?", 1).await.unwrap();
     assert_eq!(hits[0].chunk.source, "one.md");
-    let again = b
-        .pipeline()
-        .await
-        .unwrap()
-        .run(&docs, &RunOptions::default(), &NoProgress)
-        .await
-        .unwrap();
+    let again = add(&b, &docs).await;
     assert_eq!((again.indexed, again.unchanged), (0, 3), "{again:?}");
 
     // Both change one document at the same moment, each its own way: one

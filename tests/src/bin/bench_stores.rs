@@ -10,76 +10,19 @@
 //! `scripts/bench_stores.sh` starts a real single node and a three-node
 //! cluster and runs it against both.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
 use magpie_candle::BertEmbedder;
 use magpie_core::metrics::{docs_by_best_chunk, ndcg_at};
 use magpie_core::{
-    chunk_id_for, reciprocal_rank_fusion, Chunk, Embedder, Filter, Hit, KeywordStore, Span,
-    VectorStore,
+    reciprocal_rank_fusion, Chunk, Embedder, Filter, Hit, KeywordStore, VectorStore,
 };
 use magpie_qdrant::{EdgeStore, QdrantStore, RemoteConfig};
 use magpie_tantivy::TantivyStore;
 
-type Qrels = HashMap<String, HashMap<String, i32>>;
-
-fn load(dir: &Path) -> (Vec<Chunk>, Vec<(String, String)>, Qrels) {
-    let mut rel: Qrels = HashMap::new();
-    for line in std::fs::read_to_string(dir.join("qrels/test.tsv"))
-        .expect("qrels")
-        .lines()
-        .skip(1)
-    {
-        let c: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
-        if c.len() == 3 {
-            rel.entry(c[0].into())
-                .or_default()
-                .insert(c[1].into(), c[2].trim().parse().unwrap_or(0));
-        }
-    }
-    let mut queries = Vec::new();
-    for line in std::fs::read_to_string(dir.join("queries.jsonl"))
-        .expect("queries")
-        .lines()
-    {
-        let q: serde_json::Value = serde_json::from_str(line).expect("query json");
-        let id = q["_id"].as_str().unwrap_or_default().to_string();
-        if rel.contains_key(&id) {
-            queries.push((id, q["text"].as_str().unwrap_or_default().to_string()));
-        }
-    }
-    let mut chunks = Vec::new();
-    for line in std::fs::read_to_string(dir.join("corpus.jsonl"))
-        .expect("corpus")
-        .lines()
-    {
-        let d: serde_json::Value = serde_json::from_str(line).expect("doc json");
-        let id = d["_id"].as_str().unwrap_or_default().to_string();
-        let text = format!(
-            "{}\n{}",
-            d["title"].as_str().unwrap_or(""),
-            d["text"].as_str().unwrap_or("")
-        );
-        chunks.push(Chunk {
-            id: chunk_id_for(&id, "scifact", 0),
-            doc_id: id.clone(),
-            doc_hash: "scifact".into(),
-            source: id,
-            index: 0,
-            span: Span {
-                byte_end: text.len(),
-                ..Default::default()
-            },
-            text,
-            heading_path: vec![],
-            title: None,
-            metadata: Default::default(),
-        });
-    }
-    (chunks, queries, rel)
-}
+use magpie_tests::scifact::Qrels;
 
 /// The corpus vectors, embedded once and cached as raw little-endian f32.
 async fn corpus_vectors(embedder: &BertEmbedder, chunks: &[Chunk], cache: &Path) -> Vec<Vec<f32>> {
@@ -160,7 +103,9 @@ async fn main() {
         eprintln!("../shared/data/scifact is missing: nothing to measure");
         std::process::exit(2);
     };
-    let (chunks, queries, rel) = load(&dir);
+    let rel = magpie_tests::scifact::qrels(&dir);
+    let queries = magpie_tests::scifact::queries(&dir, &rel);
+    let chunks = magpie_tests::scifact::chunks(&dir, |_| true);
     eprintln!(
         "SciFact: {} abstracts, {} queries",
         chunks.len(),

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Build a multi-turn conversation set for `docqa eval chat` from a SQuAD-layout file.
+
+    scripts/make_chat_set.py ../shared/data/squad-v1.1-dev/dev-v1.1.json target/chat-squad
+
+SQuAD asks many questions of each paragraph, and most name their subject (the
+article's title: "the Normans", "Super Bowl 50"). A conversation here is such a
+chain on one paragraph: the first turn is a question as written; each follow-up
+is another question on the same paragraph with its subject replaced by a
+pronoun ("When did they conquer England?"), so it depends on the earlier turns
+by construction: alone, it names no subject. Earlier turns carry their gold
+answer as the assistant's reply.
+
+Labels (the `answerability` field):
+- answerable: the paragraph is in the corpus;
+- unanswerable: the paragraph was held out of the corpus (a fixed share of
+  paragraphs, chosen by the seed): the topic is there, the answer is not;
+- underspecified: a follow-up asked as the first turn, with no history to
+  say what "it" is.
+
+Writes OUT/corpus.jsonl (BEIR: _id, title, text) and OUT/conversations.jsonl
+(one line per scored turn: id, messages, gold_doc_ids, answerability,
+answers), and prints counts. Deterministic for a given seed.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+
+PERSONS = {"Nikola Tesla", "Martin Luther", "Genghis Khan"}
+FUNCTION_WORDS = set(
+    "the a an did does do was is were are has have had be been being can could would will should "
+    "may might must of in on at to for from with by about that which and or but when where how why "
+    "what who whom whose during after before since into within without under over between against "
+    "among through than as if become became use used make made get got take took".split()
+)
+
+
+def aliases(title):
+    """Names a question may use for the article's subject, longest first."""
+    t = title.replace("_", " ")
+    out = {t}
+    base = re.split(r"\s*[(,]", t)[0].strip()
+    out.add(base)
+    if t in PERSONS:
+        out.add(t.split()[-1])
+    return sorted((a for a in out if len(a) >= 3), key=len, reverse=True)
+
+
+def pronoun(title):
+    t = title.replace("_", " ")
+    if t in PERSONS:
+        return "he", "his", "him"
+    base = re.split(r"\s*[(,]", t)[0].strip()
+    if base.endswith("s") and not base.endswith("ss"):
+        return "they", "their", "them"
+    return "it", "its", "it"
+
+
+def pronominalize(question, title):
+    """The question with its subject replaced by a pronoun, or None when it does
+    not name the subject."""
+    subj, poss, obj = pronoun(title)
+    for a in aliases(title):
+        pat = re.compile(r"(?i)\b(the\s+)?" + re.escape(a) + r"('s|’s|')?(?=\W|$)")
+        m = pat.search(question)
+        if not m:
+            continue
+        start = m.start()
+        # Only where the name is a noun phrase of its own: not "the Super Bowl
+        # 50 game" or "the innate immune system", which a pronoun cannot replace.
+        before = question[:start].rstrip().split()
+        prev = before[-1].lower().strip(",") if before else ""
+        rest = question[m.end():]
+        if rest and not (rest[0].isspace() or rest[0] in "?,.;:!)'’\""):
+            return None  # part of a longer token: "Sky+HD"
+        after = rest.lstrip()
+        nxt = re.split(r"\W", after.lower(), maxsplit=1)[0] if after and after[0].isalnum() else ""
+        if prev and prev not in FUNCTION_WORDS:
+            return None
+        if nxt and nxt not in FUNCTION_WORDS and not nxt.endswith("ed"):
+            return None
+        if m.group(2):
+            word = poss
+        else:
+            # After a verb or preposition the object form reads better.
+            last = prev
+            verbs = {"did", "does", "do", "was", "is", "were", "are", "has", "have", "had"}
+            word = subj if (not before or last in verbs) else obj
+        out = question[:start] + word + question[m.end():]
+        out = re.sub(r"\s+", " ", out).strip()
+        if out and out[0].islower() and start == 0:
+            out = out[0].upper() + out[1:]
+        # The subject must be gone entirely (a question naming it twice is skipped).
+        if any(re.search(r"(?i)\b" + re.escape(x) + r"\b", out) for x in aliases(title)):
+            return None
+        return out
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("squad", help="a SQuAD-layout JSON file (dev-v1.1.json)")
+    ap.add_argument("out", help="the folder to write")
+    ap.add_argument("--holdout", type=float, default=0.08, help="share of paragraphs held out (unanswerable)")
+    ap.add_argument("--followups", type=int, default=2, help="follow-up turns per conversation, at most")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    data = json.load(open(args.squad, encoding="utf-8"))["data"]
+    os.makedirs(args.out, exist_ok=True)
+    corpus, turns = [], []
+    counts = {"answerable": 0, "unanswerable": 0, "underspecified": 0, "follow-ups": 0}
+    for ai, article in enumerate(data):
+        title = article["title"]
+        for pi, para in enumerate(article["paragraphs"]):
+            doc_id = f"{ai}-{pi}"
+            held_out = rng.random() < args.holdout
+            if not held_out:
+                corpus.append({"_id": doc_id, "title": title.replace("_", " "), "text": para["context"]})
+            qas = [q for q in para["qas"] if q["answers"]]
+            named = [q for q in qas if pronominalize(q["question"], title)]
+            if not named:
+                continue
+            first = rng.choice(qas)
+            rest = [q for q in named if q is not first]
+            rng.shuffle(rest)
+            follow = rest[: args.followups]
+            label = "unanswerable" if held_out else "answerable"
+            gold = [] if held_out else [doc_id]
+            answers = lambda q: [] if held_out else sorted({a["text"] for a in q["answers"]})
+            messages = [{"role": "user", "content": first["question"]}]
+            turns.append({"id": f"{first['id']}-t1", "messages": list(messages), "gold_doc_ids": gold,
+                          "answerability": label, "answers": answers(first), "turn": 1})
+            counts[label] += 1
+            prev = first
+            for k, q in enumerate(follow, start=2):
+                messages = messages + [
+                    {"role": "assistant", "content": prev["answers"][0]["text"]},
+                    {"role": "user", "content": pronominalize(q["question"], title)},
+                ]
+                turns.append({"id": f"{q['id']}-t{k}", "messages": list(messages), "gold_doc_ids": gold,
+                              "answerability": label, "answers": answers(q), "turn": k})
+                counts[label] += 1
+                counts["follow-ups"] += 1
+                prev = q
+            # The same follow-up with no history: nothing says what it refers to.
+            if follow and not held_out and rng.random() < 0.25:
+                q = follow[0]
+                turns.append({"id": f"{q['id']}-alone", "messages": [{"role": "user", "content": pronominalize(q["question"], title)}],
+                              "gold_doc_ids": gold, "answerability": "underspecified",
+                              "answers": sorted({a["text"] for a in q["answers"]}), "turn": 1})
+                counts["underspecified"] += 1
+    with open(os.path.join(args.out, "corpus.jsonl"), "w", encoding="utf-8") as f:
+        for d in corpus:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    with open(os.path.join(args.out, "conversations.jsonl"), "w", encoding="utf-8") as f:
+        for t in turns:
+            f.write(json.dumps(t, ensure_ascii=False) + "\n")
+    print(f"{len(corpus)} passages, {len(turns)} scored turns: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    main()
