@@ -18,6 +18,10 @@ Labels (the `answerability` field):
 - underspecified: a follow-up asked as the first turn, with no history to
   say what "it" is.
 
+Some conversations then change the subject: a question as written about a
+paragraph of another article (kind "shift"), where the history is noise. Each
+turn's `kind` says which it is: first, follow-up, shift, alone.
+
 Writes OUT/corpus.jsonl (BEIR: _id, title, text) and OUT/conversations.jsonl
 (one line per scored turn: id, messages, gold_doc_ids, answerability,
 answers), and prints counts. Deterministic for a given seed.
@@ -106,18 +110,33 @@ def main():
     ap.add_argument("out", help="the folder to write")
     ap.add_argument("--holdout", type=float, default=0.08, help="share of paragraphs held out (unanswerable)")
     ap.add_argument("--followups", type=int, default=2, help="follow-up turns per conversation, at most")
+    ap.add_argument("--shift", type=float, default=0.3, help="share of conversations that change the subject at the end")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     rng = random.Random(args.seed)
     data = json.load(open(args.squad, encoding="utf-8"))["data"]
     os.makedirs(args.out, exist_ok=True)
     corpus, turns = [], []
-    counts = {"answerable": 0, "unanswerable": 0, "underspecified": 0, "follow-ups": 0}
+    held_set = set()
+    hold_rng = random.Random(args.seed + 2)
+    for ai, article in enumerate(data):
+        for pi, _ in enumerate(article["paragraphs"]):
+            if hold_rng.random() < args.holdout:
+                held_set.add(f"{ai}-{pi}")
+    counts = {"answerable": 0, "unanswerable": 0, "underspecified": 0, "follow-ups": 0, "shifts": 0}
+    # Standalone questions on paragraphs kept in the corpus, by article, for subject changes.
+    pool = []
+    for ai, article in enumerate(data):
+        for pi, para in enumerate(article["paragraphs"]):
+            for q in para["qas"]:
+                if q["answers"]:
+                    pool.append((ai, f"{ai}-{pi}", q))
+    shift_rng = random.Random(args.seed + 1)
     for ai, article in enumerate(data):
         title = article["title"]
         for pi, para in enumerate(article["paragraphs"]):
             doc_id = f"{ai}-{pi}"
-            held_out = rng.random() < args.holdout
+            held_out = doc_id in held_set
             if not held_out:
                 corpus.append({"_id": doc_id, "title": title.replace("_", " "), "text": para["context"]})
             qas = [q for q in para["qas"] if q["answers"]]
@@ -133,7 +152,7 @@ def main():
             answers = lambda q: [] if held_out else sorted({a["text"] for a in q["answers"]})
             messages = [{"role": "user", "content": first["question"]}]
             turns.append({"id": f"{first['id']}-t1", "messages": list(messages), "gold_doc_ids": gold,
-                          "answerability": label, "answers": answers(first), "turn": 1})
+                          "answerability": label, "answers": answers(first), "turn": 1, "kind": "first"})
             counts[label] += 1
             prev = first
             for k, q in enumerate(follow, start=2):
@@ -142,16 +161,31 @@ def main():
                     {"role": "user", "content": pronominalize(q["question"], title)},
                 ]
                 turns.append({"id": f"{q['id']}-t{k}", "messages": list(messages), "gold_doc_ids": gold,
-                              "answerability": label, "answers": answers(q), "turn": k})
+                              "answerability": label, "answers": answers(q), "turn": k, "kind": "follow-up"})
                 counts[label] += 1
                 counts["follow-ups"] += 1
                 prev = q
+            # A change of subject: a question on another article's paragraph.
+            if follow and not held_out and shift_rng.random() < args.shift:
+                while True:
+                    oa, other_doc, oq = shift_rng.choice(pool)
+                    if oa != ai and other_doc not in held_set:
+                        break
+                messages = messages + [
+                    {"role": "assistant", "content": prev["answers"][0]["text"]},
+                    {"role": "user", "content": oq["question"]},
+                ]
+                turns.append({"id": f"{oq['id']}-shift", "messages": list(messages), "gold_doc_ids": [other_doc],
+                              "answerability": "answerable", "answers": sorted({a["text"] for a in oq["answers"]}),
+                              "turn": len(follow) + 2, "kind": "shift"})
+                counts["answerable"] += 1
+                counts["shifts"] += 1
             # The same follow-up with no history: nothing says what it refers to.
             if follow and not held_out and rng.random() < 0.25:
                 q = follow[0]
                 turns.append({"id": f"{q['id']}-alone", "messages": [{"role": "user", "content": pronominalize(q["question"], title)}],
                               "gold_doc_ids": gold, "answerability": "underspecified",
-                              "answers": sorted({a["text"] for a in q["answers"]}), "turn": 1})
+                              "answers": sorted({a["text"] for a in q["answers"]}), "turn": 1, "kind": "alone"})
                 counts["underspecified"] += 1
     with open(os.path.join(args.out, "corpus.jsonl"), "w", encoding="utf-8") as f:
         for d in corpus:

@@ -72,6 +72,10 @@ pub struct AnswerOptions {
     pub few_shot: bool,
     /// Generation options; stop sequences for the prompt shape are added.
     pub generation: GenerationOptions,
+    /// The conversation before the question (user and assistant turns,
+    /// oldest first): the recent turns go into the prompt within a third of
+    /// the room left for passages; older ones drop whole.
+    pub history: Vec<ChatMessage>,
 }
 
 impl Default for AnswerOptions {
@@ -85,6 +89,7 @@ impl Default for AnswerOptions {
                 temperature: 0.2,
                 ..GenerationOptions::default()
             },
+            history: Vec::new(),
         }
     }
 }
@@ -128,23 +133,82 @@ fn passage_block(sources: &[Source]) -> String {
 
 /// The prompt for `question` over `sources`, plain or chat.
 pub fn build_prompt(question: &str, sources: &[Source], chat: bool, few_shot: bool) -> Prompt {
+    build_prompt_in_conversation(question, sources, chat, few_shot, &[])
+}
+
+/// [`build_prompt`] after earlier turns of a conversation (user and assistant
+/// messages, oldest first): chat messages of their own for a chat model, a
+/// transcript before the passages for a base model.
+pub fn build_prompt_in_conversation(
+    question: &str,
+    sources: &[Source],
+    chat: bool,
+    few_shot: bool,
+    history: &[ChatMessage],
+) -> Prompt {
     let question = question.trim();
+    let turns = history
+        .iter()
+        .filter(|m| matches!(m.role, Role::User | Role::Assistant) && !m.content.trim().is_empty());
     if chat {
         let mut user = passage_block(sources);
         user.push_str(&format!("\nQuestion: {question}"));
-        Prompt::Chat(vec![
-            ChatMessage::new(Role::System, INSTRUCTIONS),
-            ChatMessage::new(Role::User, user),
-        ])
+        let mut messages = vec![ChatMessage::new(Role::System, INSTRUCTIONS)];
+        messages.extend(turns.cloned());
+        messages.push(ChatMessage::new(Role::User, user));
+        Prompt::Chat(messages)
     } else {
         let mut p = format!("{INSTRUCTIONS}\n\n");
         if few_shot {
             p.push_str(EXAMPLE);
         }
+        let mut said = String::new();
+        for m in turns {
+            let who = if m.role == Role::User {
+                "User"
+            } else {
+                "Assistant"
+            };
+            said.push_str(&format!("{who}: {}\n", m.content.trim()));
+        }
+        if !said.is_empty() {
+            p.push_str("Conversation so far:\n");
+            p.push_str(&said);
+            p.push('\n');
+        }
         p.push_str(&passage_block(sources));
         p.push_str(&format!("\nQuestion: {question}\nAnswer:"));
         Prompt::Text(p)
     }
+}
+
+/// The most recent user and assistant turns whose tokens fit in `budget`,
+/// oldest first; older turns drop whole, a user turn with its answer.
+fn recent_turns(
+    history: &[ChatMessage],
+    budget: usize,
+    generator: &dyn Generator,
+) -> Result<Vec<ChatMessage>> {
+    let turns: Vec<&ChatMessage> = history
+        .iter()
+        .filter(|m| matches!(m.role, Role::User | Role::Assistant) && !m.content.trim().is_empty())
+        .collect();
+    let mut kept = Vec::new();
+    let mut used = 0usize;
+    for m in turns.iter().rev() {
+        let cost = generator.count_tokens(&m.content)? + 8;
+        if used + cost > budget {
+            break;
+        }
+        used += cost;
+        kept.push((*m).clone());
+    }
+    kept.reverse();
+    // Never start on an answer whose question was dropped.
+    while kept.first().is_some_and(|m| m.role == Role::Assistant) {
+        kept.remove(0);
+    }
+    Ok(kept)
 }
 
 /// Stop sequences that end an answer to the plain prompt (a base model goes
@@ -311,7 +375,8 @@ impl QueryPipeline {
             .context_window
             .unwrap_or(usize::MAX)
             .min(generator.context_length());
-        let skeleton = build_prompt(question, &[], chat, opts.few_shot);
+        let history = recent_turns(&opts.history, window / 4, generator)?;
+        let skeleton = build_prompt_in_conversation(question, &[], chat, opts.few_shot, &history);
         let skeleton_tokens = match &skeleton {
             Prompt::Text(t) => generator.count_tokens(t)?,
             Prompt::Chat(m) => m
@@ -325,7 +390,8 @@ impl QueryPipeline {
         let budget = room.min(opts.max_context_tokens);
         let count = |t: &str| generator.count_tokens(t);
         let sources = pack_sources(&result.hits, budget, &count)?;
-        let prompt = build_prompt(question, &sources, chat, opts.few_shot);
+        let prompt =
+            build_prompt_in_conversation(question, &sources, chat, opts.few_shot, &history);
         let mut options = opts.generation.clone();
         if !chat {
             for s in plain_stops() {

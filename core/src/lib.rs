@@ -11,6 +11,7 @@
 pub mod answer;
 pub mod batch;
 pub mod catalog;
+pub mod conversation;
 pub mod error;
 pub mod filter;
 pub mod fusion;
@@ -28,12 +29,14 @@ pub mod traits;
 pub mod types;
 
 pub use answer::{
-    build_prompt, cited_numbers, pack_sources, Answer, AnswerOptions, PreparedAnswer, Source,
+    build_prompt, build_prompt_in_conversation, cited_numbers, pack_sources, Answer, AnswerOptions,
+    PreparedAnswer, Source,
 };
 pub use batch::BatchingEmbedder;
 pub use catalog::{
     atomic_write, CasOutcome, Catalog, CatalogEntry, CatalogStore, Settled, Versioned,
 };
+pub use conversation::{history_queries, ConversationRetriever, HistoryMode};
 pub use error::{error_chain, BoxError, Error, Result};
 pub use filter::{Bounds, Clause, Filter, FilterField};
 pub use fusion::{AdaptiveFusion, FusionWeights};

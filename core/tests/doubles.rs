@@ -324,3 +324,58 @@ async fn answers_cite_the_passages_a_scripted_model_names() {
     };
     assert!(text.contains("magpies collect shiny objects"), "{text}");
 }
+
+#[tokio::test]
+async fn a_conversation_carries_its_recent_turns_into_the_prompt() {
+    use magpie_core::testing::ScriptedGenerator;
+    use magpie_core::{AnswerOptions, ChatMessage, KeywordRetriever, Prompt, QueryPipeline, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, keywords) = (MemoryStore::new(), MemoryStore::new());
+    let loader = MemoryLoader::new([("birds.txt", "magpies build domed nests of sticks")]);
+    pipeline(dir.path(), &vectors, &keywords)
+        .run(&loader, &RunOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    // A window of 400 words: a quarter of it holds the two recent turns, not
+    // the long first one.
+    let llm = ScriptedGenerator::new(["Sticks [1]."]).context_length(400);
+    let long = "word ".repeat(150);
+    let opts = AnswerOptions {
+        history: vec![
+            ChatMessage::new(Role::User, format!("an old question {long}")),
+            ChatMessage::new(Role::Assistant, "an old answer"),
+            ChatMessage::new(Role::User, "where do magpies nest?"),
+            ChatMessage::new(Role::Assistant, "in trees"),
+        ],
+        generation: magpie_core::GenerationOptions {
+            max_tokens: 20,
+            ..AnswerOptions::default().generation
+        },
+        ..AnswerOptions::default()
+    };
+    QueryPipeline::new(Arc::new(KeywordRetriever::new(Arc::new(keywords))))
+        .top_k(2)
+        .answer("what are they made of?", &llm, &opts)
+        .await
+        .unwrap();
+    let text = match &llm.prompts()[0] {
+        Prompt::Text(t) => t.clone(),
+        Prompt::Chat(m) => m.iter().map(|m| m.content.clone()).collect(),
+    };
+    assert!(
+        text.contains("where do magpies nest?") && text.contains("in trees"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("an old question") && !text.contains("an old answer"),
+        "{text}"
+    );
+    let (turns, question) = (
+        text.find("in trees").unwrap(),
+        text.find("what are they made of?").unwrap(),
+    );
+    assert!(
+        turns < question,
+        "the turns come before the question: {text}"
+    );
+}

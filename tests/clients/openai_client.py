@@ -36,6 +36,24 @@ check(whole.usage.completion_tokens > 0, "usage is reported")
 sources = (whole.model_extra or {}).get("sources") or []
 check(any("faq.txt" in s["source"] for s in sources), "the passages come along in `sources`")
 
+# A follow-up: "it" is the magpie of the turn before. Asked alone, the
+# question finds the FAQ; in the conversation, the species notes.
+follow_up = "What does it sound like?"
+alone = client.chat.completions.create(
+    model=ids[0], messages=[{"role": "user", "content": follow_up}], temperature=0, max_tokens=8
+)
+alone_first = ((alone.model_extra or {}).get("sources") or [{}])[0].get("source", "")
+check("species-notes" not in alone_first, f"alone, the follow-up finds something else first: {alone_first}")
+conversation = [
+    {"role": "user", "content": "What colour is the Eurasian magpie's tail?"},
+    {"role": "assistant", "content": "Iridescent green-blue."},
+    {"role": "user", "content": follow_up},
+]
+reply = client.chat.completions.create(model=ids[0], messages=conversation, temperature=0, max_tokens=30)
+cited = (reply.model_extra or {}).get("sources") or []
+check(bool(cited) and "species-notes" in cited[0]["source"], f"the follow-up cites the passage the conversation is about: {[c['source'] for c in cited]}")
+check(bool(reply.choices[0].message.content.strip()), "and answers it")
+
 stream = client.chat.completions.create(
     model=ids[0],
     messages=messages,

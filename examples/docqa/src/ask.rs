@@ -83,6 +83,7 @@ pub async fn ask(
             seed: args.seed,
             ..GenerationOptions::default()
         },
+        history: Vec::new(),
     };
     let prepared = pipeline.prepare_answer(&args.question, llm, &opts).await?;
     if prepared.sources.is_empty() {

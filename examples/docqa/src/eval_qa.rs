@@ -257,6 +257,7 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
             max_tokens: args.max_tokens,
             ..GenerationOptions::greedy()
         },
+        history: Vec::new(),
     };
     let fusion = (args.mode == Mode::Hybrid).then(|| engine.hybrid_with(engine.embedder.clone()));
     let pb = bar(n as u64, "answering", !args.json);

@@ -6,6 +6,7 @@ mod ask;
 mod bench;
 mod engine;
 mod eval;
+mod eval_chat;
 mod eval_qa;
 mod index;
 mod integrity;
@@ -238,6 +239,16 @@ Example:
 The first --docs documents are indexed into .magpie-eval/<dataset>-qa-<docs>/ and
 --questions questions about them are answered greedily with the language model.")]
     Qa(eval_qa::QaArgs),
+    /// Retrieval in conversations: each scored turn searched with the last
+    /// message alone, the recent user messages joined, and both fused
+    /// (Recall@5, nDCG@10; first turns and follow-ups apart).
+    #[command(after_help = "\
+Example:
+  scripts/make_chat_set.py ../shared/data/squad-v1.1-dev/dev-v1.1.json target/chat-squad
+  docqa eval chat target/chat-squad
+
+The corpus is indexed into --index (default .magpie-eval/<dataset>) once; later runs reuse it.")]
+    Chat(eval_chat::ChatArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -333,6 +344,11 @@ async fn run(cli: Cli) -> Result<()> {
             eval::run(args, explicit.then_some(cli.index.as_path()), &cli.models).await?;
         }
         Command::Eval(EvalCommand::Qa(args)) => eval_qa::run(args, &cli.models).await?,
+        Command::Eval(EvalCommand::Chat(args)) => {
+            let explicit = std::env::args().any(|a| a == "--index" || a.starts_with("--index="))
+                || std::env::var_os("DOCQA_INDEX").is_some();
+            eval_chat::run(args, explicit.then_some(cli.index.as_path()), &cli.models).await?;
+        }
         Command::Store(StoreCommand::Copy(args)) => store::copy(&cli.index, args).await?,
         Command::Models(ModelsCommand::Fetch { which, force }) => {
             models::fetch(&cli.models.models_dir, *which, *force).context("fetching models")?;

@@ -41,8 +41,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use magpie_core::{
-    Answer, AnswerOptions, GenerationOptions, GenerationSummary, Generator, IndexingPipeline,
-    PreparedAnswer, QueryPipeline,
+    Answer, AnswerOptions, ConversationRetriever, GenerationOptions, GenerationSummary, Generator,
+    HistoryMode, IndexingPipeline, PreparedAnswer, QueryPipeline,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -534,11 +534,15 @@ impl App {
     }
 
     /// Retrieve and pack the passages for `question`.
+    /// Retrieve and build the prompt for `question`; `history` is the
+    /// conversation before it (empty for a single question): retrieval reads
+    /// its recent user turns, the prompt carries its recent turns.
     pub async fn prepare(
         &self,
         question: &str,
         req: &QueryRequest,
         stop: Vec<String>,
+        history: Vec<magpie_core::ChatMessage>,
     ) -> Result<PreparedAnswer, ApiError> {
         let mode = parse_mode(req.mode.as_deref())?;
         let k = check_k(req.k, self.cfg.answer.k)?;
@@ -562,12 +566,24 @@ impl App {
             max_context_tokens: self.cfg.answer.context_tokens,
             few_shot: true,
             generation,
+            history: history.clone(),
         };
         let filter = parse_filter(req.filter.as_ref())?;
         let _slot = self.search_slot().await?;
-        let pipeline = QueryPipeline::new(self.retriever(mode))
-            .top_k(k)
-            .filter(filter);
+        let mut asked = history;
+        asked.push(magpie_core::ChatMessage::new(
+            magpie_core::Role::User,
+            question,
+        ));
+        let retriever: Arc<dyn magpie_core::Retriever> = match ConversationRetriever::for_messages(
+            self.retriever(mode),
+            &asked,
+            HistoryMode::default(),
+        ) {
+            Some((_, r)) => Arc::new(r),
+            None => self.retriever(mode),
+        };
+        let pipeline = QueryPipeline::new(retriever).top_k(k).filter(filter);
         Ok(pipeline
             .prepare_answer(question, self.llm.as_ref(), &opts)
             .await?)
@@ -706,7 +722,9 @@ async fn query(
 ) -> Result<Response, ApiError> {
     caller.check_tools(req.tools)?;
     let ticket = app.admit(&req.question)?;
-    let prepared = app.prepare(&req.question, &req, Vec::new()).await?;
+    let prepared = app
+        .prepare(&req.question, &req, Vec::new(), Vec::new())
+        .await?;
     let turn = app.llm_turn(ticket).await?;
     if !req.stream {
         let answer = app.generate(prepared, &turn, req.tools, |_| true).await?;

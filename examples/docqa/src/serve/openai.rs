@@ -91,8 +91,10 @@ fn finish_reason(r: FinishReason) -> &'static str {
     }
 }
 
-/// `POST /v1/chat/completions`: the last user message is the question; the
-/// answer comes from the index, its passages in the extra field `sources`.
+/// `POST /v1/chat/completions`: the last user message is the question, asked
+/// in the conversation the messages before it hold (retrieval reads the recent
+/// user turns too, the prompt carries the recent turns); the answer comes from
+/// the index, its passages in the extra field `sources`.
 pub async fn chat(
     State(app): State<Arc<App>>,
     ApiJson(req): ApiJson<ChatRequest>,
@@ -111,10 +113,24 @@ pub async fn chat(
             )));
         }
     }
-    let question = match req.messages.iter().rev().find(|m| m.role == "user") {
-        Some(m) => content_text(&m.content)?,
-        None => return Err(ApiError::bad_request("the messages have no user message")),
+    // The last user message is the question; the user and assistant messages
+    // before it are the conversation (retrieval and the prompt read them).
+    let Some(last) = req.messages.iter().rposition(|m| m.role == "user") else {
+        return Err(ApiError::bad_request("the messages have no user message"));
     };
+    let question = content_text(&req.messages[last].content)?;
+    let mut history = Vec::new();
+    for m in &req.messages[..last] {
+        let role = match m.role.as_str() {
+            "user" => magpie_core::Role::User,
+            "assistant" => magpie_core::Role::Assistant,
+            _ => continue,
+        };
+        history.push(magpie_core::ChatMessage::new(
+            role,
+            content_text(&m.content)?,
+        ));
+    }
     let stop = match &req.stop {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -137,7 +153,7 @@ pub async fn chat(
         ..Default::default()
     };
     let ticket = app.admit(&question)?;
-    let prepared = app.prepare(&question, &q, stop).await?;
+    let prepared = app.prepare(&question, &q, stop, history).await?;
     let model = req
         .model
         .clone()

@@ -1,0 +1,223 @@
+//! Conversations: who said what, and retrieval that reads the history, so a
+//! follow-up ("Or is an installment plan easier?") finds the passages the
+//! conversation is about rather than those its last words alone match.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::filter::Filter;
+use crate::generate::{ChatMessage, Role};
+use crate::retrieve::reciprocal_rank_fusion;
+use crate::traits::Retriever;
+use crate::types::Hit;
+
+/// How retrieval reads a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HistoryMode {
+    /// The last user message alone (what a stateless search does).
+    LastTurn,
+    /// The recent user messages joined into one query.
+    Joined,
+    /// Two searches fused by reciprocal rank: the recent user messages joined
+    /// (weight 1) and the last message alone (weight ½). The default: joined
+    /// alone is best on follow-ups but falls apart when the subject changes;
+    /// this keeps most of both (BENCHMARKS.md, "Conversations").
+    #[default]
+    Fused,
+}
+
+/// The retrieval queries for a conversation: the last user message, and the
+/// recent user messages before it (at most `turns`), oldest first.
+pub fn history_queries(messages: &[ChatMessage], turns: usize) -> Option<(String, Vec<String>)> {
+    let mut users = messages
+        .iter()
+        .filter(|m| m.role == Role::User && !m.content.trim().is_empty())
+        .map(|m| m.content.trim().to_string())
+        .collect::<Vec<_>>();
+    let last = users.pop()?;
+    let from = users.len().saturating_sub(turns);
+    Some((last, users.split_off(from)))
+}
+
+/// A retriever that reads a conversation: it answers for the last user
+/// message, with the earlier user messages as context, as [`HistoryMode`] says.
+/// Built per conversation around any retriever.
+pub struct ConversationRetriever {
+    inner: Arc<dyn Retriever>,
+    history: Vec<String>,
+    mode: HistoryMode,
+}
+
+impl ConversationRetriever {
+    /// Earlier user messages this many turns back are used.
+    pub const DEFAULT_TURNS: usize = 2;
+
+    /// Retrieval over `inner` for a conversation whose earlier user messages
+    /// are `history` (oldest first; the question comes with each search).
+    pub fn new(inner: Arc<dyn Retriever>, history: Vec<String>, mode: HistoryMode) -> Self {
+        Self {
+            inner,
+            history,
+            mode,
+        }
+    }
+
+    /// For `messages`: the last user message (the question) and a retriever
+    /// that knows the ones before it; `None` without a user message.
+    pub fn for_messages(
+        inner: Arc<dyn Retriever>,
+        messages: &[ChatMessage],
+        mode: HistoryMode,
+    ) -> Option<(String, Self)> {
+        let (last, history) = history_queries(messages, Self::DEFAULT_TURNS)?;
+        Some((last, Self::new(inner, history, mode)))
+    }
+
+    fn joined(&self, query: &str) -> String {
+        let mut q = self.history.join("\n");
+        q.push('\n');
+        q.push_str(query);
+        q
+    }
+}
+
+#[async_trait]
+impl Retriever for ConversationRetriever {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
+        self.retrieve_filtered(query, k, &Filter::none()).await
+    }
+
+    async fn retrieve_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        if self.history.is_empty() || self.mode == HistoryMode::LastTurn {
+            return self.inner.retrieve_filtered(query, k, filter).await;
+        }
+        let joined = self.joined(query);
+        if self.mode == HistoryMode::Joined {
+            return self.inner.retrieve_filtered(&joined, k, filter).await;
+        }
+        let deep = (k * 2).max(20);
+        let (last, with_history) = futures::join!(
+            self.inner.retrieve_filtered(query, deep, filter),
+            self.inner.retrieve_filtered(&joined, deep, filter)
+        );
+        // The last message at half weight: measured on scripts/make_chat_set.py's
+        // set, against equal weights (follow-ups 0.941 vs 0.920 Recall@5,
+        // changes of subject 0.833 vs 0.867; better over both).
+        let mut fused = reciprocal_rank_fusion(&[(0.5, last?), (1.0, with_history?)], 60.0);
+        fused.truncate(k);
+        Ok(fused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{chunk_id_for, Chunk};
+
+    /// Ranks fixed passages by the words they share with the query.
+    struct Overlap(Vec<(&'static str, &'static str)>);
+
+    #[async_trait]
+    impl Retriever for Overlap {
+        fn name(&self) -> &str {
+            "overlap"
+        }
+        async fn retrieve(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
+            let words: std::collections::HashSet<String> = query
+                .to_lowercase()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            let mut hits: Vec<Hit> = self
+                .0
+                .iter()
+                .map(|(id, text)| {
+                    let score = text
+                        .to_lowercase()
+                        .split_whitespace()
+                        .filter(|w| words.contains(*w))
+                        .count() as f32;
+                    Hit {
+                        chunk: Chunk {
+                            id: chunk_id_for(id, "h", 0),
+                            doc_id: id.to_string(),
+                            doc_hash: "h".into(),
+                            source: format!("{id}.txt"),
+                            index: 0,
+                            text: text.to_string(),
+                            span: Default::default(),
+                            heading_path: vec![],
+                            title: None,
+                            metadata: Default::default(),
+                        },
+                        score,
+                        snippet: None,
+                    }
+                })
+                .filter(|h| h.score > 0.0)
+                .collect();
+            hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+            hits.truncate(k);
+            Ok(hits)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follow_up_finds_what_the_conversation_is_about() {
+        let docs: Arc<dyn Retriever> = Arc::new(Overlap(vec![
+            (
+                "magpie",
+                "the magpie tail is long and it sounds like a chatter",
+            ),
+            (
+                "faq",
+                "what does error E42 mean and what does the server do",
+            ),
+        ]));
+        let convo = [
+            ChatMessage::new(Role::User, "how long is the magpie tail"),
+            ChatMessage::new(Role::Assistant, "long"),
+            ChatMessage::new(Role::User, "what does it sound like"),
+        ];
+        let top = |mode| {
+            let docs = docs.clone();
+            let convo = convo.clone();
+            async move {
+                let (q, r) = ConversationRetriever::for_messages(docs, &convo, mode).unwrap();
+                r.retrieve(&q, 2).await.unwrap()[0].chunk.doc_id.clone()
+            }
+        };
+        assert_eq!(top(HistoryMode::LastTurn).await, "faq");
+        assert_eq!(top(HistoryMode::Joined).await, "magpie");
+        assert_eq!(top(HistoryMode::Fused).await, "magpie");
+    }
+
+    #[test]
+    fn the_question_is_the_last_user_message_and_history_the_ones_before() {
+        let user = |t: &str| ChatMessage::new(Role::User, t);
+        let said = |t: &str| ChatMessage::new(Role::Assistant, t);
+        let m = vec![
+            user("one"),
+            said("a"),
+            user("two"),
+            said("b"),
+            user("  "),
+            user("three"),
+            said("c"),
+            user("four"),
+        ];
+        let (last, hist) = history_queries(&m, 2).unwrap();
+        assert_eq!(last, "four");
+        assert_eq!(hist, ["two", "three"]);
+        assert_eq!(history_queries(&m[..1], 2).unwrap().1, Vec::<String>::new());
+        assert!(history_queries(&[said("x")], 2).is_none());
+    }
+}
