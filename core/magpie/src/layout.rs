@@ -15,6 +15,8 @@ pub const CATALOG_FILE: &str = "catalog.json";
 pub const VECTORS_DIR: &str = "vectors";
 /// The embedded keyword store (tantivy).
 pub const KEYWORDS_DIR: &str = "keywords";
+/// Named conversations.
+pub const SESSIONS_DIR: &str = "sessions";
 
 /// The paths of an index directory's parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,10 @@ impl Layout {
     /// `keywords/`: the embedded keyword store.
     pub fn keywords(&self) -> PathBuf {
         self.dir.join(KEYWORDS_DIR)
+    }
+    /// `sessions/`: named conversations.
+    pub fn sessions(&self) -> PathBuf {
+        self.dir.join(SESSIONS_DIR)
     }
     /// True when `dir` holds an index (its settings and its catalog).
     pub fn is_index(dir: &Path) -> bool {

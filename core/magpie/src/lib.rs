@@ -27,12 +27,14 @@ mod error;
 pub mod index;
 pub mod layout;
 pub mod models;
+pub mod session;
 pub mod store;
 
 pub use error::{Error, Result};
 pub use index::{Index, OpenOptions, SearchMode};
 pub use layout::{IndexSettings, Layout};
 pub use models::Models;
+pub use session::Session;
 pub use store::StoreSpec;
 
 pub use magpie_core::{Answer, AnswerOptions, Hit, IndexReport, RunOptions, Source};

@@ -50,6 +50,11 @@ pub struct AskArgs {
     /// Most tool calls in one answer.
     #[arg(long, default_value_t = 4)]
     pub max_tool_calls: usize,
+    /// Continue the conversation NAME (kept in the index directory, under
+    /// sessions/): a follow-up such as "and how long does it take?" is asked
+    /// with the turns before it.
+    #[arg(long, value_name = "NAME")]
+    pub session: Option<String>,
 }
 
 /// `--tool-format`.
@@ -70,7 +75,32 @@ pub async fn ask(
     let engine = crate::engine::open(index, models, OpenOptions::search())?;
     let llm = models.load_generator()?;
     let llm = llm.as_ref();
-    let pipeline = QueryPipeline::new(engine.retriever(args.mode.into()))
+    let mut session = match &args.session {
+        Some(name) => {
+            Some(magpie::Session::open(&engine.layout(), name).map_err(crate::engine::hint)?)
+        }
+        None => None,
+    };
+    let history = session
+        .as_ref()
+        .map(|s| s.messages.clone())
+        .unwrap_or_default();
+    let retriever = {
+        let mut asked = history.clone();
+        asked.push(magpie_core::ChatMessage::new(
+            magpie_core::Role::User,
+            args.question.as_str(),
+        ));
+        match magpie_core::ConversationRetriever::for_messages(
+            engine.retriever(args.mode.into()),
+            &asked,
+            magpie_core::HistoryMode::default(),
+        ) {
+            Some((_, r)) => std::sync::Arc::new(r) as std::sync::Arc<dyn magpie_core::Retriever>,
+            None => engine.retriever(args.mode.into()),
+        }
+    };
+    let pipeline = QueryPipeline::new(retriever)
         .top_k(args.k)
         .filter(magpie_core::Filter::parse_all(&args.filters)?);
     let opts = AnswerOptions {
@@ -83,7 +113,7 @@ pub async fn ask(
             seed: args.seed,
             ..GenerationOptions::default()
         },
-        history: Vec::new(),
+        history,
     };
     let prepared = pipeline.prepare_answer(&args.question, llm, &opts).await?;
     if prepared.sources.is_empty() {
@@ -126,6 +156,10 @@ pub async fn ask(
             .await
             .context("generating the answer")?
     };
+    if let Some(s) = &mut session {
+        s.push(&args.question, answer.text.trim());
+        s.save().map_err(crate::engine::hint)?;
+    }
     print_answer(answer, args.json)
 }
 

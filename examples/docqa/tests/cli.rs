@@ -716,3 +716,48 @@ fn watch_keeps_the_index_in_step_with_the_folder() {
     assert_eq!(st["documents"], 1, "{st}");
     assert_eq!(st["consistent"], true, "{st}");
 }
+
+#[test]
+fn ask_with_a_session_reads_the_conversation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    run_ok(docqa(&idx).arg("index").arg(sample()));
+    let ask = |session: Option<&str>, q: &str| {
+        let mut c = docqa(&idx);
+        c.args(["ask", "--json", "--max-tokens", "12", "--temperature", "0"]);
+        if let Some(s) = session {
+            c.args(["--session", s]);
+        }
+        json(&run_ok(c.arg(q)))
+    };
+    let first_source =
+        |a: &serde_json::Value| a["sources"][0]["source"].as_str().unwrap().to_string();
+    // Asked alone, "it" is nothing: another passage comes first.
+    let alone = ask(None, "What does it sound like?");
+    assert!(
+        !first_source(&alone).ends_with("species-notes.html"),
+        "{alone}"
+    );
+    // In a conversation about the magpie, the magpie's notes.
+    ask(Some("birds"), "What colour is the Eurasian magpie's tail?");
+    let follow = ask(Some("birds"), "What does it sound like?");
+    assert!(
+        first_source(&follow).ends_with("species-notes.html"),
+        "{follow}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(idx.join("sessions/birds.json")).unwrap()).unwrap();
+    let roles: Vec<&str> = saved["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+    let out = docqa(&idx)
+        .args(["ask", "--session", "../escape", "hello?"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("session name"));
+}
