@@ -16,6 +16,20 @@ use serde::Serialize;
 use crate::engine::{Mode, ModelArgs, OpenOptions};
 use crate::progress::{bar, BarProgress};
 
+/// A dataset's name (its folder's) and the index it is evaluated in: the
+/// `--index` given, else `.magpie-eval/<name>`.
+pub fn dataset_index(dir: &Path, index: Option<&Path>) -> (String, PathBuf) {
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "dataset".into());
+    let index_dir = index
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".magpie-eval").join(&name));
+    (name, index_dir)
+}
+
 /// Relevance judgements: query id → (doc id → grade).
 pub type Qrels = HashMap<String, HashMap<String, i32>>;
 
@@ -147,15 +161,7 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
             );
         }
     }
-    let name = args
-        .dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "dataset".into());
-    let index_dir = index
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".magpie-eval").join(&name));
+    let (name, index_dir) = dataset_index(&args.dir, index);
     let engine = crate::engine::open(
         &index_dir,
         models,

@@ -74,15 +74,7 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, models: &ModelArgs) -> R
             );
         }
     }
-    let name = args
-        .dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "chat".into());
-    let index_dir = index
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".magpie-eval").join(&name));
+    let (name, index_dir) = crate::eval::dataset_index(&args.dir, index);
     let engine = crate::engine::open(&index_dir, models, OpenOptions::index())?;
     {
         let mut pipeline = engine.pipeline().await?;
@@ -118,19 +110,36 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, models: &ModelArgs) -> R
         turns.truncate(n);
     }
     let inner = engine.retriever(args.mode.into());
+    let dense = engine.retriever(magpie::SearchMode::Dense);
+    let bm25 = engine.retriever(magpie::SearchMode::Bm25);
+    // Retrieval-confidence signals per turn, for abstention: (unanswerable,
+    // best dense cosine, dense and BM25 agree on the top document).
+    let mut signals: Vec<(bool, f32, bool)> = Vec::new();
     // group → history mode → sums
     let mut sums: BTreeMap<String, BTreeMap<&'static str, Scores>> = BTreeMap::new();
     let pb = bar(turns.len() as u64, "searching", !args.json);
     for t in &turns {
         pb.inc(1);
-        if t.gold_doc_ids.is_empty() {
-            continue; // unanswerable: no passage to find
-        }
         let Some((last, history)) =
             history_queries(&t.messages, ConversationRetriever::DEFAULT_TURNS)
         else {
             bail!("turn {}: no user message", t.id);
         };
+        if matches!(t.answerability.as_str(), "answerable" | "unanswerable") {
+            signals.push(
+                confidence(
+                    &dense,
+                    &bm25,
+                    &last,
+                    &history,
+                    t.answerability == "unanswerable",
+                )
+                .await?,
+            );
+        }
+        if t.gold_doc_ids.is_empty() {
+            continue; // unanswerable: no passage to find
+        }
         let group = match (
             t.kind.as_deref(),
             history.is_empty(),
@@ -164,8 +173,14 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, models: &ModelArgs) -> R
             s.ndcg10 /= n;
         }
     }
+    let curve = abstention_curve(&signals);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&sums)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"retrieval": sums, "abstention": curve})
+            )?
+        );
         return Ok(());
     }
     println!(
@@ -187,5 +202,83 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, models: &ModelArgs) -> R
             }
         }
     }
+    let (unans, ans) = (
+        signals.iter().filter(|s| s.0).count(),
+        signals.iter().filter(|s| !s.0).count(),
+    );
+    println!(
+        "\nabstaining below a dense cosine (the better of the last turn and the joined \
+         history), over {unans} unanswerable and {ans} answerable turns:"
+    );
+    println!(
+        "{:>9} {:>22} {:>24} {:>22} {:>24}",
+        "cosine <",
+        "abstains (unanswerable)",
+        "false (answerable)",
+        "or disagree: abstains",
+        "or disagree: false"
+    );
+    for p in &curve {
+        println!(
+            "{:>9.3} {:>22.3} {:>24.3} {:>22.3} {:>24.3}",
+            p.threshold, p.abstain, p.false_abstain, p.abstain_or_disagree, p.false_or_disagree
+        );
+    }
     Ok(())
+}
+
+/// Best dense cosine for the turn (last message alone or joined with the
+/// history, whichever is higher), and whether dense and BM25 (fused over the
+/// history) put the same document first.
+async fn confidence(
+    dense: &std::sync::Arc<dyn magpie_core::Retriever>,
+    bm25: &std::sync::Arc<dyn magpie_core::Retriever>,
+    last: &str,
+    history: &[String],
+    unanswerable: bool,
+) -> Result<(bool, f32, bool)> {
+    use magpie_core::Retriever;
+    let mut best = 0f32;
+    for mode in [HistoryMode::LastTurn, HistoryMode::Joined] {
+        let r = ConversationRetriever::new(dense.clone(), history.to_vec(), mode);
+        if let Some(h) = r.retrieve(last, 1).await?.first() {
+            best = best.max(h.score);
+        }
+    }
+    let top = |hits: Vec<magpie_core::Hit>| hits.first().map(|h| h.chunk.doc_id.clone());
+    let d = ConversationRetriever::new(dense.clone(), history.to_vec(), HistoryMode::Fused);
+    let b = ConversationRetriever::new(bm25.clone(), history.to_vec(), HistoryMode::Fused);
+    let agree = top(d.retrieve(last, 3).await?) == top(b.retrieve(last, 3).await?);
+    Ok((unanswerable, best, agree))
+}
+
+#[derive(Debug, Serialize)]
+struct AbstainPoint {
+    threshold: f32,
+    abstain: f64,
+    false_abstain: f64,
+    abstain_or_disagree: f64,
+    false_or_disagree: f64,
+}
+
+/// Abstention rates on unanswerable turns and false abstentions on answerable
+/// ones, for cosine thresholds from 0.30 to 0.70, with and without "or the
+/// two retrievers disagree".
+fn abstention_curve(signals: &[(bool, f32, bool)]) -> Vec<AbstainPoint> {
+    let rate = |unans: bool, f: &dyn Fn(&(bool, f32, bool)) -> bool| {
+        let all: Vec<_> = signals.iter().filter(|s| s.0 == unans).collect();
+        all.iter().filter(|s| f(s)).count() as f64 / all.len().max(1) as f64
+    };
+    (0..=16)
+        .map(|i| {
+            let t = 0.30 + 0.025 * i as f32;
+            AbstainPoint {
+                threshold: t,
+                abstain: rate(true, &|s| s.1 < t),
+                false_abstain: rate(false, &|s| s.1 < t),
+                abstain_or_disagree: rate(true, &|s| s.1 < t || !s.2),
+                false_or_disagree: rate(false, &|s| s.1 < t || !s.2),
+            }
+        })
+        .collect()
 }

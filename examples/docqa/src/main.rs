@@ -296,6 +296,14 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// The --index given on the command line or in the environment; `None` when
+/// it is only the default (the eval commands then use their own directory).
+fn explicit_index(cli: &Cli) -> Option<&std::path::Path> {
+    let explicit = std::env::args().any(|a| a == "--index" || a.starts_with("--index="))
+        || std::env::var_os("DOCQA_INDEX").is_some();
+    explicit.then_some(cli.index.as_path())
+}
+
 fn main() {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli =
@@ -339,15 +347,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Repair(args) => integrity::repair(&cli.index, &cli.models, args).await?,
         Command::CheckVectors { dir, dim } => integrity::check_vectors_child(dir, *dim).await?,
         Command::Eval(EvalCommand::Beir(args)) => {
-            let explicit = std::env::args().any(|a| a == "--index" || a.starts_with("--index="))
-                || std::env::var_os("DOCQA_INDEX").is_some();
-            eval::run(args, explicit.then_some(cli.index.as_path()), &cli.models).await?;
+            eval::run(args, explicit_index(&cli), &cli.models).await?;
         }
         Command::Eval(EvalCommand::Qa(args)) => eval_qa::run(args, &cli.models).await?,
         Command::Eval(EvalCommand::Chat(args)) => {
-            let explicit = std::env::args().any(|a| a == "--index" || a.starts_with("--index="))
-                || std::env::var_os("DOCQA_INDEX").is_some();
-            eval_chat::run(args, explicit.then_some(cli.index.as_path()), &cli.models).await?;
+            eval_chat::run(args, explicit_index(&cli), &cli.models).await?;
         }
         Command::Store(StoreCommand::Copy(args)) => store::copy(&cli.index, args).await?,
         Command::Models(ModelsCommand::Fetch { which, force }) => {
