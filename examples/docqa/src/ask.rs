@@ -85,6 +85,24 @@ pub async fn ask(
         .as_ref()
         .map(|s| s.messages.clone())
         .unwrap_or_default();
+    let answer = answer_turn(&engine, llm, plugin_args, args, history).await?;
+    if let Some(s) = &mut session {
+        s.push(&args.question, answer.text.trim());
+        s.save().map_err(crate::engine::hint)?;
+    }
+    print_answer(answer, args.json)
+}
+
+/// Answer `args.question` after the turns in `history` (oldest first):
+/// retrieval reads the recent user turns, the prompt carries the recent turns.
+/// The text streams to stdout unless `args.json`.
+async fn answer_turn(
+    engine: &crate::engine::Engine,
+    llm: &dyn Generator,
+    plugin_args: &crate::plugins::PluginArgs,
+    args: &AskArgs,
+    history: Vec<magpie_core::ChatMessage>,
+) -> Result<magpie_core::Answer> {
     let retriever = {
         let mut asked = history.clone();
         asked.push(magpie_core::ChatMessage::new(
@@ -156,11 +174,95 @@ pub async fn ask(
             .await
             .context("generating the answer")?
     };
-    if let Some(s) = &mut session {
-        s.push(&args.question, answer.text.trim());
-        s.save().map_err(crate::engine::hint)?;
+    Ok(answer)
+}
+
+/// `docqa chat`.
+#[derive(clap::Args, Debug)]
+pub struct ChatArgs {
+    /// Retrieval mode.
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub mode: Mode,
+    /// Passages retrieved before packing them into the prompt.
+    #[arg(short, default_value_t = 6)]
+    pub k: usize,
+    /// Most tokens in each answer.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.2)]
+    pub temperature: f32,
+    /// Most tokens of passages in each prompt.
+    #[arg(long, default_value_t = 1200)]
+    pub context_tokens: usize,
+    /// Keep the conversation as NAME in the index directory (go on with
+    /// `docqa chat --session NAME` or `docqa ask --session NAME` later).
+    #[arg(long, value_name = "NAME")]
+    pub session: Option<String>,
+}
+
+/// `docqa chat`: a conversation in the terminal, one question per line; each
+/// answer streams, with its sources; an empty line or end of input ends it.
+pub async fn chat(
+    index: &std::path::Path,
+    models: &ModelArgs,
+    plugin_args: &crate::plugins::PluginArgs,
+    args: &ChatArgs,
+) -> Result<()> {
+    use std::io::BufRead;
+    let engine = crate::engine::open(index, models, OpenOptions::search())?;
+    let llm = models.load_generator()?;
+    let mut session = match &args.session {
+        Some(name) => {
+            Some(magpie::Session::open(&engine.layout(), name).map_err(crate::engine::hint)?)
+        }
+        None => None,
+    };
+    let mut history = session
+        .as_ref()
+        .map(|s| s.messages.clone())
+        .unwrap_or_default();
+    eprintln!("Ask about the documents; an empty line ends the chat.");
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        let question = line.trim().to_string();
+        let turn = AskArgs {
+            question: question.clone(),
+            mode: args.mode,
+            k: args.k,
+            filters: Vec::new(),
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+            seed: None,
+            context_tokens: args.context_tokens,
+            json: false,
+            tools: false,
+            tool_format: ToolFormatArg::Moss,
+            max_tool_calls: 0,
+            session: None,
+        };
+        let answer =
+            answer_turn(&engine, llm.as_ref(), plugin_args, &turn, history.clone()).await?;
+        history.push(magpie_core::ChatMessage::new(
+            magpie_core::Role::User,
+            question.as_str(),
+        ));
+        history.push(magpie_core::ChatMessage::new(
+            magpie_core::Role::Assistant,
+            answer.text.trim(),
+        ));
+        if let Some(s) = &mut session {
+            s.push(&question, answer.text.trim());
+            s.save().map_err(crate::engine::hint)?;
+        }
+        print_answer(answer, false)?;
     }
-    print_answer(answer, args.json)
+    Ok(())
 }
 
 fn print_answer(answer: magpie_core::Answer, json: bool) -> Result<()> {

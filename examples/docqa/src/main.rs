@@ -83,6 +83,15 @@ model is asked to cite them; the sources are listed after the answer (* = cited)
 The default model (Gemma 3 270M) is small: answers are short and sometimes wrong,
 always check the sources.")]
     Ask(ask::AskArgs),
+    /// A conversation in the terminal: one question per line, each asked with
+    /// the turns before it (follow-ups such as "and how long does it take?"
+    /// work); an empty line ends it.
+    #[command(after_help = "\
+Examples:
+  docqa chat
+  docqa chat --session trip        kept in the index directory; continue later
+  printf 'What is E42?\\nWho fixes it?\\n' | docqa chat")]
+    Chat(ask::ChatArgs),
     /// Continue a prompt with the language model (to try a model).
     Generate {
         /// The prompt.
@@ -370,6 +379,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Plugins(cmd) => plugins::run(cmd, &cli.plugins, &cli.index, &cli.models).await?,
         Command::Ask(args) => ask::ask(&cli.index, &cli.models, &cli.plugins, args).await?,
+        Command::Chat(args) => ask::chat(&cli.index, &cli.models, &cli.plugins, args).await?,
         Command::Generate {
             prompt,
             max_tokens,

@@ -761,3 +761,46 @@ fn ask_with_a_session_reads_the_conversation() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("session name"));
 }
+
+#[test]
+fn chat_in_the_terminal_asks_each_line_in_the_conversation() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    run_ok(docqa(&idx).arg("index").arg(sample()));
+    let mut child = docqa(&idx)
+        .args([
+            "chat",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--session",
+            "t",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What colour is the Eurasian magpie's tail?\nWhat does it sound like?\n\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = text.split("Sources:").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{text}");
+    // The follow-up's first source is the magpie's notes, not the FAQ.
+    let first = answers[1].lines().find(|l| l.contains("[1]")).unwrap();
+    assert!(first.contains("species-notes.html"), "{text}");
+    let saved = std::fs::read_to_string(idx.join("sessions/t.json")).unwrap();
+    assert!(saved.contains("What does it sound like?"), "{saved}");
+}
