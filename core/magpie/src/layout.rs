@@ -15,8 +15,10 @@ pub const CATALOG_FILE: &str = "catalog.json";
 pub const VECTORS_DIR: &str = "vectors";
 /// The embedded keyword store (tantivy).
 pub const KEYWORDS_DIR: &str = "keywords";
-/// Named conversations.
+/// Named conversations (`docqa ask --session`).
 pub const SESSIONS_DIR: &str = "sessions";
+/// Conversations a server keeps (`/v1/conversations`).
+pub const CONVERSATIONS_DIR: &str = "conversations";
 
 /// The paths of an index directory's parts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -884,3 +884,96 @@ fn the_web_page_in_headless_chromium() {
     );
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 }
+
+#[test]
+fn conversations_are_kept_per_key_and_answer_follow_ups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    index_sample(&idx);
+    let (alice, bob) = ("alice-key-0123456789abcdef", "bob-key-0123456789abcdef");
+    let cfg = tmp.path().join("docqa.toml");
+    std::fs::write(
+        &cfg,
+        format!("[[keys]]\nkey = \"{alice}\"\nrole = \"read\"\n[[keys]]\nkey = \"{bob}\"\nrole = \"read\"\n"),
+    )
+    .unwrap();
+    let s = Server::start(&idx, &["--config", cfg.to_str().unwrap()]);
+    let c = client();
+    let (st, conv) = body(
+        c.post(s.at("/v1/conversations"))
+            .bearer_auth(alice)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 201, "{conv}");
+    let id = conv["id"].as_str().unwrap().to_string();
+    let say = |q: &str| {
+        body(
+            c.post(s.at(&format!("/v1/conversations/{id}/messages")))
+                .bearer_auth(alice)
+                .json(&json!({"question": q, "max_tokens": 12, "temperature": 0}))
+                .send()
+                .unwrap(),
+        )
+    };
+    let (st, a) = say("What colour is the Eurasian magpie's tail?");
+    assert_eq!(st, 200, "{a}");
+    let (st, a) = say("What does it sound like?");
+    assert_eq!(st, 200, "{a}");
+    let first = a["sources"][0]["source"].as_str().unwrap();
+    assert!(
+        first.ends_with("species-notes.html"),
+        "the follow-up reads the conversation: {a}"
+    );
+    let (_, got) = body(
+        c.get(s.at(&format!("/v1/conversations/{id}")))
+            .bearer_auth(alice)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(got["messages"].as_array().unwrap().len(), 4, "{got}");
+    assert_eq!(got["messages"][2]["content"], "What does it sound like?");
+    // Another key sees none of it.
+    let (st, _) = body(
+        c.get(s.at(&format!("/v1/conversations/{id}")))
+            .bearer_auth(bob)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 404);
+    let (_, theirs) = body(
+        c.get(s.at("/v1/conversations"))
+            .bearer_auth(bob)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(theirs["conversations"], json!([]));
+    let (_, mine) = body(
+        c.get(s.at("/v1/conversations"))
+            .bearer_auth(alice)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(mine["conversations"][0]["id"], id.as_str());
+    let (st, _) = body(
+        c.delete(s.at(&format!("/v1/conversations/{id}")))
+            .bearer_auth(bob)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 404, "bob cannot delete alice's conversation");
+    let (st, _) = body(
+        c.delete(s.at(&format!("/v1/conversations/{id}")))
+            .bearer_auth(alice)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 200);
+    let (st, _) = body(
+        c.get(s.at("/v1/conversations/not-an-id"))
+            .bearer_auth(alice)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(st, 404);
+}

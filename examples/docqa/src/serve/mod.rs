@@ -9,6 +9,7 @@
 
 mod auth;
 pub mod config;
+mod conversations;
 mod documents;
 mod errors;
 mod indexer;
@@ -62,6 +63,8 @@ pub struct App {
     queries: Arc<dyn magpie_core::Embedder>,
     pipeline: tokio::sync::Mutex<IndexingPipeline>,
     jobs: Mutex<HashMap<String, documents::JobInfo>>,
+    /// Serialises changes to the stored conversations.
+    conversations: tokio::sync::Mutex<()>,
     /// With a Qdrant store: where job changes go to be recorded there.
     job_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<documents::JobInfo>>,
     job_tx: tokio::sync::mpsc::Sender<Job>,
@@ -152,6 +155,7 @@ pub async fn serve(
         pipeline: tokio::sync::Mutex::new(pipeline),
         jobs: Mutex::new(HashMap::new()),
         job_sink: std::sync::OnceLock::new(),
+        conversations: tokio::sync::Mutex::new(()),
         job_tx,
         llm_slot: Arc::new(Semaphore::new(1)),
         in_llm: AtomicUsize::new(0),
@@ -295,6 +299,18 @@ pub fn router(app: Arc<App>) -> Router {
             get(search::search_get).post(search::search_post),
         )
         .route("/v1/query", post(query))
+        .route(
+            "/v1/conversations",
+            get(conversations::list).post(conversations::create),
+        )
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::get_one).delete(conversations::delete),
+        )
+        .route(
+            "/v1/conversations/{id}/messages",
+            post(conversations::message),
+        )
         .route("/v1/plugins", get(plugin_api::plugins_list))
         .route("/v1/plugins/{plugin}/{tool}", post(plugin_api::plugin_call))
         .route("/v1/models", get(openai::models))
