@@ -97,6 +97,31 @@ try {
   check((await page.textContent("#upload-status")).includes("not a valid PDF"), "a bad upload is refused with the reason");
   check(await page.locator("#documents li").count() === before + 1, "the list is unchanged");
 
+  // A conversation: the follow-up is asked with the turn before it, which
+  // moves into the thread above with its own sources.
+  await page.click("#new-chat");
+  check(await page.locator("#thread .turn").count() === 0, "a new conversation starts empty");
+  const askAndWait = async (q) => {
+    await page.fill("#question", q);
+    await page.click("#ask");
+    await page.waitForFunction(() => !document.getElementById("ask").disabled &&
+      document.querySelectorAll("#sources li").length > 0, null, { timeout: 120000 });
+  };
+  await askAndWait("What colour is the Eurasian magpie's tail?");
+  await askAndWait("What does it sound like?");
+  check(await page.locator("#thread .turn").count() === 1, "the first turn is in the thread");
+  check((await page.textContent("#thread .turn .q")).includes("Eurasian magpie"), "the thread shows the first question");
+  check((await page.textContent("#current-q")) === "What does it sound like?", "the follow-up is the current question");
+  const firstSource = await page.textContent("#sources li >> nth=0");
+  check(firstSource.includes("species-notes.html"), `the follow-up found the magpie's notes first: ${firstSource}`);
+  const threadSource = page.locator("#thread li").first();
+  if (await threadSource.count() > 0) {
+    await threadSource.click();
+    check((await page.textContent("#passage")).includes("species-notes.html"), "a source in the thread opens its passage");
+  }
+  const font = await page.evaluate(() => getComputedStyle(document.body).fontFamily);
+  check(font.includes("Noto Sans CJK SC") && font.includes("PingFang SC"), "the font stack covers CJK");
+
   await page.screenshot({ path: shot, fullPage: true });
   const scriptErrors = errors.filter((e) => !e.includes("422"));
   check(scriptErrors.length === 0, "nothing but the refused upload went wrong: " + scriptErrors.join("; "));

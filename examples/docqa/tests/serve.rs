@@ -969,6 +969,24 @@ fn conversations_are_kept_per_key_and_answer_follow_ups() {
             .unwrap(),
     );
     assert_eq!(st, 200);
+    // /v1/query takes a history of its own, checked.
+    for (history, says) in [
+        (json!([{"role": "system", "content": "x"}]), "history role"),
+        (
+            json!(vec![json!({"role": "user", "content": "x"}); 41]),
+            "at most the last 40",
+        ),
+    ] {
+        let (st, e) = body(
+            c.post(s.at("/v1/query"))
+                .bearer_auth(alice)
+                .json(&json!({"question": "What does it sound like?", "history": history}))
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(st, 400, "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
     let (st, _) = body(
         c.get(s.at("/v1/conversations/not-an-id"))
             .bearer_auth(alice)

@@ -159,9 +159,10 @@ pub async fn message(
     ApiJson(req): ApiJson<QueryRequest>,
 ) -> Result<Response, ApiError> {
     let owner = owner(&headers);
-    if req.stream || req.tools {
+    if req.stream || req.tools || !req.history.is_empty() {
         return Err(ApiError::bad_request(
-            "a conversation's messages are answered whole, without tools: use /v1/query for those",
+            "a conversation's messages are answered whole, without tools, with the history it \
+             keeps: use /v1/query for streaming, tools or a history of your own",
         ));
     }
     let history = read(&app, &id, &owner)?.messages;
