@@ -75,16 +75,7 @@ pub async fn ask(
     let engine = crate::engine::open(index, models, OpenOptions::search())?;
     let llm = models.load_generator()?;
     let llm = llm.as_ref();
-    let mut session = match &args.session {
-        Some(name) => {
-            Some(magpie::Session::open(&engine.layout(), name).map_err(crate::engine::hint)?)
-        }
-        None => None,
-    };
-    let history = session
-        .as_ref()
-        .map(|s| s.messages.clone())
-        .unwrap_or_default();
+    let (mut session, history) = open_session(&engine, args.session.as_deref())?;
     let answer = answer_turn(&engine, llm, plugin_args, args, history).await?;
     if let Some(s) = &mut session {
         s.push(&args.question, answer.text.trim());
@@ -177,6 +168,19 @@ async fn answer_turn(
     Ok(answer)
 }
 
+/// The named session (if any) and the conversation it holds so far.
+fn open_session(
+    engine: &crate::engine::Engine,
+    name: Option<&str>,
+) -> Result<(Option<magpie::Session>, Vec<magpie_core::ChatMessage>)> {
+    let Some(name) = name else {
+        return Ok((None, Vec::new()));
+    };
+    let s = magpie::Session::open(&engine.layout(), name).map_err(crate::engine::hint)?;
+    let history = s.messages.clone();
+    Ok((Some(s), history))
+}
+
 /// `docqa chat`.
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
@@ -212,16 +216,7 @@ pub async fn chat(
     use std::io::BufRead;
     let engine = crate::engine::open(index, models, OpenOptions::search())?;
     let llm = models.load_generator()?;
-    let mut session = match &args.session {
-        Some(name) => {
-            Some(magpie::Session::open(&engine.layout(), name).map_err(crate::engine::hint)?)
-        }
-        None => None,
-    };
-    let mut history = session
-        .as_ref()
-        .map(|s| s.messages.clone())
-        .unwrap_or_default();
+    let (mut session, mut history) = open_session(&engine, args.session.as_deref())?;
     eprintln!("Ask about the documents; an empty line ends the chat.");
     let stdin = std::io::stdin();
     loop {

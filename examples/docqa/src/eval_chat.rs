@@ -28,6 +28,12 @@ pub struct ChatArgs {
     /// Retrieval mode for every search.
     #[arg(long, value_enum, default_value = "hybrid")]
     pub mode: Mode,
+    /// Also answer N turns with the language model (a third of them
+    /// unanswerable, as far as the set has them): token F1 against the gold
+    /// answers, and how often it says it does not know, on unanswerable turns
+    /// and, wrongly, on answerable ones. A few seconds per answer.
+    #[arg(long, default_value_t = 0)]
+    pub answers: usize,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -45,6 +51,8 @@ struct Turn {
     /// first, follow-up, shift (a new subject mid-conversation) or alone.
     #[serde(default)]
     kind: Option<String>,
+    #[serde(default)]
+    answers: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -174,14 +182,30 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, models: &ModelArgs) -> R
         }
     }
     let curve = abstention_curve(&signals);
+    let answered = if args.answers > 0 {
+        Some(answer_turns(models, &inner, &turns, args.answers, !args.json).await?)
+    } else {
+        None
+    };
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"retrieval": sums, "abstention": curve})
+                &serde_json::json!({"retrieval": sums, "abstention": curve, "answers": answered})
             )?
         );
         return Ok(());
+    }
+    if let Some(a) = &answered {
+        println!(
+            "answers: {} answerable turns, token F1 {:.3}, said it does not know on {:.1}%; \
+             {} unanswerable turns, said so on {:.1}%",
+            a.answerable,
+            a.f1,
+            a.false_abstain * 100.0,
+            a.unanswerable,
+            a.abstain * 100.0
+        );
     }
     println!(
         "{name}: {} turns, {} retrieval",
@@ -281,4 +305,101 @@ fn abstention_curve(signals: &[(bool, f32, bool)]) -> Vec<AbstainPoint> {
             }
         })
         .collect()
+}
+
+#[derive(Debug, Serialize)]
+struct Answered {
+    answerable: usize,
+    unanswerable: usize,
+    f1: f64,
+    abstain: f64,
+    false_abstain: f64,
+}
+
+/// Whether an answer says the documents do not hold it (the prompt asks the
+/// model to say it does not know).
+fn says_unknown(text: &str) -> bool {
+    let t = text.to_lowercase();
+    [
+        "don't know",
+        "do not know",
+        "don’t know",
+        "not contain",
+        "no information",
+        "not mentioned",
+        "cannot answer",
+        "can't answer",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
+}
+
+/// Answer up to `n` turns (a third unanswerable where the set has them) in
+/// their conversations, greedily.
+async fn answer_turns(
+    models: &ModelArgs,
+    inner: &std::sync::Arc<dyn magpie_core::Retriever>,
+    turns: &[Turn],
+    n: usize,
+    progress: bool,
+) -> Result<Answered> {
+    let llm = models.load_generator()?;
+    let unans: Vec<&Turn> = turns
+        .iter()
+        .filter(|t| t.answerability == "unanswerable")
+        .take(n / 3)
+        .collect();
+    let ans: Vec<&Turn> = turns
+        .iter()
+        .filter(|t| t.answerability == "answerable" && !t.answers.is_empty())
+        .take(n - unans.len())
+        .collect();
+    let pb = bar((unans.len() + ans.len()) as u64, "answering", progress);
+    let (mut f1, mut false_abstain, mut abstain) = (0.0, 0usize, 0usize);
+    for (t, answerable) in ans
+        .iter()
+        .map(|t| (*t, true))
+        .chain(unans.iter().map(|t| (*t, false)))
+    {
+        pb.inc(1);
+        let Some((last, retriever)) =
+            ConversationRetriever::for_messages(inner.clone(), &t.messages, HistoryMode::default())
+        else {
+            continue;
+        };
+        let earlier: Vec<ChatMessage> = t.messages[..t.messages.len() - 1].to_vec();
+        let opts = magpie_core::AnswerOptions {
+            k: 6,
+            max_context_tokens: 1000,
+            few_shot: true,
+            generation: magpie_core::GenerationOptions {
+                max_tokens: 48,
+                ..magpie_core::GenerationOptions::greedy()
+            },
+            history: earlier,
+        };
+        let answer = magpie_core::QueryPipeline::new(std::sync::Arc::new(retriever))
+            .top_k(6)
+            .answer(&last, llm.as_ref(), &opts)
+            .await?;
+        let unknown = says_unknown(&answer.text);
+        if answerable {
+            false_abstain += unknown as usize;
+            f1 += t
+                .answers
+                .iter()
+                .map(|g| crate::eval_qa::token_f1(&answer.text, g))
+                .fold(0.0, f64::max);
+        } else {
+            abstain += unknown as usize;
+        }
+    }
+    pb.finish_and_clear();
+    Ok(Answered {
+        answerable: ans.len(),
+        unanswerable: unans.len(),
+        f1: f1 / ans.len().max(1) as f64,
+        abstain: abstain as f64 / unans.len().max(1) as f64,
+        false_abstain: false_abstain as f64 / ans.len().max(1) as f64,
+    })
 }
