@@ -529,43 +529,7 @@ pub struct QueryRequest {
     /// The conversation before the question (`user` and `assistant`
     /// messages, oldest first): retrieval and the prompt read its recent turns.
     #[serde(default)]
-    history: Vec<HistoryMessage>,
-}
-
-/// One earlier message of a conversation, in a request.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HistoryMessage {
-    role: String,
-    content: String,
-}
-
-/// Most earlier messages a request may carry.
-const MAX_HISTORY: usize = 40;
-
-/// A request's history as chat messages, checked.
-fn history_of(req: &QueryRequest) -> Result<Vec<magpie_core::ChatMessage>, ApiError> {
-    if req.history.len() > MAX_HISTORY {
-        return Err(ApiError::bad_request(format!(
-            "history holds {} messages; send at most the last {MAX_HISTORY}",
-            req.history.len()
-        )));
-    }
-    req.history
-        .iter()
-        .map(|m| {
-            let role = match m.role.as_str() {
-                "user" => magpie_core::Role::User,
-                "assistant" => magpie_core::Role::Assistant,
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "history role {other:?}: use user or assistant"
-                    )))
-                }
-            };
-            Ok(magpie_core::ChatMessage::new(role, m.content.as_str()))
-        })
-        .collect()
+    history: Vec<conversations::HistoryMessage>,
 }
 
 /// Most tokens one answer may ask for.
@@ -778,7 +742,7 @@ async fn query(
 ) -> Result<Response, ApiError> {
     caller.check_tools(req.tools)?;
     let ticket = app.admit(&req.question)?;
-    let history = history_of(&req)?;
+    let history = conversations::history_of(&req)?;
     let prepared = app
         .prepare(&req.question, &req, Vec::new(), history)
         .await?;
