@@ -32,10 +32,17 @@ start)
     # A server left over by an interrupted run holds the ports: stop it first.
     if [ -f "$storage/qdrant.pid" ]; then kill "$(cat "$storage/qdrant.pid")" 2>/dev/null || true; sleep 0.5; fi
     rm -rf "$storage"
-    pid=$(QDRANT_HTTP_PORT=6333 QDRANT_GRPC_PORT=6334 QDRANT_P2P_PORT=6335 "$start" "$storage")
-    version=$(curl -s -m 2 http://127.0.0.1:6333/ | sed -n 's/.*"version":"\([^"]*\)".*/\1/p')
-    echo "real Qdrant $version started (pid $pid), gRPC on 127.0.0.1:6334, storage $storage" >&2
-    echo "export QDRANT_URL=http://127.0.0.1:6334 MAGPIE_QDRANT_START=$start MAGPIE_QDRANT_PID=$pid"
+    # The usual ports, or others when something already listens there.
+    base=6333
+    for b in 6333 26333 36333; do
+        if ! curl -s -m 1 -o /dev/null "http://127.0.0.1:$b/" && ! curl -s -m 1 -o /dev/null "http://127.0.0.1:$((b + 1))/"; then
+            base=$b; break
+        fi
+    done
+    pid=$(QDRANT_HTTP_PORT=$base QDRANT_GRPC_PORT=$((base + 1)) QDRANT_P2P_PORT=$((base + 2)) "$start" "$storage")
+    version=$(curl -s -m 2 "http://127.0.0.1:$base/" | sed -n 's/.*"version":"\([^"]*\)".*/\1/p')
+    echo "real Qdrant $version started (pid $pid), gRPC on 127.0.0.1:$((base + 1)), storage $storage" >&2
+    echo "export QDRANT_URL=http://127.0.0.1:$((base + 1)) MAGPIE_QDRANT_START=$start MAGPIE_QDRANT_PID=$pid"
     ;;
 stop)
     if [ -f "$storage/qdrant.pid" ]; then
