@@ -77,6 +77,18 @@ impl ConversationRetriever {
         Some((last, Self::new(inner, history, mode)))
     }
 
+    /// For a question asked after `history` (the conversation so far, oldest
+    /// first; the question is not in it): its recent user turns are the context.
+    pub fn after(inner: Arc<dyn Retriever>, history: &[ChatMessage], mode: HistoryMode) -> Self {
+        let users: Vec<String> = history
+            .iter()
+            .filter(|m| m.role == Role::User && !m.content.trim().is_empty())
+            .map(|m| m.content.trim().to_string())
+            .collect();
+        let from = users.len().saturating_sub(Self::DEFAULT_TURNS);
+        Self::new(inner, users[from..].to_vec(), mode)
+    }
+
     fn joined(&self, query: &str) -> String {
         let mut q = self.history.join("\n");
         q.push('\n');
@@ -219,5 +231,9 @@ mod tests {
         assert_eq!(hist, ["two", "three"]);
         assert_eq!(history_queries(&m[..1], 2).unwrap().1, Vec::<String>::new());
         assert!(history_queries(&[said("x")], 2).is_none());
+        // The same context when the question is not among the messages.
+        let inner: Arc<dyn Retriever> = Arc::new(Overlap(vec![]));
+        let r = ConversationRetriever::after(inner, &m[..m.len() - 1], HistoryMode::Fused);
+        assert_eq!(r.history, ["two", "three"]);
     }
 }

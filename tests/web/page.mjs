@@ -114,11 +114,10 @@ try {
   check((await page.textContent("#current-q")) === "What does it sound like?", "the follow-up is the current question");
   const firstSource = await page.textContent("#sources li >> nth=0");
   check(firstSource.includes("species-notes.html"), `the follow-up found the magpie's notes first: ${firstSource}`);
-  const threadSource = page.locator("#thread li").first();
-  if (await threadSource.count() > 0) {
-    await threadSource.click();
-    check((await page.textContent("#passage")).includes("species-notes.html"), "a source in the thread opens its passage");
-  }
+  const threadSource = page.locator("#thread li", { hasText: "species-notes.html" }).first();
+  check(await threadSource.count() === 1, "the first turn keeps its sources in the thread");
+  await threadSource.click();
+  check((await page.textContent("#passage")).includes("species-notes.html"), "a source in the thread opens its passage");
   const font = await page.evaluate(() => getComputedStyle(document.body).fontFamily);
   check(font.includes("Noto Sans CJK SC") && font.includes("PingFang SC"), "the font stack covers CJK");
 

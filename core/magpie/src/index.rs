@@ -123,14 +123,7 @@ impl Index {
             None => None,
         };
         let published = match &shared {
-            Some(sh) => crate::block_on(sh.settings())?
-                .map(|v| {
-                    serde_json::from_value::<IndexSettings>(v).map_err(|e| Error::Damaged {
-                        path: PathBuf::from(sh.collection()),
-                        reason: format!("the recorded settings: {e}"),
-                    })
-                })
-                .transpose()?,
+            Some(sh) => crate::block_on(IndexSettings::shared(sh))?,
             None => None,
         };
         let existing = match (&local, &published) {
@@ -154,16 +147,7 @@ impl Index {
                 check_settings(dir, &s, &embedder, &opts)?;
                 if let (Some(_), Some(p)) = (&local, &published) {
                     // This directory's record and the shared one name one index.
-                    check_settings(
-                        dir,
-                        p,
-                        &embedder,
-                        &OpenOptions {
-                            chunk_tokens: Some(s.chunk_tokens),
-                            overlap_tokens: Some(s.overlap_tokens),
-                            ..OpenOptions::default()
-                        },
-                    )?;
+                    check_same_index(dir, p, &s, &embedder)?;
                 }
                 s
             }
@@ -197,29 +181,8 @@ impl Index {
         if let (Some(sh), None) = (&shared, &published) {
             // The first process records the settings for the others; two
             // creating it at once agree on the first one's.
-            let mine = serde_json::to_value(IndexSettings {
-                store: None,
-                ..settings.clone()
-            })
-            .map_err(|e| magpie_core::Error::stage("settings", e.to_string()))?;
-            let kept = crate::block_on(sh.init_settings(&mine))?;
-            if kept != mine {
-                let kept: IndexSettings =
-                    serde_json::from_value(kept).map_err(|e| Error::Damaged {
-                        path: PathBuf::from(sh.collection()),
-                        reason: format!("the recorded settings: {e}"),
-                    })?;
-                check_settings(
-                    dir,
-                    &kept,
-                    &embedder,
-                    &OpenOptions {
-                        chunk_tokens: Some(settings.chunk_tokens),
-                        overlap_tokens: Some(settings.overlap_tokens),
-                        ..OpenOptions::default()
-                    },
-                )?;
-            }
+            let kept = crate::block_on(settings.publish(sh))?;
+            check_same_index(dir, &kept, &settings, &embedder)?;
         }
         if new_here {
             // Recorded once the stores opened, so a mistyped store URL leaves no index behind.
@@ -398,6 +361,18 @@ fn remote_config(
         StoreSpec::Remote(cfg) => Some(cfg),
         StoreSpec::Embedded => None,
     })
+}
+
+/// Two records of an index's settings (this directory's and the shared one)
+/// name the same index.
+fn check_same_index(
+    dir: &Path,
+    recorded: &IndexSettings,
+    ours: &IndexSettings,
+    embedder: &BertEmbedder,
+) -> Result<()> {
+    let opts = OpenOptions::default().chunking(Some(ours.chunk_tokens), Some(ours.overlap_tokens));
+    check_settings(dir, recorded, embedder, &opts)
 }
 
 /// `recorded` (an index's settings) fits `embedder` and the chunking `opts` asks for.

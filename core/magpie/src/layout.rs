@@ -119,6 +119,34 @@ impl IndexSettings {
         }
     }
 
+    /// The settings an index in a Qdrant deployment records there, if any.
+    pub async fn shared(catalog: &magpie_qdrant::QdrantCatalog) -> Result<Option<Self>> {
+        match catalog.settings().await? {
+            Some(v) => Ok(Some(Self::from_shared(catalog, v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Record these settings in the deployment unless some are recorded
+    /// already (another process made the index first); returns the recorded
+    /// ones. The store is not recorded: every process names it itself.
+    pub async fn publish(&self, catalog: &magpie_qdrant::QdrantCatalog) -> Result<Self> {
+        let mine = serde_json::to_value(Self {
+            store: None,
+            ..self.clone()
+        })
+        .map_err(|e| magpie_core::Error::stage("settings", e.to_string()))?;
+        let kept = catalog.init_settings(&mine).await?;
+        Self::from_shared(catalog, kept)
+    }
+
+    fn from_shared(catalog: &magpie_qdrant::QdrantCatalog, v: serde_json::Value) -> Result<Self> {
+        serde_json::from_value(v).map_err(|e| Error::Damaged {
+            path: PathBuf::from(catalog.collection()),
+            reason: format!("the recorded settings: {e}"),
+        })
+    }
+
     /// Write them into the index in `dir` (atomically).
     pub fn write(&self, dir: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self)

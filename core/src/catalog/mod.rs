@@ -115,15 +115,7 @@ impl Catalog {
     /// The catalog kept in `store`, shared with other processes: its entries
     /// as they are now.
     pub async fn shared(store: std::sync::Arc<dyn CatalogStore>) -> Result<Self> {
-        let loaded = store.load().await?;
-        let mut docs = BTreeMap::new();
-        let mut versions = std::collections::HashMap::new();
-        for (id, v) in loaded {
-            versions.insert(id.clone(), v.version);
-            if let Some(e) = v.entry {
-                docs.insert(id, e);
-            }
-        }
+        let (docs, versions) = split(store.load().await?);
         Ok(Self {
             path: PathBuf::from(store.describe()),
             docs,
@@ -146,15 +138,8 @@ impl Catalog {
         let Some(sh) = &mut self.shared else {
             return Ok(());
         };
-        let loaded = sh.store.load().await?;
-        let mut docs = BTreeMap::new();
-        sh.versions.clear();
-        for (id, v) in loaded {
-            sh.versions.insert(id.clone(), v.version);
-            if let Some(e) = v.entry {
-                docs.insert(id, e);
-            }
-        }
+        let (mut docs, versions) = split(sh.store.load().await?);
+        sh.versions = versions;
         for id in sh.base.keys() {
             match self.docs.get(id) {
                 Some(e) => docs.insert(id.clone(), e.clone()),
@@ -268,6 +253,24 @@ impl Catalog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// A shared catalog's stored entries as the entries and their versions.
+fn split(
+    loaded: BTreeMap<String, Versioned>,
+) -> (
+    BTreeMap<String, CatalogEntry>,
+    std::collections::HashMap<String, u64>,
+) {
+    let mut docs = BTreeMap::new();
+    let mut versions = std::collections::HashMap::new();
+    for (id, v) in loaded {
+        versions.insert(id.clone(), v.version);
+        if let Some(e) = v.entry {
+            docs.insert(id, e);
+        }
+    }
+    (docs, versions)
 }
 
 /// Replace `path` with `bytes` so that a crash leaves either the old or the new file.

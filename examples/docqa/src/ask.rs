@@ -13,31 +13,38 @@ use serde::Serialize;
 
 use crate::engine::{Mode, ModelArgs, OpenOptions};
 
-#[derive(clap::Args, Debug)]
-pub struct AskArgs {
-    /// The question.
-    pub question: String,
+/// How each answer is made: `docqa ask` and `docqa chat` share these.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AnswerFlags {
     /// Retrieval mode.
     #[arg(long, value_enum, default_value = "hybrid")]
     pub mode: Mode,
     /// Passages retrieved before packing them into the prompt.
     #[arg(short, default_value_t = 6)]
     pub k: usize,
-    /// Only use passages that pass this filter (as `docqa search --filter`; repeatable).
-    #[arg(long = "filter", value_name = "CLAUSE")]
-    pub filters: Vec<String>,
     /// Most tokens in the answer.
     #[arg(long, default_value_t = 200)]
     pub max_tokens: usize,
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.2)]
     pub temperature: f32,
-    /// Seed for reproducible answers.
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// Most tokens of passages in the prompt.
     #[arg(long, default_value_t = 1200)]
     pub context_tokens: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AskArgs {
+    /// The question.
+    pub question: String,
+    #[command(flatten)]
+    pub answer: AnswerFlags,
+    /// Only use passages that pass this filter (as `docqa search --filter`; repeatable).
+    #[arg(long = "filter", value_name = "CLAUSE")]
+    pub filters: Vec<String>,
+    /// Seed for reproducible answers.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Print the whole answer (text, citations, sources, usage, timings) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -94,31 +101,21 @@ async fn answer_turn(
     args: &AskArgs,
     history: Vec<magpie_core::ChatMessage>,
 ) -> Result<magpie_core::Answer> {
-    let retriever = {
-        let mut asked = history.clone();
-        asked.push(magpie_core::ChatMessage::new(
-            magpie_core::Role::User,
-            args.question.as_str(),
-        ));
-        match magpie_core::ConversationRetriever::for_messages(
-            engine.retriever(args.mode.into()),
-            &asked,
-            magpie_core::HistoryMode::default(),
-        ) {
-            Some((_, r)) => std::sync::Arc::new(r) as std::sync::Arc<dyn magpie_core::Retriever>,
-            None => engine.retriever(args.mode.into()),
-        }
-    };
+    let retriever = std::sync::Arc::new(magpie_core::ConversationRetriever::after(
+        engine.retriever(args.answer.mode.into()),
+        &history,
+        magpie_core::HistoryMode::default(),
+    ));
     let pipeline = QueryPipeline::new(retriever)
-        .top_k(args.k)
+        .top_k(args.answer.k)
         .filter(magpie_core::Filter::parse_all(&args.filters)?);
     let opts = AnswerOptions {
-        k: args.k,
-        max_context_tokens: args.context_tokens,
+        k: args.answer.k,
+        max_context_tokens: args.answer.context_tokens,
         few_shot: true,
         generation: GenerationOptions {
-            max_tokens: args.max_tokens,
-            temperature: args.temperature,
+            max_tokens: args.answer.max_tokens,
+            temperature: args.answer.temperature,
             seed: args.seed,
             ..GenerationOptions::default()
         },
@@ -144,7 +141,7 @@ async fn answer_turn(
     };
     let answer = if args.tools {
         let search = std::sync::Arc::new(magpie_plugins::RetrieverSearch::new(
-            engine.retriever(args.mode.into()),
+            engine.retriever(args.answer.mode.into()),
         ));
         let host = crate::plugins::open_host(plugin_args, Some(search)).await?;
         let moss = magpie_core::MossFormat;
@@ -184,21 +181,8 @@ fn open_session(
 /// `docqa chat`.
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
-    /// Retrieval mode.
-    #[arg(long, value_enum, default_value = "hybrid")]
-    pub mode: Mode,
-    /// Passages retrieved before packing them into the prompt.
-    #[arg(short, default_value_t = 6)]
-    pub k: usize,
-    /// Most tokens in each answer.
-    #[arg(long, default_value_t = 200)]
-    pub max_tokens: usize,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.2)]
-    pub temperature: f32,
-    /// Most tokens of passages in each prompt.
-    #[arg(long, default_value_t = 1200)]
-    pub context_tokens: usize,
+    #[command(flatten)]
+    pub answer: AnswerFlags,
     /// Keep the conversation as NAME in the index directory (go on with
     /// `docqa chat --session NAME` or `docqa ask --session NAME` later).
     #[arg(long, value_name = "NAME")]
@@ -228,13 +212,9 @@ pub async fn chat(
         let question = line.trim().to_string();
         let turn = AskArgs {
             question: question.clone(),
-            mode: args.mode,
-            k: args.k,
+            answer: args.answer.clone(),
             filters: Vec::new(),
-            max_tokens: args.max_tokens,
-            temperature: args.temperature,
             seed: None,
-            context_tokens: args.context_tokens,
             json: false,
             tools: false,
             tool_format: ToolFormatArg::Moss,

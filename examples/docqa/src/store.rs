@@ -301,16 +301,22 @@ async fn copy_catalog(
         }
         StoreSpec::Remote(cfg) => {
             let shared = Arc::new(QdrantCatalog::connect(cfg).await?);
-            let mine = serde_json::to_value(IndexSettings {
+            let kept = settings
+                .publish(&shared)
+                .await
+                .map_err(crate::engine::hint)?;
+            let ours = IndexSettings {
                 store: None,
                 ..settings.clone()
-            })?;
-            let kept = shared.init_settings(&mine).await?;
-            if kept != mine {
+            };
+            if kept != ours {
                 bail!(
-                    "{} already records other index settings ({kept}); copy with --replace, or to \
-                     another collection",
-                    to.describe()
+                    "{} already records other index settings ({} with {} dimensions, chunks of \
+                     {} tokens); copy with --replace, or to another collection",
+                    to.describe(),
+                    kept.embedding_model,
+                    kept.dimension,
+                    kept.chunk_tokens
                 );
             }
             let mut dest = Catalog::shared(shared as Arc<dyn CatalogStore>).await?;

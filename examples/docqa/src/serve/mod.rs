@@ -586,23 +586,15 @@ impl App {
             max_context_tokens: self.cfg.answer.context_tokens,
             few_shot: true,
             generation,
-            history: history.clone(),
+            history,
         };
         let filter = parse_filter(req.filter.as_ref())?;
         let _slot = self.search_slot().await?;
-        let mut asked = history;
-        asked.push(magpie_core::ChatMessage::new(
-            magpie_core::Role::User,
-            question,
-        ));
-        let retriever: Arc<dyn magpie_core::Retriever> = match ConversationRetriever::for_messages(
+        let retriever = Arc::new(ConversationRetriever::after(
             self.retriever(mode),
-            &asked,
+            &opts.history,
             HistoryMode::default(),
-        ) {
-            Some((_, r)) => Arc::new(r),
-            None => self.retriever(mode),
-        };
+        ));
         let pipeline = QueryPipeline::new(retriever).top_k(k).filter(filter);
         Ok(pipeline
             .prepare_answer(question, self.llm.as_ref(), &opts)
