@@ -30,7 +30,7 @@ pub struct BertEmbedderBuilder {
     spec: String,
     max_tokens: Option<usize>,
     batch_size: usize,
-    batch_tokens: usize,
+    batch_tokens: Option<usize>,
     device: Option<Device>,
     generic: bool,
     kernels: Option<Isa>,
@@ -53,11 +53,13 @@ impl BertEmbedderBuilder {
         self
     }
 
-    /// At most this many tokens per forward pass (default 4,096). Inputs are
-    /// sorted by length and packed up to this budget, so a batch of short
-    /// queries and one of long passages do about the same work per pass.
+    /// At most this many tokens per forward pass (default 512 on magpie's
+    /// CPU encoder, where a batch's activations then stay in the caches, and
+    /// 4,096 on candle's). Inputs are sorted by length and packed up to this
+    /// budget, so a batch of short queries and one of long passages do about
+    /// the same work per pass; an input longer than the budget goes alone.
     pub fn batch_tokens(mut self, n: usize) -> Self {
-        self.batch_tokens = n.max(1);
+        self.batch_tokens = Some(n.max(1));
         self
     }
 
@@ -183,6 +185,13 @@ impl BertEmbedderBuilder {
                 int8: self.int8,
             },
         )?;
+        // magpie's encoder keeps a batch's activations in the cores' caches
+        // at 512 tokens (1.7× the rate of 4,096 on 250-token passages, see
+        // BENCHMARKS.md); a padded GPU batch wants more
+        let batch_tokens = self.batch_tokens.unwrap_or(match backend {
+            Backend::Owned(_) => 512,
+            Backend::Candle { .. } => 4096,
+        });
         let model_id = model_id_for(&self.spec);
         let prompts = self.prompts.unwrap_or_else(|| Prompts::of(&dir, &model_id));
         if !prompts.query.is_empty() || !prompts.passage.is_empty() {
@@ -207,7 +216,7 @@ impl BertEmbedderBuilder {
                 pad_id: config.pad_token_id as u32,
                 prompts,
                 batch_size: self.batch_size,
-                batch_tokens: self.batch_tokens,
+                batch_tokens,
             }),
             counter: Arc::new(HfTokenCounter::new(counter_tok)),
             model_id,
@@ -388,7 +397,7 @@ impl BertEmbedder {
             spec: spec.into(),
             max_tokens: None,
             batch_size: 256,
-            batch_tokens: 4096,
+            batch_tokens: None,
             device: None,
             generic: false,
             kernels: None,

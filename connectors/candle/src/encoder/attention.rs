@@ -43,11 +43,14 @@ fn ensure(buf: &mut Option<Aligned>, len: usize) -> &mut [f32] {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    #[cfg(target_arch = "x86_64")]
+    static AMX_SCRATCH: RefCell<super::attention_amx::Scratch> = RefCell::new(Default::default());
 }
 
 /// `ctx[t, h·d..(h+1)·d] = softmax(q_t · Kᵀ) · V` within each sequence, for
 /// `qkv` rows laid out `[q (H) | k (H) | v (H)]`, queries already scaled by
 /// 1/√d. `starts` holds each sequence's first token row, then the total.
+/// `bf16`: on AMX tiles in bf16 (only when [`super::attention_amx::usable`]).
 pub fn attend(
     qkv: &[f32],
     ctx: &mut [f32],
@@ -55,6 +58,7 @@ pub fn attend(
     hidden: usize,
     heads: usize,
     isa: Isa,
+    bf16: bool,
 ) {
     let d = hidden / heads;
     let seqs = starts.len() - 1;
@@ -67,6 +71,28 @@ pub fn attend(
         if t1 == t0 {
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if bf16 {
+            AMX_SCRATCH.with(|cell| {
+                // SAFETY: the caller checked `usable(d)`; rows t0..t1, columns
+                // h·d..(h+1)·d of ctx belong to this task.
+                unsafe {
+                    super::attention_amx::head(
+                        qkv,
+                        out.get(),
+                        t0,
+                        t1 - t0,
+                        hidden,
+                        h * d,
+                        d,
+                        &mut cell.borrow_mut(),
+                    )
+                };
+            });
+            return;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = bf16;
         SCRATCH.with(|cell| {
             // SAFETY: rows t0..t1, columns h·d..(h+1)·d of ctx belong to this task.
             unsafe {

@@ -14,6 +14,8 @@
 //! - buffers live in a workspace reused across layers and calls.
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_amx;
 pub mod gemm;
 pub mod int8;
 mod kernels;
@@ -164,6 +166,17 @@ fn take(t: &mut Tensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, String
     Ok(v)
 }
 
+/// True when attention with head width `d` can run in bf16 on AMX here.
+fn amx_attention(d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return attention_amx::usable(d);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = d;
+        false
+    }
+}
+
 /// A loaded encoder.
 pub struct BertEncoder {
     cfg: EncoderConfig,
@@ -174,6 +187,8 @@ pub struct BertEncoder {
     position: Vec<f32>,
     emb_norm: Norm,
     layers: Vec<Layer>,
+    /// Attention in bf16 on AMX tiles (the int8 mode, where the CPU has it).
+    bf16_attention: bool,
     pool: Mutex<Vec<Workspace>>,
 }
 
@@ -282,6 +297,7 @@ impl BertEncoder {
             vocab,
             position,
             emb_norm,
+            bf16_attention: layers.first().is_some_and(|l| l.qkv.is_amx()) && amx_attention(d),
             layers,
             pool: Mutex::new(Vec::new()),
         })
@@ -370,7 +386,15 @@ impl BertEncoder {
         }
         for layer in &self.layers {
             layer.qkv.forward(x, total, qkv, Epilogue::Bias);
-            attention::attend(qkv, ctx, &starts, h, self.cfg.heads, self.isa);
+            attention::attend(
+                qkv,
+                ctx,
+                &starts,
+                h,
+                self.cfg.heads,
+                self.isa,
+                self.bf16_attention,
+            );
             layer.attn_out.forward(
                 ctx,
                 total,
