@@ -8,6 +8,9 @@
 //! Its error is bf16's (8 significant bits on each factor), the same order
 //! as the int8 linear layers' around it; the f32 mode keeps f32 attention.
 
+// block and lane indices address several arrays at once
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::asm;
 use std::arch::x86_64::*;
 

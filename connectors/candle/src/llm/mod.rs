@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod info;
 pub mod model;
 pub mod q8;
+pub mod quant;
 pub mod vocab;
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::gguf::{Arch, LlmConfig, ModelFile};
 use super::q8::Q8Matrix;
+use super::quant::{QMatrix, QType};
 use super::LlmError;
 
 type CResult<T> = candle_core::Result<T>;
@@ -17,18 +18,34 @@ fn cerr(e: candle_core::Error) -> LlmError {
     LlmError::Runtime(e.to_string())
 }
 
-/// A weight matrix: magpie's Q8_0 kernel on the CPU, candle's QMatMul otherwise.
+/// A weight matrix: on the CPU magpie's kernels read the file's bytes
+/// (Q8_0 prompts through the tiled Q8_0 kernel); candle's QMatMul otherwise.
 #[derive(Clone)]
 enum Weight {
     Q(QMatMul),
     Q8(Arc<Q8Matrix>),
+    /// magpie's kernels; for prompts of a K type, candle's tiled kernels
+    /// over the same bytes (they measured faster there).
+    Own(Arc<QMatrix>, Option<QMatMul>),
 }
 
 impl Weight {
     fn new(t: QTensor) -> Result<Self, LlmError> {
-        match Q8Matrix::from_qtensor(t) {
-            Ok(m) => Ok(Weight::Q8(Arc::new(m))),
-            Err(t) => QMatMul::from_qtensor(t).map(Weight::Q).map_err(cerr),
+        let t = match Q8Matrix::from_qtensor(t) {
+            Ok(m) => return Ok(Weight::Q8(Arc::new(m))),
+            Err(t) => t,
+        };
+        let t = Arc::new(t);
+        match QMatrix::from_qtensor(t.clone()) {
+            Ok(m) => {
+                let tiled = if m.qtype().is_k() {
+                    Some(QMatMul::from_arc(t).map_err(cerr)?)
+                } else {
+                    None
+                };
+                Ok(Weight::Own(Arc::new(m), tiled))
+            }
+            Err(t) => QMatMul::from_arc(t).map(Weight::Q).map_err(cerr),
         }
     }
 
@@ -36,6 +53,8 @@ impl Weight {
         match self {
             Weight::Q(m) => m.forward(x),
             Weight::Q8(m) => m.forward(x),
+            Weight::Own(m, Some(tiled)) if x.elem_count() > m.cols() => tiled.forward(x),
+            Weight::Own(m, _) => m.forward(x),
         }
     }
 }
@@ -153,10 +172,20 @@ impl WeightLoader<'_> {
             })
     }
 
-    /// A quantized tensor; types candle has no SIMD kernel for become Q8_0
-    /// (keeps accuracy, FINDINGS.md: greedy output unchanged).
+    /// A quantized tensor. Q5_0, Q5_1 and Q4_1 become Q8_0 (keeps accuracy,
+    /// FINDINGS.md: greedy output unchanged): magpie's kernels read them in
+    /// place, but its tiled Q8_0 prompt kernel is faster than its Q5_0 one
+    /// (Gemma 3 270M prompts at 230 against 162 tokens/s, BENCHMARKS.md),
+    /// and candle has no fast kernel for them on a GPU.
+    /// `MAGPIE_LLM_IN_PLACE=1` keeps them as stored.
     fn quantized(&mut self, name: &str) -> Result<QTensor, LlmError> {
         let t = self.raw(name)?;
+        if self.device.is_cpu()
+            && QType::from_ggml(t.dtype()).is_some()
+            && std::env::var("MAGPIE_LLM_IN_PLACE").as_deref() == Ok("1")
+        {
+            return Ok(t);
+        }
         match t.dtype() {
             d @ (GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1) => {
                 let f = t.dequantize(self.device).map_err(cerr)?;

@@ -18,12 +18,11 @@ const QK: usize = 32;
 const BLOCK: usize = 34; // f16 scale + 32 int8
 
 /// A Q8_0 weight matrix `[rows, cols]` in ggml's block layout. Several rows
-/// (prompt processing) go through magpie's tiled kernel; a single row
-/// (decoding) through candle's GEMV, which measured faster for that shape
-/// (`cargo run -p magpie-candle --example q8bench`).
+/// (prompt processing) go through the tiled kernel here; a single row
+/// (decoding) through [`super::quant::QMatrix`]'s, over the same bytes.
 pub struct Q8Matrix {
     tensor: std::sync::Arc<QTensor>,
-    gemv: candle_core::quantized::QMatMul,
+    gemv: super::quant::QMatrix,
     rows: usize,
     cols: usize,
 }
@@ -67,9 +66,12 @@ impl Q8Matrix {
             return Err(t);
         }
         let tensor = std::sync::Arc::new(t);
-        let gemv = match candle_core::quantized::QMatMul::from_arc(tensor.clone()) {
+        let gemv = match super::quant::QMatrix::from_qtensor(tensor.clone()) {
             Ok(g) => g,
-            Err(_) => return Err(std::sync::Arc::into_inner(tensor).expect("one owner")),
+            Err(t) => {
+                drop(t);
+                return Err(std::sync::Arc::into_inner(tensor).expect("one owner"));
+            }
         };
         Ok(Self {
             tensor,
@@ -115,7 +117,6 @@ impl Q8Matrix {
         }
         let m = x.elem_count() / cols;
         if m <= 1 {
-            use candle_core::Module;
             return self.gemv.forward(x);
         }
         let data = self.bytes();

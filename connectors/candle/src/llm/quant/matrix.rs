@@ -1,0 +1,225 @@
+//! A quantized weight matrix in its file's bytes, and its product with a
+//! batch of activation rows over candle's thread pool.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+
+use super::formats::{dequantize_row, QType};
+use super::{dots, quantize256, quantize32, Act256, Act32, Acts, Kernels};
+
+/// `[rows, cols]` of one quantized type, in GGUF's block layout.
+pub struct QMatrix {
+    ty: QType,
+    rows: usize,
+    cols: usize,
+    data: Bytes,
+}
+
+/// Where the bytes live: owned, or a candle tensor's CPU storage (shared
+/// with candle's kernels, so nothing is held twice).
+enum Bytes {
+    Owned(Arc<[u8]>),
+    Tensor {
+        _keep: Arc<QTensor>,
+        ptr: *const u8,
+        len: usize,
+    },
+}
+
+// SAFETY: the tensor's storage is immutable and lives as long as `_keep`.
+unsafe impl Send for Bytes {}
+// SAFETY: as above.
+unsafe impl Sync for Bytes {}
+
+impl Bytes {
+    fn get(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(b) => b,
+            // SAFETY: ptr/len were the tensor's CPU storage, kept alive by _keep.
+            Bytes::Tensor { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: each task writes a disjoint set of output indices.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// Rows per task: few enough tasks to keep the pool's overhead small, enough
+/// to balance two or more cores.
+const ROWS_PER_TASK: usize = 16;
+
+impl QMatrix {
+    /// A 2-D quantized tensor on the CPU of a type magpie has kernels for,
+    /// read in place; anything else is handed back.
+    pub fn from_qtensor(t: Arc<QTensor>) -> Result<Self, Arc<QTensor>> {
+        let Some(ty) = QType::from_ggml(t.dtype()) else {
+            return Err(t);
+        };
+        let Ok((rows, cols)) = t.shape().dims2() else {
+            return Err(t);
+        };
+        if !t.device().is_cpu() {
+            return Err(t);
+        }
+        let (ptr, len) = match t.data() {
+            Ok(std::borrow::Cow::Borrowed(b)) => (b.as_ptr(), b.len()),
+            _ => return Err(t),
+        };
+        let data = Bytes::Tensor {
+            _keep: t.clone(),
+            ptr,
+            len,
+        };
+        Self::checked(ty, rows, cols, data).map_err(|_| t)
+    }
+
+    /// From the bytes of a `[rows, cols]` tensor of type `ty`.
+    pub fn new(ty: QType, rows: usize, cols: usize, data: Arc<[u8]>) -> Result<Self, String> {
+        Self::checked(ty, rows, cols, Bytes::Owned(data))
+    }
+
+    fn checked(ty: QType, rows: usize, cols: usize, data: Bytes) -> Result<Self, String> {
+        if !cols.is_multiple_of(ty.block()) {
+            return Err(format!(
+                "{ty:?} rows of {cols} values are not whole blocks of {}",
+                ty.block()
+            ));
+        }
+        if data.get().len() != rows * ty.row_bytes(cols) {
+            return Err(format!(
+                "{ty:?} [{rows}, {cols}] needs {} bytes, got {}",
+                rows * ty.row_bytes(cols),
+                data.get().len()
+            ));
+        }
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// The type.
+    pub fn qtype(&self) -> QType {
+        self.ty
+    }
+
+    /// Output width.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input width.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.get().len()
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let stride = self.ty.row_bytes(self.cols);
+        &self.data.get()[r * stride..(r + 1) * stride]
+    }
+
+    /// Row `r` as f32 (an embedding lookup).
+    pub fn dequantize(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.ty, self.row(r), &mut out[..self.cols]);
+    }
+
+    /// `x · Wᵀ` for `x` of shape `[..., cols]`, as a candle tensor.
+    pub fn forward(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        let dims = x.dims().to_vec();
+        let cols = *dims.last().unwrap_or(&0);
+        if cols != self.cols {
+            candle_core::bail!("matmul: input width {cols}, weights {}", self.cols);
+        }
+        let t = x.elem_count() / cols.max(1);
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; t * self.rows];
+        self.matmul(&xs, t, &mut out);
+        let mut shape = dims;
+        *shape.last_mut().unwrap_or(&mut 0) = self.rows;
+        candle_core::Tensor::from_vec(out, shape, &candle_core::Device::Cpu)
+    }
+
+    /// `out[t, r] = x[t] · W[r]` for `t` rows of `x` (`t × cols`), into
+    /// `out` (`t × rows`), with `kernels`.
+    pub fn matmul_with(&self, kernels: Kernels, x: &[f32], t: usize, out: &mut [f32]) {
+        assert!(
+            x.len() >= t * self.cols && out.len() >= t * self.rows,
+            "matmul shapes"
+        );
+        let mut a32: Vec<Vec<Act32>> = Vec::new();
+        let mut a256: Vec<Vec<Act256>> = Vec::new();
+        for row in x.chunks_exact(self.cols).take(t) {
+            if self.ty.is_k() {
+                let mut v = Vec::new();
+                quantize256(row, &mut v);
+                a256.push(v);
+            } else {
+                let mut v = Vec::new();
+                quantize32(row, &mut v);
+                a32.push(v);
+            }
+        }
+        let acts: Vec<Acts<'_>> = if self.ty.is_k() {
+            a256.iter().map(|v| Acts::B256(v)).collect()
+        } else {
+            a32.iter().map(|v| Acts::B32(v)).collect()
+        };
+        let ptr = OutPtr(out.as_mut_ptr());
+        let tasks = self.rows.div_ceil(ROWS_PER_TASK);
+        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
+            let p = &ptr;
+            for task in range {
+                let r0 = task * ROWS_PER_TASK;
+                let r1 = (r0 + ROWS_PER_TASK).min(self.rows);
+                // the task's rows stay in L1 across the tokens; each weight
+                // block is unpacked once for up to four tokens
+                let mut t0 = 0;
+                while t0 < acts.len() {
+                    let n = (acts.len() - t0).min(4);
+                    for r in r0..r1 {
+                        let w = self.row(r);
+                        let a = &acts[t0..t0 + n];
+                        let mut v = [0f32; 4];
+                        match n {
+                            4 => v = dots::<4>(kernels, self.ty, w, &[a[0], a[1], a[2], a[3]]),
+                            3 => v[..3].copy_from_slice(&dots::<3>(
+                                kernels,
+                                self.ty,
+                                w,
+                                &[a[0], a[1], a[2]],
+                            )),
+                            2 => v[..2].copy_from_slice(&dots::<2>(
+                                kernels,
+                                self.ty,
+                                w,
+                                &[a[0], a[1]],
+                            )),
+                            _ => v[0] = dots::<1>(kernels, self.ty, w, &[a[0]])[0],
+                        }
+                        for (j, v) in v.iter().take(n).enumerate() {
+                            // SAFETY: (t0 + j, r) is written by this task only.
+                            unsafe { *p.0.add((t0 + j) * self.rows + r) = *v };
+                        }
+                    }
+                    t0 += n;
+                }
+            }
+        });
+    }
+
+    /// [`Self::matmul_with`] on the best kernels this CPU has.
+    pub fn matmul(&self, x: &[f32], t: usize, out: &mut [f32]) {
+        self.matmul_with(Kernels::detect(), x, t, out)
+    }
+}

@@ -1,0 +1,179 @@
+//! Every type's kernels against the dequantized reference, on random blocks
+//! and odd shapes.
+
+use super::*;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn unit(&mut self) -> f32 {
+        self.next() as f32 / (1u64 << 31) as f32
+    }
+}
+
+const ALL: [QType; 8] = [
+    QType::Q4_0,
+    QType::Q4_1,
+    QType::Q5_0,
+    QType::Q5_1,
+    QType::Q8_0,
+    QType::Q4_K,
+    QType::Q5_K,
+    QType::Q6_K,
+];
+
+/// Random codes, and scales of a sane size where the type keeps an f16.
+fn random_row(ty: QType, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut row: Vec<u8> = (0..ty.row_bytes(cols)).map(|_| rng.next() as u8).collect();
+    let f16 = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    for b in row.chunks_exact_mut(ty.block_bytes()) {
+        let (d, m) = (0.001 + rng.unit() * 0.05, rng.unit() * 0.05 - 0.025);
+        match ty {
+            QType::Q6_K => b[208..210].copy_from_slice(&f16(d)),
+            QType::Q4_1 | QType::Q5_1 | QType::Q4_K | QType::Q5_K => {
+                b[0..2].copy_from_slice(&f16(d));
+                b[2..4].copy_from_slice(&f16(m.abs()));
+            }
+            _ => b[0..2].copy_from_slice(&f16(d)),
+        }
+    }
+    row
+}
+
+/// The activations as the kernels see them, back in f32.
+fn dequantized_acts(ty: QType, x: &[f32]) -> Vec<f32> {
+    if ty.is_k() {
+        let mut a = Vec::new();
+        quantize256(x, &mut a);
+        a.iter()
+            .flat_map(|b| b.q.iter().map(move |q| *q as f32 * b.d))
+            .collect()
+    } else {
+        let mut a = Vec::new();
+        quantize32(x, &mut a);
+        a.iter()
+            .flat_map(|b| b.q.iter().map(move |q| *q as f32 * b.d))
+            .collect()
+    }
+}
+
+fn kernels() -> Vec<Kernels> {
+    let mut k = vec![Kernels::Portable];
+    if Kernels::detect() != Kernels::Portable {
+        k.push(Kernels::detect());
+    } else {
+        eprintln!(
+            "SKIPPED (vector kernels): this CPU has no AVX2+FMA; the portable path is tested"
+        );
+    }
+    k
+}
+
+#[test]
+fn every_type_matches_the_dequantized_reference() {
+    let mut rng = Rng(11);
+    for ty in ALL {
+        for blocks in [1, 3] {
+            let cols = blocks * ty.block();
+            let (rows, t) = (7, 6); // tokens in a group of four, then two
+            let data: Vec<u8> = (0..rows)
+                .flat_map(|_| random_row(ty, cols, &mut rng))
+                .collect();
+            let m = QMatrix::new(ty, rows, cols, data.into()).unwrap();
+            let x: Vec<f32> = (0..t * cols).map(|_| rng.unit() * 4.0 - 2.0).collect();
+            for k in kernels() {
+                let mut out = vec![0f32; t * rows];
+                m.matmul_with(k, &x, t, &mut out);
+                for ti in 0..t {
+                    let xa = dequantized_acts(ty, &x[ti * cols..(ti + 1) * cols]);
+                    for r in 0..rows {
+                        let mut w = vec![0f32; cols];
+                        m.dequantize(r, &mut w);
+                        let want: f64 = w.iter().zip(&xa).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let scale: f64 = w
+                            .iter()
+                            .zip(&xa)
+                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                            .sum();
+                        let got = out[ti * rows + r] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * scale + 1e-6,
+                            "{ty:?} {k:?} cols {cols} row {r} token {ti}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_vector_kernels_equal_the_portable_ones() {
+    let mut rng = Rng(5);
+    if Kernels::detect() == Kernels::Portable {
+        eprintln!("SKIPPED: this CPU has no AVX2+FMA; nothing to compare");
+        return;
+    }
+    for ty in ALL {
+        let cols = 5 * ty.block();
+        let rows = 33;
+        let data: Vec<u8> = (0..rows)
+            .flat_map(|_| random_row(ty, cols, &mut rng))
+            .collect();
+        let m = QMatrix::new(ty, rows, cols, data.into()).unwrap();
+        let x: Vec<f32> = (0..cols).map(|_| rng.unit() * 2.0 - 1.0).collect();
+        let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+        m.matmul_with(Kernels::Portable, &x, 1, &mut a);
+        m.matmul_with(Kernels::detect(), &x, 1, &mut b);
+        for (p, v) in a.iter().zip(&b) {
+            assert!(
+                (p - v).abs() <= 1e-5 * p.abs().max(1.0),
+                "{ty:?}: {p} vs {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn shapes_that_do_not_fit_are_refused() {
+    assert!(QMatrix::new(QType::Q4_K, 2, 100, vec![0u8; 10].into()).is_err());
+    assert!(QMatrix::new(QType::Q8_0, 2, 64, vec![0u8; 10].into()).is_err());
+    assert!(QMatrix::new(QType::Q8_0, 2, 64, vec![0u8; 136].into()).is_ok());
+}
+
+/// The block layouts read as candle (and ggml) read them.
+#[test]
+fn dequantize_agrees_with_candle() {
+    use candle_core::quantized::{QStorage, QTensor};
+    use candle_core::Device;
+    let mut rng = Rng(23);
+    for ty in ALL {
+        let (rows, cols) = (3, 2 * ty.block());
+        let data: Vec<u8> = (0..rows)
+            .flat_map(|_| random_row(ty, cols, &mut rng))
+            .collect();
+        let t = QStorage::from_data(std::borrow::Cow::Borrowed(&data), &Device::Cpu, ty.ggml())
+            .and_then(|s| QTensor::new(s, (rows, cols)))
+            .and_then(|q| q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>())
+            .unwrap();
+        assert_eq!(t.len(), rows * cols, "{ty:?}");
+        let m = QMatrix::new(ty, rows, cols, data.into()).unwrap();
+        let mut mine = vec![0f32; cols];
+        for r in 0..rows {
+            m.dequantize(r, &mut mine);
+            for (i, (a, b)) in mine.iter().zip(&t[r * cols..]).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{ty:?} row {r} [{i}]: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
