@@ -371,10 +371,11 @@ pub(super) mod simd512 {
         let s = _mm512_set1_ps(shift);
         let mut sum = _mm512_setzero_ps();
         let full = x.len() / 16 * 16;
+        let (src, out) = (x.as_ptr(), dst.as_mut_ptr());
         for c in (0..full).step_by(16) {
-            let v = exp_coarse(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(c)), s));
+            let v = exp_coarse(_mm512_sub_ps(_mm512_loadu_ps(src.add(c)), s));
             sum = _mm512_add_ps(sum, v);
-            _mm256_storeu_si256(dst.as_mut_ptr().add(c) as *mut __m256i, to_bf16(v));
+            _mm512_mask_cvtepi32_storeu_epi16(out.add(c) as *mut _, 0xffff, bf16_lanes(v));
         }
         let mut total = _mm512_reduce_add_ps(sum);
         for c in full..x.len() {
