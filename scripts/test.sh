@@ -12,6 +12,9 @@ scripts/build_plugins.sh
 cargo test --locked --manifest-path plugins/Cargo.toml
 cargo build --locked -p docqa
 target/debug/docqa models fetch all
+# The `cuda` feature compiles (candle's CUDA kernels with nvcc from PyPI's
+# wheels; no GPU needed to compile).
+scripts/check_cuda.sh
 # Chromium + Playwright and the openai Python package, for the service tests.
 scripts/setup_test_tools.sh
 # A real Qdrant server (from ../shared/tools/qdrant when it is there) for the
