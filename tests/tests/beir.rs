@@ -3,7 +3,6 @@
 //! on a subset. The full dense and hybrid figures come from `docqa eval beir`
 //! (BENCHMARKS.md): embedding all 5,183 abstracts twice is too long here.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use magpie_core::metrics::{docs_by_best_chunk, ndcg_at};
@@ -28,17 +27,7 @@ async fn scifact_bm25_ndcg_at_least_066() {
     }
     keywords.commit().await.unwrap();
 
-    let qrels = std::fs::read_to_string(dir.join("qrels/test.tsv")).unwrap();
-    let mut rel: HashMap<String, HashMap<String, i32>> = HashMap::new();
-    for line in qrels.lines().skip(1) {
-        let c: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
-        if c.len() == 3 {
-            let grade = c[2].trim().parse::<i32>().unwrap();
-            rel.entry(c[0].into())
-                .or_default()
-                .insert(c[1].into(), grade);
-        }
-    }
+    let rel = magpie_tests::scifact::qrels(&dir);
     let mut total = 0.0;
     let mut n = 0;
     for line in std::fs::read_to_string(dir.join("queries.jsonl"))
@@ -62,29 +51,12 @@ async fn scifact_bm25_ndcg_at_least_066() {
     assert!(ndcg >= 0.66, "SciFact BM25 nDCG@10 {ndcg:.4} is below 0.66");
 }
 
-fn qrels(dir: &std::path::Path) -> HashMap<String, HashMap<String, i32>> {
-    let mut rel: HashMap<String, HashMap<String, i32>> = HashMap::new();
-    for line in std::fs::read_to_string(dir.join("qrels/test.tsv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-    {
-        let c: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
-        if c.len() == 3 {
-            rel.entry(c[0].into())
-                .or_default()
-                .insert(c[1].into(), c[2].trim().parse().unwrap());
-        }
-    }
-    rel
-}
-
 /// Dense nDCG@10 over `docs` (id, text) for the queries, by exhaustive cosine.
 async fn dense_ndcg(
     emb: &magpie_candle::BertEmbedder,
     docs: &[(String, String)],
     queries: &[(String, String)],
-    rel: &HashMap<String, HashMap<String, i32>>,
+    rel: &magpie_tests::scifact::Qrels,
 ) -> f64 {
     use magpie_core::Embedder;
     let texts: Vec<String> = docs.iter().map(|d| d.1.clone()).collect();
@@ -115,43 +87,22 @@ async fn scifact_int8_embedder_keeps_f32_quality() {
     let Some(dir) = magpie_tests::shared_data("scifact") else {
         return;
     };
-    let rel = qrels(&dir);
-    let needed: std::collections::HashSet<&str> = rel
-        .values()
-        .flat_map(|r| r.keys().map(|k| k.as_str()))
-        .collect();
-    let mut docs: Vec<(String, String)> = Vec::new();
-    let mut distractors = 0;
-    for line in std::fs::read_to_string(dir.join("corpus.jsonl"))
-        .unwrap()
-        .lines()
-    {
-        let d: serde_json::Value = serde_json::from_str(line).unwrap();
-        let id = d["_id"].as_str().unwrap().to_string();
-        let keep = needed.contains(id.as_str()) || distractors < 1000 - needed.len();
-        if !keep {
-            continue;
+    let rel = magpie_tests::scifact::qrels(&dir);
+    let needed: std::collections::HashSet<String> =
+        rel.values().flat_map(|r| r.keys().cloned()).collect();
+    let mut distractors = 1000 - needed.len();
+    let docs: Vec<(String, String)> = magpie_tests::scifact::chunks(&dir, |id| {
+        if needed.contains(id) {
+            return true;
         }
-        if !needed.contains(id.as_str()) {
-            distractors += 1;
-        }
-        let text = format!(
-            "{}. {}",
-            d["title"].as_str().unwrap_or(""),
-            d["text"].as_str().unwrap()
-        );
-        docs.push((id, text));
-    }
-    let queries: Vec<(String, String)> = std::fs::read_to_string(dir.join("queries.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let q: serde_json::Value = serde_json::from_str(l).unwrap();
-            let id = q["_id"].as_str().unwrap().to_string();
-            rel.contains_key(&id)
-                .then(|| (id, q["text"].as_str().unwrap().to_string()))
-        })
-        .collect();
+        let keep = distractors > 0;
+        distractors = distractors.saturating_sub(1);
+        keep
+    })
+    .into_iter()
+    .map(|c| (c.doc_id, c.text))
+    .collect();
+    let queries = magpie_tests::scifact::queries(&dir, &rel);
     assert_eq!(queries.len(), 300);
     let build = |int8: bool| {
         magpie_candle::BertEmbedder::builder(magpie_tests::minilm_dir().to_string_lossy())

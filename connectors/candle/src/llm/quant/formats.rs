@@ -106,6 +106,42 @@ pub(super) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The low and high codes of 64-value chunk `j` of a Q4_K/Q5_K block at lane
+/// `l` (values 64j + l and 64j + 32 + l); `qh` is empty for Q4_K.
+pub(super) fn q45k_codes(qs: &[u8], qh: &[u8], j: usize, l: usize) -> (u8, u8) {
+    let byte = qs[32 * j + l];
+    let (mut lo, mut hi) = (byte & 0xf, byte >> 4);
+    if !qh.is_empty() {
+        lo |= ((qh[l] >> (2 * j)) & 1) << 4;
+        hi |= ((qh[l] >> (2 * j + 1)) & 1) << 4;
+    }
+    (lo, hi)
+}
+
+/// Each value of a Q6_K block (its 210 bytes) as (index 0..256, code −32..32).
+pub(super) fn q6k_values(b: &[u8], mut f: impl FnMut(usize, i32)) {
+    let (ql, qh) = (&b[0..128], &b[128..192]);
+    for n in 0..2 {
+        let (ql, qh) = (&ql[64 * n..], &qh[32 * n..]);
+        for l in 0..32 {
+            for (k, q) in q6k_codes(ql, qh, l).iter().enumerate() {
+                f(128 * n + 32 * k + l, *q as i32 - 32);
+            }
+        }
+    }
+}
+
+/// The four 6-bit codes (0..64, stored + 32) of a Q6_K half-block at lane
+/// `l`: values l, l + 32, l + 64 and l + 96.
+fn q6k_codes(ql: &[u8], qh: &[u8], l: usize) -> [u8; 4] {
+    [
+        (ql[l] & 0xf) | ((qh[l] & 3) << 4),
+        (ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4),
+        (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+        (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+    ]
+}
+
 /// The 5-bit code `i` (0..32) of a Q5_0/Q5_1 block from its nibbles and high bits.
 fn q5(qs: &[u8], qh: u32, i: usize) -> u8 {
     let nib = if i < 16 { qs[i] & 0xf } else { qs[i - 16] >> 4 };
@@ -171,36 +207,17 @@ pub fn dequantize_row(ty: QType, w: &[u8], out: &mut [f32]) {
                     let (sc0, m0) = scale_min_k4(2 * j, scales);
                     let (sc1, m1) = scale_min_k4(2 * j + 1, scales);
                     for l in 0..32 {
-                        let byte = qs[32 * j + l];
-                        let (mut lo, mut hi) = (byte & 0xf, byte >> 4);
-                        if ty == QType::Q5_K {
-                            lo |= ((qh[l] >> (2 * j)) & 1) << 4;
-                            hi |= ((qh[l] >> (2 * j + 1)) & 1) << 4;
-                        }
+                        let (lo, hi) = q45k_codes(qs, qh, j, l);
                         y[64 * j + l] = d * sc0 as f32 * lo as f32 - dmin * m0 as f32;
                         y[64 * j + 32 + l] = d * sc1 as f32 * hi as f32 - dmin * m1 as f32;
                     }
                 }
             }
             QType::Q6_K => {
-                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-                let d = f16_at(b, 208);
-                for n in 0..2 {
-                    let (ql, qh) = (&ql[64 * n..], &qh[32 * n..]);
-                    for l in 0..32 {
-                        let q = [
-                            (ql[l] & 0xf) | ((qh[l] & 3) << 4),
-                            (ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4),
-                            (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
-                            (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
-                        ];
-                        for (k, q) in q.iter().enumerate() {
-                            let idx = 128 * n + 32 * k + l;
-                            let s = sc[idx / 16] as i8 as f32;
-                            y[idx] = d * s * (*q as i32 - 32) as f32;
-                        }
-                    }
-                }
+                let (sc, d) = (&b[192..208], f16_at(b, 208));
+                q6k_values(b, |idx, q| {
+                    y[idx] = d * sc[idx / 16] as i8 as f32 * q as f32
+                });
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Plain-Rust dot products: integer sums per block, scaled in f32.
 
-use super::formats::{f16_at, scale_min_k4, QType};
+use super::formats::{f16_at, q45k_codes, q6k_values, scale_min_k4, QType};
 use super::{Act256, Act32, Acts};
 
 /// `w · x` for one weight row.
@@ -78,12 +78,7 @@ fn dot256(ty: QType, w: &[u8], a: &[Act256]) -> f32 {
                     let (sc1, m1) = scale_min_k4(2 * j + 1, scales);
                     let (mut s0, mut s1) = (0i32, 0i32);
                     for l in 0..32 {
-                        let byte = qs[32 * j + l];
-                        let (mut lo, mut hi) = (byte & 0xf, byte >> 4);
-                        if ty == QType::Q5_K {
-                            lo |= ((qh[l] >> (2 * j)) & 1) << 4;
-                            hi |= ((qh[l] >> (2 * j + 1)) & 1) << 4;
-                        }
+                        let (lo, hi) = q45k_codes(qs, qh, j, l);
                         s0 += lo as i32 * x.q[64 * j + l] as i32;
                         s1 += hi as i32 * x.q[64 * j + 32 + l] as i32;
                     }
@@ -95,24 +90,9 @@ fn dot256(ty: QType, w: &[u8], a: &[Act256]) -> f32 {
                 sum += d * isum as f32 - dmin * msum as f32;
             }
             QType::Q6_K => {
-                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-                let d = f16_at(b, 208) * x.d;
+                let (sc, d) = (&b[192..208], f16_at(b, 208) * x.d);
                 let mut g = [0i32; 16];
-                for n in 0..2 {
-                    let (ql, qh) = (&ql[64 * n..], &qh[32 * n..]);
-                    for l in 0..32 {
-                        let q = [
-                            (ql[l] & 0xf) | ((qh[l] & 3) << 4),
-                            (ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4),
-                            (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
-                            (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
-                        ];
-                        for (k, q) in q.iter().enumerate() {
-                            let idx = 128 * n + 32 * k + l;
-                            g[idx / 16] += (*q as i32 - 32) * x.q[idx] as i32;
-                        }
-                    }
-                }
+                q6k_values(b, |idx, q| g[idx / 16] += q * x.q[idx] as i32);
                 let isum: i32 = g.iter().zip(sc).map(|(g, s)| g * *s as i8 as i32).sum();
                 sum += d * isum as f32;
             }
