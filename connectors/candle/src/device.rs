@@ -14,6 +14,52 @@ pub fn select_device() -> Device {
     Device::Cpu
 }
 
+/// A device in words, with its memory where it can tell (a GPU).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceReport {
+    /// `cpu (2 threads, LLM kernels AVX2+FMA)` or `cuda:0 NVIDIA H200 (compute 9.0)`.
+    pub name: String,
+    /// Device memory in use (by every process on it), bytes; GPUs only.
+    pub memory_used_bytes: Option<u64>,
+    /// Device memory in all, bytes; GPUs only.
+    pub memory_total_bytes: Option<u64>,
+}
+
+/// What `dev` is, for `docqa model info` and the benchmarks.
+pub fn describe_device(dev: &Device) -> DeviceReport {
+    match dev {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            let ctx = d.cuda_stream().context().clone();
+            let name = ctx.name().unwrap_or_else(|_| "unnamed GPU".into());
+            let cap = ctx
+                .compute_capability()
+                .map(|(a, b)| format!(" (compute {a}.{b})"))
+                .unwrap_or_default();
+            let mem = ctx.mem_get_info().ok();
+            DeviceReport {
+                name: format!("cuda:{} {name}{cap}", ctx.ordinal()),
+                memory_used_bytes: mem.map(|(free, total)| (total - free) as u64),
+                memory_total_bytes: mem.map(|(_, total)| total as u64),
+            }
+        }
+        _ => {
+            let kernels = match crate::llm::quant::Kernels::detect() {
+                crate::llm::quant::Kernels::Avx2 => "AVX2+FMA",
+                crate::llm::quant::Kernels::Portable => "portable",
+            };
+            DeviceReport {
+                name: format!(
+                    "cpu ({} threads, LLM kernels {kernels})",
+                    candle_core::utils::get_num_threads()
+                ),
+                memory_used_bytes: None,
+                memory_total_bytes: None,
+            }
+        }
+    }
+}
+
 /// True when the CPU has the vector instructions this build was compiled for
 /// (AVX2 and FMA on x86-64; always true elsewhere).
 pub fn cpu_features_ok() -> Result<(), String> {

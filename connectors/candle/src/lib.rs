@@ -14,7 +14,8 @@ pub mod resolve;
 pub use bert::{BertEmbedder, BertEmbedderBuilder, HfTokenCounter};
 pub use card::{card_languages, Prompts};
 pub use device::{
-    cpu_features_ok, pin_thread_count, select_device, tune_allocator, uniform_cpu_kernels,
+    cpu_features_ok, describe_device, pin_thread_count, select_device, tune_allocator,
+    uniform_cpu_kernels, DeviceReport,
 };
 pub use encoder::gemm::Isa;
 pub use llm::{resolve_gguf, LlmError, LlmOptions, LocalLlm};

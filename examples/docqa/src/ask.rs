@@ -289,8 +289,11 @@ fn print_answer(answer: magpie_core::Answer, json: bool) -> Result<()> {
 pub fn model_info(path: &std::path::Path, json: bool) -> Result<()> {
     let path = magpie_candle::resolve_gguf(&path.to_string_lossy())?;
     let info = magpie_candle::llm::model_info(&path)?;
+    let device = magpie_candle::describe_device(&magpie_candle::select_device());
     if json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        let mut v = serde_json::to_value(&info)?;
+        v["device"] = serde_json::to_value(&device)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
@@ -337,6 +340,7 @@ pub fn model_info(path: &std::path::Path, json: bool) -> Result<()> {
         }
     );
     println!("  file            {:.2} GiB", gib(info.file_bytes));
+    println!("  device          {}", device.name);
     println!("  memory (weights + f32 KV cache at the full context):");
     for m in &info.memory {
         println!(
@@ -377,6 +381,10 @@ struct LlmBench {
     decode_tokens_per_sec: f64,
     runs: Vec<(f64, f64)>,
     peak_rss_mib: f64,
+    /// Where it ran.
+    device: String,
+    /// Device memory in use after the runs (GPUs only).
+    device_memory_used_mib: Option<f64>,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -437,6 +445,7 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
             args.gen_tokens as f64 / decode,
         ));
     }
+    let dev = magpie_candle::describe_device(model.device());
     let out = LlmBench {
         runtime: "magpie",
         model: llm.model_id().to_string(),
@@ -447,6 +456,8 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
         decode_tokens_per_sec: median(runs.iter().map(|r| r.1).collect()),
         runs,
         peak_rss_mib: peak_rss_mib(),
+        device: dev.name,
+        device_memory_used_mib: dev.memory_used_bytes.map(|b| b as f64 / (1 << 20) as f64),
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())

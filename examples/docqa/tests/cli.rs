@@ -302,6 +302,10 @@ fn model_info_describes_the_default_model_and_refuses_junk() {
     let mem = v["memory"].as_array().unwrap();
     let fp16 = mem.iter().find(|m| m["precision"] == "fp16").unwrap();
     assert_eq!(fp16["weights_bytes"].as_u64().unwrap(), params * 2);
+    // the device this build runs on (the CPU here: the test build has no cuda)
+    let device = v["device"]["name"].as_str().unwrap();
+    assert!(device.starts_with("cpu ("), "{device}");
+    assert!(v["device"]["memory_used_bytes"].is_null());
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("junk.gguf");
     std::fs::write(&junk, b"not a model").unwrap();
