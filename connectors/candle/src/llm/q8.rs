@@ -11,6 +11,8 @@
 //! quantized per 32 values to int8 with an f16 scale.
 
 use candle_core::quantized::{GgmlDType, QTensor};
+
+use super::quant::{quantize32, Act32, Kernels};
 use candle_core::{Device, Result, Tensor};
 use half::f16;
 
@@ -25,29 +27,6 @@ pub struct Q8Matrix {
     gemv: super::quant::QMatrix,
     rows: usize,
     cols: usize,
-}
-
-struct QuantRow {
-    d: Vec<f32>,
-    qs: Vec<[i8; QK]>,
-}
-
-fn quantize_row(x: &[f32]) -> QuantRow {
-    let nb = x.len() / QK;
-    let mut d = Vec::with_capacity(nb);
-    let mut qs = Vec::with_capacity(nb);
-    for b in x.chunks_exact(QK) {
-        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
-        let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-        let mut q = [0i8; QK];
-        for (o, v) in q.iter_mut().zip(b) {
-            *o = (v * id).round() as i8;
-        }
-        d.push(f16::from_f32(scale).to_f32());
-        qs.push(q);
-    }
-    QuantRow { d, qs }
 }
 
 struct OutPtr(*mut f32);
@@ -93,17 +72,12 @@ impl Q8Matrix {
 
     /// Rows `ids` dequantized: `[ids.len(), cols]`.
     pub fn embedding(&self, ids: &[u32]) -> Result<Tensor> {
-        let data = self.bytes();
-        let mut out = Vec::with_capacity(ids.len() * self.cols);
-        for &id in ids {
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
             if id as usize >= self.rows {
                 candle_core::bail!("token id {id} is outside the embedding table");
             }
-            let row = self.row(&data, id as usize);
-            for b in row.chunks_exact(BLOCK) {
-                let d = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-                out.extend(b[2..].iter().map(|&q| q as i8 as f32 * d));
-            }
+            self.gemv.dequantize(id as usize, row);
         }
         Tensor::from_vec(out, (ids.len(), self.cols), &Device::Cpu)
     }
@@ -122,11 +96,18 @@ impl Q8Matrix {
         let data = self.bytes();
         let data = &data[..];
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let acts: Vec<QuantRow> = xs.chunks_exact(cols).map(quantize_row).collect();
+        let acts: Vec<Vec<Act32>> = xs
+            .chunks_exact(cols)
+            .map(|row| {
+                let mut a = Vec::new();
+                quantize32(row, &mut a);
+                a
+            })
+            .collect();
         let mut out = vec![0f32; m * self.rows];
         let ptr = OutPtr(out.as_mut_ptr());
         let groups = self.rows.div_ceil(4);
-        let avx = avx2_available();
+        let avx = Kernels::detect() == Kernels::Avx2;
         candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
             let p = &ptr;
             for g in range {
@@ -174,20 +155,7 @@ impl Q8Matrix {
     }
 }
 
-fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-fn dot4_scalar(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
+fn dot4_scalar(rows: &[&[u8]; 4], a: &[Act32]) -> [f32; 4] {
     let mut out = [0f32; 4];
     for (r, row) in rows.iter().enumerate() {
         let mut acc = 0f32;
@@ -195,10 +163,10 @@ fn dot4_scalar(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
             let d = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
             let s: i32 = blk[2..]
                 .iter()
-                .zip(&a.qs[b])
+                .zip(&a[b].q)
                 .map(|(&w, &x)| w as i8 as i32 * x as i32)
                 .sum();
-            acc += d * a.d[b] * s as f32;
+            acc += d * a[b].d * s as f32;
         }
         out[r] = acc;
     }
@@ -220,7 +188,7 @@ unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4_avx2(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
+unsafe fn dot4_avx2(rows: &[&[u8]; 4], a: &[Act32]) -> [f32; 4] {
     use std::arch::x86_64::*;
     #[inline(always)]
     unsafe fn mul_sum(x: __m256i, y: __m256i) -> __m256 {
@@ -250,12 +218,10 @@ unsafe fn dot4_avx2(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
         rows[2].as_ptr(),
         rows[3].as_ptr(),
     );
-    let nb = a.qs.len().min(rows[0].len() / BLOCK);
-    let qs = a.qs.as_ptr();
-    let ds = a.d.as_ptr();
-    for b in 0..nb {
-        let y = _mm256_loadu_si256(qs.add(b) as *const __m256i);
-        let dy = *ds.add(b);
+    let nb = a.len().min(rows[0].len() / BLOCK);
+    for (b, act) in a.iter().enumerate().take(nb) {
+        let y = _mm256_loadu_si256(act.q.as_ptr() as *const __m256i);
+        let dy = act.d;
         let off = b * BLOCK;
         a0 = step(p0.add(off), y, dy, a0);
         a1 = step(p1.add(off), y, dy, a1);
@@ -269,17 +235,16 @@ unsafe fn dot4_avx2(rows: &[&[u8]; 4], a: &QuantRow) -> [f32; 4] {
 /// weight block loaded and made absolute once.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4x2_avx2(rows: &[&[u8]; 4], a: &QuantRow, b: &QuantRow) -> ([f32; 4], [f32; 4]) {
+unsafe fn dot4x2_avx2(rows: &[&[u8]; 4], a: &[Act32], b: &[Act32]) -> ([f32; 4], [f32; 4]) {
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
     let mut acc_a = [_mm256_setzero_ps(); 4];
     let mut acc_b = [_mm256_setzero_ps(); 4];
-    let nb = a.qs.len().min(b.qs.len()).min(rows[0].len() / BLOCK);
-    let (qa, qb) = (a.qs.as_ptr(), b.qs.as_ptr());
+    let nb = a.len().min(b.len()).min(rows[0].len() / BLOCK);
     for blk in 0..nb {
-        let ya = _mm256_loadu_si256(qa.add(blk) as *const __m256i);
-        let yb = _mm256_loadu_si256(qb.add(blk) as *const __m256i);
-        let (da, db) = (*a.d.get_unchecked(blk), *b.d.get_unchecked(blk));
+        let ya = _mm256_loadu_si256(a[blk].q.as_ptr() as *const __m256i);
+        let yb = _mm256_loadu_si256(b[blk].q.as_ptr() as *const __m256i);
+        let (da, db) = (a[blk].d, b[blk].d);
         let off = blk * BLOCK;
         macro_rules! row {
             ($r:expr) => {{

@@ -58,7 +58,7 @@ pub enum Acts<'a> {
 pub enum Kernels {
     /// Plain Rust, any CPU.
     Portable,
-    /// AVX2 + FMA.
+    /// AVX2 + FMA (and F16C, which every such CPU has).
     Avx2,
 }
 
@@ -73,6 +73,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 return Kernels::Avx2;
             }
