@@ -14,4 +14,5 @@ cd "$(dirname "$0")/.."
 eval "$(scripts/setup_cuda.sh)"
 CRATE=${1:-magpie-candle}
 echo "--- cargo check -p $CRATE --features cuda (nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute capability $CUDA_COMPUTE_CAP)"
-CARGO_TARGET_DIR=target/cuda-check cargo check --locked -p "$CRATE" --features cuda
+# not incremental: a check from nothing leaves no incremental state to keep
+CARGO_INCREMENTAL=0 CARGO_TARGET_DIR=target/cuda-check cargo check --locked -p "$CRATE" --features cuda

@@ -34,14 +34,15 @@ if [ ! -x "$ROOT/bin/nvcc" ]; then
     rm -rf "$ROOT"
     mkdir -p "$ROOT/bin" "$ROOT/include" "$ROOT/lib64"
     # every wheel's bin/, include/, lib/ and nvvm/ (nvcc finds cicc and
-    # libdevice beside itself) merged into one tree
+    # libdevice beside itself) merged into one tree, as hard links to the
+    # wheels' files (no second copy on the disk)
     for pkg in "$NV"/*/; do
       for sub in bin include lib lib64 nvvm; do
         [ -d "$pkg$sub" ] || continue
         dest=$ROOT/$sub
         [ "$sub" = lib ] && dest=$ROOT/lib64
         mkdir -p "$dest"
-        cp -r "$pkg$sub/." "$dest/"
+        cp -rlf "$pkg$sub/." "$dest/" 2>/dev/null || cp -rf "$pkg$sub/." "$dest/"
       done
     done
     # unversioned names for the linker and for cudarc's loader

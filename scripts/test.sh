@@ -3,6 +3,9 @@
 # then runs every test in the workspace. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The disk this run has, in the log: a clean build, the models, the CUDA
+# toolkit and the tests' temporary indexes take about 9 GiB together.
+df -h . "${TMPDIR:-/tmp}" | sed 's/^/disk: /'
 
 # One build profile for tests and the demo (see Cargo.toml): dependencies are
 # optimised, so the tests with real models run fast.
@@ -12,9 +15,6 @@ scripts/build_plugins.sh
 cargo test --locked --manifest-path plugins/Cargo.toml
 cargo build --locked -p docqa
 target/debug/docqa models fetch all
-# The `cuda` feature compiles (candle's CUDA kernels with nvcc from PyPI's
-# wheels; no GPU needed to compile).
-scripts/check_cuda.sh
 # Chromium + Playwright and the openai Python package, for the service tests.
 scripts/setup_test_tools.sh
 # A real Qdrant server (from ../shared/tools/qdrant when it is there) for the
@@ -22,3 +22,8 @@ scripts/setup_test_tools.sh
 eval "$(scripts/qdrant_server.sh start)"
 trap 'scripts/qdrant_server.sh stop' EXIT
 cargo test --locked --workspace "$@"
+# The `cuda` feature compiles (candle's CUDA kernels with nvcc from PyPI's
+# wheels; no GPU needed to compile). Last, once the tests' temporary indexes
+# are gone, so the toolkit and its build never share the disk with them.
+scripts/check_cuda.sh
+df -h . | sed 's/^/disk: /'
