@@ -495,3 +495,57 @@ fn decode_steps_match_a_full_prompt() {
         }
     }
 }
+
+/// The fused one-token step (magpie's decoder on the CPU) against the generic
+/// path over candle ops, on every layout, and one thread against the pool:
+/// the same logits bit for bit (the two paths do the same arithmetic in the
+/// same order; on Gemma a reordered sum flips greedy tokens within 12 steps).
+/// Gemma goes past its 512-token local window, so local layers read a window.
+#[test]
+fn fused_decode_matches_the_generic_path_on_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "Magpies hoard shiny things, remember faces, and build domed nests. ".repeat(40);
+    let mut cases = Vec::new();
+    for kind in [Tiny::Llama, Tiny::Qwen2, Tiny::Qwen3] {
+        cases.push((tiny(kind, 2, dir.path()), long[..600].to_string()));
+    }
+    cases.push((gemma_path(), long.clone()));
+    for (path, text) in cases {
+        let llm = LocalLlm::load(&path, LlmOptions::default()).unwrap();
+        let m = llm.model();
+        assert!(
+            m.fused_decode(),
+            "{}: the fused step is off",
+            path.display()
+        );
+        let ids = llm.encode_prompt(&text).unwrap();
+        let mut caches: Vec<_> = (0..3).map(|_| m.new_cache(1024)).collect();
+        let mut next = Vec::new();
+        for cache in caches.iter_mut() {
+            let l = m.forward(&ids, cache, false).unwrap();
+            next.push(Transformer::to_vec(&l).unwrap());
+        }
+        assert!(next.iter().all(|n| n == &next[0]));
+        let mut token = top(&next[0], 1)[0] as u32;
+        for step in 0..12 {
+            // 0: fused on the pool, 1: fused on one thread, 2: generic
+            let mut out = Vec::new();
+            for (i, cache) in caches.iter_mut().enumerate() {
+                m.set_fused_decode(i < 2);
+                m.set_decode_threads(if i == 1 { Some(1) } else { None });
+                let l = m.forward(&[token], cache, false).unwrap();
+                out.push(Transformer::to_vec(&l).unwrap());
+            }
+            m.set_fused_decode(true);
+            m.set_decode_threads(None);
+            let at = format!(
+                "{} ({} prompt tokens) step {step}",
+                path.display(),
+                ids.len()
+            );
+            assert_eq!(out[0], out[1], "{at}: one thread against the pool");
+            assert_eq!(out[0], out[2], "{at}: fused against generic");
+            token = top(&out[0], 1)[0] as u32;
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! from the file's metadata, chat templates, and a streaming [`magpie_core::Generator`].
 
 pub mod chat;
+mod decode;
 pub mod generator;
 pub mod gguf;
 pub mod info;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::decode::{axpy, dot_f32, DecodeLayer, Decoder, Mat};
 use super::gguf::{Arch, LlmConfig, ModelFile};
 use super::q8::Q8Matrix;
 use super::quant::{QMatrix, QType};
@@ -71,6 +72,20 @@ struct Linear {
 }
 
 impl Linear {
+    /// The matrix as magpie's kernels read it, for the fused decode step.
+    fn mat(&self) -> CResult<Option<Mat>> {
+        let m = match &self.w {
+            Weight::Own(m, _) => m.clone(),
+            Weight::Q8(m) => m.gemv().clone(),
+            Weight::Q(_) => return Ok(None),
+        };
+        let bias = match &self.b {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        Ok(Some(Mat { m, bias }))
+    }
+
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let y = self.w.forward(x)?;
         match &self.b {
@@ -141,6 +156,84 @@ pub struct Transformer {
     device: Device,
     /// (name, original type, type used) of tensors converted at load.
     pub requantized: Vec<(String, GgmlDType, GgmlDType)>,
+    /// The fused one-token step (CPU, every matrix of a type magpie reads).
+    decoder: Option<Decoder>,
+    fused: std::sync::atomic::AtomicBool,
+}
+
+fn vec_of(t: &Tensor) -> CResult<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+fn opt_vec(t: &Option<Tensor>) -> CResult<Option<Vec<f32>>> {
+    t.as_ref().map(vec_of).transpose()
+}
+
+/// The fused decoder for these weights, when every matrix is one magpie's
+/// kernels read and the model runs on the CPU.
+fn build_decoder(
+    layers: &[Layer],
+    out_norm: &Tensor,
+    output: &Weight,
+    embed: &Embedding,
+    embed_scale: Option<f64>,
+    device: &Device,
+) -> CResult<Option<Decoder>> {
+    if !device.is_cpu() {
+        return Ok(None);
+    }
+    let mut dl = Vec::with_capacity(layers.len());
+    for l in layers {
+        let (Some(q), Some(k), Some(v), Some(o), Some(gate), Some(up), Some(down)) = (
+            l.q.mat()?,
+            l.k.mat()?,
+            l.v.mat()?,
+            l.o.mat()?,
+            l.gate.mat()?,
+            l.up.mat()?,
+            l.down.mat()?,
+        ) else {
+            return Ok(None);
+        };
+        dl.push(DecodeLayer {
+            attn_norm: vec_of(&l.attn_norm)?,
+            q,
+            k,
+            v,
+            o,
+            q_norm: opt_vec(&l.q_norm)?,
+            k_norm: opt_vec(&l.k_norm)?,
+            post_attn_norm: opt_vec(&l.post_attn_norm)?,
+            ffn_norm: vec_of(&l.ffn_norm)?,
+            gate,
+            up,
+            down,
+            post_ffn_norm: opt_vec(&l.post_ffn_norm)?,
+            local: l.local,
+        });
+    }
+    let output = match output {
+        Weight::Own(m, _) => m.clone(),
+        Weight::Q8(m) => m.gemv().clone(),
+        Weight::Q(_) => return Ok(None),
+    };
+    let embed = match embed {
+        Embedding::Q8(m) => m.gemv().clone(),
+        Embedding::Q(t) => match QMatrix::from_qtensor(t.clone()) {
+            Ok(m) => Arc::new(m),
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(Some(Decoder {
+        layers: dl,
+        out_norm: vec_of(out_norm)?,
+        output,
+        embed,
+        embed_scale: embed_scale.map(|s| s as f32),
+        kernels: super::quant::Kernels::detect(),
+        threads: std::sync::atomic::AtomicUsize::new(0),
+        scratch: Default::default(),
+    }))
 }
 
 fn rms(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
@@ -309,8 +402,15 @@ impl Transformer {
         if cfg.vocab_size == 0 {
             cfg.vocab_size = vocab;
         }
+        let embed_scale = (cfg.arch == Arch::Gemma3).then(|| (cfg.n_embd as f64).sqrt());
+        let decoder = build_decoder(&layers, &out_norm, &output, &embed, embed_scale, device)
+            .map_err(cerr)?;
         Ok(Self {
-            embed_scale: (cfg.arch == Arch::Gemma3).then(|| (cfg.n_embd as f64).sqrt()),
+            embed_scale,
+            decoder,
+            fused: std::sync::atomic::AtomicBool::new(
+                std::env::var("MAGPIE_LLM_FUSED").as_deref() != Ok("0"),
+            ),
             cfg,
             embed,
             layers,
@@ -324,6 +424,28 @@ impl Transformer {
     /// The device it runs on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Whether one-token steps run fused (the default on the CPU, where every
+    /// matrix is of a type magpie's kernels read; `MAGPIE_LLM_FUSED=0` turns
+    /// it off): the generic path and the fused one compute the same values
+    /// in different orders.
+    pub fn fused_decode(&self) -> bool {
+        self.decoder.is_some() && self.fused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turn the fused one-token step on or off (to compare the two paths).
+    pub fn set_fused_decode(&self, on: bool) {
+        self.fused.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Threads of the fused step: `Some(1)` runs it on the calling thread
+    /// alone, `None` on candle's pool. Every count gives the same logits.
+    pub fn set_decode_threads(&self, threads: Option<usize>) {
+        if let Some(d) = &self.decoder {
+            d.threads
+                .store(threads.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// An empty cache holding up to `max` positions.
@@ -417,6 +539,13 @@ impl Transformer {
         let t = tokens.len();
         let start = cache.len;
         self.ensure_capacity(cache, start + t)?;
+        if let (1, Some(d), true) = (t, &self.decoder, self.fused_decode()) {
+            let logits = d.step(c, tokens[0], &cache.k, &cache.v, start)?;
+            cache.len = start + 1;
+            let n = logits.len();
+            let shape: &[usize] = if all { &[1, n] } else { &[n] };
+            return Tensor::from_vec(logits, shape, &self.device);
+        }
         let mut h = match &self.embed {
             Embedding::Q8(m) => m.embedding(tokens)?.to_device(&self.device)?,
             Embedding::Q(q) => q.embedding(&Tensor::new(tokens, &self.device)?)?,
@@ -636,11 +765,11 @@ fn attend_one(
         let base_k = k0 + kvh * cap * hd;
         let base_v = v0 + kvh * cap * hd;
         let mut max = f32::NEG_INFINITY;
+        // the fused step's arithmetic, in its order (the two paths agree bit for bit)
+        let scale = scale as f32;
         for (j, sc) in scores.iter_mut().enumerate() {
             let off = base_k + (first + j) * hd;
-            let kr = &kd[off..off + hd];
-            let d: f32 = qh.iter().zip(kr).map(|(a, b)| a * b).sum();
-            *sc = d * scale as f32;
+            *sc = dot_f32(qh, &kd[off..off + hd]) * scale;
             max = max.max(*sc);
         }
         let mut sum = 0f32;
@@ -649,12 +778,10 @@ fn attend_one(
             sum += *sc;
         }
         let oh = &mut out[h * hd..(h + 1) * hd];
+        let inv = 1.0 / sum;
         for (j, sc) in scores.iter().enumerate() {
-            let w = sc / sum;
             let off = base_v + (first + j) * hd;
-            for (o, x) in oh.iter_mut().zip(&vd[off..off + hd]) {
-                *o += w * x;
-            }
+            axpy(oh, sc * inv, &vd[off..off + hd]);
         }
     }
     drop(ks);

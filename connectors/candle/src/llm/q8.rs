@@ -24,7 +24,7 @@ const BLOCK: usize = 34; // f16 scale + 32 int8
 /// (decoding) through [`super::quant::QMatrix`]'s, over the same bytes.
 pub struct Q8Matrix {
     tensor: std::sync::Arc<QTensor>,
-    gemv: super::quant::QMatrix,
+    gemv: std::sync::Arc<super::quant::QMatrix>,
     rows: usize,
     cols: usize,
 }
@@ -46,7 +46,7 @@ impl Q8Matrix {
         }
         let tensor = std::sync::Arc::new(t);
         let gemv = match super::quant::QMatrix::from_qtensor(tensor.clone()) {
-            Ok(g) => g,
+            Ok(g) => std::sync::Arc::new(g),
             Err(t) => {
                 drop(t);
                 return Err(std::sync::Arc::into_inner(tensor).expect("one owner"));
@@ -58,6 +58,11 @@ impl Q8Matrix {
             rows,
             cols,
         })
+    }
+
+    /// The same bytes as magpie's general quantized matrix (its GEMV).
+    pub fn gemv(&self) -> &std::sync::Arc<super::quant::QMatrix> {
+        &self.gemv
     }
 
     fn bytes(&self) -> std::borrow::Cow<'_, [u8]> {

@@ -8,15 +8,15 @@
 
 use std::arch::x86_64::*;
 
-use super::formats::{f16_at, scale_min_k4, QType};
+use super::formats::{scale_min_k4, QType};
 use super::{Act256, Act32, Acts};
 
 /// `w · x[j]` for one weight row and `N` rows of activations: each weight
 /// block is unpacked once for all of them.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dots<const N: usize>(ty: QType, w: &[u8], x: &[Acts<'_>; N]) -> [f32; N] {
     if ty.is_k() {
         let a: [&[Act256]; N] = std::array::from_fn(|j| match x[j] {
@@ -37,8 +37,17 @@ pub unsafe fn dots<const N: usize>(ty: QType, w: &[u8], x: &[Acts<'_>; N]) -> [f
     }
 }
 
+/// The f16 at byte `at` of `b`, by the F16C instruction (the `half` crate
+/// picks its conversion at run time, a call per block).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    let h = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -47,7 +56,7 @@ fn hsum(v: __m256) -> f32 {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
@@ -57,7 +66,7 @@ fn hsum_i32(v: __m256i) -> i32 {
 
 /// 16 bytes of packed nibbles: low nibbles as bytes 0..16, high as 16..32.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles(p: *const u8) -> __m256i {
     let b = _mm_loadu_si128(p as *const __m128i);
     let m = _mm_set1_epi8(0xf);
@@ -68,7 +77,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 
 /// Byte i is 0xff where bit i of `x` is set.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn bit_bytes(x: u32) -> __m256i {
     // byte i takes byte i/8 of x, then tests its own bit
     let sel = _mm256_setr_epi8(
@@ -80,7 +89,7 @@ fn bit_bytes(x: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot32<const N: usize>(ty: QType, w: &[u8], a: &[&[Act32]; N]) -> [f32; N] {
     let bs = ty.block_bytes();
     let n = a.iter().fold(w.len() / bs, |n, a| n.min(a.len()));
@@ -129,7 +138,7 @@ unsafe fn dot32<const N: usize>(ty: QType, w: &[u8], a: &[&[Act32]; N]) -> [f32;
     std::array::from_fn(|j| hsum(acc[j]) + mins[j])
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q45k<const N: usize>(five: bool, w: &[u8], a: &[&[Act256]; N]) -> [f32; N] {
     let bs = if five { 176 } else { 144 };
     let n = a.iter().fold(w.len() / bs, |n, a| n.min(a.len()));
@@ -189,7 +198,7 @@ unsafe fn dot_q45k<const N: usize>(five: bool, w: &[u8], a: &[&[Act256]; N]) -> 
     std::array::from_fn(|t| hsum(acc[t]) - mins[t])
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6k<const N: usize>(w: &[u8], a: &[&[Act256]; N]) -> [f32; N] {
     let n = a.iter().fold(w.len() / 210, |n, a| n.min(a.len()));
     let mut sum = [0f32; N];

@@ -134,6 +134,20 @@ impl QMatrix {
         dequantize_row(self.ty, self.row(r), &mut out[..self.cols]);
     }
 
+    /// `out[i] = W[rows.start + i] · x` for one row of activations quantized
+    /// for this type (a slice of a matrix-vector product).
+    pub fn dot_rows(
+        &self,
+        kernels: Kernels,
+        x: Acts<'_>,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        for (o, r) in out.iter_mut().zip(rows) {
+            *o = dots::<1>(kernels, self.ty, self.row(r), &[x])[0];
+        }
+    }
+
     /// `x · Wᵀ` for `x` of shape `[..., cols]`, as a candle tensor.
     pub fn forward(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
         let dims = x.dims().to_vec();

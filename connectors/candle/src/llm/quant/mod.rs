@@ -136,7 +136,7 @@ pub fn quantize256(x: &[f32], out: &mut Vec<Act256>) {
 pub fn dots<const N: usize>(kernels: Kernels, ty: QType, w: &[u8], x: &[Acts<'_>; N]) -> [f32; N] {
     match kernels {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Kernels::Avx2 is only detected where the CPU has AVX2 and FMA.
+        // SAFETY: Kernels::Avx2 is only detected where the CPU has AVX2, FMA and F16C.
         Kernels::Avx2 => unsafe { avx2::dots(ty, w, x) },
         _ => std::array::from_fn(|j| portable::dot(ty, w, &x[j])),
     }
