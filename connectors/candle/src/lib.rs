@@ -4,6 +4,7 @@
 //! forward pass and KV cache ([`llm`]).
 #![warn(missing_docs)]
 
+pub mod bandwidth;
 pub mod bert;
 mod card;
 pub mod device;
@@ -11,6 +12,7 @@ pub mod encoder;
 pub mod llm;
 pub mod resolve;
 
+pub use bandwidth::{measure_bandwidth, Bandwidth};
 pub use bert::{BertEmbedder, BertEmbedderBuilder, HfTokenCounter};
 pub use card::{card_languages, Prompts};
 pub use device::{

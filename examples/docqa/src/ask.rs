@@ -385,6 +385,12 @@ struct LlmBench {
     device: String,
     /// Device memory in use after the runs (GPUs only).
     device_memory_used_mib: Option<f64>,
+    /// Bytes one generated token reads (weights once, plus the KV cache at
+    /// the midpoint of generation), where decoding runs fused.
+    decode_bytes_per_token: Option<usize>,
+    /// Those bytes times the decode rate: GB/s of memory read while
+    /// generating (compare `docqa bench memory`).
+    decode_read_gb_s: Option<f64>,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -446,6 +452,8 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
         ));
     }
     let dev = magpie_candle::describe_device(model.device());
+    let decode_rate = median(runs.iter().map(|r| r.1).collect());
+    let decode_bytes = model.decode_bytes(args.prompt_tokens + args.gen_tokens / 2);
     let out = LlmBench {
         runtime: "magpie",
         model: llm.model_id().to_string(),
@@ -453,11 +461,13 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
         gen_tokens: args.gen_tokens,
         load_seconds: load,
         prefill_tokens_per_sec: median(runs.iter().map(|r| r.0).collect()),
-        decode_tokens_per_sec: median(runs.iter().map(|r| r.1).collect()),
+        decode_tokens_per_sec: decode_rate,
         runs,
         peak_rss_mib: peak_rss_mib(),
         device: dev.name,
         device_memory_used_mib: dev.memory_used_bytes.map(|b| b as f64 / (1 << 20) as f64),
+        decode_bytes_per_token: decode_bytes,
+        decode_read_gb_s: decode_bytes.map(|b| b as f64 * decode_rate / 1e9),
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())

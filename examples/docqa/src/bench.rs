@@ -163,3 +163,28 @@ fn peak_rss_mib() -> f64 {
         0.0
     }
 }
+
+#[derive(clap::Args, Debug)]
+pub struct MemoryBenchArgs {
+    /// Buffer size in MiB (well past the last-level cache).
+    #[arg(long, default_value_t = 1024)]
+    mib: usize,
+    /// Passes; the best is reported.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+}
+
+/// Read and copy bandwidth with one thread and with every core, as JSON lines.
+pub fn memory(args: &MemoryBenchArgs) -> Result<()> {
+    anyhow::ensure!(args.mib > 0, "--mib must be at least 1");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut counts = vec![1];
+    if cores > 1 {
+        counts.push(cores);
+    }
+    for threads in counts {
+        let b = magpie_candle::measure_bandwidth(args.mib << 20, threads, args.repeat);
+        println!("{}", serde_json::to_string(&b)?);
+    }
+    Ok(())
+}

@@ -205,6 +205,11 @@ enum BenchCommand {
     /// Prompt processing and generation tokens/s of the language model (scripts/bench_llm.sh
     /// runs llama.cpp side by side).
     Llm(ask::LlmBenchArgs),
+    /// This machine's memory bandwidth, STREAM-style (read and copy over a buffer far
+    /// larger than the caches, 1 thread and all): the limit decoding runs against,
+    /// since every generated token reads every weight once (`bench llm` prints the
+    /// GB/s it reached).
+    Memory(bench::MemoryBenchArgs),
     /// Plugin load, instantiation and call costs, against a native call of the same code.
     Plugins {
         /// Where scripts/build_plugins.sh leaves the components.
@@ -369,6 +374,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Embed(args)) => bench::embed(args, &cli.models)?,
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(args, &cli.models).await?,
         Command::Bench(BenchCommand::Llm(args)) => ask::bench_llm(args, &cli.models)?,
+        Command::Bench(BenchCommand::Memory(args)) => bench::memory(args)?,
         Command::Bench(BenchCommand::Plugins {
             wasm_dir,
             iterations,

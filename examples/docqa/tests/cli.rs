@@ -318,6 +318,59 @@ fn model_info_describes_the_default_model_and_refuses_junk() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a usable GGUF"));
 }
 
+/// `bench llm` on the default model: rates, the device, and the bytes a
+/// generated token reads (the file's weights once, and a little KV cache);
+/// `bench memory`: read and copy rates for one thread and for all.
+#[test]
+fn bench_llm_and_memory_report_rates_and_bytes_per_token() {
+    let v = json(&run_ok(docqa(Path::new("unused")).args([
+        "bench",
+        "llm",
+        "--prompt-tokens",
+        "24",
+        "--gen-tokens",
+        "3",
+        "--repeat",
+        "1",
+    ])));
+    assert_eq!(v["prompt_tokens"], 24, "{v}");
+    assert!(v["prefill_tokens_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["decode_tokens_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["device"].as_str().unwrap().starts_with("cpu ("), "{v}");
+    // Gemma 3 270M Q4_K_M: the tied 262,144 × 640 Q8_0 output alone is 178 MB
+    let file = std::fs::metadata(models_dir().join("gemma-3-270m-q4_k_m.gguf"))
+        .unwrap()
+        .len();
+    let bytes = v["decode_bytes_per_token"].as_u64().unwrap();
+    assert!(
+        bytes > 178_000_000 && bytes < file * 3 / 2,
+        "{bytes} against a {file}-byte file"
+    );
+    assert!(v["decode_read_gb_s"].as_f64().unwrap() > 0.0, "{v}");
+
+    let out = run_ok(
+        docqa(Path::new("unused")).args(["bench", "memory", "--mib", "16", "--repeat", "1"]),
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty() && lines[0]["threads"] == 1, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["bytes"], 16 << 20);
+        assert!(
+            l["read_gb_s"].as_f64().unwrap() > 0.0 && l["copy_gb_s"].as_f64().unwrap() > 0.0,
+            "{l}"
+        );
+    }
+    let out = docqa(Path::new("unused"))
+        .args(["bench", "memory", "--mib", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mib must be at least 1"));
+}
+
 #[test]
 fn plugins_list_info_and_call() {
     let tmp = tempfile::tempdir().unwrap();

@@ -203,6 +203,23 @@ fn quantize_for(x: &[f32], mats: &[&Mat], a32: &mut Vec<Act32>, a256: &mut Vec<A
 }
 
 impl Decoder {
+    /// Bytes one step reads from memory with `ctx` positions cached before
+    /// it: every weight matrix once, and the keys and values each layer attends to.
+    pub fn bytes_per_token(&self, cfg: &LlmConfig, ctx: usize) -> usize {
+        let kv_row = cfg.n_head_kv * cfg.head_dim * 4 * 2;
+        let mut total = self.output.bytes();
+        for l in &self.layers {
+            let mats = [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down];
+            total += mats.iter().map(|m| m.m.bytes()).sum::<usize>();
+            let seen = match (l.local, cfg.sliding_window) {
+                (true, Some(w)) => (ctx + 1).min(w),
+                _ => ctx + 1,
+            };
+            total += seen * kv_row;
+        }
+        total
+    }
+
     fn par(&self, n: usize, f: impl Fn(Range<usize>) + Sync) {
         let threads = self.threads.load(std::sync::atomic::Ordering::Relaxed);
         if threads == 1 || n <= 1 {

@@ -434,6 +434,15 @@ impl Transformer {
         self.decoder.is_some() && self.fused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Bytes a fused decoding step reads with `ctx` positions already cached
+    /// (every weight once, plus the keys and values attended to); `None`
+    /// where the step does not run fused.
+    pub fn decode_bytes(&self, ctx: usize) -> Option<usize> {
+        self.decoder
+            .as_ref()
+            .map(|d| d.bytes_per_token(&self.cfg, ctx))
+    }
+
     /// Turn the fused one-token step on or off (to compare the two paths).
     pub fn set_fused_decode(&self, on: bool) {
         self.fused.store(on, std::sync::atomic::Ordering::Relaxed);
