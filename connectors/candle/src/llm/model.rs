@@ -265,17 +265,16 @@ impl WeightLoader<'_> {
             })
     }
 
-    /// A quantized tensor. Q5_0, Q5_1 and Q4_1 become Q8_0 (keeps accuracy,
-    /// FINDINGS.md: greedy output unchanged): magpie's kernels read them in
-    /// place, but its tiled Q8_0 prompt kernel is faster than its Q5_0 one
-    /// (Gemma 3 270M prompts at 230 against 162 tokens/s, BENCHMARKS.md),
-    /// and candle has no fast kernel for them on a GPU.
-    /// `MAGPIE_LLM_IN_PLACE=1` keeps them as stored.
+    /// A quantized tensor. On the CPU every type magpie's kernels read stays
+    /// as the file stores it (`MAGPIE_LLM_WIDEN=1` turns Q5_0, Q5_1 and Q4_1
+    /// into Q8_0 as before, to compare); on a GPU those three become Q8_0,
+    /// which candle's CUDA kernels multiply faster (FINDINGS.md: greedy output
+    /// unchanged).
     fn quantized(&mut self, name: &str) -> Result<QTensor, LlmError> {
         let t = self.raw(name)?;
         if self.device.is_cpu()
             && QType::from_ggml(t.dtype()).is_some()
-            && std::env::var("MAGPIE_LLM_IN_PLACE").as_deref() == Ok("1")
+            && std::env::var("MAGPIE_LLM_WIDEN").as_deref() != Ok("1")
         {
             return Ok(t);
         }

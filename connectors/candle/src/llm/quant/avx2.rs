@@ -89,6 +89,52 @@ fn bit_bytes(x: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit)
 }
 
+/// A 32-value block at `b` as (codes as 32 bytes, scale, minimum): signed
+/// codes for the symmetric types, unsigned with a minimum for Q4_1 and Q5_1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block32(ty: QType, b: *const u8) -> (__m256i, f32, f32) {
+    let head = std::slice::from_raw_parts(b, 4);
+    let dw = f16_at(head, 0);
+    let q = match ty {
+        QType::Q8_0 => _mm256_loadu_si256(b.add(2) as *const __m256i),
+        QType::Q4_0 => _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)),
+        QType::Q4_1 => nibbles(b.add(4)),
+        QType::Q5_0 => {
+            let qh = (b.add(2) as *const u32).read_unaligned();
+            // code − 16: where the fifth bit is clear, the nibble with 0xf0 (negative)
+            let high = _mm256_andnot_si256(bit_bytes(qh), _mm256_set1_epi8(0xf0u8 as i8));
+            _mm256_or_si256(nibbles(b.add(6)), high)
+        }
+        QType::Q5_1 => {
+            let qh = (b.add(4) as *const u32).read_unaligned();
+            let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
+            _mm256_or_si256(nibbles(b.add(8)), high)
+        }
+        _ => unreachable!("a 32-value type"),
+    };
+    let m = if is_signed(ty) { 0.0 } else { f16_at(head, 2) };
+    (q, dw, m)
+}
+
+fn is_signed(ty: QType) -> bool {
+    matches!(ty, QType::Q8_0 | QType::Q4_0 | QType::Q5_0)
+}
+
+/// The integer dot product of one block's codes `q` (made unsigned as `uq`)
+/// with 32 activation codes, as eight i32 lanes in f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_sums(signed: bool, q: __m256i, uq: __m256i, x: &Act32) -> __m256 {
+    let xa = _mm256_loadu_si256(x.q.as_ptr() as *const __m256i);
+    // unsigned × signed byte pairs: |w| against a with w's sign
+    let xa = if signed { _mm256_sign_epi8(xa, q) } else { xa };
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(
+        _mm256_maddubs_epi16(uq, xa),
+        _mm256_set1_epi16(1),
+    ))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot32<const N: usize>(ty: QType, w: &[u8], a: &[&[Act32]; N]) -> [f32; N] {
     let bs = ty.block_bytes();
@@ -96,46 +142,53 @@ unsafe fn dot32<const N: usize>(ty: QType, w: &[u8], a: &[&[Act32]; N]) -> [f32;
     let mut acc = [_mm256_setzero_ps(); N];
     let mut mins = [0f32; N];
     let p = w.as_ptr();
-    let signed = matches!(ty, QType::Q8_0 | QType::Q4_0 | QType::Q5_0);
+    let signed = is_signed(ty);
     for i in 0..n {
-        let b = p.add(i * bs);
-        let head = std::slice::from_raw_parts(b, 4);
-        let dw = f16_at(head, 0);
-        // the block's codes as 32 bytes: signed for the symmetric types,
-        // unsigned (with a minimum) for Q4_1 and Q5_1
-        let q = match ty {
-            QType::Q8_0 => _mm256_loadu_si256(b.add(2) as *const __m256i),
-            QType::Q4_0 => _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)),
-            QType::Q4_1 => nibbles(b.add(4)),
-            QType::Q5_0 => {
-                let qh = (b.add(2) as *const u32).read_unaligned();
-                // code − 16: where the fifth bit is clear, the nibble with 0xf0 (negative)
-                let high = _mm256_andnot_si256(bit_bytes(qh), _mm256_set1_epi8(0xf0u8 as i8));
-                _mm256_or_si256(nibbles(b.add(6)), high)
-            }
-            QType::Q5_1 => {
-                let qh = (b.add(4) as *const u32).read_unaligned();
-                let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
-                _mm256_or_si256(nibbles(b.add(8)), high)
-            }
-            _ => unreachable!("a 32-value type"),
-        };
-        let (uq, m) = if signed {
-            (_mm256_sign_epi8(q, q), 0.0)
-        } else {
-            (q, f16_at(head, 2))
-        };
+        let (q, dw, m) = block32(ty, p.add(i * bs));
+        let uq = if signed { _mm256_sign_epi8(q, q) } else { q };
         for j in 0..N {
             let x = &a[j][i];
-            let xa = _mm256_loadu_si256(x.q.as_ptr() as *const __m256i);
-            // unsigned × signed byte pairs: |w| against a with w's sign
-            let xa = if signed { _mm256_sign_epi8(xa, q) } else { xa };
-            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(uq, xa), _mm256_set1_epi16(1));
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(dw * x.d), acc[j]);
+            let sums = block_sums(signed, q, uq, x);
+            acc[j] = _mm256_fmadd_ps(sums, _mm256_set1_ps(dw * x.d), acc[j]);
             mins[j] += m * x.s;
         }
     }
     std::array::from_fn(|j| hsum(acc[j]) + mins[j])
+}
+
+/// Four weight rows of a 32-value type against two rows of activations:
+/// each weight block is unpacked once for both, each activation block
+/// loaded once for all four rows. `[token][row]`, the same values as
+/// [`dot32`] gives row by row.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dots_4x2(ty: QType, rows: [&[u8]; 4], a: [&[Act32]; 2]) -> [[f32; 4]; 2] {
+    let bs = ty.block_bytes();
+    let n = rows
+        .iter()
+        .map(|r| r.len() / bs)
+        .chain(a.iter().map(|a| a.len()))
+        .min()
+        .unwrap_or(0);
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let mut mins = [[0f32; 4]; 2];
+    let signed = is_signed(ty);
+    for i in 0..n {
+        let (x0, x1) = (&a[0][i], &a[1][i]);
+        for r in 0..4 {
+            let (q, dw, m) = block32(ty, rows[r].as_ptr().add(i * bs));
+            let uq = if signed { _mm256_sign_epi8(q, q) } else { q };
+            let s0 = block_sums(signed, q, uq, x0);
+            let s1 = block_sums(signed, q, uq, x1);
+            acc[0][r] = _mm256_fmadd_ps(s0, _mm256_set1_ps(dw * x0.d), acc[0][r]);
+            acc[1][r] = _mm256_fmadd_ps(s1, _mm256_set1_ps(dw * x1.d), acc[1][r]);
+            mins[0][r] += m * x0.s;
+            mins[1][r] += m * x1.s;
+        }
+    }
+    std::array::from_fn(|t| std::array::from_fn(|r| hsum(acc[t][r]) + mins[t][r]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

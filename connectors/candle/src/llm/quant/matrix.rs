@@ -193,16 +193,48 @@ impl QMatrix {
         let tasks = self.rows.div_ceil(ROWS_PER_TASK);
         candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
             let p = &ptr;
+            let put = |t: usize, r: usize, v: f32| {
+                // SAFETY: (t, r) is written by the task owning row r only.
+                unsafe { *p.0.add(t * self.rows + r) = v };
+            };
             for task in range {
                 let r0 = task * ROWS_PER_TASK;
                 let r1 = (r0 + ROWS_PER_TASK).min(self.rows);
-                // the task's rows stay in L1 across the tokens; each weight
-                // block is unpacked once for up to four tokens
-                let mut t0 = 0;
-                while t0 < acts.len() {
-                    let n = (acts.len() - t0).min(4);
-                    for r in r0..r1 {
-                        let w = self.row(r);
+                let mut r = r0;
+                // the 32-value types: tiles of four rows × two tokens
+                if !self.ty.is_k() && a32.len() >= 2 {
+                    while r + 4 <= r1 {
+                        let rows = [
+                            self.row(r),
+                            self.row(r + 1),
+                            self.row(r + 2),
+                            self.row(r + 3),
+                        ];
+                        let mut t = 0;
+                        while t + 2 <= a32.len() {
+                            let v = super::dots_4x2(kernels, self.ty, rows, [&a32[t], &a32[t + 1]]);
+                            for (j, v) in v.iter().enumerate() {
+                                for (i, v) in v.iter().enumerate() {
+                                    put(t + j, r + i, *v);
+                                }
+                            }
+                            t += 2;
+                        }
+                        if t < a32.len() {
+                            for (i, w) in rows.iter().enumerate() {
+                                put(t, r + i, dots::<1>(kernels, self.ty, w, &[acts[t]])[0]);
+                            }
+                        }
+                        r += 4;
+                    }
+                }
+                // the rest: each weight row stays in L1 across the tokens,
+                // each block unpacked once for up to four tokens
+                for r in r..r1 {
+                    let w = self.row(r);
+                    let mut t0 = 0;
+                    while t0 < acts.len() {
+                        let n = (acts.len() - t0).min(4);
                         let a = &acts[t0..t0 + n];
                         let mut v = [0f32; 4];
                         match n {
@@ -222,11 +254,10 @@ impl QMatrix {
                             _ => v[0] = dots::<1>(kernels, self.ty, w, &[a[0]])[0],
                         }
                         for (j, v) in v.iter().take(n).enumerate() {
-                            // SAFETY: (t0 + j, r) is written by this task only.
-                            unsafe { *p.0.add((t0 + j) * self.rows + r) = *v };
+                            put(t0 + j, r, *v);
                         }
+                        t0 += n;
                     }
-                    t0 += n;
                 }
             }
         });
