@@ -58,7 +58,7 @@ pub(super) struct Decoder {
     pub embed: Arc<QMatrix>,
     pub embed_scale: Option<f32>,
     pub kernels: Kernels,
-    /// Threads: 0 for candle's pool (all of them), 1 for the calling thread alone.
+    /// Threads: 0 for the decode pool (all of them), 1 for the calling thread alone.
     pub threads: std::sync::atomic::AtomicUsize,
     pub scratch: Mutex<Scratch>,
 }
@@ -225,7 +225,7 @@ impl Decoder {
         if threads == 1 || n <= 1 {
             f(0..n)
         } else {
-            candle_core::utils::barrier_pool().execute_chunked(n, f)
+            super::pool::decode_pool().run(n, f)
         }
     }
 

@@ -9,6 +9,7 @@ pub mod generator;
 pub mod gguf;
 pub mod info;
 pub mod model;
+mod pool;
 pub mod q8;
 pub mod quant;
 pub mod vocab;
