@@ -91,7 +91,7 @@ fn worker(shared: &'static Shared, id: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 || t.elapsed() < shared.spin {
+            if !spins.is_multiple_of(64) || t.elapsed() < shared.spin {
                 std::hint::spin_loop();
                 continue;
             }
