@@ -9,10 +9,12 @@ pub mod generator;
 pub mod gguf;
 pub mod info;
 pub mod model;
+mod ops;
 mod pool;
 pub mod q8;
 pub mod quant;
 pub mod vocab;
+mod weights;
 
 use std::path::{Path, PathBuf};
 

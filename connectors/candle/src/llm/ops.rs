@@ -1,0 +1,142 @@
+//! The small steps of the generic forward pass: RMS norm, RoPE tables, the
+//! one-row attention over the cache, and the causal/window mask.
+
+use candle_core::{Device, Tensor};
+
+use super::decode::{axpy, dot_f32};
+use super::gguf::LlmConfig;
+
+type CResult<T> = candle_core::Result<T>;
+
+pub(super) fn rms(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
+}
+
+/// cos/sin tables `[len, dim/2]` for positions `start..start+len` (may be negative for re-rotation).
+pub(super) fn rope_tables(
+    start: i64,
+    len: usize,
+    dim: usize,
+    base: f32,
+    scale: f32,
+    dev: &Device,
+) -> CResult<(Tensor, Tensor)> {
+    let half = dim / 2;
+    let mut cos = Vec::with_capacity(len * half);
+    let mut sin = Vec::with_capacity(len * half);
+    for p in 0..len as i64 {
+        let pos = (start + p) as f64 / scale as f64;
+        for i in 0..half {
+            let inv = 1.0 / (base as f64).powf(2.0 * i as f64 / dim as f64);
+            let a = pos * inv;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (len, half), dev)?,
+        Tensor::from_vec(sin, (len, half), dev)?,
+    ))
+}
+
+/// Attention of one query row (`q`: `[1, heads, 1, hd]`) over cached keys and
+/// values `first..first+kl` (`[1, kv, cap, hd]`), read in place: `[1, 1, heads*hd]`.
+pub(super) fn attend_one(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first: usize,
+    kl: usize,
+    c: &LlmConfig,
+    scale: f64,
+) -> CResult<Tensor> {
+    use candle_core::Storage;
+    let hd = c.head_dim;
+    let groups = c.n_head / c.n_head_kv;
+    let q = q.flatten_all()?.to_vec1::<f32>()?;
+    let (ks, kl_layout) = k.storage_and_layout();
+    let (vs, vl_layout) = v.storage_and_layout();
+    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*ks, &*vs) else {
+        candle_core::bail!("attend_one runs on the CPU only");
+    };
+    let (kd, vd) = (kc.as_slice::<f32>()?, vc.as_slice::<f32>()?);
+    if !kl_layout.is_contiguous() || !vl_layout.is_contiguous() {
+        candle_core::bail!("the KV cache must be contiguous");
+    }
+    let cap = k.dim(2)?;
+    let (k0, v0) = (kl_layout.start_offset(), vl_layout.start_offset());
+    let mut out = vec![0f32; c.n_head * hd];
+    let mut scores = vec![0f32; kl];
+    for h in 0..c.n_head {
+        let kvh = h / groups;
+        let qh = &q[h * hd..(h + 1) * hd];
+        let base_k = k0 + kvh * cap * hd;
+        let base_v = v0 + kvh * cap * hd;
+        let mut max = f32::NEG_INFINITY;
+        // the fused step's arithmetic, in its order (the two paths agree bit for bit)
+        let scale = scale as f32;
+        for (j, sc) in scores.iter_mut().enumerate() {
+            let off = base_k + (first + j) * hd;
+            *sc = dot_f32(qh, &kd[off..off + hd]) * scale;
+            max = max.max(*sc);
+        }
+        let mut sum = 0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - max).exp();
+            sum += *sc;
+        }
+        let oh = &mut out[h * hd..(h + 1) * hd];
+        let inv = 1.0 / sum;
+        for (j, sc) in scores.iter().enumerate() {
+            let off = base_v + (first + j) * hd;
+            axpy(oh, sc * inv, &vd[off..off + hd]);
+        }
+    }
+    drop(ks);
+    drop(vs);
+    Tensor::from_vec(out, (1, 1, c.n_head * hd), &Device::Cpu)
+}
+
+/// A contiguous tensor with storage of its own (a narrowed cache view may be
+/// contiguous and share the cache's storage).
+pub(super) fn owned(t: &Tensor) -> CResult<Tensor> {
+    if t.is_contiguous() {
+        t.copy()
+    } else {
+        t.contiguous()
+    }
+}
+
+/// Additive mask `[groups*t, kl]`: query `i` (position `start+i`) sees key `j`
+/// (position `first+j`) when it is not in the future and, for local layers,
+/// within the window.
+pub(super) fn build_mask(
+    start: usize,
+    t: usize,
+    first: usize,
+    kl: usize,
+    window: Option<usize>,
+    groups: usize,
+    dev: &Device,
+) -> CResult<Tensor> {
+    let mut m = vec![0f32; t * kl];
+    for i in 0..t {
+        let qp = start + i;
+        for j in 0..kl {
+            let kp = first + j;
+            let visible = kp <= qp && window.is_none_or(|w| qp - kp < w);
+            if !visible {
+                m[i * kl + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let mask = Tensor::from_vec(m, (t, kl), dev)?;
+    let mask = if groups > 1 {
+        mask.unsqueeze(0)?
+            .broadcast_as((groups, t, kl))?
+            .reshape((groups * t, kl))?
+    } else {
+        mask
+    };
+    mask.unsqueeze(0)?.unsqueeze(0)
+}

@@ -1,0 +1,263 @@
+//! Weights as the forward pass holds them: each matrix on magpie's kernels
+//! or candle's, the layers' tensors, the loader that reads them from a GGUF
+//! file, and the fused decoder built over the same bytes.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::decode::{DecodeLayer, Decoder, Mat};
+use super::gguf::ModelFile;
+use super::q8::Q8Matrix;
+use super::quant::{QMatrix, QType};
+use super::LlmError;
+
+type CResult<T> = candle_core::Result<T>;
+
+pub(super) fn cerr(e: candle_core::Error) -> LlmError {
+    LlmError::Runtime(e.to_string())
+}
+
+/// A weight matrix: on the CPU magpie's kernels read the file's bytes
+/// (Q8_0 prompts through the tiled Q8_0 kernel); candle's QMatMul otherwise.
+#[derive(Clone)]
+pub(super) enum Weight {
+    Q(QMatMul),
+    Q8(Arc<Q8Matrix>),
+    /// magpie's kernels; for prompts of a K type, candle's tiled kernels
+    /// over the same bytes (they measured faster there).
+    Own(Arc<QMatrix>, Option<QMatMul>),
+}
+
+impl Weight {
+    pub(super) fn new(t: QTensor) -> Result<Self, LlmError> {
+        let t = match Q8Matrix::from_qtensor(t) {
+            Ok(m) => return Ok(Weight::Q8(Arc::new(m))),
+            Err(t) => t,
+        };
+        let t = Arc::new(t);
+        match QMatrix::from_qtensor(t.clone()) {
+            Ok(m) => {
+                let tiled = if m.qtype().is_k() {
+                    Some(QMatMul::from_arc(t).map_err(cerr)?)
+                } else {
+                    None
+                };
+                Ok(Weight::Own(Arc::new(m), tiled))
+            }
+            Err(t) => QMatMul::from_arc(t).map(Weight::Q).map_err(cerr),
+        }
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        match self {
+            Weight::Q(m) => m.forward(x),
+            Weight::Q8(m) => m.forward(x),
+            Weight::Own(m, Some(tiled)) if x.elem_count() > m.cols() => tiled.forward(x),
+            Weight::Own(m, _) => m.forward(x),
+        }
+    }
+}
+
+/// The token embedding table (quantized, looked up row by row).
+pub(super) enum Embedding {
+    Q(Arc<QTensor>),
+    Q8(Arc<Q8Matrix>),
+}
+
+pub(super) struct Linear {
+    pub(super) w: Weight,
+    pub(super) b: Option<Tensor>,
+}
+
+impl Linear {
+    /// The matrix as magpie's kernels read it, for the fused decode step.
+    fn mat(&self) -> CResult<Option<Mat>> {
+        let m = match &self.w {
+            Weight::Own(m, _) => m.clone(),
+            Weight::Q8(m) => m.gemv().clone(),
+            Weight::Q(_) => return Ok(None),
+        };
+        let bias = match &self.b {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        Ok(Some(Mat { m, bias }))
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let y = self.w.forward(x)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+pub(super) struct Layer {
+    pub(super) attn_norm: Tensor,
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) o: Linear,
+    pub(super) q_norm: Option<Tensor>,
+    pub(super) k_norm: Option<Tensor>,
+    pub(super) post_attn_norm: Option<Tensor>,
+    pub(super) ffn_norm: Tensor,
+    pub(super) gate: Linear,
+    pub(super) up: Linear,
+    pub(super) down: Linear,
+    pub(super) post_ffn_norm: Option<Tensor>,
+    pub(super) local: bool,
+}
+
+pub(super) fn vec_of(t: &Tensor) -> CResult<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+pub(super) fn opt_vec(t: &Option<Tensor>) -> CResult<Option<Vec<f32>>> {
+    t.as_ref().map(vec_of).transpose()
+}
+
+/// The fused decoder for these weights, when every matrix is one magpie's
+/// kernels read and the model runs on the CPU.
+pub(super) fn build_decoder(
+    layers: &[Layer],
+    out_norm: &Tensor,
+    output: &Weight,
+    embed: &Embedding,
+    embed_scale: Option<f64>,
+    device: &Device,
+) -> CResult<Option<Decoder>> {
+    if !device.is_cpu() {
+        return Ok(None);
+    }
+    let mut dl = Vec::with_capacity(layers.len());
+    for l in layers {
+        let (Some(q), Some(k), Some(v), Some(o), Some(gate), Some(up), Some(down)) = (
+            l.q.mat()?,
+            l.k.mat()?,
+            l.v.mat()?,
+            l.o.mat()?,
+            l.gate.mat()?,
+            l.up.mat()?,
+            l.down.mat()?,
+        ) else {
+            return Ok(None);
+        };
+        dl.push(DecodeLayer {
+            attn_norm: vec_of(&l.attn_norm)?,
+            q,
+            k,
+            v,
+            o,
+            q_norm: opt_vec(&l.q_norm)?,
+            k_norm: opt_vec(&l.k_norm)?,
+            post_attn_norm: opt_vec(&l.post_attn_norm)?,
+            ffn_norm: vec_of(&l.ffn_norm)?,
+            gate,
+            up,
+            down,
+            post_ffn_norm: opt_vec(&l.post_ffn_norm)?,
+            local: l.local,
+        });
+    }
+    let output = match output {
+        Weight::Own(m, _) => m.clone(),
+        Weight::Q8(m) => m.gemv().clone(),
+        Weight::Q(_) => return Ok(None),
+    };
+    let embed = match embed {
+        Embedding::Q8(m) => m.gemv().clone(),
+        Embedding::Q(t) => match QMatrix::from_qtensor(t.clone()) {
+            Ok(m) => Arc::new(m),
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(Some(Decoder {
+        layers: dl,
+        out_norm: vec_of(out_norm)?,
+        output,
+        embed,
+        embed_scale: embed_scale.map(|s| s as f32),
+        kernels: super::quant::Kernels::detect(),
+        threads: std::sync::atomic::AtomicUsize::new(0),
+        scratch: Default::default(),
+    }))
+}
+
+pub(super) struct WeightLoader<'a> {
+    pub(super) file: &'a ModelFile,
+    pub(super) arch: &'static str,
+    pub(super) reader: std::io::BufReader<std::fs::File>,
+    pub(super) device: &'a Device,
+    pub(super) requantized: Vec<(String, GgmlDType, GgmlDType)>,
+}
+
+impl WeightLoader<'_> {
+    pub(super) fn raw(&mut self, name: &str) -> Result<QTensor, LlmError> {
+        if !self.file.content.tensor_infos.contains_key(name) {
+            return Err(LlmError::BadFile(format!(
+                "{}: tensor {name} is missing; the file does not match its declared architecture {}",
+                self.file.path.display(),
+                self.arch
+            )));
+        }
+        self.file
+            .content
+            .tensor(&mut self.reader, name, self.device)
+            .map_err(|e| {
+                LlmError::BadFile(format!("{}: tensor {name}: {e}", self.file.path.display()))
+            })
+    }
+
+    /// A quantized tensor. On the CPU every type magpie's kernels read stays
+    /// as the file stores it (`MAGPIE_LLM_WIDEN=1` turns Q5_0, Q5_1 and Q4_1
+    /// into Q8_0 as before, to compare); on a GPU those three become Q8_0,
+    /// which candle's CUDA kernels multiply faster (FINDINGS.md: greedy output
+    /// unchanged).
+    pub(super) fn quantized(&mut self, name: &str) -> Result<QTensor, LlmError> {
+        let t = self.raw(name)?;
+        if self.device.is_cpu()
+            && QType::from_ggml(t.dtype()).is_some()
+            && std::env::var("MAGPIE_LLM_WIDEN").as_deref() != Ok("1")
+        {
+            return Ok(t);
+        }
+        match t.dtype() {
+            d @ (GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1) => {
+                let f = t.dequantize(self.device).map_err(cerr)?;
+                self.requantized
+                    .push((name.to_string(), d, GgmlDType::Q8_0));
+                QTensor::quantize(&f, GgmlDType::Q8_0).map_err(cerr)
+            }
+            _ => Ok(t),
+        }
+    }
+
+    pub(super) fn matmul(&mut self, name: &str) -> Result<Weight, LlmError> {
+        let t = self.quantized(name)?;
+        Weight::new(t)
+    }
+
+    pub(super) fn vector(&mut self, name: &str) -> Result<Tensor, LlmError> {
+        self.raw(name)?.dequantize(self.device).map_err(cerr)
+    }
+
+    /// `<prefix>.weight`, with `<prefix>.bias` when the file has one (qwen2).
+    pub(super) fn linear(&mut self, prefix: &str) -> Result<Linear, LlmError> {
+        Ok(Linear {
+            w: self.matmul(&format!("{prefix}.weight"))?,
+            b: self.optional(&format!("{prefix}.bias"))?,
+        })
+    }
+
+    pub(super) fn optional(&mut self, name: &str) -> Result<Option<Tensor>, LlmError> {
+        if self.file.content.tensor_infos.contains_key(name) {
+            self.vector(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
