@@ -11,7 +11,6 @@ pub mod info;
 pub mod model;
 mod ops;
 mod pool;
-pub mod q8;
 pub mod quant;
 pub mod vocab;
 mod weights;

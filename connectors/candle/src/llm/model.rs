@@ -5,15 +5,12 @@
 //! The weights and their loader are in `weights`, the small steps of the
 //! generic pass in `ops`; one-token steps on the CPU run fused in `decode`.
 
-use std::sync::Arc;
-
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
 
 use super::decode::Decoder;
 use super::gguf::{Arch, LlmConfig, ModelFile};
 use super::ops::{attend_one, build_mask, owned, rms, rope_tables};
-use super::q8::Q8Matrix;
 use super::weights::{build_decoder, cerr, Embedding, Layer, Weight, WeightLoader};
 use super::LlmError;
 
@@ -74,6 +71,7 @@ impl Transformer {
         let cfg = file.config()?;
         let mut ld = WeightLoader {
             file,
+            map: WeightLoader::map_file(file, device),
             arch: cfg.arch.name(),
             reader: std::io::BufReader::new(
                 std::fs::File::open(&file.path).map_err(|e| LlmError::BadFile(e.to_string()))?,
@@ -107,18 +105,17 @@ impl Transformer {
             });
         }
         let out_norm = ld.vector("output_norm.weight")?;
-        let embed_q = ld.quantized("token_embd.weight")?;
-        let vocab = embed_q.shape().dims()[0];
-        let embed = match Q8Matrix::from_qtensor(embed_q) {
-            Ok(m) => Embedding::Q8(Arc::new(m)),
-            Err(t) => Embedding::Q(Arc::new(t)),
+        let embed = ld.embedding("token_embd.weight")?;
+        let vocab = match &embed {
+            Embedding::Own(m) => m.rows(),
+            Embedding::Q(t) => t.shape().dims()[0],
         };
         let output = if has("output.weight") {
             ld.matmul("output.weight")?
         } else {
             // tied embeddings: one copy serves both
             match &embed {
-                Embedding::Q8(m) => Weight::Q8(m.clone()),
+                Embedding::Own(m) => Weight::Own(m.clone(), None),
                 Embedding::Q(t) => Weight::Q(QMatMul::from_arc(t.clone()).map_err(cerr)?),
             }
         };
@@ -280,11 +277,7 @@ impl Transformer {
             let shape: &[usize] = if all { &[1, n] } else { &[n] };
             return Tensor::from_vec(logits, shape, &self.device);
         }
-        let mut h = match &self.embed {
-            Embedding::Q8(m) => m.embedding(tokens)?.to_device(&self.device)?,
-            Embedding::Q(q) => q.embedding(&Tensor::new(tokens, &self.device)?)?,
-        }
-        .unsqueeze(0)?; // [1, t, d]
+        let mut h = self.embed.lookup(tokens, &self.device)?.unsqueeze(0)?; // [1, t, d]
         if let Some(s) = self.embed_scale {
             h = (h * s)?;
         }

@@ -9,7 +9,6 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::decode::{DecodeLayer, Decoder, Mat};
 use super::gguf::ModelFile;
-use super::q8::Q8Matrix;
 use super::quant::{QMatrix, QType};
 use super::LlmError;
 
@@ -19,12 +18,11 @@ pub(super) fn cerr(e: candle_core::Error) -> LlmError {
     LlmError::Runtime(e.to_string())
 }
 
-/// A weight matrix: on the CPU magpie's kernels read the file's bytes
-/// (Q8_0 prompts through the tiled Q8_0 kernel); candle's QMatMul otherwise.
+/// A weight matrix: on the CPU magpie's kernels read the file's bytes;
+/// candle's QMatMul otherwise.
 #[derive(Clone)]
 pub(super) enum Weight {
     Q(QMatMul),
-    Q8(Arc<Q8Matrix>),
     /// magpie's kernels; for prompts of a K type, candle's tiled kernels
     /// over the same bytes (they measured faster there).
     Own(Arc<QMatrix>, Option<QMatMul>),
@@ -32,10 +30,6 @@ pub(super) enum Weight {
 
 impl Weight {
     pub(super) fn new(t: QTensor) -> Result<Self, LlmError> {
-        let t = match Q8Matrix::from_qtensor(t) {
-            Ok(m) => return Ok(Weight::Q8(Arc::new(m))),
-            Err(t) => t,
-        };
         let t = Arc::new(t);
         match QMatrix::from_qtensor(t.clone()) {
             Ok(m) => {
@@ -53,7 +47,6 @@ impl Weight {
     pub(super) fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         match self {
             Weight::Q(m) => m.forward(x),
-            Weight::Q8(m) => m.forward(x),
             Weight::Own(m, Some(tiled)) if x.elem_count() > m.cols() => tiled.forward(x),
             Weight::Own(m, _) => m.forward(x),
         }
@@ -63,7 +56,26 @@ impl Weight {
 /// The token embedding table (quantized, looked up row by row).
 pub(super) enum Embedding {
     Q(Arc<QTensor>),
-    Q8(Arc<Q8Matrix>),
+    Own(Arc<QMatrix>),
+}
+
+impl Embedding {
+    /// Rows `ids` as f32: `[ids.len(), width]`.
+    pub(super) fn lookup(&self, ids: &[u32], device: &Device) -> CResult<Tensor> {
+        match self {
+            Embedding::Q(q) => q.embedding(&Tensor::new(ids, device)?),
+            Embedding::Own(m) => {
+                let mut out = vec![0f32; ids.len() * m.cols()];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(m.cols())) {
+                    if id as usize >= m.rows() {
+                        candle_core::bail!("token id {id} is outside the embedding table");
+                    }
+                    m.dequantize(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), m.cols()), device)
+            }
+        }
+    }
 }
 
 pub(super) struct Linear {
@@ -76,7 +88,6 @@ impl Linear {
     fn mat(&self) -> CResult<Option<Mat>> {
         let m = match &self.w {
             Weight::Own(m, _) => m.clone(),
-            Weight::Q8(m) => m.gemv().clone(),
             Weight::Q(_) => return Ok(None),
         };
         let bias = match &self.b {
@@ -165,11 +176,10 @@ pub(super) fn build_decoder(
     }
     let output = match output {
         Weight::Own(m, _) => m.clone(),
-        Weight::Q8(m) => m.gemv().clone(),
         Weight::Q(_) => return Ok(None),
     };
     let embed = match embed {
-        Embedding::Q8(m) => m.gemv().clone(),
+        Embedding::Own(m) => m.clone(),
         Embedding::Q(t) => match QMatrix::from_qtensor(t.clone()) {
             Ok(m) => Arc::new(m),
             Err(_) => return Ok(None),
@@ -189,6 +199,9 @@ pub(super) fn build_decoder(
 
 pub(super) struct WeightLoader<'a> {
     pub(super) file: &'a ModelFile,
+    /// The file mapped into memory (on the CPU): the types magpie's kernels
+    /// read are used in place from it.
+    pub(super) map: Option<Arc<memmap2::Mmap>>,
     pub(super) arch: &'static str,
     pub(super) reader: std::io::BufReader<std::fs::File>,
     pub(super) device: &'a Device,
@@ -236,9 +249,74 @@ impl WeightLoader<'_> {
         }
     }
 
+    /// The file mapped, where the model runs on the CPU (`None` elsewhere,
+    /// or where mapping fails: the tensors are read then).
+    pub(super) fn map_file(file: &ModelFile, device: &Device) -> Option<Arc<memmap2::Mmap>> {
+        if !device.is_cpu() {
+            return None;
+        }
+        let f = std::fs::File::open(&file.path).ok()?;
+        // SAFETY: the mapping is read-only. As with llama.cpp's mmap, a file
+        // changed on disk while loaded is the user's to avoid; its size was
+        // checked against every tensor when it was opened.
+        match unsafe { memmap2::Mmap::map(&f) } {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                tracing::debug!("{}: not mapped ({e}); reading it", file.path.display());
+                None
+            }
+        }
+    }
+
+    /// A matrix of a 32-value type straight from the mapped file: no copy
+    /// and no widening. K types go through candle (its tiled kernels run
+    /// their prompts) and are `None` here.
+    fn mapped(&self, name: &str) -> Result<Option<QMatrix>, LlmError> {
+        let Some(map) = &self.map else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        let Some(ty) = QType::from_ggml(info.ggml_dtype) else {
+            return Ok(None);
+        };
+        let widen = std::env::var("MAGPIE_LLM_WIDEN").as_deref() == Ok("1")
+            && matches!(ty, QType::Q5_0 | QType::Q5_1 | QType::Q4_1);
+        let Ok((rows, cols)) = info.shape.dims2() else {
+            return Ok(None);
+        };
+        if ty.is_k() || widen {
+            return Ok(None);
+        }
+        let offset = self.file.content.tensor_data_offset as usize + info.offset as usize;
+        QMatrix::mapped(ty, rows, cols, map.clone(), offset)
+            .map(Some)
+            .map_err(|e| {
+                LlmError::BadFile(format!("{}: tensor {name}: {e}", self.file.path.display()))
+            })
+    }
+
     pub(super) fn matmul(&mut self, name: &str) -> Result<Weight, LlmError> {
+        if let Some(m) = self.mapped(name)? {
+            return Ok(Weight::Own(Arc::new(m), None));
+        }
         let t = self.quantized(name)?;
         Weight::new(t)
+    }
+
+    /// The token embedding table: mapped, or read.
+    pub(super) fn embedding(&mut self, name: &str) -> Result<Embedding, LlmError> {
+        if let Some(m) = self.mapped(name)? {
+            return Ok(Embedding::Own(Arc::new(m)));
+        }
+        let t = Arc::new(self.quantized(name)?);
+        if self.device.is_cpu() {
+            if let Ok(m) = QMatrix::from_qtensor(t.clone()) {
+                return Ok(Embedding::Own(Arc::new(m)));
+            }
+        }
+        Ok(Embedding::Q(t))
     }
 
     pub(super) fn vector(&mut self, name: &str) -> Result<Tensor, LlmError> {

@@ -16,10 +16,16 @@ pub struct QMatrix {
     data: Bytes,
 }
 
-/// Where the bytes live: owned, or a candle tensor's CPU storage (shared
-/// with candle's kernels, so nothing is held twice).
+/// Where the bytes live: owned, a candle tensor's CPU storage (shared with
+/// candle's kernels, so nothing is held twice), or the model file mapped
+/// into memory (read in place: nothing copied at load).
 enum Bytes {
     Owned(Arc<[u8]>),
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
     Tensor {
         _keep: Arc<QTensor>,
         ptr: *const u8,
@@ -36,6 +42,7 @@ impl Bytes {
     fn get(&self) -> &[u8] {
         match self {
             Bytes::Owned(b) => b,
+            Bytes::Mapped { map, offset, len } => &map[*offset..*offset + *len],
             // SAFETY: ptr/len were the tensor's CPU storage, kept alive by _keep.
             Bytes::Tensor { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
         }
@@ -75,6 +82,25 @@ impl QMatrix {
             len,
         };
         Self::checked(ty, rows, cols, data).map_err(|_| t)
+    }
+
+    /// A `[rows, cols]` tensor of type `ty` at byte `offset` of a mapped file,
+    /// read in place.
+    pub fn mapped(
+        ty: QType,
+        rows: usize,
+        cols: usize,
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+    ) -> Result<Self, String> {
+        let len = rows * ty.row_bytes(cols);
+        if offset.checked_add(len).is_none_or(|end| end > map.len()) {
+            return Err(format!(
+                "{ty:?} [{rows}, {cols}] at byte {offset} runs past the end of the file ({} bytes)",
+                map.len()
+            ));
+        }
+        Self::checked(ty, rows, cols, Bytes::Mapped { map, offset, len })
     }
 
     /// From the bytes of a `[rows, cols]` tensor of type `ty`.
