@@ -103,6 +103,13 @@ impl LocalLlm {
             (tok, model)
         });
         let (tok, model) = (tok?, model?);
+        // building the vocabulary and reading the K-type tensors left freed
+        // heap behind: hand it back, so the process holds what it uses
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let tok_name = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).unwrap_or_default();
         let chat = ChatTemplate::new(
             opts.chat_template

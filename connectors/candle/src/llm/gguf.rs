@@ -183,7 +183,7 @@ impl ModelFile {
         })?;
         let file_size = f.metadata().map(|m| m.len()).unwrap_or(0);
         let mut r = BufReader::new(f);
-        let content = Content::read(&mut r).map_err(|e| corrupt(path, e))?;
+        let mut content = Content::read(&mut r).map_err(|e| corrupt(path, e))?;
         for (name, info) in &content.tensor_infos {
             let elems = info.shape.elem_count();
             let bs = info.ggml_dtype.block_size();
@@ -204,7 +204,8 @@ impl ModelFile {
                 ));
             }
         }
-        let metadata = Metadata(content.metadata.clone());
+        // moved, not copied: the vocabulary alone is 262,144 strings in Gemma 3
+        let metadata = Metadata(std::mem::take(&mut content.metadata));
         Ok(Self {
             path: path.to_path_buf(),
             content,
