@@ -103,13 +103,6 @@ impl LocalLlm {
             (tok, model)
         });
         let (tok, model) = (tok?, model?);
-        // building the vocabulary and reading the K-type tensors left freed
-        // heap behind: hand it back, so the process holds what it uses
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only releases free memory.
-        unsafe {
-            libc::malloc_trim(0);
-        }
         let tok_name = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).unwrap_or_default();
         let chat = ChatTemplate::new(
             opts.chat_template
@@ -133,6 +126,15 @@ impl LocalLlm {
                     .unwrap_or_default()
             });
         let cache = model.new_cache(window);
+        // the parsed header (the vocabulary's strings), the tokenizer's
+        // building and the K-type tensors read left freed heap behind: hand
+        // it back, so the process holds what it uses
+        drop(file);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 model,
