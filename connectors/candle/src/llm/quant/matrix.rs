@@ -169,7 +169,26 @@ impl QMatrix {
         rows: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        for (o, r) in out.iter_mut().zip(rows) {
+        let mut r = rows.start;
+        let mut out = out.iter_mut();
+        // the 32-value types four rows at a time: four loads in flight
+        if let Acts::B32(a) = x {
+            while r + 4 <= rows.end {
+                let w = [
+                    self.row(r),
+                    self.row(r + 1),
+                    self.row(r + 2),
+                    self.row(r + 3),
+                ];
+                for v in super::dots_rows::<4, 1>(kernels, self.ty, w, [a])[0] {
+                    if let Some(o) = out.next() {
+                        *o = v;
+                    }
+                }
+                r += 4;
+            }
+        }
+        for (o, r) in out.zip(r..rows.end) {
             *o = dots::<1>(kernels, self.ty, self.row(r), &[x])[0];
         }
     }
@@ -238,7 +257,12 @@ impl QMatrix {
                         ];
                         let mut t = 0;
                         while t + 2 <= a32.len() {
-                            let v = super::dots_4x2(kernels, self.ty, rows, [&a32[t], &a32[t + 1]]);
+                            let v = super::dots_rows::<4, 2>(
+                                kernels,
+                                self.ty,
+                                rows,
+                                [&a32[t], &a32[t + 1]],
+                            );
                             for (j, v) in v.iter().enumerate() {
                                 for (i, v) in v.iter().enumerate() {
                                     put(t + j, r + i, *v);

@@ -142,17 +142,23 @@ pub fn dots<const N: usize>(kernels: Kernels, ty: QType, w: &[u8], x: &[Acts<'_>
     }
 }
 
-/// Four weight rows of a 32-value type against two rows of activations (the
-/// prompt tile): `[token][row]`, each value what [`dots`] gives for it.
+/// `R` weight rows of a 32-value type against `N` rows of activations (the
+/// prompt tile is 4 × 2, the decoding one 4 × 1): `[token][row]`, each value
+/// what [`dots`] gives for it, bit for bit.
 ///
 /// # Panics
 /// For a K type.
-pub fn dots_4x2(kernels: Kernels, ty: QType, rows: [&[u8]; 4], a: [&[Act32]; 2]) -> [[f32; 4]; 2] {
-    assert!(!ty.is_k(), "the 4×2 tile takes the 32-value types");
+pub fn dots_rows<const R: usize, const N: usize>(
+    kernels: Kernels,
+    ty: QType,
+    rows: [&[u8]; R],
+    a: [&[Act32]; N],
+) -> [[f32; R]; N] {
+    assert!(!ty.is_k(), "row tiles take the 32-value types");
     match kernels {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Kernels::Avx2 is only detected where the CPU has AVX2, FMA and F16C.
-        Kernels::Avx2 => unsafe { avx2::dots_4x2(ty, rows, a) },
+        Kernels::Avx2 => unsafe { avx2::dots_rows(ty, rows, a) },
         _ => std::array::from_fn(|t| {
             std::array::from_fn(|r| portable::dot(ty, rows[r], &Acts::B32(a[t])))
         }),
