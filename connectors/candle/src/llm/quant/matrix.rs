@@ -246,36 +246,29 @@ impl QMatrix {
                 let r0 = task * ROWS_PER_TASK;
                 let r1 = (r0 + ROWS_PER_TASK).min(self.rows);
                 let mut r = r0;
-                // the 32-value types: tiles of four rows × two tokens
-                if !self.ty.is_k() && a32.len() >= 2 {
-                    while r + 4 <= r1 {
-                        let rows = [
-                            self.row(r),
-                            self.row(r + 1),
-                            self.row(r + 2),
-                            self.row(r + 3),
-                        ];
+                // the 32-value types: tiles of two rows × four tokens (each
+                // weight block unpacked once for four tokens, each activation
+                // block loaded once for both rows; measured against 4 × 2 and
+                // 1 × 8 on the Gemma output shape: 0.64× and 0.88× the time)
+                if !self.ty.is_k() && a32.len() >= 4 {
+                    while r + 2 <= r1 {
+                        let w = [self.row(r), self.row(r + 1)];
                         let mut t = 0;
-                        while t + 2 <= a32.len() {
-                            let v = super::dots_rows::<4, 2>(
-                                kernels,
-                                self.ty,
-                                rows,
-                                [&a32[t], &a32[t + 1]],
-                            );
+                        while t + 4 <= a32.len() {
+                            let a: [&[Act32]; 4] = std::array::from_fn(|j| &a32[t + j][..]);
+                            let v = super::dots_rows::<2, 4>(kernels, self.ty, w, a);
                             for (j, v) in v.iter().enumerate() {
-                                for (i, v) in v.iter().enumerate() {
-                                    put(t + j, r + i, *v);
-                                }
+                                put(t + j, r, v[0]);
+                                put(t + j, r + 1, v[1]);
                             }
-                            t += 2;
+                            t += 4;
                         }
-                        if t < a32.len() {
-                            for (i, w) in rows.iter().enumerate() {
-                                put(t, r + i, dots::<1>(kernels, self.ty, w, &[acts[t]])[0]);
+                        for (t, x) in acts.iter().enumerate().skip(t) {
+                            for (i, w) in w.iter().enumerate() {
+                                put(t, r + i, dots::<1>(kernels, self.ty, w, &[*x])[0]);
                             }
                         }
-                        r += 4;
+                        r += 2;
                     }
                 }
                 // the rest: each weight row stays in L1 across the tokens,

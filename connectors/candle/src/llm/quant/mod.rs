@@ -143,7 +143,7 @@ pub fn dots<const N: usize>(kernels: Kernels, ty: QType, w: &[u8], x: &[Acts<'_>
 }
 
 /// `R` weight rows of a 32-value type against `N` rows of activations (the
-/// prompt tile is 4 × 2, the decoding one 4 × 1): `[token][row]`, each value
+/// prompt tile is 2 × 4, the decoding one 4 × 1): `[token][row]`, each value
 /// what [`dots`] gives for it, bit for bit.
 ///
 /// # Panics
