@@ -413,12 +413,17 @@ impl fmt::Display for Filter {
 }
 
 /// Retrieve with a store that cannot filter: ask for more and more hits until
-/// `k` pass the filter or the store has no more.
+/// `k` pass the filter or the store has no more. An empty filter asks once
+/// for `k`; an invalid one is an error.
 pub async fn overfetch<F, Fut>(k: usize, filter: &Filter, mut fetch: F) -> Result<Vec<crate::Hit>>
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<crate::Hit>>>,
 {
+    if filter.is_empty() {
+        return fetch(k).await;
+    }
+    filter.validate()?;
     let mut n = k.saturating_mul(4).max(32);
     loop {
         let hits = fetch(n).await?;

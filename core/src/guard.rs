@@ -175,6 +175,15 @@ pub fn mentions_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// This process's peak resident set so far, in MiB (`None` where the system
+/// does not say: Linux only).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,14 @@ impl StoreHealth {
         self.damaged.is_empty() && self.problems.is_empty()
     }
 
+    /// A store whose every listed chunk was read back.
+    pub fn listed(chunks: Vec<StoredChunk>) -> Self {
+        Self {
+            chunks_read: chunks.len(),
+            ..Self::default()
+        }
+    }
+
     /// A store that could not be read at all.
     pub fn unreadable(why: impl Into<String>) -> Self {
         Self {

@@ -5,7 +5,7 @@
 //! Two call formats are first class, behind [`ToolFormat`]: MOSS's command
 //! lines (`<|Commands|>: Calculate("2+2")` / `<|Results|>: 4`) and JSON calls in
 //! `<tool_call>` tags for models trained on them. Where the tools come from is
-//! the [`Toolbox`] trait (magpie-plugins implements it over WebAssembly
+//! the [`Toolbox`] trait (magpie-plugin-host implements it over WebAssembly
 //! plugins).
 
 use std::time::Instant;

@@ -131,10 +131,6 @@ pub trait VectorStore: Send + Sync {
     /// that filter natively override this; the default asks for more hits and
     /// filters them here.
     async fn search_filtered(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>> {
-        if filter.is_empty() {
-            return self.search(vector, k).await;
-        }
-        filter.validate()?;
         overfetch(k, filter, |n| self.search(vector, n)).await
     }
     /// Make every write so far durable.
@@ -144,10 +140,9 @@ pub trait VectorStore: Send + Sync {
     /// Read back everything stored and check it. The default lists the chunks;
     /// stores that keep checksums or fingerprints check those too.
     async fn verify(&self) -> Result<crate::integrity::StoreHealth> {
-        Ok(crate::integrity::StoreHealth {
-            chunks_read: self.list_chunks().await?.len(),
-            ..Default::default()
-        })
+        Ok(crate::integrity::StoreHealth::listed(
+            self.list_chunks().await?,
+        ))
     }
 }
 
@@ -165,10 +160,6 @@ pub trait KeywordStore: Send + Sync {
     /// The `k` best chunks for `query` among those `filter` accepts (the default
     /// asks for more hits and filters them here).
     async fn search_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
-        if filter.is_empty() {
-            return self.search(query, k).await;
-        }
-        filter.validate()?;
         overfetch(k, filter, |n| self.search(query, n)).await
     }
     /// Make every write so far durable and visible.
@@ -177,10 +168,9 @@ pub trait KeywordStore: Send + Sync {
     async fn list_chunks(&self) -> Result<Vec<StoredChunk>>;
     /// Read back everything stored and check it (see [`VectorStore::verify`]).
     async fn verify(&self) -> Result<crate::integrity::StoreHealth> {
-        Ok(crate::integrity::StoreHealth {
-            chunks_read: self.list_chunks().await?.len(),
-            ..Default::default()
-        })
+        Ok(crate::integrity::StoreHealth::listed(
+            self.list_chunks().await?,
+        ))
     }
 }
 
@@ -195,10 +185,6 @@ pub trait Retriever: Send + Sync {
     /// Retrievers over filtering stores override this; the default asks for
     /// more hits and filters them here.
     async fn retrieve_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
-        if filter.is_empty() {
-            return self.retrieve(query, k).await;
-        }
-        filter.validate()?;
         overfetch(k, filter, |n| self.retrieve(query, n)).await
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// Neither a directory nor a cached hub model.
-    #[error("model {spec:?} not found: it is not a directory, and not in the Hugging Face cache ({cache}). Pass a directory holding config.json, tokenizer.json and model.safetensors, or run `docqa models fetch` for the default models")]
+    #[error("model {spec:?} not found: it is not a directory, and not in the Hugging Face cache ({cache}). Pass a directory holding config.json, tokenizer.json and model.safetensors")]
     NotFound {
         /// What the user asked for.
         spec: String,

@@ -73,7 +73,7 @@ fn versioned(p: &RetrievedPoint) -> Result<(String, Versioned, String)> {
         Some(v) => Some(serde_json::from_value::<CatalogEntry>(v).map_err(|e| {
             err(
                 "reading the catalog",
-                format!("the entry of {key:?} is damaged ({e}); `docqa repair` rebuilds it"),
+                format!("the entry of {key:?} is damaged ({e}); a repair rebuilds it"),
             )
         })?),
     };

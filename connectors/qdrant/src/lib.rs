@@ -198,8 +198,8 @@ fn chunk_from_payload(id: &PointId, payload: Option<&Payload>) -> Result<Chunk> 
 /// The error for a vector store whose files are damaged.
 fn damaged_store(dir: &Path, why: &str) -> Error {
     Error::Index(format!(
-        "the vector store in {} is damaged ({why}); `docqa repair` rebuilds it from the \
-         keyword index",
+        "the vector store in {} is damaged ({why}); a repair rebuilds it from the keyword \
+         index",
         dir.display()
     ))
 }
@@ -281,8 +281,8 @@ impl EdgeStore {
                 if msg.contains("WouldBlock") {
                     // The write-ahead log is locked: another process has the index open.
                     Error::Index(format!(
-                        "the vector index in {} is in use by another process (a running \
-                         `docqa serve` or `docqa index`?); stop it, or use its HTTP API",
+                        "the vector index in {} is in use by another process (a server or an \
+                         indexing run?); stop it, or use its HTTP API",
                         dir.display()
                     ))
                 } else {
@@ -347,8 +347,7 @@ impl EdgeStore {
                 .ok_or_else(|| Error::stage("vector store", "store is closed"))?;
             magpie_core::guard::catch("vector store", || f(s)).map_err(|e| {
                 Error::Index(format!(
-                    "{e}: the vector store is damaged; run `docqa status --verify`, then \
-                     `docqa repair`"
+                    "{e}: the vector store is damaged; a repair rebuilds it from the keyword index"
                 ))
             })?
         })

@@ -97,8 +97,8 @@ pub struct TantivyStore {
 /// A keyword index that cannot be opened: its files are damaged or missing.
 fn unreadable(dir: &Path, e: tantivy::TantivyError) -> Error {
     Error::Index(format!(
-        "the keyword index in {} cannot be read ({e}): it is damaged; `docqa repair` rebuilds \
-         it from the chunks in the vector store",
+        "the keyword index in {} cannot be read ({e}): it is damaged; a repair rebuilds it \
+         from the chunks in the vector store",
         dir.display()
     ))
 }
@@ -126,8 +126,7 @@ fn damaged<T>(r: Result<Result<T>>) -> Result<T> {
     match r {
         Ok(inner) => inner,
         Err(e) => Err(Error::Index(format!(
-            "{e}: the keyword index is damaged; run `docqa status --verify`, then `docqa repair` \
-             (it rebuilds the keyword index from the stored chunks)"
+            "{e}: the keyword index is damaged; a repair rebuilds it from the stored chunks"
         ))),
     }
 }

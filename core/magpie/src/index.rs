@@ -18,8 +18,11 @@ use crate::layout::{IndexSettings, Layout};
 use crate::models::Models;
 use crate::store::{KeywordOptions, StoreSpec, Stores};
 
-/// How to search.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How to search. With the `cli` feature it is a value enum for flags
+/// (`--mode hybrid|dense|bm25`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum SearchMode {
     /// Dense and BM25 fused by reciprocal rank, weighed per query (the default).
     #[default]
@@ -28,6 +31,17 @@ pub enum SearchMode {
     Dense,
     /// BM25 keyword search.
     Bm25,
+}
+
+impl SearchMode {
+    /// The mode's name as flags and reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SearchMode::Hybrid => "hybrid",
+            SearchMode::Dense => "dense",
+            SearchMode::Bm25 => "bm25",
+        }
+    }
 }
 
 /// How to open an index.

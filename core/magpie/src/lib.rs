@@ -27,8 +27,12 @@ mod error;
 pub mod index;
 pub mod layout;
 pub mod models;
+#[cfg(feature = "cli")]
+pub mod progress;
+pub mod repair;
 pub mod session;
 pub mod store;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use index::{Index, OpenOptions, SearchMode};
@@ -36,6 +40,7 @@ pub use layout::{IndexSettings, Layout};
 pub use models::Models;
 pub use session::Session;
 pub use store::StoreSpec;
+pub use watch::Changes;
 
 pub use magpie_core::{Answer, AnswerOptions, Hit, IndexReport, RunOptions, Source};
 

@@ -88,8 +88,7 @@ impl Catalog {
             Ok(bytes) => {
                 let damaged = |why: String| {
                     Error::Index(format!(
-                        "the catalog {} is damaged ({why}); `docqa repair` rebuilds it from the \
-                         stores",
+                        "the catalog {} is damaged ({why}); a repair rebuilds it from the stores",
                         path.display()
                     ))
                 };

@@ -11,7 +11,7 @@ use magpie_core::{
 };
 use serde::Serialize;
 
-use crate::engine::{Mode, ModelArgs, OpenOptions};
+use crate::flags::{Mode, ModelArgs, OpenOptions};
 
 /// How each answer is made: `docqa ask` and `docqa chat` share these.
 #[derive(clap::Args, Debug, Clone)]
@@ -79,14 +79,14 @@ pub async fn ask(
     plugin_args: &crate::plugins::PluginArgs,
     args: &AskArgs,
 ) -> Result<()> {
-    let engine = crate::engine::open(index, models, OpenOptions::search())?;
+    let engine = crate::flags::open(index, models, OpenOptions::search())?;
     let llm = models.load_generator()?;
     let llm = llm.as_ref();
     let (mut session, history) = open_session(&engine, args.session.as_deref())?;
     let answer = answer_turn(&engine, llm, plugin_args, args, history).await?;
     if let Some(s) = &mut session {
         s.push(&args.question, answer.text.trim());
-        s.save().map_err(crate::engine::hint)?;
+        s.save().map_err(crate::flags::hint)?;
     }
     print_answer(answer, args.json)
 }
@@ -95,14 +95,14 @@ pub async fn ask(
 /// retrieval reads the recent user turns, the prompt carries the recent turns.
 /// The text streams to stdout unless `args.json`.
 async fn answer_turn(
-    engine: &crate::engine::Engine,
+    engine: &magpie::Index,
     llm: &dyn Generator,
     plugin_args: &crate::plugins::PluginArgs,
     args: &AskArgs,
     history: Vec<magpie_core::ChatMessage>,
 ) -> Result<magpie_core::Answer> {
     let retriever = std::sync::Arc::new(magpie_core::ConversationRetriever::after(
-        engine.retriever(args.answer.mode.into()),
+        engine.retriever(args.answer.mode),
         &history,
         magpie_core::HistoryMode::default(),
     ));
@@ -140,8 +140,8 @@ async fn answer_turn(
         }
     };
     let answer = if args.tools {
-        let search = std::sync::Arc::new(magpie_plugins::RetrieverSearch::new(
-            engine.retriever(args.answer.mode.into()),
+        let search = std::sync::Arc::new(magpie_plugin_host::RetrieverSearch::new(
+            engine.retriever(args.answer.mode),
         ));
         let host = crate::plugins::open_host(plugin_args, Some(search)).await?;
         let moss = magpie_core::MossFormat;
@@ -167,13 +167,13 @@ async fn answer_turn(
 
 /// The named session (if any) and the conversation it holds so far.
 fn open_session(
-    engine: &crate::engine::Engine,
+    engine: &magpie::Index,
     name: Option<&str>,
 ) -> Result<(Option<magpie::Session>, Vec<magpie_core::ChatMessage>)> {
     let Some(name) = name else {
         return Ok((None, Vec::new()));
     };
-    let s = magpie::Session::open(&engine.layout(), name).map_err(crate::engine::hint)?;
+    let s = magpie::Session::open(&engine.layout(), name).map_err(crate::flags::hint)?;
     let history = s.messages.clone();
     Ok((Some(s), history))
 }
@@ -198,7 +198,7 @@ pub async fn chat(
     args: &ChatArgs,
 ) -> Result<()> {
     use std::io::BufRead;
-    let engine = crate::engine::open(index, models, OpenOptions::search())?;
+    let engine = crate::flags::open(index, models, OpenOptions::search())?;
     let llm = models.load_generator()?;
     let (mut session, mut history) = open_session(&engine, args.session.as_deref())?;
     eprintln!("Ask about the documents; an empty line ends the chat.");
@@ -233,7 +233,7 @@ pub async fn chat(
         ));
         if let Some(s) = &mut session {
             s.push(&question, answer.text.trim());
-            s.save().map_err(crate::engine::hint)?;
+            s.save().map_err(crate::flags::hint)?;
         }
         print_answer(answer, false)?;
     }
@@ -393,18 +393,6 @@ struct LlmBench {
     decode_read_gb_s: Option<f64>,
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -463,7 +451,7 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
         prefill_tokens_per_sec: median(runs.iter().map(|r| r.0).collect()),
         decode_tokens_per_sec: decode_rate,
         runs,
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: magpie_core::guard::peak_rss_mib().unwrap_or(0.0),
         device: dev.name,
         device_memory_used_mib: dev.memory_used_bytes.map(|b| b as f64 / (1 << 20) as f64),
         decode_bytes_per_token: decode_bytes,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::engine::{ModelArgs, OpenOptions};
+use crate::flags::{ModelArgs, OpenOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct EmbedBenchArgs {
@@ -125,7 +125,7 @@ pub async fn ingest(args: &IngestBenchArgs, models: &ModelArgs) -> Result<()> {
     std::fs::write(&corpus, lines.join("\n") + "\n")?;
     let t = Instant::now();
     let opts = OpenOptions::index().chunking(args.chunk_tokens, args.overlap);
-    let engine = crate::engine::open(&tmp.path().join("index"), models, opts)?;
+    let engine = crate::flags::open(&tmp.path().join("index"), models, opts)?;
     let backend = engine.embedder.backend();
     let mut pipeline = engine.pipeline().await?;
     let report = pipeline
@@ -147,21 +147,10 @@ pub async fn ingest(args: &IngestBenchArgs, models: &ModelArgs) -> Result<()> {
         docs_per_s: report.indexed as f64 / secs,
         chunks_per_s: report.chunks as f64 / secs,
         encoder_busy: report.encoder_busy(),
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: magpie_core::guard::peak_rss_mib().unwrap_or(0.0),
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
-}
-
-/// This process's peak resident set so far, in MiB (0 where unknown).
-fn peak_rss_mib() -> f64 {
-    // SAFETY: getrusage fills the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
-        ru.ru_maxrss as f64 / 1024.0
-    } else {
-        0.0
-    }
 }
 
 #[derive(clap::Args, Debug)]

@@ -7,8 +7,9 @@ use anyhow::Result;
 use magpie_core::RunOptions;
 use magpie_files::{DirectoryLoader, JsonlLoader};
 
-use crate::engine::{ModelArgs, OpenOptions};
-use crate::{parse_size, progress, watch};
+use crate::flags::{ModelArgs, OpenOptions};
+use crate::parse_size;
+use magpie::progress;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
@@ -76,7 +77,7 @@ pub struct IndexArgs {
 
 pub async fn run(args: &IndexArgs, index: &Path, models: &ModelArgs) -> Result<()> {
     let opts = OpenOptions::index().chunking(args.chunk_tokens, args.overlap);
-    let engine = crate::engine::open(index, models, opts)?;
+    let engine = crate::flags::open(index, models, opts)?;
     let mut pipeline = engine
         .pipeline()
         .await?
@@ -99,7 +100,7 @@ pub async fn run(args: &IndexArgs, index: &Path, models: &ModelArgs) -> Result<(
         .filter(|p| p.starts_with("http://") || p.starts_with("https://"));
     // Watch from before the first run, so no change in between is missed.
     let changes = if args.watch && url.is_none() && !is_jsonl {
-        Some(watch::Changes::new(&args.path, index)?)
+        Some(magpie::Changes::new(&args.path, index)?)
     } else {
         None
     };

@@ -7,19 +7,14 @@
 //! in a child process (`docqa __check-vectors`), and a crash there is reported
 //! as "the vector store is unreadable", never as docqa dying.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use magpie_core::{
-    error_chain, Catalog, CatalogEntry, Chunk, Embedder, KeywordStore, StoreHealth, VectorStore,
-};
+use magpie_core::{Catalog, StoreHealth, VectorStore};
 use magpie_qdrant::EdgeStore;
-use magpie_tantivy::TantivyStore;
 use serde_json::json;
 
-use crate::engine::{read_settings, Engine, IndexSettings, ModelArgs, OpenOptions};
+use crate::flags::{read_settings, Index, IndexSettings, ModelArgs, OpenOptions};
 use magpie::Layout;
 
 /// `docqa status`.
@@ -63,18 +58,6 @@ pub struct RepairArgs {
     pub overlap: Option<usize>,
 }
 
-fn vectors_dir(index: &Path) -> PathBuf {
-    Layout::new(index).vectors()
-}
-
-fn keywords_dir(index: &Path) -> PathBuf {
-    Layout::new(index).keywords()
-}
-
-fn catalog_path(index: &Path) -> PathBuf {
-    Layout::new(index).catalog()
-}
-
 /// The hidden `docqa __check-vectors DIR DIM`: open the embedded vector store,
 /// read every point back, print the health as JSON.
 pub async fn check_vectors_child(dir: &Path, dim: usize) -> Result<()> {
@@ -86,7 +69,7 @@ pub async fn check_vectors_child(dir: &Path, dim: usize) -> Result<()> {
 
 /// The vector store's deep check, in a child process.
 fn probe_vectors(index: &Path, dim: usize) -> StoreHealth {
-    let dir = vectors_dir(index);
+    let dir = Layout::new(index).vectors();
     if !dir.exists() {
         return StoreHealth::unreadable(format!("{} is missing", dir.display()));
     }
@@ -129,33 +112,12 @@ fn probe_vectors(index: &Path, dim: usize) -> StoreHealth {
     })
 }
 
-/// The keyword index opened read-only and checked in this process (tantivy
-/// reports damage as errors or panics, both caught).
-fn open_keywords(index: &Path) -> (Option<TantivyStore>, StoreHealth) {
-    let dir = keywords_dir(index);
-    if !dir.exists() {
-        return (
-            None,
-            StoreHealth::unreadable(format!("{} is missing", dir.display())),
-        );
-    }
-    let opened = magpie_core::guard::catch("keyword store", || TantivyStore::open_read_only(&dir));
-    let store = match opened {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return (None, StoreHealth::unreadable(error_chain(&e))),
-        Err(e) => return (None, StoreHealth::unreadable(e.to_string())),
-    };
-    let health = super::engine::block_on(store.verify())
-        .unwrap_or_else(|e| StoreHealth::unreadable(error_chain(&e)));
-    (Some(store), health)
-}
-
 /// `docqa status [--verify]`.
 pub async fn status(index: &Path, models: &ModelArgs, args: &StatusArgs) -> Result<()> {
     if args.verify {
         return verify(index, models, args.json).await;
     }
-    let engine = crate::engine::open(index, models, OpenOptions::search())?;
+    let engine = crate::flags::open(index, models, OpenOptions::search())?;
     let c = engine.pipeline().await?.check().await?;
     print_status(&engine, index, &c, args.json)?;
     if !c.is_consistent() {
@@ -171,7 +133,7 @@ async fn verify(index: &Path, models: &ModelArgs, as_json: bool) -> Result<()> {
         read_settings(index)?.with_context(|| format!("no index at {}", index.display()))?;
     if settings.store.is_some() {
         // A Qdrant collection: its stores check themselves through the API.
-        let engine = crate::engine::open(index, models, OpenOptions::search())?;
+        let engine = crate::flags::open(index, models, OpenOptions::search())?;
         let v = engine.pipeline().await?.verify().await?;
         print_verification(
             index,
@@ -188,12 +150,11 @@ async fn verify(index: &Path, models: &ModelArgs, as_json: bool) -> Result<()> {
     }
     // The vectors out of process, before this process opens them.
     let vectors = probe_vectors(index, settings.dimension);
-    let (keyword_store, keywords) = open_keywords(index);
-    drop(keyword_store);
-    let catalog = Catalog::open(catalog_path(index));
+    let keywords = magpie::repair::check_keywords(index);
+    let catalog = Catalog::open(Layout::new(index).catalog());
     let consistency =
         if vectors.problems.is_empty() && keywords.problems.is_empty() && catalog.is_ok() {
-            let engine = crate::engine::open(index, models, OpenOptions::search())?;
+            let engine = crate::flags::open(index, models, OpenOptions::search())?;
             Some(engine.pipeline().await?.check().await?)
         } else {
             None
@@ -216,7 +177,7 @@ async fn verify(index: &Path, models: &ModelArgs, as_json: bool) -> Result<()> {
 }
 
 fn print_status(
-    engine: &Engine,
+    engine: &Index,
     index: &Path,
     c: &magpie_core::Consistency,
     as_json: bool,
@@ -320,94 +281,22 @@ fn print_verification(
     }
 }
 
-/// Move a damaged store directory aside (kept, never deleted), saying so.
-fn set_aside(dir: &Path, what: &str, actions: &mut Vec<String>) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let stamp = crate::serve::unix_now();
-    let name = format!(
-        "{}.damaged-{stamp}",
-        dir.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let to = dir.with_file_name(name);
-    std::fs::rename(dir, &to)
-        .with_context(|| format!("moving {} aside to {}", dir.display(), to.display()))?;
-    actions.push(format!("set the damaged {what} aside in {}", to.display()));
-    Ok(())
-}
-
-/// Catalog entries rebuilt from stored chunks: a document whose chunks are all
-/// there (positions 0..n of one version) gets an entry; others are left for
-/// the next `docqa index`.
-fn catalog_from_chunks(chunks: &[Chunk]) -> BTreeMap<String, CatalogEntry> {
-    let mut by_doc: BTreeMap<&str, Vec<&Chunk>> = BTreeMap::new();
-    for c in chunks {
-        by_doc.entry(&c.doc_id).or_default().push(c);
-    }
-    let mut out = BTreeMap::new();
-    for (doc, mut cs) in by_doc {
-        cs.sort_by_key(|c| c.index);
-        let whole = cs.iter().enumerate().all(|(i, c)| {
-            c.index == i
-                && c.doc_hash == cs[0].doc_hash
-                && c.id == magpie_core::chunk_id_for(doc, &c.doc_hash, i)
-        });
-        if !whole {
-            continue;
-        }
-        out.insert(
-            doc.to_string(),
-            CatalogEntry {
-                uri: cs[0].source.clone(),
-                hash: cs[0].doc_hash.clone(),
-                chunks: cs.len(),
-                // Unknown after the loss: `--sync` leaves these until re-indexed.
-                origin: String::new(),
-                mime: cs[0]
-                    .metadata
-                    .get("mime")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
-                title: cs[0].title.clone(),
-            },
-        );
-    }
-    out
-}
-
-async fn embed_into(
-    embedder: &dyn Embedder,
-    store: &EdgeStore,
-    chunks: &[Chunk],
-    quiet: bool,
-) -> Result<()> {
-    let bar = crate::progress::bar(chunks.len() as u64, "re-embedding", !quiet);
-    for part in chunks.chunks(64) {
-        let texts: Vec<String> = part.iter().map(|c| c.embedding_text()).collect();
-        let vectors = embedder.embed(&texts).await?;
-        store.upsert(part, &vectors).await?;
-        bar.inc(part.len() as u64);
-    }
-    bar.finish_and_clear();
-    store.commit().await?;
-    Ok(())
-}
-
 /// `docqa repair`.
 pub async fn repair(index: &Path, models: &ModelArgs, args: &RepairArgs) -> Result<()> {
     let mut actions: Vec<String> = Vec::new();
     let settings = match read_settings(index) {
         Ok(Some(s)) => s,
-        Ok(None) if !vectors_dir(index).exists() && !keywords_dir(index).exists() => {
+        Ok(None)
+            if !Layout::new(index).vectors().exists()
+                && !Layout::new(index).keywords().exists() =>
+        {
             bail!("no index at {}", index.display())
         }
         // The settings file is lost: written again from what the user says.
         Ok(None) | Err(_) => {
             let embedder = models.load_embedder(None)?;
             let s = IndexSettings::new(&embedder, args.chunk_tokens, args.overlap, None);
-            s.write(index).map_err(crate::engine::hint)?;
+            s.write(index).map_err(crate::flags::hint)?;
             actions.push(format!(
                 "wrote magpie.json again: model {}, chunks of {} tokens, overlap {} (pass \
                  --embed-model, --chunk-tokens, --overlap if the index was made otherwise)",
@@ -434,112 +323,22 @@ pub async fn repair(index: &Path, models: &ModelArgs, args: &RepairArgs) -> Resu
             eprintln!("{s}");
         }
     };
-    let mut lost: Vec<String> = Vec::new();
-    let dim = settings.dimension;
-    let vectors = probe_vectors(index, dim);
-    let (keywords_store, keywords) = open_keywords(index);
-    drop(keywords_store);
-    let vectors_readable = vectors.problems.is_empty();
-    let keywords_readable = keywords.problems.is_empty();
-    let embedder: Arc<dyn Embedder> =
-        Arc::new(models.load_embedder(Some(&settings.embedding_model))?);
-
-    match (vectors_readable, keywords_readable) {
-        (true, true) => {
-            if !vectors.damaged.is_empty() {
-                // Dropped here, embedded again by the cross-fill below.
-                let store = EdgeStore::open(vectors_dir(index), dim)?;
-                let ids: Vec<String> = vectors.damaged.iter().map(|c| c.chunk_id.clone()).collect();
-                store.delete_chunks(&ids).await?;
-                store.commit().await?;
-                actions.push(format!("dropped {} damaged vectors", ids.len()));
-            }
-        }
-        // Set aside here, rebuilt empty and filled from the other store below.
-        (true, false) => set_aside(&keywords_dir(index), "keyword index", &mut actions)?,
-        (false, true) => set_aside(&vectors_dir(index), "vector store", &mut actions)?,
-        (false, false) => {
-            // Nothing to rebuild from: start both afresh, and say what to index again.
-            set_aside(&vectors_dir(index), "vector store", &mut actions)?;
-            set_aside(&keywords_dir(index), "keyword index", &mut actions)?;
-            if let Ok(cat) = Catalog::open(catalog_path(index)) {
-                lost = cat.iter().map(|(_, e)| e.uri.clone()).collect();
-            }
-            Catalog::from_entries(catalog_path(index), []).save()?;
-            actions.push("both stores were unreadable: the index starts empty".into());
-        }
-    }
-
-    // Cross-fill: what one store holds and the other lacks is copied across
-    // (chunk texts into the keyword index, vectors embedded from chunk texts).
-    let vstore = EdgeStore::open(vectors_dir(index), dim)?;
-    let kstore = TantivyStore::open(keywords_dir(index))?;
-    let kchunks = kstore.all_chunks()?;
-    let mut vchunks = Vec::new();
-    let mut offset = None;
-    loop {
-        let (page, next) = vstore.scroll_page(offset).await?;
-        vchunks.extend(page.into_iter().map(|(c, _)| c));
-        match next {
-            Some(n) => offset = Some(n),
-            None => break,
-        }
-    }
-    let kids: std::collections::HashSet<&str> = kchunks.iter().map(|c| c.id.as_str()).collect();
-    let vids: std::collections::HashSet<&str> = vchunks.iter().map(|c| c.id.as_str()).collect();
-    let to_keywords: Vec<Chunk> = vchunks
-        .iter()
-        .filter(|c| !kids.contains(c.id.as_str()))
-        .cloned()
-        .collect();
-    let to_vectors: Vec<Chunk> = kchunks
-        .iter()
-        .filter(|c| !vids.contains(c.id.as_str()))
-        .cloned()
-        .collect();
-    if !to_keywords.is_empty() {
-        for part in to_keywords.chunks(512) {
-            kstore.upsert(part).await?;
-        }
-        kstore.commit().await?;
-        actions.push(format!(
-            "copied {} chunks from the vector store into the keyword index",
-            to_keywords.len()
-        ));
-    }
-    if !to_vectors.is_empty() {
-        embed_into(embedder.as_ref(), &vstore, &to_vectors, args.json).await?;
-        actions.push(format!(
-            "embedded {} chunks from the keyword index into the vector store",
-            to_vectors.len()
-        ));
-    }
-    let mut chunks_by_id: BTreeMap<String, Chunk> = BTreeMap::new();
-    for c in kchunks.into_iter().chain(vchunks) {
-        chunks_by_id.entry(c.id.clone()).or_insert(c);
-    }
-    drop((vstore, kstore));
-
-    // The catalog: rebuilt from the chunks when it is damaged, or lost while
-    // the stores hold chunks.
-    let catalog_file = catalog_path(index);
-    let chunks: Vec<Chunk> = chunks_by_id.into_values().collect();
-    let catalog_state = match Catalog::open(&catalog_file) {
-        Err(e) => Some(e.to_string()),
-        Ok(_) if !catalog_file.exists() && !chunks.is_empty() => Some("missing".to_string()),
-        Ok(_) => None,
+    let vectors = probe_vectors(index, settings.dimension);
+    let embedder = models.load_embedder(Some(&settings.embedding_model))?;
+    let bar = magpie::progress::bar(0, "re-embedding", !args.json);
+    let show = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
     };
-    if let Some(e) = catalog_state {
-        let entries = catalog_from_chunks(&chunks);
-        let n = entries.len();
-        Catalog::from_entries(catalog_path(index), entries).save()?;
-        actions.push(format!(
-            "rebuilt the catalog from the stored chunks ({n} documents; it was: {e})"
-        ));
-    }
+    let repaired =
+        magpie::repair::repair_stores(index, settings.dimension, &vectors, &embedder, &show)
+            .await?;
+    bar.finish_and_clear();
+    actions.extend(repaired.actions);
+    let lost = repaired.lost;
 
     // Leftovers of interrupted runs, as `docqa index` cleans them; then a final check.
-    let engine = crate::engine::open(index, models, OpenOptions::index())?;
+    let engine = crate::flags::open(index, models, OpenOptions::index())?;
     let mut pipeline = engine.pipeline().await?;
     let (chunks, docs) = pipeline.repair().await?;
     if chunks + docs > 0 {

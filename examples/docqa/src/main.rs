@@ -4,26 +4,21 @@
 
 mod ask;
 mod bench;
-mod engine;
-mod eval;
-mod eval_chat;
-mod eval_qa;
+mod flags;
 mod index;
 mod integrity;
 mod models;
 mod plugins;
-mod progress;
 mod search;
 mod serve;
 mod store;
-mod watch;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use engine::ModelArgs;
+use flags::ModelArgs;
 
 const AFTER_HELP: &str = "\
 Getting started:
@@ -184,7 +179,7 @@ file looks like:
   temperature = 0.2
 Without keys the server only listens on loopback addresses. Ctrl-C or SIGTERM stops it
 gracefully: uploads already acknowledged are indexed at the next start if not before.")]
-    Serve(serve::config::ServeArgs),
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,7 +238,7 @@ Example:
 
 The corpus is indexed into --index (default .magpie-eval/<dataset>) once; later runs reuse it.
 Documents are scored by their best chunk.")]
-    Beir(eval::BeirArgs),
+    Beir(magpie_eval::beir::BeirArgs),
     /// Answer quality: exact match and token F1 against gold answers, and how often
     /// the gold passage reached the prompt and was cited.
     #[command(after_help = "\
@@ -252,7 +247,7 @@ Example:
 
 The first --docs documents are indexed into .magpie-eval/<dataset>-qa-<docs>/ and
 --questions questions about them are answered greedily with the language model.")]
-    Qa(eval_qa::QaArgs),
+    Qa(magpie_eval::qa::QaArgs),
     /// Retrieval in conversations: each scored turn searched with the last
     /// message alone, the recent user messages joined, and both fused
     /// (Recall@5, nDCG@10; first turns and follow-ups apart).
@@ -262,7 +257,7 @@ Example:
   docqa eval chat target/chat-squad
 
 The corpus is indexed into --index (default .magpie-eval/<dataset>) once; later runs reuse it.")]
-    Chat(eval_chat::ChatArgs),
+    Chat(magpie_eval::chat::ChatArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -340,6 +335,9 @@ fn main() {
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("error: {e:#}");
+        if format!("{e:#}").contains("a repair rebuilds") {
+            eprintln!("Run `docqa status --verify` to see what is damaged, then `docqa repair`.");
+        }
         let root: &(dyn std::error::Error + 'static) = e.as_ref();
         if magpie_core::guard::mentions_disk_full(root)
             && !format!("{e:#}").contains("free some space")
@@ -361,11 +359,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Repair(args) => integrity::repair(&cli.index, &cli.models, args).await?,
         Command::CheckVectors { dir, dim } => integrity::check_vectors_child(dir, *dim).await?,
         Command::Eval(EvalCommand::Beir(args)) => {
-            eval::run(args, explicit_index(&cli), &cli.models).await?;
+            magpie_eval::beir::run(args, explicit_index(&cli), &cli.models).await?;
         }
-        Command::Eval(EvalCommand::Qa(args)) => eval_qa::run(args, &cli.models).await?,
+        Command::Eval(EvalCommand::Qa(args)) => magpie_eval::qa::run(args, &cli.models).await?,
         Command::Eval(EvalCommand::Chat(args)) => {
-            eval_chat::run(args, explicit_index(&cli), &cli.models).await?;
+            magpie_eval::chat::run(args, explicit_index(&cli), &cli.models).await?;
         }
         Command::Store(StoreCommand::Copy(args)) => store::copy(&cli.index, args).await?,
         Command::Models(ModelsCommand::Fetch { which, force }) => {
@@ -381,7 +379,7 @@ async fn run(cli: Cli) -> Result<()> {
         }) => plugins::bench(wasm_dir, *iterations).await?,
         Command::Serve(args) => {
             let index = (cli.index_given || args.config.is_none()).then_some(cli.index.as_path());
-            serve::serve(index, &cli.models, &cli.plugins, args).await?
+            serve::run(index, &cli.models, &cli.plugins, args).await?
         }
         Command::Plugins(cmd) => plugins::run(cmd, &cli.plugins, &cli.index, &cli.models).await?,
         Command::Ask(args) => ask::ask(&cli.index, &cli.models, &cli.plugins, args).await?,

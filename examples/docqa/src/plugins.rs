@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use magpie_plugins::{HostConfig, OperatorConfig, PluginHost, SearchBackend};
+use magpie_plugin_host::{HostConfig, OperatorConfig, PluginHost, SearchBackend};
 
 /// Where plugins come from and what the operator grants them.
 #[derive(Args, Debug, Clone)]
@@ -59,33 +59,29 @@ pub async fn open_host(
     args: &PluginArgs,
     search: Option<Arc<dyn SearchBackend>>,
 ) -> Result<PluginHost> {
-    let operator = match &args.plugin_config {
-        Some(p) => OperatorConfig::read(p)?,
-        None => OperatorConfig::default(),
-    };
-    let mut host = PluginHost::new(HostConfig::default())?;
-    if let Some(s) = search {
-        host.set_search(s);
-    }
-    if !args.dir.is_dir() {
-        anyhow::bail!(
-            "no plugin directory at {}: build the bundled plugins with scripts/build_plugins.sh, \
-             or pass --plugins DIR",
-            args.dir.display()
-        );
-    }
-    for r in host.load_dir(&args.dir, &operator).await {
-        if let Err(e) = r {
-            tracing::warn!("{e}");
-            eprintln!("warning: {e}");
-        }
-    }
-    Ok(host)
+    PluginHost::open(&args.dir, &args.operator()?, search)
+        .await
+        .map_err(|e| match args.dir.is_dir() {
+            true => e.into(),
+            false => anyhow::anyhow!(
+                "{e}: build the bundled plugins with scripts/build_plugins.sh, or pass --plugins DIR"
+            ),
+        })
 }
 
-fn index_search(index: &Path, models: &crate::engine::ModelArgs) -> Option<Arc<dyn SearchBackend>> {
-    match crate::engine::open(index, models, crate::engine::OpenOptions::search()) {
-        Ok(engine) => Some(Arc::new(magpie_plugins::RetrieverSearch::new(
+impl PluginArgs {
+    /// The operator's configuration (`--plugin-config`), or none granted.
+    pub fn operator(&self) -> Result<OperatorConfig> {
+        Ok(match &self.plugin_config {
+            Some(p) => OperatorConfig::read(p)?,
+            None => OperatorConfig::default(),
+        })
+    }
+}
+
+fn index_search(index: &Path, models: &crate::flags::ModelArgs) -> Option<Arc<dyn SearchBackend>> {
+    match crate::flags::open(index, models, crate::flags::OpenOptions::search()) {
+        Ok(engine) => Some(Arc::new(magpie_plugin_host::RetrieverSearch::new(
             engine.retriever(magpie::SearchMode::Hybrid),
         ))),
         Err(e) => {
@@ -99,7 +95,7 @@ pub async fn run(
     cmd: &PluginsCommand,
     args: &PluginArgs,
     index: &Path,
-    models: &crate::engine::ModelArgs,
+    models: &crate::flags::ModelArgs,
 ) -> Result<()> {
     match cmd {
         PluginsCommand::List { json } => {

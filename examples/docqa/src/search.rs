@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 use magpie_core::{Filter, FusionWeights, QueryPipeline, SearchResult};
 
-use crate::engine::{Mode, ModelArgs, OpenOptions};
+use crate::flags::{Mode, ModelArgs, OpenOptions};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
@@ -42,7 +42,7 @@ pub struct SearchArgs {
 
 pub async fn run(args: &SearchArgs, index: &std::path::Path, models: &ModelArgs) -> Result<()> {
     let filter = Filter::parse_all(&args.filters)?;
-    let engine = crate::engine::open(index, models, OpenOptions::search())?;
+    let engine = crate::flags::open(index, models, OpenOptions::search())?;
     let mut fusion: Option<FusionWeights> = None;
     let result = if args.explain && args.mode == Mode::Hybrid {
         let hybrid = engine.hybrid_with(engine.embedder.clone());
@@ -58,7 +58,7 @@ pub async fn run(args: &SearchArgs, index: &std::path::Path, models: &ModelArgs)
             rerank: None,
         }
     } else {
-        QueryPipeline::new(engine.retriever(args.mode.into()))
+        QueryPipeline::new(engine.retriever(args.mode))
             .top_k(args.k)
             .filter(filter)
             .search(&args.query)

@@ -10,7 +10,7 @@ use magpie_core::{Catalog, CatalogEntry, CatalogStore, Chunk, KeywordStore, Vect
 use magpie_qdrant::{EdgeStore, QdrantCatalog, QdrantStore};
 use magpie_tantivy::TantivyStore;
 
-use crate::engine::{read_settings, StoreSpec};
+use crate::flags::{read_settings, StoreSpec};
 use magpie::{IndexSettings, Layout};
 
 /// `docqa store copy`.
@@ -186,7 +186,7 @@ pub async fn copy(index: &Path, args: &CopyArgs) -> Result<()> {
         dest = clear(dest, &to, index, dim).await?;
     }
     let total = source.count().await?;
-    let pb = crate::progress::bar(total as u64, "copying chunks", !args.quiet);
+    let pb = magpie::progress::bar(total as u64, "copying chunks", !args.quiet);
     let t = Instant::now();
     let mut offset = None;
     let mut copied = 0usize;
@@ -233,7 +233,7 @@ pub async fn copy(index: &Path, args: &CopyArgs) -> Result<()> {
         );
     } else {
         settings.store = to.recorded();
-        settings.write(index).map_err(crate::engine::hint)?;
+        settings.write(index).map_err(crate::flags::hint)?;
         println!(
             "The index at {} now uses {}.",
             index.display(),
@@ -304,7 +304,7 @@ async fn copy_catalog(
             let kept = settings
                 .publish(&shared)
                 .await
-                .map_err(crate::engine::hint)?;
+                .map_err(crate::flags::hint)?;
             let ours = IndexSettings {
                 store: None,
                 ..settings.clone()

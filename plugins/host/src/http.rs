@@ -184,7 +184,7 @@ impl GuardedClient {
                 allow_private: grants.allow_private_addresses,
             }))
             .no_proxy()
-            .user_agent(concat!("magpie-plugins/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("magpie-plugin-host/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(limits.timeout)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;

@@ -1,4 +1,4 @@
-//! magpie-plugins: the WebAssembly tool-plugin host.
+//! magpie-plugin-host: the WebAssembly tool-plugin host.
 //!
 //! Plugins are components built against the contract in `plugins/wit`
 //! (`magpie:plugin@0.1.0`). Each lives in a directory with a `plugin.toml`
@@ -13,8 +13,8 @@
 //! `http` answer with an error unless the operator granted them.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), magpie_plugins::PluginError> {
-//! use magpie_plugins::{HostConfig, OperatorConfig, PluginHost};
+//! # async fn demo() -> Result<(), magpie_plugin_host::PluginError> {
+//! use magpie_plugin_host::{HostConfig, OperatorConfig, PluginHost};
 //! let mut host = PluginHost::new(HostConfig::default())?;
 //! host.load_dir("plugins/dist".as_ref(), &OperatorConfig::default()).await;
 //! let out = host.call("calculator", "calculate", r#"{"expression":"2+2"}"#).await?;
@@ -67,7 +67,7 @@ pub enum PluginError {
     Load { plugin: String, message: String },
     #[error("plugin configuration: {0}")]
     Config(String),
-    #[error("no plugin named `{0}` is loaded (see `docqa plugins list`)")]
+    #[error("no plugin named `{0}` is loaded")]
     NotFound(String),
     #[error("plugin {plugin} has no tool `{tool}` (it has: {known})")]
     UnknownTool {
@@ -412,6 +412,31 @@ impl PluginHost {
         })
     }
 
+    /// A host with the default limits and every plugin under `dir` loaded
+    /// with the operator's grants; plugins granted `search` search `search`.
+    /// A plugin that fails to load is logged and left out; a missing
+    /// directory is an error.
+    pub async fn open(
+        dir: &Path,
+        operator: &OperatorConfig,
+        search: Option<Arc<dyn SearchBackend>>,
+    ) -> Result<Self, PluginError> {
+        if !dir.is_dir() {
+            return Err(PluginError::Config(format!(
+                "no plugin directory at {}",
+                dir.display()
+            )));
+        }
+        let mut host = Self::new(HostConfig::default())?;
+        host.search = search;
+        for r in host.load_dir(dir, operator).await {
+            if let Err(e) = r {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(host)
+    }
+
     /// Give plugins granted `search` this index to search (set before loading).
     pub fn set_search(&mut self, backend: Arc<dyn SearchBackend>) {
         self.search = Some(backend);
@@ -434,7 +459,7 @@ impl PluginHost {
             Ok(e) => e,
             Err(e) => {
                 out.push(Err(PluginError::Config(format!(
-                    "cannot read the plugin directory {}: {e}; build the bundled plugins with scripts/build_plugins.sh or pass --plugins DIR",
+                    "cannot read the plugin directory {}: {e}",
                     dir.display()
                 ))));
                 return out;

@@ -15,7 +15,7 @@ use magpie_core::{
     FinishReason, GenerationEvent, GenerationOptions, GenerationStream, GenerationSummary,
     Generator, MossFormat, Prompt, Timings, ToolLoop, Toolbox, Usage,
 };
-use magpie_plugins::PluginHost;
+use magpie_plugin_host::PluginHost;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A tiny HTTP/1.1 server: `/page` (HTML), `/big` (3 MiB), `/redirect-out`
@@ -83,7 +83,7 @@ async fn serve() -> (u16, Arc<AtomicUsize>) {
 async fn fetch(
     h: &PluginHost,
     url: &str,
-) -> Result<magpie_plugins::CallOutput, magpie_plugins::PluginError> {
+) -> Result<magpie_plugin_host::CallOutput, magpie_plugin_host::PluginError> {
     h.call(
         "fetch",
         "fetch",
@@ -175,7 +175,7 @@ async fn the_time_budget_holds_while_a_host_call_blocks() {
         .unwrap_err();
     let took = t0.elapsed();
     assert!(
-        matches!(e, magpie_plugins::PluginError::Timeout { .. }),
+        matches!(e, magpie_plugin_host::PluginError::Timeout { .. }),
         "{e}"
     );
     assert!(took < std::time::Duration::from_secs(3), "took {took:?}");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use common::*;
-use magpie_plugins::{PluginError, PluginHost, SearchBackend, SearchHit};
+use magpie_plugin_host::{PluginError, PluginHost, SearchBackend, SearchHit};
 
 async fn loaded(extra_hostile: &str, operator_toml: &str) -> (tempfile::TempDir, PluginHost) {
     let tmp = tempfile::tempdir().unwrap();
@@ -432,10 +432,10 @@ async fn fuel_stops_a_loop_deterministically() {
     let dir = tmp.path().join("plugins");
     install(&dir, "hostile", "");
     install(&dir, "calculator", "");
-    let mut h = PluginHost::new(magpie_plugins::HostConfig {
+    let mut h = PluginHost::new(magpie_plugin_host::HostConfig {
         fuel: Some(50_000_000),
         cache_dir: Some(tmp.path().join("cache")),
-        ..magpie_plugins::HostConfig::default()
+        ..magpie_plugin_host::HostConfig::default()
     })
     .unwrap();
     for r in h.load_dir(&dir, &operator("")).await {

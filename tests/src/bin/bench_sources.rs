@@ -8,18 +8,6 @@ use std::time::{Duration, Instant};
 use magpie_core::Loader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<usize> = std::env::args()
@@ -47,7 +35,7 @@ async fn main() {
         .collect();
     let slices: Vec<&[&str]> = refs.iter().map(|p| p.as_slice()).collect();
     let pdf = magpie_tests::docs::make_pdf(&slices, Some("Benchmark"));
-    let rss0 = peak_rss_mib();
+    let rss0 = magpie_core::guard::peak_rss_mib().unwrap_or(f64::NAN);
     let t0 = Instant::now();
     let text = magpie_files::pdf::pdf(&pdf).expect("the benchmark PDF extracts");
     let secs = t0.elapsed().as_secs_f64();
@@ -57,7 +45,7 @@ async fn main() {
         pdf.len() / 1024,
         pdf_pages as f64 / secs,
         text.text.len(),
-        peak_rss_mib()
+        magpie_core::guard::peak_rss_mib().unwrap_or(f64::NAN)
     );
 
     // A site: page i links to the next 5 pages.
@@ -112,6 +100,6 @@ async fn main() {
         "crawl: {} pages in {secs:.2} s = {:.0} pages/s (fetch + extract + links, one connection at a time, no delay); peak RSS {:.0} MiB",
         listing.sources.len(),
         listing.sources.len() as f64 / secs,
-        peak_rss_mib()
+        magpie_core::guard::peak_rss_mib().unwrap_or(f64::NAN)
     );
 }

@@ -71,23 +71,21 @@ pub fn attend(
         if t1 == t0 {
             return;
         }
+        let job = HeadJob {
+            qkv,
+            out: out.get(),
+            t0,
+            len: t1 - t0,
+            hidden,
+            col: h * d,
+            d,
+        };
         #[cfg(target_arch = "x86_64")]
         if bf16 {
             AMX_SCRATCH.with(|cell| {
                 // SAFETY: the caller checked `usable(d)`; rows t0..t1, columns
                 // h·d..(h+1)·d of ctx belong to this task.
-                unsafe {
-                    super::attention_amx::head(
-                        qkv,
-                        out.get(),
-                        t0,
-                        t1 - t0,
-                        hidden,
-                        h * d,
-                        d,
-                        &mut cell.borrow_mut(),
-                    )
-                };
+                unsafe { super::attention_amx::head(job, &mut cell.borrow_mut()) };
             });
             return;
         }
@@ -95,40 +93,40 @@ pub fn attend(
         let _ = bf16;
         SCRATCH.with(|cell| {
             // SAFETY: rows t0..t1, columns h·d..(h+1)·d of ctx belong to this task.
-            unsafe {
-                head(
-                    qkv,
-                    out.get(),
-                    t0,
-                    t1 - t0,
-                    hidden,
-                    h * d,
-                    d,
-                    isa,
-                    &mut cell.borrow_mut(),
-                )
-            };
+            unsafe { head(job, isa, &mut cell.borrow_mut()) };
         });
     });
+}
+
+/// One (sequence, head) of [`attend`]: rows `t0..t0+len` of `qkv` (laid out
+/// `[q | k | v]`, each `hidden` wide, queries scaled by 1/√d), head columns
+/// `col..col+d`, written to `out`, the `tokens × hidden` context.
+#[derive(Clone, Copy)]
+pub(super) struct HeadJob<'a> {
+    pub qkv: &'a [f32],
+    pub out: *mut f32,
+    pub t0: usize,
+    pub len: usize,
+    pub hidden: usize,
+    pub col: usize,
+    pub d: usize,
 }
 
 /// One (sequence, head).
 ///
 /// # Safety
-/// `out` is the `tokens × hidden` context; no other thread writes rows
-/// `t0..t0+len` at columns `col..col+d`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn head(
-    qkv: &[f32],
-    out: *mut f32,
-    t0: usize,
-    len: usize,
-    hidden: usize,
-    col: usize,
-    d: usize,
-    isa: Isa,
-    scratch: &mut Scratch,
-) {
+/// No other thread writes `job`'s rows `t0..t0+len` of `out` at columns
+/// `col..col+d`.
+unsafe fn head(job: HeadJob<'_>, isa: Isa, scratch: &mut Scratch) {
+    let HeadJob {
+        qkv,
+        out,
+        t0,
+        len,
+        hidden,
+        col,
+        d,
+    } = job;
     let (mr, nr) = (isa.mr(), isa.nr());
     let row = 3 * hidden;
     let key_panels = len.div_ceil(nr);

@@ -14,6 +14,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
+use super::attention::HeadJob;
 use super::int8;
 use super::math::simd512;
 
@@ -48,24 +49,22 @@ fn sized<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
-/// One (sequence, head): rows `t0..t0+len` of `qkv` (laid out `[q | k | v]`,
-/// each `hidden` wide, queries scaled by 1/√d), head columns `col..col+d`.
+/// One (sequence, head) of [`super::attention::attend`] in bf16 on AMX tiles.
 ///
 /// # Safety
-/// [`usable`]`(d)` is true; `out` is the `tokens × hidden` context and no
-/// other thread writes rows `t0..t0+len` at columns `col..col+d`.
-#[allow(clippy::too_many_arguments)]
+/// [`usable`]`(d)` is true, and no other thread writes `job`'s rows
+/// `t0..t0+len` of `out` at columns `col..col+d`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn head(
-    qkv: &[f32],
-    out: *mut f32,
-    t0: usize,
-    len: usize,
-    hidden: usize,
-    col: usize,
-    d: usize,
-    sc: &mut Scratch,
-) {
+pub(super) unsafe fn head(job: HeadJob<'_>, sc: &mut Scratch) {
+    let HeadJob {
+        qkv,
+        out,
+        t0,
+        len,
+        hidden,
+        col,
+        d,
+    } = job;
     let row = 3 * hidden;
     let steps = d / 32; // k-steps of 32 over the head width
     let blocks = len.div_ceil(16); // 16 queries, or 16 keys

@@ -171,10 +171,20 @@ impl PackedI8 {
             let b = self.panels.as_ptr().add(self.off + p * self.kp * NR);
             let sw = self.scale.as_slice().as_ptr().add(p * NR);
             let ws = self.wsum.as_slice().as_ptr().add(p * NR);
+            let o = Operands {
+                a,
+                lda,
+                b,
+                sw,
+                ws,
+                a_scale: a_scale.as_ptr(),
+                a_min: a_min.as_ptr(),
+                t: tile,
+            };
             if self.amx {
-                amx::tile(rows, self.kp / 64, a, lda, b, sw, ws, a_scale, a_min, tile);
+                amx::tile(rows, self.kp / 64, o);
             } else {
-                vnni::tile(rows, self.kp / 4, a, lda, b, sw, ws, a_scale, a_min, tile);
+                vnni::tile(rows, self.kp / 4, o);
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -296,6 +306,22 @@ unsafe fn scale_back(
     }
 }
 
+/// One tile's operands: rows of activation codes `a` (`lda` bytes apart)
+/// with their scales and minimums (one per row), a weight panel `b` with its
+/// column scales `sw` and column sums `ws`, and the 32 × 32 output `t`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Operands {
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    sw: *const f32,
+    ws: *const f32,
+    a_scale: *const f32,
+    a_min: *const f32,
+    t: *mut f32,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use std::arch::asm;
@@ -324,20 +350,18 @@ mod amx {
     /// 16–31 × columns 0–15 and 16–31), A tiles 4–5, B tiles 6–7. Each step
     /// takes 64 bytes of the rows (16 groups of 4 inputs) and 16 groups of the
     /// panel (128 bytes apart: the panel holds 32 columns a group).
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile(
-        rows: usize,
-        steps: usize,
-        a: *const u8,
-        lda: usize,
-        b: *const i8,
-        sw: *const f32,
-        ws: *const f32,
-        a_scale: &[f32],
-        a_min: &[f32],
-        t: *mut f32,
-    ) {
+    pub(super) unsafe fn tile(rows: usize, steps: usize, o: super::Operands) {
+        let super::Operands {
+            a,
+            lda,
+            b,
+            sw,
+            ws,
+            a_scale,
+            a_min,
+            t,
+        } = o;
         let two = rows > 16;
         asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
         if two {
@@ -395,7 +419,8 @@ mod amx {
         for i in 0..rows {
             let acc0 = _mm512_load_si512(c.add(i * 32) as *const _);
             let acc1 = _mm512_load_si512(c.add(i * 32 + 16) as *const _);
-            super::scale_back(acc0, acc1, sw, ws, a_scale[i], a_min[i], t.add(i * 32));
+            let (sa, ma) = (*a_scale.add(i), *a_min.add(i));
+            super::scale_back(acc0, acc1, sw, ws, sa, ma, t.add(i * 32));
         }
     }
 }
@@ -466,46 +491,22 @@ mod vnni {
         (step, min)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile(
-        rows: usize,
-        groups: usize,
-        a: *const u8,
-        lda: usize,
-        b: *const i8,
-        sw: *const f32,
-        ws: *const f32,
-        a_scale: &[f32],
-        a_min: &[f32],
-        t: *mut f32,
-    ) {
-        dispatch!(
-            rows,
-            groups,
+    pub(super) unsafe fn tile(rows: usize, groups: usize, o: super::Operands) {
+        dispatch!(rows, groups, o)
+    }
+
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn mr<const MR: usize>(groups: usize, o: super::Operands) {
+        let super::Operands {
             a,
             lda,
             b,
             sw,
             ws,
-            a_scale.as_ptr(),
-            a_min.as_ptr(),
-            t
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512vnni")]
-    unsafe fn mr<const MR: usize>(
-        groups: usize,
-        a: *const u8,
-        lda: usize,
-        b: *const i8,
-        sw: *const f32,
-        ws: *const f32,
-        a_scale: *const f32,
-        a_min: *const f32,
-        t: *mut f32,
-    ) {
+            a_scale,
+            a_min,
+            t,
+        } = o;
         let mut c0 = [_mm512_setzero_si512(); MR];
         let mut c1 = [_mm512_setzero_si512(); MR];
         let mut bp = b;

@@ -96,64 +96,48 @@ mod x86 {
         dispatch!(avx512_mr, rows, k, a, lda, b, t)
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_mr<const MR: usize>(
-        k: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        t: *mut f32,
-    ) {
-        if MR > 6 {
-            return;
-        }
-        let mut c0 = [_mm256_setzero_ps(); MR];
-        let mut c1 = [_mm256_setzero_ps(); MR];
-        let mut bp = b;
-        let mut ap = a;
-        for _ in 0..k {
-            let b0 = _mm256_load_ps(bp);
-            let b1 = _mm256_load_ps(bp.add(8));
-            for i in 0..MR {
-                let av = _mm256_broadcast_ss(&*ap.add(i * lda));
-                c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
-                c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+    /// An `MR × 2W` microkernel for one vector width `W`: each step loads two
+    /// vectors of the panel row and broadcasts one value of each of the `MR`
+    /// rows against them.
+    macro_rules! microkernel {
+        ($name:ident, $feature:literal, $w:literal, $max_rows:literal,
+         $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident) => {
+            #[target_feature(enable = $feature)]
+            unsafe fn $name<const MR: usize>(
+                k: usize,
+                a: *const f32,
+                lda: usize,
+                b: *const f32,
+                t: *mut f32,
+            ) {
+                if MR > $max_rows {
+                    return;
+                }
+                let mut c0 = [$zero(); MR];
+                let mut c1 = [$zero(); MR];
+                let mut bp = b;
+                let mut ap = a;
+                for _ in 0..k {
+                    let b0 = $load(bp);
+                    let b1 = $load(bp.add($w));
+                    for i in 0..MR {
+                        let av = $set1(*ap.add(i * lda));
+                        c0[i] = $fma(av, b0, c0[i]);
+                        c1[i] = $fma(av, b1, c1[i]);
+                    }
+                    bp = bp.add(2 * $w);
+                    ap = ap.add(1);
+                }
+                for i in 0..MR {
+                    $store(t.add(i * 2 * $w), c0[i]);
+                    $store(t.add(i * 2 * $w + $w), c1[i]);
+                }
             }
-            bp = bp.add(16);
-            ap = ap.add(1);
-        }
-        for i in 0..MR {
-            _mm256_storeu_ps(t.add(i * 16), c0[i]);
-            _mm256_storeu_ps(t.add(i * 16 + 8), c1[i]);
-        }
+        };
     }
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_mr<const MR: usize>(
-        k: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        t: *mut f32,
-    ) {
-        let mut c0 = [_mm512_setzero_ps(); MR];
-        let mut c1 = [_mm512_setzero_ps(); MR];
-        let mut bp = b;
-        let mut ap = a;
-        for _ in 0..k {
-            let b0 = _mm512_load_ps(bp);
-            let b1 = _mm512_load_ps(bp.add(16));
-            for i in 0..MR {
-                let av = _mm512_set1_ps(*ap.add(i * lda));
-                c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
-                c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
-            }
-            bp = bp.add(32);
-            ap = ap.add(1);
-        }
-        for i in 0..MR {
-            _mm512_storeu_ps(t.add(i * 32), c0[i]);
-            _mm512_storeu_ps(t.add(i * 32 + 16), c1[i]);
-        }
-    }
+    microkernel! { avx2_mr, "avx2,fma", 8, 6, _mm256_setzero_ps, _mm256_load_ps,
+    _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps }
+    microkernel! { avx512_mr, "avx512f", 16, 12, _mm512_setzero_ps, _mm512_load_ps,
+    _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps }
 }

@@ -167,7 +167,7 @@ pub struct ModelFile {
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> LlmError {
     LlmError::BadFile(format!(
-        "{} is not a usable GGUF model: {what}. Fetch it again (docqa models fetch llm) or check the download",
+        "{} is not a usable GGUF model: {what}. Download it again, or check the download",
         path.display()
     ))
 }
@@ -177,7 +177,7 @@ impl ModelFile {
     pub fn open(path: &Path) -> Result<Self, LlmError> {
         let f = File::open(path).map_err(|e| {
             LlmError::BadFile(format!(
-                "cannot open {}: {e}. Give the path of a .gguf file, or run `docqa models fetch llm`",
+                "cannot open {}: {e}. Give the path of a .gguf file",
                 path.display()
             ))
         })?;

@@ -82,7 +82,7 @@ pub fn resolve_gguf(spec: &str) -> Result<PathBuf, LlmError> {
     } else {
         crate::resolve_model_dir(id).map_err(|_| {
             LlmError::BadFile(format!(
-                "model {spec:?} not found: give the path of a .gguf file, a directory holding one, or a Hugging Face id in the local hub cache; `docqa models fetch llm` installs the default model"
+                "model {spec:?} not found: give the path of a .gguf file, a directory holding one, or a Hugging Face id in the local hub cache"
             ))
         })?
     };

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use magpie_plugins::{HostConfig, Limits, OperatorConfig, PluginHost};
+use magpie_plugin_host::{HostConfig, Limits, OperatorConfig, PluginHost};
 
 /// Where scripts/build_plugins.sh leaves the components.
 pub fn wasm_dir() -> PathBuf {

@@ -1,4 +1,5 @@
-//! `docqa eval beir <dir>`: retrieval quality on a BEIR-format dataset.
+//! Retrieval quality on a BEIR-format dataset (`docqa eval beir`): bm25,
+//! dense and hybrid scored by nDCG@10, Recall@100 and MRR@10, with latencies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -13,8 +14,10 @@ use magpie_core::{
 use magpie_files::JsonlLoader;
 use serde::Serialize;
 
-use crate::engine::{Mode, ModelArgs, OpenOptions};
-use crate::progress::{bar, BarProgress};
+use magpie::progress::{bar, BarProgress};
+use magpie::{OpenOptions, SearchMode as Mode};
+
+use crate::Setup;
 
 /// A dataset's name (its folder's) and the index it is evaluated in: the
 /// `--index` given, else `.magpie-eval/<name>`.
@@ -148,7 +151,7 @@ pub struct BeirArgs {
     pub fixed_weights: bool,
 }
 
-pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> Result<()> {
+pub async fn run(args: &BeirArgs, index: Option<&Path>, setup: &dyn Setup) -> Result<()> {
     let corpus = args.dir.join("corpus.jsonl");
     let queries_path = args.dir.join("queries.jsonl");
     let qrels_path = args.dir.join("qrels").join(format!("{}.tsv", args.split));
@@ -162,9 +165,8 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
         }
     }
     let (name, index_dir) = dataset_index(&args.dir, index);
-    let engine = crate::engine::open(
+    let engine = setup.open(
         &index_dir,
-        models,
         OpenOptions {
             title_boost: Some(args.title_boost),
             ..OpenOptions::index()
@@ -401,7 +403,7 @@ pub async fn run(args: &BeirArgs, index: Option<&Path>, models: &ModelArgs) -> R
         print_table(&out);
         println!("(latencies include query embedding for dense and hybrid)");
         if server_hybrid.is_some() {
-            println!("(hybrid: one request fused by the Qdrant server, as `docqa search` does)");
+            println!("(hybrid: one request fused by the Qdrant server, as a search does)");
         }
         summary.print();
         for (l, scores) in &by_lang {

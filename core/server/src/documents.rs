@@ -189,7 +189,7 @@ pub(super) fn document_id(file: &Path) -> String {
 
 /// Keep a watched directory indexed: a sync now and after every batch of changes.
 pub fn watch(app: Arc<App>, dir: PathBuf, index: &Path) -> Result<tokio::task::JoinHandle<()>> {
-    let mut changes = crate::watch::Changes::new(&dir, index)?;
+    let mut changes = magpie::Changes::new(&dir, index)?;
     let source = dir.display().to_string();
     let _ = enqueue(
         &app,

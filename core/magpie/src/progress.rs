@@ -1,4 +1,5 @@
-//! Progress bars for long work.
+//! Progress bars for long work on a terminal (the `cli` feature): a plain
+//! bar of steps, and [`BarProgress`] for indexing runs.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use magpie_core::{DocStatus, IndexProgress};
@@ -20,20 +21,23 @@ pub fn bar(len: u64, what: &str, visible: bool) -> ProgressBar {
     pb
 }
 
-/// Shows indexing progress: sources handled, chunks embedded.
+/// Shows indexing progress: sources handled, chunks embedded (with
+/// `MAGPIE_LIST_FILES` set, each source and what became of it).
 pub struct BarProgress {
     pb: ProgressBar,
     verbose: bool,
 }
 
 impl BarProgress {
+    /// A bar on stderr, hidden when `visible` is false.
     pub fn new(visible: bool) -> Self {
         Self {
             pb: bar(0, "indexing", visible),
-            verbose: std::env::var_os("DOCQA_LIST_FILES").is_some(),
+            verbose: std::env::var_os("MAGPIE_LIST_FILES").is_some(),
         }
     }
 
+    /// Clear the bar.
     pub fn finish(&self) {
         self.pb.finish_and_clear();
     }

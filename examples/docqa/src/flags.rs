@@ -1,37 +1,16 @@
-//! Opening an index from the command line: docqa's flags become the
-//! facade's [`magpie::Models`] and [`magpie::OpenOptions`], and the facade's
-//! errors gain the command or flag that fixes them. What an index is (its
-//! layout, settings and stores) lives in the `magpie` crate.
+//! The flags every command shares (models, store) and the hints docqa adds
+//! to the facade's errors: the command or flag that fixes them. What an index
+//! is (its layout, settings and stores) lives in the `magpie` crate.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use magpie::{Models, SearchMode};
-use serde::Serialize;
+use magpie::Models;
 
-pub use magpie::{block_on, Index as Engine, IndexSettings, OpenOptions, StoreSpec};
+pub use magpie::{Index, IndexSettings, OpenOptions, StoreSpec};
 
-/// Retrieval mode for `search` and `eval`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Dense and BM25 fused by reciprocal rank.
-    Hybrid,
-    /// Nearest neighbours of the query embedding.
-    Dense,
-    /// BM25 keyword search.
-    Bm25,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Hybrid => "hybrid",
-            Mode::Dense => "dense",
-            Mode::Bm25 => "bm25",
-        }
-    }
-}
+/// Retrieval mode for `search`, `ask` and `eval` (`--mode`).
+pub use magpie::SearchMode as Mode;
 
 /// Where models live and which embedding model to use.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,16 +55,6 @@ pub struct ModelArgs {
     /// index is created and recorded in it; `docqa store copy` moves it.
     #[arg(long, global = true, env = "MAGPIE_STORE")]
     pub store: Option<String>,
-}
-
-impl From<Mode> for SearchMode {
-    fn from(m: Mode) -> Self {
-        match m {
-            Mode::Hybrid => SearchMode::Hybrid,
-            Mode::Dense => SearchMode::Dense,
-            Mode::Bm25 => SearchMode::Bm25,
-        }
-    }
 }
 
 impl ModelArgs {
@@ -140,12 +109,12 @@ impl ModelArgs {
 
 /// Open the index in `dir` with the flags' models; errors say which command
 /// or flag fixes them.
-pub fn open(dir: &Path, models: &ModelArgs, opts: OpenOptions) -> Result<Engine> {
+pub fn open(dir: &Path, models: &ModelArgs, opts: OpenOptions) -> Result<Index> {
     let opts = OpenOptions {
         store: opts.store.or_else(|| models.store.clone()),
         ..opts
     };
-    Engine::open_with(dir, &models.models(), opts).map_err(hint)
+    Index::open_with(dir, &models.models(), opts).map_err(hint)
 }
 
 /// The settings of the index in `dir`, if there is one.
@@ -203,5 +172,16 @@ pub fn hint(e: magpie::Error) -> anyhow::Error {
             dir.display()
         ),
         other => anyhow::Error::from(other),
+    }
+}
+
+/// The eval commands open indexes and load the model as every command does.
+impl magpie_eval::Setup for ModelArgs {
+    fn open(&self, dir: &Path, opts: OpenOptions) -> Result<Index> {
+        open(dir, self, opts)
+    }
+
+    fn generator(&self) -> Result<std::sync::Arc<dyn magpie_core::Generator>> {
+        self.load_generator()
     }
 }

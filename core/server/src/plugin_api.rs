@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{ApiError, ApiJson, App};
 
-fn host(app: &App) -> Result<&Arc<magpie_plugins::PluginHost>, ApiError> {
+fn host(app: &App) -> Result<&Arc<magpie_plugin_host::PluginHost>, ApiError> {
     app.plugins.as_ref().ok_or_else(|| {
         ApiError::not_found("this server has no plugins loaded (start it with --plugins DIR)")
     })
@@ -39,7 +39,7 @@ pub(super) async fn plugin_call(
     axum::extract::Path((plugin, tool)): axum::extract::Path<(String, String)>,
     ApiJson(arguments): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    use magpie_plugins::PluginError as E;
+    use magpie_plugin_host::PluginError as E;
     if !arguments.is_object() {
         return Err(ApiError::bad_request(
             "the body must be the tool's arguments as a JSON object",

@@ -1,4 +1,4 @@
-//! `docqa eval chat <dir>`: retrieval in conversations. Each scored turn is
+//! `eval chat`: retrieval in conversations. Each scored turn is
 //! searched three ways (the last message alone, the recent user messages
 //! joined, and the two fused) and scored against its gold passages: Recall@5
 //! and nDCG@10, first turns and follow-ups apart.
@@ -12,10 +12,12 @@ use magpie_core::{history_queries, ChatMessage, ConversationRetriever, HistoryMo
 use magpie_files::JsonlLoader;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Mode, ModelArgs, OpenOptions};
-use crate::progress::{bar, BarProgress};
+use magpie::progress::{bar, BarProgress};
+use magpie::{OpenOptions, SearchMode as Mode};
 
-/// `docqa eval chat`.
+use crate::Setup;
+
+/// What `eval chat` scores, and how.
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
     /// A folder with corpus.jsonl (BEIR) and conversations.jsonl (one scored
@@ -70,7 +72,7 @@ const MODES: [(HistoryMode, &str); 3] = [
     (HistoryMode::Fused, "fused"),
 ];
 
-pub async fn run(args: &ChatArgs, index: Option<&Path>, models: &ModelArgs) -> Result<()> {
+pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Result<()> {
     let corpus = args.dir.join("corpus.jsonl");
     let convs = args.dir.join("conversations.jsonl");
     for p in [&corpus, &convs] {
@@ -82,8 +84,8 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, models: &ModelArgs) -> R
             );
         }
     }
-    let (name, index_dir) = crate::eval::dataset_index(&args.dir, index);
-    let engine = crate::engine::open(&index_dir, models, OpenOptions::index())?;
+    let (name, index_dir) = crate::beir::dataset_index(&args.dir, index);
+    let engine = setup.open(&index_dir, OpenOptions::index())?;
     {
         let mut pipeline = engine.pipeline().await?;
         let progress = BarProgress::new(!args.json);
@@ -117,7 +119,7 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, models: &ModelArgs) -> R
     if let Some(n) = args.max_turns {
         turns.truncate(n);
     }
-    let inner = engine.retriever(args.mode.into());
+    let inner = engine.retriever(args.mode);
     let dense = engine.retriever(magpie::SearchMode::Dense);
     let bm25 = engine.retriever(magpie::SearchMode::Bm25);
     // Retrieval-confidence signals per turn, for abstention: (unanswerable,
@@ -183,7 +185,7 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, models: &ModelArgs) -> R
     }
     let curve = abstention_curve(&signals);
     let answered = if args.answers > 0 {
-        Some(answer_turns(models, &inner, &turns, args.answers, !args.json).await?)
+        Some(answer_turns(setup, &inner, &turns, args.answers, !args.json).await?)
     } else {
         None
     };
@@ -337,13 +339,13 @@ fn says_unknown(text: &str) -> bool {
 /// Answer up to `n` turns (a third unanswerable where the set has them) in
 /// their conversations, greedily.
 async fn answer_turns(
-    models: &ModelArgs,
+    setup: &dyn Setup,
     inner: &std::sync::Arc<dyn magpie_core::Retriever>,
     turns: &[Turn],
     n: usize,
     progress: bool,
 ) -> Result<Answered> {
-    let llm = models.load_generator()?;
+    let llm = setup.generator()?;
     let unans: Vec<&Turn> = turns
         .iter()
         .filter(|t| t.answerability == "unanswerable")
@@ -388,7 +390,7 @@ async fn answer_turns(
             f1 += t
                 .answers
                 .iter()
-                .map(|g| crate::eval_qa::token_f1(&answer.text, g))
+                .map(|g| crate::qa::token_f1(&answer.text, g))
                 .fold(0.0, f64::max);
         } else {
             abstain += unknown as usize;

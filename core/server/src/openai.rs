@@ -229,7 +229,7 @@ pub async fn chat(
         }
         let _ = tx.send(Event::default().data("[DONE]"));
     });
-    Ok(super::sse(rx).into_response())
+    Ok(super::answers::sse(rx).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,10 +1,11 @@
-//! `docqa index --watch`: file-system events on a directory, debounced into
-//! batches, each batch answered by one incremental run.
+//! Keeping an index in step with a folder: file-system events on a
+//! directory, debounced into batches, each batch answered by one incremental
+//! run ([`Index::add`](crate::Index::add) or a pipeline's sync).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::{Error, Result};
 use notify::{RecursiveMode, Watcher};
 
 /// How long the folder must be quiet before a batch is taken (editors save in
@@ -33,10 +34,10 @@ impl Changes {
                 }
                 Err(e) => tracing::warn!("watch error: {e}"),
             })
-            .context("starting the file watcher")?;
+            .map_err(|e| watch_error("starting the file watcher", e))?;
         watcher
             .watch(dir, RecursiveMode::Recursive)
-            .with_context(|| format!("watching {}", dir.display()))?;
+            .map_err(|e| watch_error(&format!("watching {}", dir.display()), e))?;
         Ok(Self {
             rx,
             _watcher: watcher,
@@ -57,4 +58,12 @@ impl Changes {
             }
         }
     }
+}
+
+fn watch_error(context: &str, e: notify::Error) -> Error {
+    let source = match e.kind {
+        notify::ErrorKind::Io(io) => io,
+        other => std::io::Error::other(format!("{other:?}")),
+    };
+    Error::io(context, source)
 }

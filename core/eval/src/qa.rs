@@ -1,4 +1,4 @@
-//! `docqa eval qa <dir>`: answer quality on a QA set in the BEIR layout whose
+//! `eval qa`: answer quality on a QA set in the BEIR layout whose
 //! queries carry gold answers (`metadata.answers`), e.g. the SQuAD v1.1 dev view.
 
 use std::collections::HashSet;
@@ -10,10 +10,11 @@ use magpie_core::{AnswerOptions, GenerationOptions, QueryPipeline, RunOptions};
 use magpie_files::JsonlLoader;
 use serde::Serialize;
 
-use crate::engine::{Mode, ModelArgs, OpenOptions};
-use crate::eval::read_qrels;
-use crate::eval::FusionSummary;
-use crate::progress::{bar, BarProgress};
+use magpie::{OpenOptions, SearchMode as Mode};
+
+use crate::beir::{read_qrels, FusionSummary};
+use crate::Setup;
+use magpie::progress::{bar, BarProgress};
 
 #[derive(clap::Args, Debug)]
 pub struct QaArgs {
@@ -151,13 +152,17 @@ fn strip_citations(s: &str) -> String {
     out.trim().to_string()
 }
 
-pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
+pub async fn run(args: &QaArgs, setup: &dyn Setup) -> Result<()> {
     let corpus = args.dir.join("corpus.jsonl");
     let queries = args.dir.join("queries.jsonl");
     let qrels = args.dir.join("qrels/test.tsv");
     for p in [&corpus, &queries, &qrels] {
         if !p.exists() {
-            bail!("{} is missing: see `docqa eval qa --help`", p.display());
+            bail!(
+                "{} is missing: a QA set has corpus.jsonl, queries.jsonl (with metadata.answers) \
+                 and qrels/test.tsv",
+                p.display()
+            );
         }
     }
     let name = args
@@ -187,7 +192,7 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
     }
     let subset = work.join("corpus.jsonl");
     std::fs::write(&subset, lines.join("\n") + "\n")?;
-    let engine = crate::engine::open(&work.join("index"), models, OpenOptions::index())?;
+    let engine = setup.open(&work.join("index"), OpenOptions::index())?;
     {
         let mut pipeline = engine.pipeline().await?;
         let progress = BarProgress::new(!args.json);
@@ -246,9 +251,9 @@ pub async fn run(args: &QaArgs, models: &ModelArgs) -> Result<()> {
         .map(|i| pool[(i as f64 * step) as usize].clone())
         .collect();
 
-    let llm = models.load_generator()?;
+    let llm = setup.generator()?;
     let llm = llm.as_ref();
-    let pipeline = QueryPipeline::new(engine.retriever(args.mode.into())).top_k(args.k);
+    let pipeline = QueryPipeline::new(engine.retriever(args.mode)).top_k(args.k);
     let opts = AnswerOptions {
         k: args.k,
         max_context_tokens: 1000,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiJson, App};
-use crate::engine::Mode;
+use magpie::SearchMode as Mode;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
