@@ -155,6 +155,8 @@ pub trait KeywordStore: Send + Sync {
     async fn delete_docs(&self, doc_ids: &[String]) -> Result<()>;
     /// Remove these chunks.
     async fn delete_chunks(&self, chunk_ids: &[String]) -> Result<()>;
+    /// Make every write so far durable and visible.
+    async fn commit(&self) -> Result<()>;
     /// The `k` best chunks for `query`, with snippets.
     async fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>>;
     /// The `k` best chunks for `query` among those `filter` accepts (the default
@@ -162,8 +164,6 @@ pub trait KeywordStore: Send + Sync {
     async fn search_filtered(&self, query: &str, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
         overfetch(k, filter, |n| self.search(query, n)).await
     }
-    /// Make every write so far durable and visible.
-    async fn commit(&self) -> Result<()>;
     /// Every stored chunk's identity.
     async fn list_chunks(&self) -> Result<Vec<StoredChunk>>;
     /// Read back everything stored and check it (see [`VectorStore::verify`]).

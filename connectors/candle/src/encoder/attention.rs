@@ -118,15 +118,8 @@ pub(super) struct HeadJob<'a> {
 /// No other thread writes `job`'s rows `t0..t0+len` of `out` at columns
 /// `col..col+d`.
 unsafe fn head(job: HeadJob<'_>, isa: Isa, scratch: &mut Scratch) {
-    let HeadJob {
-        qkv,
-        out,
-        t0,
-        len,
-        hidden,
-        col,
-        d,
-    } = job;
+    let (qkv, out, t0, len) = (job.qkv, job.out, job.t0, job.len);
+    let (hidden, col, d) = (job.hidden, job.col, job.d);
     let (mr, nr) = (isa.mr(), isa.nr());
     let row = 3 * hidden;
     let key_panels = len.div_ceil(nr);

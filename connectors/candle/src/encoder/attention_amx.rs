@@ -56,15 +56,8 @@ fn sized<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
 /// `t0..t0+len` of `out` at columns `col..col+d`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn head(job: HeadJob<'_>, sc: &mut Scratch) {
-    let HeadJob {
-        qkv,
-        out,
-        t0,
-        len,
-        hidden,
-        col,
-        d,
-    } = job;
+    let (qkv, out, t0, len, hidden) = (job.qkv, job.out, job.t0, job.len, job.hidden);
+    let (col, d) = (job.col, job.d);
     let row = 3 * hidden;
     let steps = d / 32; // k-steps of 32 over the head width
     let blocks = len.div_ceil(16); // 16 queries, or 16 keys

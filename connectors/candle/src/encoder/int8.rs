@@ -352,16 +352,8 @@ mod amx {
     /// panel (128 bytes apart: the panel holds 32 columns a group).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile(rows: usize, steps: usize, o: super::Operands) {
-        let super::Operands {
-            a,
-            lda,
-            b,
-            sw,
-            ws,
-            a_scale,
-            a_min,
-            t,
-        } = o;
+        let (a, lda, b, t) = (o.a, o.lda, o.b, o.t);
+        let (sw, ws, a_scale, a_min) = (o.sw, o.ws, o.a_scale, o.a_min);
         let two = rows > 16;
         asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
         if two {
@@ -497,16 +489,8 @@ mod vnni {
 
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn mr<const MR: usize>(groups: usize, o: super::Operands) {
-        let super::Operands {
-            a,
-            lda,
-            b,
-            sw,
-            ws,
-            a_scale,
-            a_min,
-            t,
-        } = o;
+        let (a, b, lda) = (o.a, o.b, o.lda);
+        let (sw, ws, a_scale, a_min, t) = (o.sw, o.ws, o.a_scale, o.a_min, o.t);
         let mut c0 = [_mm512_setzero_si512(); MR];
         let mut c1 = [_mm512_setzero_si512(); MR];
         let mut bp = b;

@@ -131,6 +131,18 @@ struct Norm {
     shift: Vec<f32>,
 }
 
+impl Norm {
+    /// The epilogue that adds bias and `residual`, then applies this norm.
+    fn after<'a>(&'a self, residual: &'a [f32], eps: f32) -> Epilogue<'a> {
+        Epilogue::BiasResidualNorm {
+            residual,
+            gain: &self.gain,
+            shift: &self.shift,
+            eps,
+        }
+    }
+}
+
 struct Layer {
     qkv: PackedLinear,
     attn_out: PackedLinear,
@@ -395,29 +407,11 @@ impl BertEncoder {
                 self.isa,
                 self.bf16_attention,
             );
-            layer.attn_out.forward(
-                ctx,
-                total,
-                hid,
-                Epilogue::BiasResidualNorm {
-                    residual: x,
-                    gain: &layer.norm1.gain,
-                    shift: &layer.norm1.shift,
-                    eps: self.cfg.eps,
-                },
-            );
+            let norm1 = layer.norm1.after(x, self.cfg.eps);
+            layer.attn_out.forward(ctx, total, hid, norm1);
             layer.ffn_in.forward(hid, total, ffn, Epilogue::BiasGelu);
-            layer.ffn_out.forward(
-                ffn,
-                total,
-                x,
-                Epilogue::BiasResidualNorm {
-                    residual: hid,
-                    gain: &layer.norm2.gain,
-                    shift: &layer.norm2.shift,
-                    eps: self.cfg.eps,
-                },
-            );
+            let norm2 = layer.norm2.after(hid, self.cfg.eps);
+            layer.ffn_out.forward(ffn, total, x, norm2);
         }
         (0..seqs.len())
             .map(|s| {
