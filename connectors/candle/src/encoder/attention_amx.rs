@@ -14,6 +14,37 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
+/// C tiles `tmm$c0`, `tmm$c1` += P (`tmm4`) · the two V tiles at `$b0`,
+/// `$b1` (bf16, 64-byte rows).
+macro_rules! dot_pair {
+    ($c0:literal, $c1:literal, $b0:expr, $b1:expr) => {
+        asm!(
+            "tileloadd tmm6, [{b0} + {ld}*1]",
+            concat!("tdpbf16ps tmm", $c0, ", tmm4, tmm6"),
+            "tileloadd tmm7, [{b1} + {ld}*1]",
+            concat!("tdpbf16ps tmm", $c1, ", tmm4, tmm7"),
+            b0 = in(reg) $b0,
+            b1 = in(reg) $b1,
+            ld = in(reg) 64usize,
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// Store C tiles `tmm$c0`, `tmm$c1` at `$p0`, `$p1`, rows `$ld` bytes apart.
+macro_rules! store_pair {
+    ($c0:literal, $c1:literal, $p0:expr, $p1:expr, $ld:expr) => {
+        asm!(
+            concat!("tilestored [{p0} + {ld}*1], tmm", $c0),
+            concat!("tilestored [{p1} + {ld}*1], tmm", $c1),
+            p0 = in(reg) $p0,
+            p1 = in(reg) $p1,
+            ld = in(reg) $ld,
+            options(nostack),
+        )
+    };
+}
+
 use super::attention::HeadJob;
 use super::int8;
 use super::math::simd512;
@@ -201,46 +232,14 @@ pub(super) unsafe fn head(job: HeadJob<'_>, sc: &mut Scratch) {
         for kt in 0..ksteps {
             asm!("tileloadd tmm4, [{a} + {ld}*1]", a = in(reg) pp.add(kt * 32), ld = in(reg) lp * 2, options(nostack, readonly));
             let b = |cb: usize| vp.add((cb * ksteps + kt) * 512);
-            asm!(
-                "tileloadd tmm6, [{b0} + {ld}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {ld}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                b0 = in(reg) b(0),
-                b1 = in(reg) b(1),
-                ld = in(reg) 64usize,
-                options(nostack, readonly),
-            );
+            dot_pair!("0", "1", b(0), b(1));
             if cblocks == 4 {
-                asm!(
-                    "tileloadd tmm6, [{b2} + {ld}*1]",
-                    "tdpbf16ps tmm2, tmm4, tmm6",
-                    "tileloadd tmm7, [{b3} + {ld}*1]",
-                    "tdpbf16ps tmm3, tmm4, tmm7",
-                    b2 = in(reg) b(2),
-                    b3 = in(reg) b(3),
-                    ld = in(reg) 64usize,
-                    options(nostack, readonly),
-                );
+                dot_pair!("2", "3", b(2), b(3));
             }
         }
-        asm!(
-            "tilestored [{c0} + {ld}*1], tmm0",
-            "tilestored [{c1} + {ld}*1], tmm1",
-            c0 = in(reg) op,
-            c1 = in(reg) op.add(16),
-            ld = in(reg) d * 4,
-            options(nostack),
-        );
+        store_pair!("0", "1", op, op.add(16), d * 4);
         if cblocks == 4 {
-            asm!(
-                "tilestored [{c2} + {ld}*1], tmm2",
-                "tilestored [{c3} + {ld}*1], tmm3",
-                c2 = in(reg) op.add(32),
-                c3 = in(reg) op.add(48),
-                ld = in(reg) d * 4,
-                options(nostack),
-            );
+            store_pair!("2", "3", op.add(32), op.add(48), d * 4);
         }
         for r in 0..rows {
             let dst = out.add((t0 + qb * 16 + r) * hidden + col);

@@ -18,23 +18,20 @@ pub unsafe fn kernel(
     b: *const f32,
     tile: *mut f32,
 ) {
+    let ops = (k, a, lda, b, tile);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::tile_avx512(rows, k, a, lda, b, tile),
+        Isa::Avx512 => x86::tile_avx512(rows, ops),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::tile_avx2(rows, k, a, lda, b, tile),
-        _ => portable_tile(rows, k, a, lda, b, tile),
+        Isa::Avx2 => x86::tile_avx2(rows, ops),
+        _ => portable_tile(rows, ops),
     }
 }
 
-unsafe fn portable_tile(
-    rows: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    tile: *mut f32,
-) {
+/// A tile's operands as [`kernel`] takes them: `k`, `a`, `lda`, `b`, `tile`.
+type Operands = (usize, *const f32, usize, *const f32, *mut f32);
+
+unsafe fn portable_tile(rows: usize, (k, a, lda, b, tile): Operands) {
     const NR: usize = 8;
     let mut acc = [[0f32; NR]; 4];
     for kk in 0..k {
@@ -74,25 +71,11 @@ mod x86 {
         };
     }
 
-    pub(super) unsafe fn tile_avx2(
-        rows: usize,
-        k: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        t: *mut f32,
-    ) {
+    pub(super) unsafe fn tile_avx2(rows: usize, (k, a, lda, b, t): super::Operands) {
         dispatch!(avx2_mr, rows.min(6), k, a, lda, b, t)
     }
 
-    pub(super) unsafe fn tile_avx512(
-        rows: usize,
-        k: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        t: *mut f32,
-    ) {
+    pub(super) unsafe fn tile_avx512(rows: usize, (k, a, lda, b, t): super::Operands) {
         dispatch!(avx512_mr, rows, k, a, lda, b, t)
     }
 
