@@ -416,11 +416,8 @@ impl QueryPipeline {
         generator: &dyn Generator,
         opts: &AnswerOptions,
     ) -> Result<Answer> {
-        let prepared = self.prepare_answer(question, generator, opts).await?;
-        let done = generator
-            .complete(prepared.prompt.clone(), prepared.options.clone())
-            .await?;
-        Ok(prepared.finish(done.text, done.summary))
+        self.answer_streaming(question, generator, opts, |_| {})
+            .await
     }
 
     /// [`Self::answer`], calling `on_text` with each piece of text as the

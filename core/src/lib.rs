@@ -6,6 +6,45 @@
 //! [`KeywordStore`], driven by [`IndexingPipeline`]. Query: [`Retriever`]s
 //! (dense, BM25, [`HybridRetriever`] with reciprocal-rank fusion) → optional
 //! [`Reranker`] → [`QueryPipeline`].
+//!
+//! The whole loop on the in-memory test doubles of the `testing` feature (no
+//! model, no files but the catalog):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use magpie_core::testing::{HashingEmbedder, MemoryLoader, MemoryStore, ScriptedGenerator, WordSplitter};
+//! use magpie_core::{AnswerOptions, Catalog, DenseRetriever, HybridRetriever, IndexingPipeline};
+//! use magpie_core::{KeywordRetriever, NoProgress, QueryPipeline, RunOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let (vectors, keywords) = (Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new()));
+//! let embedder = Arc::new(HashingEmbedder::new(32));
+//! let catalog = Catalog::open(dir.path().join("catalog.json"))?;
+//! let splitter = Arc::new(WordSplitter::new(50));
+//! let mut pipeline =
+//!     IndexingPipeline::new(splitter, embedder.clone(), vectors.clone(), keywords.clone(), catalog);
+//! let docs = MemoryLoader::new([
+//!     ("birds.txt", "magpies collect shiny objects"),
+//!     ("cats.txt", "cats sleep most of the day"),
+//! ]);
+//! let report = pipeline.run(&docs, &RunOptions::default(), &NoProgress).await?;
+//! assert_eq!(report.indexed, 2);
+//!
+//! let hybrid = HybridRetriever::new(vec![
+//!     Arc::new(DenseRetriever::new(embedder, vectors)),
+//!     Arc::new(KeywordRetriever::new(keywords)),
+//! ]);
+//! let llm = ScriptedGenerator::new(["They collect shiny objects [1]."]);
+//! let answer = QueryPipeline::new(Arc::new(hybrid))
+//!     .top_k(2)
+//!     .answer("what do magpies collect?", &llm, &AnswerOptions::default())
+//!     .await?;
+//! assert_eq!(answer.citations[0].source, "birds.txt");
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod answer;
