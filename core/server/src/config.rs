@@ -178,7 +178,12 @@ impl ServeConfig {
             request_timeout: secs(layer.request_timeout_secs, file.request_timeout_secs, 120),
             max_body: size(layer.max_body_bytes, file.max_body_bytes, 1 << 20),
             max_upload: size(layer.max_upload_bytes, file.max_upload_bytes, 32 << 20),
-            shutdown_grace: secs(layer.shutdown_grace_secs, file.shutdown_grace_secs, 30),
+            shutdown_grace: std::time::Duration::from_secs(
+                layer
+                    .shutdown_grace_secs
+                    .or(file.shutdown_grace_secs)
+                    .unwrap_or(30),
+            ),
             keys,
             answer: file.answer,
             header_timeout: secs(layer.header_timeout_secs, file.header_timeout_secs, 10),

@@ -34,7 +34,7 @@ mod origin;
 mod plugin_api;
 mod search;
 
-pub use answers::{LlmTurn, QueryRequest, Ticket};
+use answers::QueryRequest;
 use auth::authorize;
 pub use auth::Caller;
 pub use errors::{ApiError, ApiJson};
@@ -101,7 +101,7 @@ pub struct App {
 }
 
 /// Seconds since the Unix epoch (job and completion timestamps).
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
