@@ -4,6 +4,24 @@
 //! application mounts them as its own subcommands; [`Setup`] says how it opens
 //! indexes and loads its language model. Reports go to stdout, as a table or
 //! as JSON.
+//!
+//! An application's own `eval` command, scoring its index on a BEIR dataset:
+//!
+//! ```no_run
+//! use clap::Parser;
+//!
+//! #[derive(Parser)]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     beir: magpie_eval::beir::BeirArgs,
+//! }
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let cli = Cli::parse(); // e.g. `myapp data/scifact --modes hybrid --json`
+//! let models = magpie::Models::from_env();
+//! magpie_eval::beir::run(&cli.beir, None, &models).await
+//! # }
+//! ```
 
 pub mod beir;
 pub mod chat;
