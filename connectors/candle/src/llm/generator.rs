@@ -90,11 +90,18 @@ impl LocalLlm {
         // the tokenizer (merges derived from a large vocabulary) builds while
         // the weights load
         let (tok, model) = std::thread::scope(|s| {
-            let tok = s.spawn(|| match &json {
-                Some(j) => GgufTokenizer::with_json(j, &file.metadata),
-                None => GgufTokenizer::from_metadata(&file.metadata),
+            let tok = s.spawn(|| {
+                let t0 = std::time::Instant::now();
+                let tok = match &json {
+                    Some(j) => GgufTokenizer::with_json(j, &file.metadata),
+                    None => GgufTokenizer::from_metadata(&file.metadata),
+                };
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "tokenizer built");
+                tok
             });
+            let t0 = std::time::Instant::now();
             let model = Transformer::load(&file, &device);
+            tracing::debug!(ms = t0.elapsed().as_millis() as u64, "weights loaded");
             let tok = tok.join().unwrap_or_else(|_| {
                 Err(LlmError::Tokenizer(
                     "building the tokenizer panicked".into(),

@@ -16,6 +16,8 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
+use rayon::prelude::*;
+
 use super::gguf::Metadata;
 use super::LlmError;
 
@@ -235,23 +237,31 @@ fn build_spm(
     }
     // pieces that take part in merges: normal and user-defined ones
     let mergeable = |id: u32| matches!(types[id as usize], TYPE_NORMAL | TYPE_USER_DEFINED);
-    let mut merges: Vec<(f32, u32, u32, String, String)> = Vec::new();
-    for (i, t) in tokens.iter().enumerate() {
-        if !mergeable(i as u32) || t.chars().nth(1).is_none() {
-            continue;
-        }
-        for (cut, _) in t.char_indices().skip(1) {
-            let (a, b) = t.split_at(cut);
-            if let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) {
-                if mergeable(ia) && mergeable(ib) {
-                    merges.push((scores[i], i as u32, ia, a.to_string(), b.to_string()));
-                }
-            }
-        }
-    }
+    // Every split of a mergeable piece into two mergeable pieces, as (score,
+    // piece, left, cut): on all cores, with the strings made only once sorted
+    // (a large vocabulary has half a million; this is most of a model's load).
+    let mut merges: Vec<(f32, u32, u32, u32)> = (0..tokens.len())
+        .into_par_iter()
+        .filter(|&i| mergeable(i as u32))
+        .flat_map_iter(|i| {
+            let t = &tokens[i];
+            let vocab = &vocab;
+            t.char_indices().skip(1).filter_map(move |(cut, _)| {
+                let (a, b) = t.split_at(cut);
+                let (&ia, &ib) = (vocab.get(a)?, vocab.get(b)?);
+                (mergeable(ia) && mergeable(ib)).then_some((scores[i], i as u32, ia, cut as u32))
+            })
+        })
+        .collect();
     // higher score merges first; ties by the merged piece's id, then left piece's length
-    merges.sort_unstable_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-    let merges: Vec<(String, String)> = merges.into_iter().map(|m| (m.3, m.4)).collect();
+    merges.par_sort_unstable_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    let merges: Vec<(String, String)> = merges
+        .par_iter()
+        .map(|&(_, i, _, cut)| {
+            let (a, b) = tokens[i as usize].split_at(cut as usize);
+            (a.to_string(), b.to_string())
+        })
+        .collect();
     let unk_id = md.u32("tokenizer.ggml.unknown_token_id").or_else(|| {
         types
             .iter()
