@@ -325,15 +325,18 @@ pub async fn repair(index: &Path, models: &ModelArgs, args: &RepairArgs) -> Resu
     };
     let vectors = probe_vectors(index, settings.dimension);
     let embedder = models.load_embedder(Some(&settings.embedding_model))?;
-    let bar = magpie::progress::bar(0, "re-embedding", !args.json);
+    // A bar only once there is something to embed, as before the move.
+    let bar = std::sync::OnceLock::new();
     let show = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+        bar.get_or_init(|| magpie::progress::bar(total as u64, "re-embedding", !args.json))
+            .set_position(done as u64);
     };
     let repaired =
         magpie::repair::repair_stores(index, settings.dimension, &vectors, &embedder, &show)
             .await?;
-    bar.finish_and_clear();
+    if let Some(bar) = bar.get() {
+        bar.finish_and_clear();
+    }
     actions.extend(repaired.actions);
     let lost = repaired.lost;
 
