@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::AdapterChoice;
 use crate::error::{Error, Result};
 
 /// Cancels a generation from another task or thread; cheap to clone.
@@ -116,6 +117,9 @@ pub struct GenerationOptions {
     pub context_window: Option<usize>,
     /// Keep generating past the model's end-of-text tokens (benchmarks, tests).
     pub ignore_eos: bool,
+    /// LoRA adapters to apply to this call, by the names the generator
+    /// loaded them under, each with its scale (empty: the base model alone).
+    pub adapters: Vec<AdapterChoice>,
     /// Stop early when this is cancelled.
     #[serde(skip)]
     pub cancel: Option<CancelToken>,
@@ -136,6 +140,7 @@ impl Default for GenerationOptions {
             n_keep: None,
             context_window: None,
             ignore_eos: false,
+            adapters: Vec::new(),
             cancel: None,
         }
     }
@@ -174,6 +179,14 @@ impl GenerationOptions {
         }
         if self.stop.iter().any(|s| s.is_empty()) {
             return bad("a stop sequence is empty".into());
+        }
+        for a in &self.adapters {
+            if a.name.trim().is_empty() {
+                return bad("an adapter name is empty".into());
+            }
+            if !a.scale.is_finite() {
+                return bad(format!("adapter {:?} has scale {}", a.name, a.scale));
+            }
         }
         Ok(())
     }
@@ -275,6 +288,11 @@ pub trait Generator: Send + Sync {
     fn render_chat(&self, messages: &[ChatMessage]) -> Result<Option<String>> {
         let _ = messages;
         Ok(None)
+    }
+    /// Names of the LoRA adapters a call may name in
+    /// [`GenerationOptions::adapters`] (none for generators without them).
+    fn adapters(&self) -> Vec<String> {
+        Vec::new()
     }
     /// Start generating; events arrive on the stream.
     async fn generate(

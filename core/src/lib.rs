@@ -47,6 +47,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod adapters;
 pub mod answer;
 pub mod batch;
 pub mod catalog;
@@ -67,6 +68,7 @@ pub mod tools;
 pub mod traits;
 pub mod types;
 
+pub use adapters::{check_choices, AdapterChoice, WithAdapters};
 pub use answer::{
     build_prompt, build_prompt_in_conversation, cited_numbers, pack_sources, Answer, AnswerOptions,
     PreparedAnswer, Source,
