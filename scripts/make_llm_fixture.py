@@ -4,12 +4,21 @@ parity tests (tests/tests/llm_parity.rs).
 
     scripts/setup_llama_ref.sh            # once: builds llama-cpp-python
     target/llama-venv/bin/python scripts/make_llm_fixture.py MODEL.gguf OUT.json [PROMPTS.json]
+        [--lora ADAPTER.gguf[:SCALE]] [--greedy N]
 
 PROMPTS.json is a list of strings (default: the built-in set, which includes a
 prompt past Gemma 3's 512-token local window). For each prompt the fixture keeps
 llama.cpp's token ids (BOS added as the model asks, special tokens parsed), the
 20 highest logits and the logits of 64 fixed token ids.
+
+--lora applies a LoRA adapter (GGUF, as llama.cpp's convert_lora_to_gguf.py
+writes it) at SCALE (default 1.0); the fixture records the adapter's sha256 and
+scale. --greedy N also records the N tokens greedy decoding picks after each
+prompt, each fed back one at a time as a generator does, and at each step the
+margin of the pick over the runner-up (a near tie may fall either way within
+the logit tolerance; the tests compare the tokens up to the first one).
 """
+import argparse
 import hashlib
 import json
 import pathlib
@@ -36,11 +45,25 @@ def default_prompts():
     ]
 
 
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
 def main():
-    model, out = sys.argv[1], sys.argv[2]
-    prompts = json.load(open(sys.argv[3])) if len(sys.argv) > 3 else default_prompts()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("out")
+    ap.add_argument("prompts", nargs="?")
+    ap.add_argument("--lora", help="ADAPTER.gguf[:SCALE]")
+    ap.add_argument("--greedy", type=int, default=0, help="greedy tokens to record after each prompt")
+    args = ap.parse_args()
+    prompts = json.load(open(args.prompts)) if args.prompts else default_prompts()
+    lora = {}
+    if args.lora:
+        path, _, scale = args.lora.partition(":")
+        lora = {"lora_path": path, "lora_scale": float(scale or 1.0)}
     # f32 KV cache, as magpie keeps it (llama.cpp defaults to f16)
-    llm = Llama(model_path=model, n_ctx=4096, n_batch=512, n_threads=2, verbose=False, seed=0, type_k=0, type_v=0)
+    llm = Llama(model_path=args.model, n_ctx=4096, n_batch=512, n_threads=2, verbose=False, seed=0, type_k=0, type_v=0, **lora)
     n_vocab = llm.n_vocab()
     rng = np.random.default_rng(1234)
     probe = sorted(set(int(x) for x in rng.integers(0, n_vocab, 64)))
@@ -52,15 +75,31 @@ def main():
         ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
         logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float32).copy()
         top = np.argsort(-logits)[:20]
-        cases.append({
+        case = {
             "prompt": p,
             "tokens": [int(t) for t in toks],
             "top": [[int(i), float(logits[i])] for i in top],
             "probe": [[i, float(logits[i])] for i in probe],
-        })
+        }
+        if args.greedy:
+            greedy, margins, step = [], [], logits
+            for _ in range(args.greedy):
+                tok = int(np.argmax(step))
+                greedy.append(tok)
+                second = np.partition(step, -2)[-2]
+                margins.append(float(step[tok] - second))
+                llm.eval([tok])
+                ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+                step = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float32).copy()
+            case["greedy"] = greedy
+            case["greedy_margin"] = margins
+        cases.append(case)
         print(f"{len(toks):5d} tokens  top1={int(top[0])} ({llm.detokenize([int(top[0])]).decode(errors='replace')!r})", file=sys.stderr)
-    sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
-    json.dump({"model_sha256": sha, "runtime": "llama-cpp-python", "cases": cases}, open(out, "w"), indent=0)
+    fixture = {"model_sha256": sha256(args.model), "runtime": "llama-cpp-python"}
+    if lora:
+        fixture["lora"] = {"sha256": sha256(lora["lora_path"]), "scale": lora["lora_scale"]}
+    fixture["cases"] = cases
+    json.dump(fixture, open(args.out, "w"), indent=0)
 
 
 if __name__ == "__main__":

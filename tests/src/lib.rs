@@ -82,6 +82,22 @@ pub struct LogitCase {
     pub top: Vec<(u32, f32)>,
     /// Logits of fixed token ids.
     pub probe: Vec<(u32, f32)>,
+    /// The tokens greedy decoding picks after the prompt (when the fixture
+    /// was made with `--greedy`).
+    #[serde(default)]
+    pub greedy: Vec<u32>,
+    /// At each greedy step, llama.cpp's margin of the pick over the runner-up.
+    #[serde(default)]
+    pub greedy_margin: Vec<f32>,
+}
+
+/// The LoRA adapter a fixture was made with.
+#[derive(Debug, serde::Deserialize)]
+pub struct LoraRef {
+    /// sha256 of the adapter file.
+    pub sha256: String,
+    /// The scale llama.cpp applied it at.
+    pub scale: f32,
 }
 
 /// A fixture file.
@@ -89,6 +105,9 @@ pub struct LogitCase {
 pub struct LogitFixture {
     /// sha256 of the GGUF the logits came from.
     pub model_sha256: String,
+    /// The adapter applied, if any.
+    #[serde(default)]
+    pub lora: Option<LoraRef>,
     /// Cases.
     pub cases: Vec<LogitCase>,
 }
@@ -97,6 +116,70 @@ pub struct LogitFixture {
 pub fn logit_fixture(name: &str) -> LogitFixture {
     let p = workspace().join("tests/fixtures").join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+/// The `n` tokens greedy decoding picks after `prompt` with `adapters`
+/// applied, fed back one at a time as a generator does (no end-of-text stop).
+pub fn greedy_tokens(
+    llm: &magpie_candle::LocalLlm,
+    prompt: &[u32],
+    n: usize,
+    adapters: &[magpie_core::AdapterChoice],
+) -> Vec<u32> {
+    use magpie_candle::llm::model::Transformer;
+    let loras = llm.resolve_adapters(adapters).unwrap();
+    let m = llm.model();
+    let mut cache = m.new_cache(prompt.len() + n + 1);
+    let mut logits =
+        Transformer::to_vec(&m.prefill_with(prompt, &mut cache, 512, &loras).unwrap()).unwrap();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tok = argmax(&logits);
+        out.push(tok);
+        logits = Transformer::to_vec(&m.forward_with(&[tok], &mut cache, false, &loras).unwrap())
+            .unwrap();
+    }
+    out
+}
+
+/// Compare greedy tokens with a fixture case's: equal up to the end, or up to
+/// a step where llama.cpp's pick led the runner-up by less than `tol` (a near
+/// tie, which the logit differences within `tol` may break either way; the
+/// two continuations part there). Returns how many tokens agree.
+pub fn check_greedy(case: &LogitCase, ours: &[u32], tol: f32) -> usize {
+    assert_eq!(ours.len(), case.greedy.len());
+    for (i, (a, b)) in ours.iter().zip(&case.greedy).enumerate() {
+        if a != b {
+            let margin = case.greedy_margin.get(i).copied().unwrap_or(f32::INFINITY);
+            assert!(
+                margin < tol,
+                "greedy token {i} differs after {:?}: ours {a}, llama.cpp {b}, which led its runner-up by {margin} (no near tie)\nours:      {ours:?}\nllama.cpp: {:?}",
+                &case.prompt.chars().take(40).collect::<String>(),
+                case.greedy
+            );
+            return i;
+        }
+    }
+    ours.len()
+}
+
+/// The largest absolute difference between two vectors of logits.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The index of the largest value (the first of equals, as numpy's argmax).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// Compare `logits` with a fixture case: same top-1 token, and the largest

@@ -24,11 +24,24 @@ pub enum Tiny {
     Qwen2,
     /// qwen3 layout (q/k norms), byte-level BPE, Q4_K / Q6_K weights.
     Qwen3,
+    /// chatglm layout (ChatGLM3 / GLM-4): q, k and v fused in one matrix with
+    /// a bias, gate and up fused in a doubled `ffn_up`, RoPE on half of each
+    /// head; a `chatglm-bpe` byte-level BPE with GLM's control tokens.
+    ChatGlm,
+    /// glm4 layout (GLM-4-0414): separate q/k/v with biases, a doubled
+    /// `ffn_up`, sandwich norms, RoPE on half of each head; a `glm4` BPE.
+    Glm4,
 }
 
 impl Tiny {
     /// All of them.
-    pub const ALL: [Tiny; 3] = [Tiny::Llama, Tiny::Qwen2, Tiny::Qwen3];
+    pub const ALL: [Tiny; 5] = [
+        Tiny::Llama,
+        Tiny::Qwen2,
+        Tiny::Qwen3,
+        Tiny::ChatGlm,
+        Tiny::Glm4,
+    ];
 
     /// The GGUF architecture name.
     pub fn arch(&self) -> &'static str {
@@ -36,7 +49,13 @@ impl Tiny {
             Tiny::Llama => "llama",
             Tiny::Qwen2 => "qwen2",
             Tiny::Qwen3 => "qwen3",
+            Tiny::ChatGlm => "chatglm",
+            Tiny::Glm4 => "glm4",
         }
+    }
+
+    fn glm(&self) -> bool {
+        matches!(self, Tiny::ChatGlm | Tiny::Glm4)
     }
 
     /// File name for `layers` layers.
@@ -169,7 +188,7 @@ fn byte_chars() -> Vec<char> {
 
 /// A byte-level BPE trained on the sample corpus (most frequent pair first,
 /// ties by the pair's text), deterministic.
-fn bpe_vocab(corpus: &str, n_merges: usize) -> Vocab {
+fn bpe_vocab(corpus: &str, n_merges: usize, specials: &[&str]) -> Vocab {
     let bc = byte_chars();
     let mut words: BTreeMap<Vec<String>, usize> = BTreeMap::new();
     let mut cur = String::new();
@@ -230,11 +249,11 @@ fn bpe_vocab(corpus: &str, n_merges: usize) -> Vocab {
         }
     }
     let mut types = vec![1; tokens.len()];
-    for s in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
-        tokens.push(s.into());
+    let eos = tokens.len() as u32;
+    for s in specials {
+        tokens.push(s.to_string());
         types.push(3);
     }
-    let eos = (tokens.len() - 3) as u32;
     Vocab {
         tokens,
         types,
@@ -259,19 +278,29 @@ pub fn bpe_corpus() -> String {
 pub fn write_tiny(kind: Tiny, layers: usize, gemma: &Path, path: &Path) {
     let vocab = match kind {
         Tiny::Llama => spm_vocab(gemma),
-        _ => bpe_vocab(&bpe_corpus(), 400),
+        k if k.glm() => bpe_vocab(&bpe_corpus(), 400, &GLM_SPECIALS),
+        _ => bpe_vocab(
+            &bpe_corpus(),
+            400,
+            &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        ),
     };
     let arch = kind.arch();
     let (wq, wk, wf): (GgmlDType, GgmlDType, GgmlDType) = match kind {
         Tiny::Llama => (GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q6K),
         Tiny::Qwen2 => (GgmlDType::Q8_0, GgmlDType::Q5K, GgmlDType::Q5K),
         Tiny::Qwen3 => (GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q4K),
+        // the fused matrices are cut by rows: in place (Q4_0, Q8_0) and read (Q6_K)
+        Tiny::ChatGlm => (GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q6K),
+        Tiny::Glm4 => (GgmlDType::Q5_0, GgmlDType::Q4K, GgmlDType::Q8_0),
     };
     let mut rng = Rng::new(
         match kind {
             Tiny::Llama => 11,
             Tiny::Qwen2 => 22,
             Tiny::Qwen3 => 33,
+            Tiny::ChatGlm => 44,
+            Tiny::Glm4 => 55,
         } + layers as u64,
     );
     let n_vocab = vocab.tokens.len();
@@ -284,19 +313,28 @@ pub fn write_tiny(kind: Tiny, layers: usize, gemma: &Path, path: &Path) {
     for l in 0..layers {
         let p = |s: &str| format!("blk.{l}.{s}");
         tensors.push((p("attn_norm.weight"), vector(&mut rng, HIDDEN, 1.0, 0.2)));
-        tensors.push((
-            p("attn_q.weight"),
-            quant(&random(&mut rng, (HEADS * HEAD_DIM, HIDDEN), s_in), wq),
-        ));
-        tensors.push((
-            p("attn_k.weight"),
-            quant(&random(&mut rng, (KV_HEADS * HEAD_DIM, HIDDEN), s_in), wk),
-        ));
-        tensors.push((
-            p("attn_v.weight"),
-            quant(&random(&mut rng, (KV_HEADS * HEAD_DIM, HIDDEN), s_in), wk),
-        ));
-        if kind == Tiny::Qwen2 {
+        if kind == Tiny::ChatGlm {
+            let rows = (HEADS + 2 * KV_HEADS) * HEAD_DIM;
+            tensors.push((
+                p("attn_qkv.weight"),
+                quant(&random(&mut rng, (rows, HIDDEN), s_in), wq),
+            ));
+            tensors.push((p("attn_qkv.bias"), vector(&mut rng, rows, 0.0, 0.3)));
+        } else {
+            tensors.push((
+                p("attn_q.weight"),
+                quant(&random(&mut rng, (HEADS * HEAD_DIM, HIDDEN), s_in), wq),
+            ));
+            tensors.push((
+                p("attn_k.weight"),
+                quant(&random(&mut rng, (KV_HEADS * HEAD_DIM, HIDDEN), s_in), wk),
+            ));
+            tensors.push((
+                p("attn_v.weight"),
+                quant(&random(&mut rng, (KV_HEADS * HEAD_DIM, HIDDEN), s_in), wk),
+            ));
+        }
+        if matches!(kind, Tiny::Qwen2 | Tiny::Glm4) {
             tensors.push((
                 p("attn_q.bias"),
                 vector(&mut rng, HEADS * HEAD_DIM, 0.0, 0.3),
@@ -324,15 +362,29 @@ pub fn write_tiny(kind: Tiny, layers: usize, gemma: &Path, path: &Path) {
             p("attn_output.weight"),
             quant(&random(&mut rng, (HIDDEN, HEADS * HEAD_DIM), s_in), wq),
         ));
+        if kind == Tiny::Glm4 {
+            tensors.push((
+                p("post_attention_norm.weight"),
+                vector(&mut rng, HIDDEN, 1.0, 0.2),
+            ));
+        }
         tensors.push((p("ffn_norm.weight"), vector(&mut rng, HIDDEN, 1.0, 0.2)));
-        tensors.push((
-            p("ffn_gate.weight"),
-            quant(&random(&mut rng, (FF, HIDDEN), s_in), wf),
-        ));
-        tensors.push((
-            p("ffn_up.weight"),
-            quant(&random(&mut rng, (FF, HIDDEN), s_in), wf),
-        ));
+        if kind.glm() {
+            // gate and up in one matrix, gate first
+            tensors.push((
+                p("ffn_up.weight"),
+                quant(&random(&mut rng, (2 * FF, HIDDEN), s_in), wf),
+            ));
+        } else {
+            tensors.push((
+                p("ffn_gate.weight"),
+                quant(&random(&mut rng, (FF, HIDDEN), s_in), wf),
+            ));
+            tensors.push((
+                p("ffn_up.weight"),
+                quant(&random(&mut rng, (FF, HIDDEN), s_in), wf),
+            ));
+        }
         tensors.push((
             p("ffn_down.weight"),
             quant(
@@ -340,6 +392,12 @@ pub fn write_tiny(kind: Tiny, layers: usize, gemma: &Path, path: &Path) {
                 wf,
             ),
         ));
+        if kind == Tiny::Glm4 {
+            tensors.push((
+                p("post_ffw_norm.weight"),
+                vector(&mut rng, HIDDEN, 1.0, 0.2),
+            ));
+        }
     }
     tensors.push((
         "output_norm.weight".into(),
@@ -367,7 +425,11 @@ pub fn write_tiny(kind: Tiny, layers: usize, gemma: &Path, path: &Path) {
         (format!("{arch}.attention.head_count_kv"), u(KV_HEADS)),
         (format!("{arch}.attention.key_length"), u(HEAD_DIM)),
         (format!("{arch}.attention.value_length"), u(HEAD_DIM)),
-        (format!("{arch}.rope.dimension_count"), u(HEAD_DIM)),
+        (
+            format!("{arch}.rope.dimension_count"),
+            // the GLM family rotates half of each head
+            u(if kind.glm() { HEAD_DIM / 2 } else { HEAD_DIM }),
+        ),
         (
             format!("{arch}.attention.layer_norm_rms_epsilon"),
             Value::F32(1e-6),
@@ -415,7 +477,12 @@ pub fn write_tiny(kind: Tiny, layers: usize, gemma: &Path, path: &Path) {
             "tokenizer.ggml.merges".into(),
             Value::Array(m.iter().map(|t| Value::String(t.clone())).collect()),
         ));
-        md.push(("tokenizer.ggml.pre".into(), Value::String("qwen2".into())));
+        let pre = match kind {
+            Tiny::ChatGlm => "chatglm-bpe",
+            Tiny::Glm4 => "glm4",
+            _ => "qwen2",
+        };
+        md.push(("tokenizer.ggml.pre".into(), Value::String(pre.into())));
         md.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)));
     }
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -432,12 +499,204 @@ pub fn sha256_file(path: &Path) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Prompts for the tiny models' parity fixtures.
-pub fn tiny_prompts() -> Vec<String> {
-    vec![
+/// GLM's control tokens, `<|endoftext|>` (the end of text) first.
+const GLM_SPECIALS: [&str; 7] = [
+    "<|endoftext|>",
+    "[gMASK]",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+];
+
+/// Prompts for the tiny models' parity fixtures (the GLM models' add one in
+/// their chat format).
+pub fn tiny_prompts(kind: Tiny) -> Vec<String> {
+    let mut v = vec![
         "The magpie index keeps chunks in two stores.".into(),
         "Install docqa, then run the demo:\n  scripts/demo.sh --help".into(),
         "Ünïcödé and emoji 🐦 survive byte fallback.".into(),
         "configuration configuration configuration".repeat(8),
-    ]
+    ];
+    if kind.glm() {
+        v.push("[gMASK]<sop><|user|>\nHow do I install docqa? 喜鹊<|assistant|>\n".into());
+    }
+    v
+}
+
+/// A LoRA adapter for a tiny model, in llama.cpp's GGUF adapter format.
+#[derive(Debug, Clone, Copy)]
+pub struct TinyLora {
+    /// Seed of its random factors.
+    pub seed: u64,
+    /// Rank of every pair.
+    pub rank: usize,
+    /// `adapter.lora.alpha` (`None`: left out, so the scale applies as is).
+    pub alpha: Option<f32>,
+    /// Type of the `lora_a` / `lora_b` tensors.
+    pub dtype: GgmlDType,
+    /// Adapt the output projection too.
+    pub output: bool,
+}
+
+/// The matrices of the tiny `kind` model a LoRA adapter may adapt: (name,
+/// rows, cols) of every layer's attention and MLP projections.
+fn lora_targets(kind: Tiny, layers: usize) -> Vec<(String, usize, usize)> {
+    let mut v = Vec::new();
+    for l in 0..layers {
+        let p = |s: &str| format!("blk.{l}.{s}.weight");
+        if kind == Tiny::ChatGlm {
+            v.push((p("attn_qkv"), (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN));
+        } else {
+            v.push((p("attn_q"), HEADS * HEAD_DIM, HIDDEN));
+            v.push((p("attn_k"), KV_HEADS * HEAD_DIM, HIDDEN));
+            v.push((p("attn_v"), KV_HEADS * HEAD_DIM, HIDDEN));
+        }
+        v.push((p("attn_output"), HIDDEN, HEADS * HEAD_DIM));
+        if kind.glm() {
+            v.push((p("ffn_up"), 2 * FF, HIDDEN));
+        } else {
+            v.push((p("ffn_gate"), FF, HIDDEN));
+            v.push((p("ffn_up"), FF, HIDDEN));
+        }
+        v.push((p("ffn_down"), HIDDEN, FF));
+    }
+    v
+}
+
+/// Write a LoRA adapter for the tiny `kind` model of `layers` layers (its
+/// vocabulary size `n_vocab` when it adapts the output) to `path`.
+pub fn write_lora(kind: Tiny, layers: usize, n_vocab: usize, spec: TinyLora, path: &Path) {
+    let mut targets = lora_targets(kind, layers);
+    if spec.output {
+        targets.push(("output.weight".into(), n_vocab, HIDDEN));
+    }
+    write_lora_pairs(
+        kind.arch(),
+        &format!("tiny-{}-lora", kind.arch()),
+        targets,
+        spec,
+        path,
+    );
+}
+
+/// Write a LoRA adapter with random factors for any GGUF model at `base`
+/// (every attention and MLP projection it has, and its output if `spec`
+/// says so and it has one): for measuring what an adapter costs on a real
+/// model, whose trained weights do not change the arithmetic.
+pub fn write_lora_for(base: &Path, spec: TinyLora, path: &Path) {
+    let mut f = std::fs::File::open(base).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let arch = match content.metadata.get("general.architecture") {
+        Some(Value::String(a)) => a.clone(),
+        _ => panic!("{} names no architecture", base.display()),
+    };
+    let kinds = [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_qkv",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ];
+    let mut targets: Vec<(String, usize, usize)> = content
+        .tensor_infos
+        .iter()
+        .filter(|(name, _)| {
+            let kind = name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(_, k)| k.strip_suffix(".weight"));
+            kind.is_some_and(|k| kinds.contains(&k)) || (spec.output && *name == "output.weight")
+        })
+        .map(|(name, info)| {
+            let d = info.shape.dims();
+            (name.clone(), d[0], d[1])
+        })
+        .collect();
+    targets.sort();
+    write_lora_pairs(&arch, "random-lora", targets, spec, path);
+}
+
+/// Write the adapter of `arch` with a random pair for each (name, rows, cols).
+fn write_lora_pairs(
+    arch: &str,
+    title: &str,
+    targets: Vec<(String, usize, usize)>,
+    spec: TinyLora,
+    path: &Path,
+) {
+    let mut rng = Rng::new(spec.seed);
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for (name, rows, cols) in targets {
+        // A·x is of the size of a projection; B brings it back at about a
+        // third of the base weights' size, so the adapted model differs
+        let a = random(
+            &mut rng,
+            (spec.rank, cols),
+            1.0 / (cols as f32).sqrt() * 1.7,
+        );
+        let b = random(&mut rng, (rows, spec.rank), 0.6 / (spec.rank as f32).sqrt());
+        tensors.push((format!("{name}.lora_a"), quant(&a, spec.dtype)));
+        tensors.push((format!("{name}.lora_b"), quant(&b, spec.dtype)));
+    }
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.type".into(), Value::String("adapter".into())),
+        ("adapter.type".into(), Value::String("lora".into())),
+        ("general.name".into(), Value::String(title.into())),
+    ];
+    if let Some(a) = spec.alpha {
+        md.push(("adapter.lora.alpha".into(), Value::F32(a)));
+    }
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
+}
+
+/// The two adapters the LoRA tests use: `A` (rank 8, f16, alpha 16, on the
+/// attention and MLP projections) and `B` (rank 32, Q8_0, no alpha, on those
+/// and the output projection).
+pub const LORA_A: TinyLora = TinyLora {
+    seed: 101,
+    rank: 8,
+    alpha: Some(16.0),
+    dtype: GgmlDType::F16,
+    output: false,
+};
+/// See [`LORA_A`].
+pub const LORA_B: TinyLora = TinyLora {
+    seed: 202,
+    rank: 32,
+    alpha: None,
+    dtype: GgmlDType::Q8_0,
+    output: true,
+};
+
+/// Write the tiny `kind` model of `layers` layers into `dir` (named as
+/// [`Tiny::file_name`] names it; the Gemma GGUF must be installed) and
+/// return its path.
+pub fn tiny_in(kind: Tiny, layers: usize, dir: &Path) -> std::path::PathBuf {
+    let p = dir.join(kind.file_name(layers));
+    write_tiny(kind, layers, &crate::gemma_path(), &p);
+    p
+}
+
+/// The vocabulary size of the tiny `kind` model.
+pub fn tiny_vocab_size(kind: Tiny, gemma: &Path) -> usize {
+    match kind {
+        Tiny::Llama => spm_vocab(gemma).tokens.len(),
+        k if k.glm() => bpe_vocab(&bpe_corpus(), 400, &GLM_SPECIALS).tokens.len(),
+        _ => bpe_vocab(
+            &bpe_corpus(),
+            400,
+            &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        )
+        .tokens
+        .len(),
+    }
 }

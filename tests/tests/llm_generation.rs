@@ -8,31 +8,18 @@ use magpie_candle::{LlmOptions, LocalLlm};
 use magpie_core::{
     CancelToken, FinishReason, GenerationEvent, GenerationOptions, Generator, Prompt,
 };
-use magpie_tests::gemma_path;
-use magpie_tests::tiny::{write_tiny, Tiny};
-
-fn tiny(kind: Tiny, layers: usize, dir: &std::path::Path) -> std::path::PathBuf {
-    let p = dir.join(kind.file_name(layers));
-    write_tiny(kind, layers, &gemma_path(), &p);
-    p
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+use magpie_tests::tiny::{tiny_in, Tiny};
+use magpie_tests::{gemma_path, max_abs_diff};
 
 /// With one layer the cached keys depend only on token and position, so
 /// shifting the cache and re-rotating must give the logits of encoding the
-/// kept tokens afresh (up to float error), for interleaved (llama) and
-/// half-split (qwen) RoPE.
+/// kept tokens afresh (up to float error), for interleaved (llama),
+/// half-split (qwen) and partial interleaved (GLM: half of each head) RoPE.
 #[test]
 fn shifted_cache_matches_a_fresh_encode() {
     let dir = tempfile::tempdir().unwrap();
-    for kind in [Tiny::Llama, Tiny::Qwen2, Tiny::Qwen3] {
-        let llm = LocalLlm::load(&tiny(kind, 1, dir.path()), LlmOptions::default()).unwrap();
+    for kind in Tiny::ALL {
+        let llm = LocalLlm::load(&tiny_in(kind, 1, dir.path()), LlmOptions::default()).unwrap();
         let m: &Transformer = llm.model();
         let prompt: Vec<u32> = llm
             .encode_prompt(&"Magpies hoard shiny things and remember faces. ".repeat(4))
@@ -52,7 +39,7 @@ fn shifted_cache_matches_a_fresh_encode() {
         let mut fresh_cache = m.new_cache(256);
         let fresh =
             Transformer::to_vec(&m.forward(&kept, &mut fresh_cache, false).unwrap()).unwrap();
-        let d = max_diff(&shifted, &fresh);
+        let d = max_abs_diff(&shifted, &fresh);
         println!("{}: shift vs re-encode max |diff| {d:.2e}", kind.arch());
         assert!(d < 2e-3, "{}: {d}", kind.arch());
         // and the shift did something: without it the logits differ
@@ -60,7 +47,7 @@ fn shifted_cache_matches_a_fresh_encode() {
         m.forward(&prompt, &mut unshifted, false).unwrap();
         let plain =
             Transformer::to_vec(&m.forward(&[next], &mut unshifted, false).unwrap()).unwrap();
-        assert!(max_diff(&plain, &fresh) > 1e-2);
+        assert!(max_abs_diff(&plain, &fresh) > 1e-2);
     }
 }
 
@@ -128,7 +115,7 @@ async fn generation_goes_well_past_the_window() {
 #[tokio::test]
 async fn a_stop_sequence_that_never_comes_ends_at_max_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let llm = LocalLlm::load(&tiny(Tiny::Qwen2, 2, dir.path()), LlmOptions::default()).unwrap();
+    let llm = LocalLlm::load(&tiny_in(Tiny::Qwen2, 2, dir.path()), LlmOptions::default()).unwrap();
     let opts = GenerationOptions {
         max_tokens: 40,
         stop: vec!["\u{1F99C} never \u{1F99C}".into()],
@@ -176,7 +163,7 @@ async fn stop_sequences_cut_the_real_model() {
 #[tokio::test]
 async fn cancellation_and_dropped_streams_stop_generation() {
     let dir = tempfile::tempdir().unwrap();
-    let llm = LocalLlm::load(&tiny(Tiny::Llama, 2, dir.path()), LlmOptions::default()).unwrap();
+    let llm = LocalLlm::load(&tiny_in(Tiny::Llama, 2, dir.path()), LlmOptions::default()).unwrap();
     let cancel = CancelToken::new();
     let opts = GenerationOptions {
         max_tokens: 400,
@@ -228,7 +215,7 @@ async fn cancellation_and_dropped_streams_stop_generation() {
 async fn long_prompts_and_bad_n_keep() {
     let dir = tempfile::tempdir().unwrap();
     let llm = LocalLlm::load(
-        &tiny(Tiny::Qwen3, 2, dir.path()),
+        &tiny_in(Tiny::Qwen3, 2, dir.path()),
         LlmOptions {
             context_window: Some(64),
             ..Default::default()
@@ -286,7 +273,7 @@ async fn long_prompts_and_bad_n_keep() {
 #[test]
 fn corrupt_truncated_and_foreign_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let good = tiny(Tiny::Llama, 1, dir.path());
+    let good = tiny_in(Tiny::Llama, 1, dir.path());
     let bytes = std::fs::read(&good).unwrap();
     // truncated in the tensor data
     let cut = dir.path().join("cut.gguf");
@@ -354,7 +341,8 @@ fn corrupt_truncated_and_foreign_files_are_clear_errors() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("\"mamba\" is not supported") && e.contains("gemma3, llama, qwen2, qwen3"),
+        e.contains("\"mamba\" is not supported")
+            && e.contains("chatglm, gemma3, glm4, llama, qwen2, qwen3"),
         "{e}"
     );
 }
@@ -369,7 +357,7 @@ async fn long_chats_drop_whole_turns() {
     use magpie_core::{ChatMessage, Role};
     let dir = tempfile::tempdir().unwrap();
     let llm = LocalLlm::load(
-        &tiny(Tiny::Qwen2, 2, dir.path()),
+        &tiny_in(Tiny::Qwen2, 2, dir.path()),
         LlmOptions {
             context_window: Some(160),
             chat_template: Some(CHATML.into()),
@@ -458,7 +446,7 @@ fn decode_steps_match_a_full_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let long = "Magpies hoard shiny things, remember faces, and build domed nests. ".repeat(50);
     let short = "The magpie index keeps chunks in two stores, and the catalog";
-    let tiny_llama = tiny(Tiny::Llama, 2, dir.path());
+    let tiny_llama = tiny_in(Tiny::Llama, 2, dir.path());
     for (path, exact, text) in [
         (gemma_path(), false, short),
         // past Gemma's 512-token local window: local layers read a window of the cache
@@ -478,7 +466,7 @@ fn decode_steps_match_a_full_prompt() {
             Transformer::to_vec(&m.forward(&ids[n - 1..], &mut cache, false).unwrap()).unwrap();
         let mut fresh = m.new_cache(1024);
         let whole = Transformer::to_vec(&m.forward(&ids, &mut fresh, false).unwrap()).unwrap();
-        let d = max_diff(&stepped, &whole);
+        let d = max_abs_diff(&stepped, &whole);
         println!(
             "{} ({n} tokens): stepped vs whole max |diff| {d:.2e}",
             path.display()
@@ -506,8 +494,8 @@ fn fused_decode_matches_the_generic_path_on_any_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let long = "Magpies hoard shiny things, remember faces, and build domed nests. ".repeat(40);
     let mut cases = Vec::new();
-    for kind in [Tiny::Llama, Tiny::Qwen2, Tiny::Qwen3] {
-        cases.push((tiny(kind, 2, dir.path()), long[..600].to_string()));
+    for kind in Tiny::ALL {
+        cases.push((tiny_in(kind, 2, dir.path()), long[..600].to_string()));
     }
     cases.push((gemma_path(), long.clone()));
     for (path, text) in cases {

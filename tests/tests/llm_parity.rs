@@ -3,7 +3,7 @@
 //! scripts/make_llm_fixture.py with llama-cpp-python.
 
 use magpie_candle::{LlmOptions, LocalLlm};
-use magpie_tests::{check_logits, gemma_path, logit_fixture};
+use magpie_tests::{check_greedy, check_logits, gemma_path, greedy_tokens, logit_fixture};
 
 #[test]
 fn gemma3_matches_llama_cpp() {
@@ -21,9 +21,11 @@ fn gemma3_matches_llama_cpp() {
     }
 }
 
-/// Tiny random-weight models of the llama, qwen2 and qwen3 layouts, written
-/// by the test (the bytes must match the file llama.cpp read), with their
-/// SentencePiece or byte-level BPE vocabularies.
+/// Tiny random-weight models of the llama, qwen2, qwen3, chatglm and glm4
+/// layouts, written by the test (the bytes must match the file llama.cpp
+/// read), with their SentencePiece or byte-level BPE vocabularies: the same
+/// tokens, the same top-1 and close logits, and where the fixture has them
+/// the same greedy continuation.
 #[test]
 fn tiny_models_match_llama_cpp() {
     use magpie_tests::tiny::{sha256_file, write_tiny, Tiny};
@@ -39,6 +41,7 @@ fn tiny_models_match_llama_cpp() {
             kind.arch()
         );
         let llm = LocalLlm::load(&path, LlmOptions::default()).unwrap();
+        let (mut agree, mut total) = (0, 0);
         for case in &fx.cases {
             let ours = llm.encode_prompt(&case.prompt).unwrap();
             assert_eq!(
@@ -55,7 +58,20 @@ fn tiny_models_match_llama_cpp() {
                 kind.arch(),
                 case.tokens.len()
             );
+            if !case.greedy.is_empty() {
+                let ours = greedy_tokens(&llm, &case.tokens, case.greedy.len(), &[]);
+                let same = check_greedy(case, &ours, 0.4);
+                println!("    greedy: {same} of {} tokens agree", ours.len());
+                agree += same;
+                total += ours.len();
+            }
         }
+        // the same continuation, but for near ties (see check_greedy)
+        assert!(
+            agree * 2 >= total,
+            "{}: only {agree} of {total} greedy tokens agree",
+            kind.arch()
+        );
     }
 }
 

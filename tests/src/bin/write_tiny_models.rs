@@ -3,7 +3,9 @@
 //!
 //!     cargo run -p magpie-tests --bin write_tiny_models -- target/tiny-models
 
-use magpie_tests::tiny::{sha256_file, tiny_prompts, write_tiny, Tiny};
+use magpie_tests::tiny::{
+    sha256_file, tiny_prompts, tiny_vocab_size, write_lora, write_tiny, Tiny, LORA_A, LORA_B,
+};
 
 fn main() {
     let dir = std::path::PathBuf::from(
@@ -19,10 +21,17 @@ fn main() {
             write_tiny(kind, layers, &gemma, &p);
             println!("{} {}", p.display(), sha256_file(&p));
         }
+        // the LoRA adapters of the 2-layer model
+        let n_vocab = tiny_vocab_size(kind, &gemma);
+        for (tag, spec) in [("a", LORA_A), ("b", LORA_B)] {
+            let p = dir.join(format!("tiny-{}-2l-lora-{tag}.gguf", kind.arch()));
+            write_lora(kind, 2, n_vocab, spec, &p);
+            println!("{} {}", p.display(), sha256_file(&p));
+        }
+        std::fs::write(
+            dir.join(format!("prompts-{}.json", kind.arch())),
+            serde_json::to_string_pretty(&tiny_prompts(kind)).unwrap(),
+        )
+        .unwrap();
     }
-    std::fs::write(
-        dir.join("prompts.json"),
-        serde_json::to_string_pretty(&tiny_prompts()).unwrap(),
-    )
-    .unwrap();
 }

@@ -91,6 +91,19 @@ impl ChatTemplate {
     }
 }
 
+/// The chat format of the GLM family for files that carry no template, as
+/// llama.cpp writes it: GLM-4's (`[gMASK]<sop>`) when the vocabulary has
+/// `<sop>`, ChatGLM3's (`[gMASK]sop`) otherwise. Tool results go in as
+/// `observation`, GLM's role for them.
+pub fn glm_template(has_sop_tag: bool) -> String {
+    let role = "{{ 'observation' if m['role'] == 'tool' else m['role'] }}";
+    if has_sop_tag {
+        format!("[gMASK]<sop>{{% for m in messages %}}<|{role}|>\n{{{{ m['content'] }}}}{{% endfor %}}{{% if add_generation_prompt %}}<|assistant|>\n{{% endif %}}")
+    } else {
+        format!("[gMASK]sop{{% for m in messages %}}<|{role}|>\n {{{{ m['content'] }}}}{{% endfor %}}{{% if add_generation_prompt %}}<|assistant|>{{% endif %}}")
+    }
+}
+
 /// "System/User/Assistant:" transcript a base model continues.
 pub fn plain_transcript(messages: &[ChatMessage]) -> String {
     let mut s = String::new();
@@ -160,6 +173,29 @@ mod tests {
         let t = ChatTemplate::new(Some(src), "", "").unwrap();
         assert!(t.render(&[ChatMessage::new(Role::User, "x")]).is_err());
         assert!(ChatTemplate::new(Some("{% for %}"), "", "").is_err());
+    }
+
+    #[test]
+    fn glm_templates_render_as_llama_cpp_writes_them() {
+        let chat = [
+            ChatMessage::new(Role::System, "Be brief."),
+            ChatMessage::new(Role::User, "喜鹊?"),
+        ];
+        let t4 = ChatTemplate::new(Some(&glm_template(true)), "", "").unwrap();
+        assert_eq!(
+            t4.render(&chat).unwrap(),
+            "[gMASK]<sop><|system|>\nBe brief.<|user|>\n喜鹊?<|assistant|>\n"
+        );
+        let t3 = ChatTemplate::new(Some(&glm_template(false)), "", "").unwrap();
+        assert_eq!(
+            t3.render(&chat).unwrap(),
+            "[gMASK]sop<|system|>\n Be brief.<|user|>\n 喜鹊?<|assistant|>"
+        );
+        let tool = [
+            ChatMessage::new(Role::User, "q"),
+            ChatMessage::new(Role::Tool, "r"),
+        ];
+        assert!(t4.render(&tool).unwrap().contains("<|observation|>\nr"));
     }
 
     #[test]

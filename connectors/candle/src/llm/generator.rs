@@ -10,12 +10,14 @@ use std::time::Instant;
 use async_trait::async_trait;
 use candle_core::Device;
 use magpie_core::{
-    ChatMessage, Error, FinishReason, GenerationEvent, GenerationOptions, GenerationStream,
-    GenerationSummary, Generator, Prompt, Role, Sampler, StopFilter, Timings, Usage,
+    AdapterChoice, ChatMessage, Error, FinishReason, GenerationEvent, GenerationOptions,
+    GenerationStream, GenerationSummary, Generator, Prompt, Role, Sampler, StopFilter, Timings,
+    Usage,
 };
 
 use super::chat::{message_groups, ChatTemplate};
 use super::gguf::ModelFile;
+use super::lora::{set_key, AdapterSummary, LoraAdapter};
 use super::model::{KvCache, Transformer};
 use super::vocab::GgufTokenizer;
 use super::LlmError;
@@ -55,6 +57,9 @@ struct State {
     cache: KvCache,
     /// Tokens whose keys/values the cache holds, in order.
     tokens: Vec<u32>,
+    /// The adapter set (ids and scales) the cache was computed with: another
+    /// set gives other keys and values, so nothing is reused across sets.
+    adapters: Vec<(u64, u32)>,
     /// The cache was shifted: its content is not a plain encoding of `tokens`.
     shifted: bool,
 }
@@ -68,6 +73,8 @@ struct Inner {
     batch: usize,
     shift_in_place: bool,
     state: Mutex<State>,
+    /// LoRA adapters loaded on this base, by name.
+    adapters: std::sync::RwLock<std::collections::BTreeMap<String, Arc<LoraAdapter>>>,
 }
 
 /// A local GGUF model.
@@ -111,10 +118,17 @@ impl LocalLlm {
         });
         let (tok, model) = (tok?, model?);
         let tok_name = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).unwrap_or_default();
+        // the GLM family's format where the file brings no template
+        let glm = matches!(
+            cfg.arch,
+            super::gguf::Arch::ChatGlm | super::gguf::Arch::Glm4
+        )
+        .then(|| super::chat::glm_template(tok.tokenizer.token_to_id("<sop>").is_some()));
         let chat = ChatTemplate::new(
             opts.chat_template
                 .as_deref()
-                .or(file.metadata.string("tokenizer.chat_template")),
+                .or(file.metadata.string("tokenizer.chat_template"))
+                .or(glm.as_deref()),
             &tok_name(tok.special.bos),
             &tok_name(tok.special.eos),
         )?;
@@ -154,8 +168,10 @@ impl LocalLlm {
                 state: Mutex::new(State {
                     cache,
                     tokens: Vec::new(),
+                    adapters: Vec::new(),
                     shifted: false,
                 }),
+                adapters: Default::default(),
             }),
         })
     }
@@ -197,16 +213,87 @@ impl LocalLlm {
     /// Logits of the next token after `tokens`, computed from an empty cache
     /// (used by parity tests and benchmarks).
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+        self.logits_with(tokens, &[])
+    }
+
+    /// [`LocalLlm::logits`] with the adapters `adapters` applied.
+    pub fn logits_with(
+        &self,
+        tokens: &[u32],
+        adapters: &[AdapterChoice],
+    ) -> Result<Vec<f32>, LlmError> {
+        let loras = self.inner.resolve(adapters)?;
         let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         st.cache.truncate(0);
         st.tokens.clear();
         st.shifted = false;
-        let last = self
-            .inner
-            .model
-            .prefill(tokens, &mut st.cache, self.inner.batch)?;
+        st.adapters = set_key(&loras);
+        let last =
+            self.inner
+                .model
+                .prefill_with(tokens, &mut st.cache, self.inner.batch, &loras)?;
         st.tokens.extend_from_slice(tokens);
         Transformer::to_vec(&last)
+    }
+
+    /// Load the LoRA adapter at `path` under `name` (replacing one of that
+    /// name), checked against this base: a mismatched or broken file is an
+    /// error and leaves the adapters already loaded as they were.
+    pub fn load_adapter(&self, name: &str, path: &Path) -> Result<AdapterSummary, LlmError> {
+        let name = name.trim();
+        if name.is_empty() || name.contains('+') || name.contains(',') {
+            return Err(LlmError::InvalidInput(format!(
+                "adapter name {name:?} must be non-empty and hold no '+' or ','"
+            )));
+        }
+        let t0 = Instant::now();
+        let ad = self.inner.model.load_adapter(name, path)?;
+        let summary = ad.summary();
+        tracing::info!(
+            name,
+            path = %path.display(),
+            ranks = ?summary.ranks,
+            tensors = summary.tensors,
+            ms = t0.elapsed().as_millis() as u64,
+            "LoRA adapter loaded"
+        );
+        self.inner
+            .adapters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), Arc::new(ad));
+        Ok(summary)
+    }
+
+    /// Drop the adapter `name`; whether there was one.
+    pub fn unload_adapter(&self, name: &str) -> bool {
+        self.inner
+            .adapters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .is_some()
+    }
+
+    /// The adapters `choices` names, with their scales, as a call applies
+    /// them (to drive [`Transformer::prefill_with`] and
+    /// [`Transformer::forward_with`] directly); an unknown name is an error.
+    pub fn resolve_adapters(
+        &self,
+        choices: &[AdapterChoice],
+    ) -> Result<Vec<(Arc<LoraAdapter>, f32)>, LlmError> {
+        self.inner.resolve(choices)
+    }
+
+    /// The adapters loaded, by name.
+    pub fn adapters(&self) -> Vec<AdapterSummary> {
+        self.inner
+            .adapters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|a| a.summary())
+            .collect()
     }
 
     /// The rendered prompt and the number of leading tokens to keep when sliding.
@@ -369,6 +456,26 @@ impl Default for RunStats {
 type Tx = tokio::sync::mpsc::Sender<magpie_core::Result<GenerationEvent>>;
 
 impl Inner {
+    /// The loaded adapters `choices` name, or an error naming what is loaded.
+    fn resolve(&self, choices: &[AdapterChoice]) -> Result<Vec<(Arc<LoraAdapter>, f32)>, LlmError> {
+        if choices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let map = self.adapters.read().unwrap_or_else(|p| p.into_inner());
+        let loaded: Vec<String> = map.keys().cloned().collect();
+        magpie_core::check_choices(choices, &loaded, |n| {
+            format!("load it with --lora {n}=PATH")
+        })
+        .map_err(|e| match e {
+            magpie_core::Error::InvalidInput(m) => LlmError::InvalidInput(m),
+            other => LlmError::InvalidInput(other.to_string()),
+        })?;
+        Ok(choices
+            .iter()
+            .filter_map(|c| map.get(c.name.trim()).map(|a| (a.clone(), c.scale)))
+            .collect())
+    }
+
     fn run(
         &self,
         mut prompt: Vec<u32>,
@@ -416,10 +523,13 @@ impl Inner {
                     .collect();
             }
         }
+        let loras = self.resolve(&opts.adapters)?;
+        let key = set_key(&loras);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
-        // reuse the cached prefix (never the whole prompt: the last token must run)
-        let reuse = if st.shifted || st.cache.max_len() != self.window {
+        // reuse the cached prefix (never the whole prompt: the last token
+        // must run), when it was computed with the same adapters
+        let reuse = if st.shifted || st.cache.max_len() != self.window || st.adapters != key {
             0
         } else {
             common_prefix(&st.tokens, &prompt).min(prompt.len() - 1)
@@ -427,6 +537,7 @@ impl Inner {
         st.cache.truncate(reuse);
         st.tokens.truncate(reuse);
         st.shifted = false;
+        st.adapters = key;
         let mut logits = None;
         for chunk in prompt[reuse..].chunks(self.batch) {
             if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) || tx.is_closed() {
@@ -437,7 +548,7 @@ impl Inner {
                 };
                 return self.finish(tx, FinishReason::Cancelled, &stats);
             }
-            let l = self.model.forward(chunk, &mut st.cache, false);
+            let l = self.model.forward_with(chunk, &mut st.cache, false, &loras);
             let l = match l {
                 Ok(l) => l,
                 Err(e) => {
@@ -518,12 +629,15 @@ impl Inner {
                     st.tokens.drain(n_keep..n_keep + n_discard);
                     st.cache.truncate(0);
                     let kept = st.tokens.clone();
-                    self.model.prefill(&kept, &mut st.cache, self.batch)?;
+                    self.model
+                        .prefill_with(&kept, &mut st.cache, self.batch, &loras)?;
                 }
                 shifts += 1;
                 tracing::debug!(n_keep, n_discard, "context window slid");
             }
-            let l = self.model.forward(&[tok], &mut st.cache, false)?;
+            let l = self
+                .model
+                .forward_with(&[tok], &mut st.cache, false, &loras)?;
             st.tokens.push(tok);
             logits = Transformer::to_vec(&l)?;
         };
@@ -607,12 +721,24 @@ impl Generator for LocalLlm {
         Ok(Some(self.inner.chat.render(messages).map_err(Error::from)?))
     }
 
+    fn adapters(&self) -> Vec<String> {
+        self.inner
+            .adapters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     async fn generate(
         &self,
         prompt: Prompt,
         options: GenerationOptions,
     ) -> magpie_core::Result<GenerationStream> {
         options.validate()?;
+        // an unknown adapter is the caller's mistake, told before any streaming
+        self.inner.resolve(&options.adapters)?;
         let Prepared {
             ids,
             n_keep,

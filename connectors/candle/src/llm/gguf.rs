@@ -12,7 +12,8 @@ use candle_core::quantized::GgmlDType;
 use super::LlmError;
 
 /// Architectures magpie runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gemma3", "llama", "qwen2", "qwen3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["chatglm", "gemma3", "glm4", "llama", "qwen2", "qwen3"];
 
 /// Typed access to GGUF metadata.
 #[derive(Debug, Clone)]
@@ -91,6 +92,11 @@ pub enum Arch {
     Qwen3,
     /// Gemma 3 (q/k norms, sandwich norms, GELU, local sliding-window layers).
     Gemma3,
+    /// ChatGLM3 and GLM-4 (fused q/k/v with biases, gate and up fused in one
+    /// matrix, RoPE on the first half of each head, interleaved pairs).
+    ChatGlm,
+    /// GLM-4-0414 (ChatGLM's layout plus sandwich norms after attention and MLP).
+    Glm4,
 }
 
 impl Arch {
@@ -101,6 +107,8 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Gemma3 => "gemma3",
+            Arch::ChatGlm => "chatglm",
+            Arch::Glm4 => "glm4",
         }
     }
 }
@@ -130,7 +138,8 @@ pub struct LlmConfig {
     pub rope_base_local: f32,
     /// Linear RoPE scaling factor of global layers (1 = none).
     pub rope_scale: f32,
-    /// Rotated dimensions (the head size for all supported models).
+    /// Rotated dimensions of each head (the first ones; the head size for
+    /// most models, half of it for the GLM family).
     pub rope_dim: usize,
     /// Rotate halves (NeoX) rather than interleaved pairs (llama).
     pub rope_neox: bool,
@@ -227,6 +236,8 @@ impl ModelFile {
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
             "gemma3" => Arch::Gemma3,
+            "chatglm" => Arch::ChatGlm,
+            "glm4" => Arch::Glm4,
             other => {
                 return Err(LlmError::Unsupported(format!(
                     "{}: architecture {other:?} is not supported; magpie runs {}",
@@ -273,6 +284,16 @@ impl ModelFile {
         } else {
             1.0
         };
+        let rope_dim = md
+            .u32(&key("rope.dimension_count"))
+            .map(|v| v as usize)
+            .unwrap_or(head_dim);
+        if rope_dim == 0 || !rope_dim.is_multiple_of(2) || rope_dim > head_dim {
+            return Err(corrupt(
+                &self.path,
+                format!("rope.dimension_count {rope_dim} does not fit heads of {head_dim}"),
+            ));
+        }
         Ok(LlmConfig {
             arch,
             n_layer: need("block_count")?,
@@ -289,11 +310,10 @@ impl ModelFile {
                 .unwrap_or(if gemma { 1e6 } else { 10_000.0 }),
             rope_base_local: 10_000.0,
             rope_scale: rope_scale.max(1e-6),
-            rope_dim: md
-                .u32(&key("rope.dimension_count"))
-                .map(|v| v as usize)
-                .unwrap_or(head_dim),
-            rope_neox: arch != Arch::Llama,
+            rope_dim,
+            // llama.cpp's rope type: interleaved pairs (NORM) for llama and
+            // the GLM family, halves (NEOX) for the others
+            rope_neox: !matches!(arch, Arch::Llama | Arch::ChatGlm | Arch::Glm4),
             context_length: md
                 .u32(&key("context_length"))
                 .map(|v| v as usize)

@@ -8,6 +8,7 @@ mod decode;
 pub mod generator;
 pub mod gguf;
 pub mod info;
+pub mod lora;
 pub mod model;
 mod ops;
 mod pool;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 pub use generator::{LlmOptions, LocalLlm};
 pub use gguf::{Arch, LlmConfig, ModelFile, SUPPORTED_ARCHITECTURES};
 pub use info::{model_info, ModelInfo};
+pub use lora::{adapter_info, is_adapter, ActiveLoras, AdapterSummary, LoraAdapter};
 pub use model::{KvCache, Transformer};
 pub use vocab::GgufTokenizer;
 

@@ -10,8 +10,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::decode::Decoder;
 use super::gguf::{Arch, LlmConfig, ModelFile};
+use super::lora::{ActiveLoras, LoraAdapter, TargetShapes};
 use super::ops::{attend_one, build_mask, owned, rms, rope_tables};
-use super::weights::{build_decoder, cerr, Embedding, Layer, Weight, WeightLoader};
+use super::weights::{build_decoder, cerr, Embedding, Layer, Linear, Weight, WeightLoader};
 use super::LlmError;
 
 type CResult<T> = candle_core::Result<T>;
@@ -56,8 +57,10 @@ pub struct Transformer {
     embed_scale: Option<f64>,
     layers: Vec<Layer>,
     out_norm: Tensor,
-    output: Weight,
+    output: Linear,
     device: Device,
+    /// The matrices a LoRA adapter may adapt: name → (out, in).
+    lora_targets: TargetShapes,
     /// (name, original type, type used) of tensors converted at load.
     pub requantized: Vec<(String, GgmlDType, GgmlDType)>,
     /// The fused one-token step (CPU, every matrix of a type magpie reads).
@@ -78,8 +81,10 @@ impl Transformer {
             ),
             device,
             requantized: Vec::new(),
+            targets: Default::default(),
         };
         let has = |name: &str| file.content.tensor_infos.contains_key(name);
+        let (nq, nkv) = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
@@ -87,18 +92,42 @@ impl Transformer {
             let k_norm = ld.optional(&p("attn_k_norm.weight"))?;
             let post_attn_norm = ld.optional(&p("post_attention_norm.weight"))?;
             let post_ffn_norm = ld.optional(&p("post_ffw_norm.weight"))?;
+            // q, k and v fused in one matrix (the GLM family) are cut apart
+            let (q, k, v) = if has(&p("attn_qkv.weight")) {
+                let [q, k, v]: [Linear; 3] = ld
+                    .split_linear(&p("attn_qkv"), &[nq, nkv, nkv])?
+                    .try_into()
+                    .map_err(|_| LlmError::BadFile("attn_qkv did not split in three".into()))?;
+                (q, k, v)
+            } else {
+                (
+                    ld.linear(&p("attn_q"))?,
+                    ld.linear(&p("attn_k"))?,
+                    ld.linear(&p("attn_v"))?,
+                )
+            };
+            // gate and up fused in a doubled ffn_up: gate first (llama.cpp's SWIGLU)
+            let (gate, up) = if has(&p("ffn_gate.weight")) {
+                (ld.linear(&p("ffn_gate"))?, ld.linear(&p("ffn_up"))?)
+            } else {
+                let [g, u]: [Linear; 2] = ld
+                    .split_linear(&p("ffn_up"), &[cfg.n_ff, cfg.n_ff])?
+                    .try_into()
+                    .map_err(|_| LlmError::BadFile("ffn_up did not split in two".into()))?;
+                (g, u)
+            };
             layers.push(Layer {
                 attn_norm: ld.vector(&p("attn_norm.weight"))?,
-                q: ld.linear(&p("attn_q"))?,
-                k: ld.linear(&p("attn_k"))?,
-                v: ld.linear(&p("attn_v"))?,
+                q,
+                k,
+                v,
                 o: ld.linear(&p("attn_output"))?,
                 q_norm,
                 k_norm,
                 post_attn_norm,
                 ffn_norm: ld.vector(&p("ffn_norm.weight"))?,
-                gate: ld.linear(&p("ffn_gate"))?,
-                up: ld.linear(&p("ffn_up"))?,
+                gate,
+                up,
                 down: ld.linear(&p("ffn_down"))?,
                 post_ffn_norm,
                 local: cfg.is_local(i),
@@ -111,21 +140,27 @@ impl Transformer {
             Embedding::Q(t) => t.shape().dims()[0],
         };
         let output = if has("output.weight") {
-            ld.matmul("output.weight")?
+            ld.linear("output")?
         } else {
             // tied embeddings: one copy serves both
-            match &embed {
-                Embedding::Own(m) => Weight::Own(m.clone(), None),
-                Embedding::Q(t) => Weight::Q(QMatMul::from_arc(t.clone()).map_err(cerr)?),
+            Linear {
+                w: match &embed {
+                    Embedding::Own(m) => Weight::Own(m.clone(), None),
+                    Embedding::Q(t) => Weight::Q(QMatMul::from_arc(t.clone()).map_err(cerr)?),
+                },
+                b: None,
+                name: "token_embd.weight".into(),
+                rows: None,
             }
         };
         let requantized = ld.requantized;
+        let lora_targets = ld.targets;
         let mut cfg = cfg;
         if cfg.vocab_size == 0 {
             cfg.vocab_size = vocab;
         }
         let embed_scale = (cfg.arch == Arch::Gemma3).then(|| (cfg.n_embd as f64).sqrt());
-        let decoder = build_decoder(&layers, &out_norm, &output, &embed, embed_scale, device)
+        let decoder = build_decoder(&layers, &out_norm, &output.w, &embed, embed_scale, device)
             .map_err(cerr)?;
         Ok(Self {
             embed_scale,
@@ -140,6 +175,7 @@ impl Transformer {
             output,
             device: device.clone(),
             requantized,
+            lora_targets,
         })
     }
 
@@ -177,6 +213,22 @@ impl Transformer {
             d.threads
                 .store(threads.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Read the LoRA adapter at `path`, checked against this model (its
+    /// architecture and the shape of every matrix it adapts).
+    pub fn load_adapter(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<LoraAdapter, LlmError> {
+        LoraAdapter::load(
+            name,
+            path,
+            self.cfg.arch.name(),
+            &self.lora_targets,
+            &self.device,
+        )
     }
 
     /// An empty cache holding up to `max` positions.
@@ -232,10 +284,25 @@ impl Transformer {
 
     fn apply_rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
         let x = x.contiguous()?;
-        if self.cfg.rope_neox {
-            candle_nn::rotary_emb::rope(&x, cos, sin)
+        let (hd, rd) = (self.cfg.head_dim, self.cfg.rope_dim);
+        // the GLM family rotates the first half of each head only
+        let (rot, pass) = if rd < hd {
+            let last = x.rank() - 1;
+            (
+                x.narrow(last, 0, rd)?.contiguous()?,
+                Some(x.narrow(last, rd, hd - rd)?),
+            )
         } else {
-            candle_nn::rotary_emb::rope_i(&x, cos, sin)
+            (x, None)
+        };
+        let rot = if self.cfg.rope_neox {
+            candle_nn::rotary_emb::rope(&rot, cos, sin)?
+        } else {
+            candle_nn::rotary_emb::rope_i(&rot, cos, sin)?
+        };
+        match pass {
+            Some(p) => Tensor::cat(&[&rot, &p], rot.rank() - 1)?.contiguous(),
+            None => Ok(rot),
         }
     }
 
@@ -246,6 +313,17 @@ impl Transformer {
         tokens: &[u32],
         cache: &mut KvCache,
         all: bool,
+    ) -> Result<Tensor, LlmError> {
+        self.forward_with(tokens, cache, all, &[])
+    }
+
+    /// [`Transformer::forward`] with LoRA adapters applied to this call.
+    pub fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all: bool,
+        loras: &ActiveLoras,
     ) -> Result<Tensor, LlmError> {
         if tokens.is_empty() {
             return Err(LlmError::Runtime("no tokens to run".into()));
@@ -262,15 +340,23 @@ impl Transformer {
                 window: cache.max,
             });
         }
-        self.forward_inner(tokens, cache, all).map_err(cerr)
+        self.forward_inner(tokens, cache, all, loras).map_err(cerr)
     }
 
-    fn forward_inner(&self, tokens: &[u32], cache: &mut KvCache, all: bool) -> CResult<Tensor> {
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all: bool,
+        loras: &ActiveLoras,
+    ) -> CResult<Tensor> {
         let c = &self.cfg;
         let t = tokens.len();
         let start = cache.len;
         self.ensure_capacity(cache, start + t)?;
-        if let (1, Some(d), true) = (t, &self.decoder, self.fused_decode()) {
+        // the fused step has no adapters: a call with some runs the generic path
+        if let (1, Some(d), true, true) = (t, &self.decoder, self.fused_decode(), loras.is_empty())
+        {
             let logits = d.step(c, tokens[0], &cache.k, &cache.v, start)?;
             cache.len = start + 1;
             let n = logits.len();
@@ -292,9 +378,9 @@ impl Transformer {
         for (li, layer) in self.layers.iter().enumerate() {
             let residual = h.clone();
             let x = rms(&h, &layer.attn_norm, c.rms_eps)?;
-            let q = layer.q.forward(&x)?;
-            let k = layer.k.forward(&x)?;
-            let v = layer.v.forward(&x)?;
+            let q = layer.q.forward_lora(&x, loras)?;
+            let k = layer.k.forward_lora(&x, loras)?;
+            let v = layer.v.forward_lora(&x, loras)?;
             let q = q.reshape((1, t, c.n_head, c.head_dim))?.transpose(1, 2)?;
             let k = k
                 .reshape((1, t, c.n_head_kv, c.head_dim))?
@@ -330,12 +416,12 @@ impl Transformer {
             if t == 1 && self.device.is_cpu() {
                 // one query row: attention straight over the cache, no copies
                 let out = attend_one(&q, &cache.k[li], &cache.v[li], first, kl, c, scale)?;
-                let mut o = layer.o.forward(&out)?;
+                let mut o = layer.o.forward_lora(&out, loras)?;
                 if let Some(w) = &layer.post_attn_norm {
                     o = rms(&o, w, c.rms_eps)?;
                 }
                 h = (residual + o)?;
-                h = self.mlp(layer, h)?;
+                h = self.mlp(layer, h, loras)?;
                 continue;
             }
             let keys = cache.k[li].narrow(2, first, kl)?;
@@ -356,17 +442,17 @@ impl Transformer {
                 .reshape((1, c.n_head, t, c.head_dim))?
                 .transpose(1, 2)?
                 .reshape((1, t, c.n_head * c.head_dim))?;
-            let mut o = layer.o.forward(&out)?;
+            let mut o = layer.o.forward_lora(&out, loras)?;
             if let Some(w) = &layer.post_attn_norm {
                 o = rms(&o, w, c.rms_eps)?;
             }
             h = (residual + o)?;
-            h = self.mlp(layer, h)?;
+            h = self.mlp(layer, h, loras)?;
         }
         cache.len = start + t;
         let h = if all { h } else { h.narrow(1, t - 1, 1)? };
         let h = rms(&h, &self.out_norm, c.rms_eps)?;
-        let logits = self.output.forward(&h)?.squeeze(0)?;
+        let logits = self.output.forward_lora(&h, loras)?.squeeze(0)?;
         if all {
             Ok(logits)
         } else {
@@ -375,17 +461,17 @@ impl Transformer {
     }
 
     /// The feed-forward half of a block, residual included.
-    fn mlp(&self, layer: &Layer, h: Tensor) -> CResult<Tensor> {
+    fn mlp(&self, layer: &Layer, h: Tensor, loras: &ActiveLoras) -> CResult<Tensor> {
         let c = &self.cfg;
         let x = rms(&h, &layer.ffn_norm, c.rms_eps)?;
-        let g = layer.gate.forward(&x)?;
+        let g = layer.gate.forward_lora(&x, loras)?;
         let g = if c.arch == Arch::Gemma3 {
             g.gelu()?
         } else {
             candle_nn::ops::silu(&g)?
         };
-        let m = (g * layer.up.forward(&x)?)?;
-        let mut m = layer.down.forward(&m)?;
+        let m = (g * layer.up.forward_lora(&x, loras)?)?;
+        let mut m = layer.down.forward_lora(&m, loras)?;
         if let Some(w) = &layer.post_ffn_norm {
             m = rms(&m, w, c.rms_eps)?;
         }
@@ -400,9 +486,20 @@ impl Transformer {
         cache: &mut KvCache,
         batch: usize,
     ) -> Result<Tensor, LlmError> {
+        self.prefill_with(tokens, cache, batch, &[])
+    }
+
+    /// [`Transformer::prefill`] with LoRA adapters applied.
+    pub fn prefill_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        batch: usize,
+        loras: &ActiveLoras,
+    ) -> Result<Tensor, LlmError> {
         let mut last = None;
         for chunk in tokens.chunks(batch.max(1)) {
-            last = Some(self.forward(chunk, cache, false)?);
+            last = Some(self.forward_with(chunk, cache, false, loras)?);
         }
         last.ok_or_else(|| LlmError::InvalidInput("no tokens to run".into()))
     }

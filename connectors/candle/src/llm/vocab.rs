@@ -43,14 +43,21 @@ pub struct SpecialTokens {
 impl SpecialTokens {
     /// Ids and flags from `md` (end-of-generation tokens are filled in later).
     fn from_metadata(md: &Metadata, kind: &str) -> Self {
+        // the GLM vocabularies have no start-of-text token (their prompts
+        // start with [gMASK]), whatever the header says, as in llama.cpp
+        let glm = matches!(
+            md.string("tokenizer.ggml.pre"),
+            Some("chatglm-bpe" | "glm4" | "glm5")
+        );
         Self {
-            bos: md.u32("tokenizer.ggml.bos_token_id"),
+            bos: md.u32("tokenizer.ggml.bos_token_id").filter(|_| !glm),
             eos: md.u32("tokenizer.ggml.eos_token_id"),
             end_of_generation: Vec::new(),
             // SentencePiece vocabularies start prompts with BOS unless told otherwise
-            add_bos: md
-                .bool("tokenizer.ggml.add_bos_token")
-                .unwrap_or(kind == "llama"),
+            add_bos: !glm
+                && md
+                    .bool("tokenizer.ggml.add_bos_token")
+                    .unwrap_or(kind == "llama"),
         }
     }
 }
@@ -68,7 +75,7 @@ pub struct GgufTokenizer {
 /// Regex splits of the GPT-2-style pre-tokenizers llama.cpp knows by name.
 fn pre_tokenizer_regex(pre: &str) -> &'static str {
     match pre {
-        "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => {
+        "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" | "chatglm-bpe" | "glm4" | "glm5" => {
             r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
         }
         "qwen2" | "qwen35" | "deepseek-r1-qwen" => {
@@ -201,7 +208,12 @@ fn end_tokens(tokens: &[String], types: &[i32], s: &SpecialTokens, md: &Metadata
     if let Some(e) = md.u32("tokenizer.ggml.eot_token_id") {
         v.push(e);
     }
+    // the GLM chat format hands the turn back with the next role's tag
+    let glm = tokens.iter().any(|t| t == "[gMASK]");
     for (i, (t, &ty)) in tokens.iter().zip(types).enumerate() {
+        if ty == TYPE_CONTROL && glm && matches!(t.as_str(), "<|user|>" | "<|observation|>") {
+            v.push(i as u32);
+        }
         if ty == TYPE_CONTROL
             && matches!(
                 t.as_str(),
@@ -311,7 +323,7 @@ fn build_gpt2(tokens: &[String], merges: &[String], pre: &str) -> Result<Tokeniz
         .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
-        .ignore_merges(pre.starts_with("llama"))
+        .ignore_merges(pre.starts_with("llama") || matches!(pre, "glm4" | "glm5"))
         .build()
         .map_err(tok_err)?;
     let mut tk = Tokenizer::new(bpe);

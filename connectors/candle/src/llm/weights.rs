@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::decode::{DecodeLayer, Decoder, Mat};
 use super::gguf::ModelFile;
+use super::lora::{ActiveLoras, TargetShapes};
 use super::quant::{QMatrix, QType};
 use super::LlmError;
 
@@ -81,6 +82,11 @@ impl Embedding {
 pub(super) struct Linear {
     pub(super) w: Weight,
     pub(super) b: Option<Tensor>,
+    /// The file's tensor this matrix is (LoRA adapters name it).
+    pub(super) name: String,
+    /// The rows of that tensor it holds, when it is a slice of a fused one
+    /// (q, k, v of `attn_qkv`; gate and up of a doubled `ffn_up`).
+    pub(super) rows: Option<(usize, usize)>,
 }
 
 impl Linear {
@@ -103,6 +109,15 @@ impl Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// The product with the adapters of a call added (`W·x + b + Σ s·B·A·x`).
+    pub(super) fn forward_lora(&self, x: &Tensor, loras: &ActiveLoras) -> CResult<Tensor> {
+        let y = self.forward(x)?;
+        if loras.is_empty() {
+            return Ok(y);
+        }
+        super::lora::apply(y, x, &self.name, self.rows, loras)
     }
 }
 
@@ -206,6 +221,9 @@ pub(super) struct WeightLoader<'a> {
     pub(super) reader: std::io::BufReader<std::fs::File>,
     pub(super) device: &'a Device,
     pub(super) requantized: Vec<(String, GgmlDType, GgmlDType)>,
+    /// The matrices loaded as `Linear`s, with their shapes (out, in): what a
+    /// LoRA adapter may adapt.
+    pub(super) targets: TargetShapes,
 }
 
 impl WeightLoader<'_> {
@@ -325,10 +343,114 @@ impl WeightLoader<'_> {
 
     /// `<prefix>.weight`, with `<prefix>.bias` when the file has one (qwen2).
     pub(super) fn linear(&mut self, prefix: &str) -> Result<Linear, LlmError> {
+        let name = format!("{prefix}.weight");
+        let w = self.matmul(&name)?;
+        self.target(&name)?;
         Ok(Linear {
-            w: self.matmul(&format!("{prefix}.weight"))?,
+            w,
             b: self.optional(&format!("{prefix}.bias"))?,
+            name,
+            rows: None,
         })
+    }
+
+    fn target(&mut self, name: &str) -> Result<(usize, usize), LlmError> {
+        let shape = self
+            .file
+            .content
+            .tensor_infos
+            .get(name)
+            .and_then(|i| i.shape.dims2().ok())
+            .ok_or_else(|| {
+                LlmError::BadFile(format!(
+                    "{}: tensor {name} is not a matrix",
+                    self.file.path.display()
+                ))
+            })?;
+        self.targets.insert(name.to_string(), shape);
+        Ok(shape)
+    }
+
+    /// `<prefix>.weight` (and its bias) cut by rows into parts of `sizes`
+    /// rows: the fused q/k/v and gate/up matrices of the GLM family, held as
+    /// separate matrices over the file's bytes.
+    pub(super) fn split_linear(
+        &mut self,
+        prefix: &str,
+        sizes: &[usize],
+    ) -> Result<Vec<Linear>, LlmError> {
+        let name = format!("{prefix}.weight");
+        let (rows, _) = self.target(&name)?;
+        if sizes.iter().sum::<usize>() != rows {
+            return Err(LlmError::BadFile(format!(
+                "{}: {name} has {rows} rows, but the header asks for {} ({})",
+                self.file.path.display(),
+                sizes.iter().sum::<usize>(),
+                sizes
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            )));
+        }
+        let bias = self.optional(&format!("{prefix}.bias"))?;
+        let mut out = Vec::with_capacity(sizes.len());
+        let mut r0 = 0;
+        for &n in sizes {
+            let b = match &bias {
+                Some(b) => Some(
+                    b.narrow(0, r0, n)
+                        .map_err(cerr)?
+                        .contiguous()
+                        .map_err(cerr)?,
+                ),
+                None => None,
+            };
+            out.push(Linear {
+                w: self.matmul_rows(&name, r0, n)?,
+                b,
+                name: name.clone(),
+                rows: Some((r0, n)),
+            });
+            r0 += n;
+        }
+        Ok(out)
+    }
+
+    /// Rows `r0..r0+n` of a matrix, as its own matrix over the same bytes
+    /// (mapped where the type allows; read otherwise).
+    fn matmul_rows(&mut self, name: &str, r0: usize, n: usize) -> Result<Weight, LlmError> {
+        let info = &self.file.content.tensor_infos[name];
+        let (_, cols) = info.shape.dims2().map_err(cerr)?;
+        let dt = info.ggml_dtype;
+        let info_offset = info.offset;
+        let row_bytes = cols / dt.block_size() * dt.type_size();
+        let start =
+            self.file.content.tensor_data_offset as usize + info_offset as usize + r0 * row_bytes;
+        if let (Some(map), Some(ty)) = (&self.map, QType::from_ggml(dt)) {
+            if !ty.is_k() && std::env::var("MAGPIE_LLM_WIDEN").as_deref() != Ok("1") {
+                let m = QMatrix::mapped(ty, n, cols, map.clone(), start).map_err(|e| {
+                    LlmError::BadFile(format!("{}: tensor {name}: {e}", self.file.path.display()))
+                })?;
+                return Ok(Weight::Own(Arc::new(m), None));
+            }
+        }
+        use std::io::{Read, Seek, SeekFrom};
+        let mut bytes = vec![0u8; n * row_bytes];
+        self.reader
+            .seek(SeekFrom::Start(start as u64))
+            .and_then(|_| self.reader.read_exact(&mut bytes))
+            .map_err(|e| {
+                LlmError::BadFile(format!("{}: tensor {name}: {e}", self.file.path.display()))
+            })?;
+        let t = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            dt,
+            &bytes,
+            vec![n, cols],
+            self.device,
+        )
+        .map_err(cerr)?;
+        Weight::new(t)
     }
 
     pub(super) fn optional(&mut self, name: &str) -> Result<Option<Tensor>, LlmError> {
