@@ -192,6 +192,16 @@ impl Generator for OpenAiGenerator {
         options: GenerationOptions,
     ) -> Result<GenerationStream> {
         options.validate()?;
+        if !options.adapters.is_empty() {
+            // the chat completions API has no per-request adapters: servers
+            // that host LoRA adapters (vLLM, docqa serve) name them as models
+            return Err(Error::InvalidInput(format!(
+                "{} is served over the OpenAI API, which applies no per-request LoRA adapters: name the adapted model instead (for docqa serve: \"{}+{}\")",
+                self.cfg.model,
+                self.cfg.model,
+                options.adapters.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join("+")
+            )));
+        }
         let messages: Vec<Value> = match &prompt {
             Prompt::Text(t) => vec![json!({"role": "user", "content": t})],
             Prompt::Chat(m) => m

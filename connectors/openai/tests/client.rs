@@ -227,3 +227,25 @@ async fn a_remote_embedder_keeps_input_order_across_batches() {
         .to_string();
     assert!(dead.contains("cannot reach"), "{dead}");
 }
+
+/// The chat completions API has no per-request adapters: a call naming some
+/// is refused before anything is sent, with the model name that picks them
+/// on a server that hosts them.
+#[tokio::test]
+async fn adapters_are_refused_with_the_model_name_to_use() {
+    let (url, seen) = server(scripted).await;
+    let g = OpenAiGenerator::new(OpenAiConfig::new(&url, "remote-model")).unwrap();
+    let opts = GenerationOptions {
+        adapters: vec![magpie_core::AdapterChoice::new("law")],
+        ..Default::default()
+    };
+    let e = g
+        .generate(Prompt::Text("hello".into()), opts)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("remote-model+law"), "{e}");
+    assert!(seen.lock().unwrap().is_empty());
+    assert!(g.adapters().is_empty());
+}

@@ -35,6 +35,52 @@ pub struct Models {
     pub llm_api_key: Option<String>,
     /// Context window in tokens (default: the model's, at most 4096).
     pub context: Option<usize>,
+    /// LoRA adapters loaded on the local language model, by name.
+    pub loras: Vec<LoraSpec>,
+}
+
+/// A LoRA adapter to load: `NAME=PATH[:SCALE]` on docqa's command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// The name requests use for it (no `+`, `,` or `=`).
+    pub name: String,
+    /// Its GGUF file (as llama.cpp's `convert_lora_to_gguf.py` writes it).
+    pub path: PathBuf,
+    /// The scale a one-shot command (`ask`, `generate`) applies it at.
+    pub scale: f32,
+}
+
+impl std::str::FromStr for LoraSpec {
+    type Err = String;
+
+    /// `NAME=PATH` or `NAME=PATH:SCALE`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let usage = "expected NAME=PATH[:SCALE], e.g. law=adapters/law.gguf:0.8";
+        let (name, rest) = s.split_once('=').ok_or_else(|| format!("{s:?}: {usage}"))?;
+        let name = name.trim();
+        if name.is_empty() || name.contains(['+', ',']) {
+            return Err(format!(
+                "{s:?}: the adapter name must be non-empty and hold no '+' or ',' ({usage})"
+            ));
+        }
+        // a trailing :SCALE when it parses as a number; else all of it is the path
+        let (path, scale) = match rest.rsplit_once(':') {
+            Some((p, sc)) if !p.is_empty() => match sc.trim().parse::<f32>() {
+                Ok(v) if v.is_finite() => (p, v),
+                Ok(_) => return Err(format!("{s:?}: the scale must be a finite number")),
+                Err(_) => (rest, 1.0),
+            },
+            _ => (rest, 1.0),
+        };
+        if path.is_empty() {
+            return Err(format!("{s:?}: no adapter file ({usage})"));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            path: PathBuf::from(path),
+            scale,
+        })
+    }
 }
 
 impl Default for Models {
@@ -55,6 +101,7 @@ impl Models {
             llm_model: "default".into(),
             llm_api_key: None,
             context: None,
+            loras: Vec::new(),
         }
     }
 
@@ -125,7 +172,19 @@ impl Models {
         }
     }
 
-    /// Load the local language model.
+    /// The adapters of [`Self::loras`] at their scales, as one-shot commands
+    /// apply them to every call.
+    pub fn lora_choices(&self) -> Vec<magpie_core::AdapterChoice> {
+        self.loras
+            .iter()
+            .map(|l| magpie_core::AdapterChoice {
+                name: l.name.clone(),
+                scale: l.scale,
+            })
+            .collect()
+    }
+
+    /// Load the local language model, and the adapters of [`Self::loras`] on it.
     pub fn load_llm(&self) -> Result<LocalLlm> {
         let path = self.llm_path()?;
         let t = std::time::Instant::now();
@@ -147,6 +206,19 @@ impl Models {
             )
         })?;
         tracing::info!(model = %path.display(), secs = t.elapsed().as_secs_f64(), "language model loaded");
+        for l in &self.loras {
+            llm.load_adapter(&l.name, &l.path).map_err(|e| {
+                magpie_core::Error::stage(
+                    "LoRA adapter",
+                    format!(
+                        "--lora {}={}: {}",
+                        l.name,
+                        l.path.display(),
+                        magpie_core::error_chain(&e)
+                    ),
+                )
+            })?;
+        }
         Ok(llm)
     }
 
@@ -154,6 +226,13 @@ impl Models {
     /// URL, else the local model.
     pub fn load_generator(&self) -> Result<Arc<dyn Generator>> {
         if let Some(url) = self.llm.as_deref().filter(|_| self.llm_is_remote()) {
+            if let Some(l) = self.loras.first() {
+                return Err(magpie_core::Error::InvalidInput(format!(
+                    "LoRA adapter {:?}: adapters load on a local model, not on the server at {url}; load it there, or drop --lora",
+                    l.name
+                ))
+                .into());
+            }
             let mut cfg = magpie_openai::OpenAiConfig::new(url, self.llm_model.clone());
             if let Some(k) = &self.llm_api_key {
                 cfg = cfg.api_key(k.clone());
@@ -168,6 +247,21 @@ impl Models {
         }
         Ok(Arc::new(self.load_llm()?))
     }
+
+    /// [`Self::load_generator`], with every adapter of [`Self::loras`] applied
+    /// at its scale to each call that names none: what a one-shot command
+    /// (`docqa ask --lora …`) wants. A server keeps [`Self::load_generator`]
+    /// and lets each request pick.
+    pub fn load_generator_with_loras(&self) -> Result<Arc<dyn Generator>> {
+        let g = self.load_generator()?;
+        if self.loras.is_empty() {
+            return Ok(g);
+        }
+        Ok(Arc::new(magpie_core::WithAdapters {
+            inner: g,
+            adapters: self.lora_choices(),
+        }))
+    }
 }
 
 /// True when `dir` holds the default embedding model.
@@ -175,4 +269,33 @@ pub fn default_embedder_installed(dir: &Path) -> bool {
     dir.join(DEFAULT_EMBEDDER_DIR)
         .join("model.safetensors")
         .exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoraSpec;
+
+    #[test]
+    fn lora_specs_parse() {
+        let l: LoraSpec = "law=adapters/law.gguf".parse().unwrap();
+        assert_eq!((l.name.as_str(), l.scale), ("law", 1.0));
+        assert_eq!(l.path, std::path::PathBuf::from("adapters/law.gguf"));
+        let l: LoraSpec = "med=a:b/med.gguf:0.25".parse().unwrap();
+        assert_eq!(l.path, std::path::PathBuf::from("a:b/med.gguf"));
+        assert_eq!(l.scale, 0.25);
+        // a colon that is not a scale stays in the path
+        let l: LoraSpec = "x=dir:v2/x.gguf".parse().unwrap();
+        assert_eq!((l.path.to_str().unwrap(), l.scale), ("dir:v2/x.gguf", 1.0));
+        for bad in [
+            "law",
+            "=a.gguf",
+            "a+b=x.gguf",
+            "a,b=x.gguf",
+            "a=",
+            "a=x.gguf:inf",
+        ] {
+            let e = bad.parse::<LoraSpec>().unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
 }

@@ -12,8 +12,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use magpie_core::{
-    Answer, AnswerOptions, ConversationRetriever, GenerationOptions, GenerationSummary,
-    HistoryMode, PreparedAnswer, QueryPipeline,
+    AdapterChoice, Answer, AnswerOptions, ConversationRetriever, GenerationOptions,
+    GenerationSummary, HistoryMode, PreparedAnswer, QueryPipeline,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -44,6 +44,45 @@ pub struct QueryRequest {
     /// messages, oldest first): retrieval and the prompt read its recent turns.
     #[serde(default)]
     pub(super) history: Vec<conversations::HistoryMessage>,
+    /// LoRA adapters to answer with, of those the server loaded: names, or
+    /// `{"name", "scale"}` objects (none: the base model alone).
+    #[serde(default)]
+    pub(super) adapters: Vec<AdapterField>,
+}
+
+/// One adapter of a request: `"NAME"` (scale 1) or `{"name": "NAME", "scale": 0.5}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "an adapter name, or {\"name\": NAME, \"scale\": NUMBER}"
+)]
+pub enum AdapterField {
+    /// By name, at scale 1.
+    Name(String),
+    /// By name with a scale.
+    Scaled {
+        /// The name it was loaded under.
+        name: String,
+        /// Its scale (default 1).
+        #[serde(default = "one")]
+        scale: f32,
+    },
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl AdapterField {
+    fn choice(&self) -> AdapterChoice {
+        match self {
+            AdapterField::Name(n) => AdapterChoice::new(n.clone()),
+            AdapterField::Scaled { name, scale } => AdapterChoice {
+                name: name.clone(),
+                scale: *scale,
+            },
+        }
+    }
 }
 
 /// Most tokens one answer may ask for.
@@ -53,6 +92,17 @@ impl App {
     /// Retrieval with the batching query embedder.
     pub(super) fn retriever(&self, mode: Mode) -> Arc<dyn magpie_core::Retriever> {
         self.engine.retriever_with(mode, self.queries.clone())
+    }
+
+    /// The adapters a request names, checked against those loaded: an
+    /// unknown name or a bad scale is a 400 that lists what is loaded.
+    pub(super) fn adapters(&self, asked: &[AdapterChoice]) -> Result<Vec<AdapterChoice>, ApiError> {
+        if !asked.is_empty() {
+            magpie_core::check_choices(asked, &self.llm.adapters(), |n| {
+                format!("start the server with --lora {n}=PATH")
+            })?;
+        }
+        Ok(asked.to_vec())
     }
 
     /// A place among the searches running at once (waits for one).
@@ -85,12 +135,14 @@ impl App {
                 "max_tokens must be between 1 and {MAX_ANSWER_TOKENS}"
             )));
         }
+        let asked: Vec<AdapterChoice> = req.adapters.iter().map(AdapterField::choice).collect();
         let generation = GenerationOptions {
             max_tokens,
             temperature: req.temperature.unwrap_or(self.cfg.answer.temperature),
             top_p: req.top_p.unwrap_or(1.0),
             seed: req.seed,
             stop,
+            adapters: self.adapters(&asked)?,
             ..GenerationOptions::default()
         };
         generation.validate()?;

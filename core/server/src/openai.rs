@@ -17,15 +17,18 @@ use serde_json::{json, Value};
 use super::{ApiError, ApiJson, App, QueryRequest};
 
 /// `GET /v1/models`: the language model and the embedding model.
+/// Each LoRA adapter loaded is listed too, as `BASE+NAME`.
 pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
     let t = super::unix_now();
-    Json(json!({
-        "object": "list",
-        "data": [
-            {"id": app.llm.model_id(), "object": "model", "created": t, "owned_by": "docqa"},
-            {"id": app.engine.embedder.model_id(), "object": "model", "created": t, "owned_by": "docqa"},
-        ]
-    }))
+    let model =
+        |id: String| json!({"id": id, "object": "model", "created": t, "owned_by": "docqa"});
+    let base = app.llm.model_id().to_string();
+    let mut data = vec![model(base.clone())];
+    for a in app.llm.adapters() {
+        data.push(model(format!("{base}+{a}")));
+    }
+    data.push(model(app.engine.embedder.model_id().to_string()));
+    Json(json!({"object": "list", "data": data}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,8 +147,22 @@ pub async fn chat(
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(ApiError::bad_request("stop must be a string or strings")),
     };
+    // "BASE+NAME[:SCALE]+…" picks LoRA adapters (a model without '+' is the base)
+    let adapters = match &req.model {
+        Some(m) => magpie_core::AdapterChoice::from_model_name(m)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
+            .1
+            .into_iter()
+            .map(|c| super::answers::AdapterField::Scaled {
+                name: c.name,
+                scale: c.scale,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let q = QueryRequest {
         question: question.clone(),
+        adapters,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
         top_p: req.top_p,

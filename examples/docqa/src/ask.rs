@@ -80,7 +80,7 @@ pub async fn ask(
     args: &AskArgs,
 ) -> Result<()> {
     let engine = crate::flags::open(index, models, OpenOptions::search())?;
-    let llm = models.load_generator()?;
+    let llm = models.load_generator_with_loras()?;
     let llm = llm.as_ref();
     let (mut session, history) = open_session(&engine, args.session.as_deref())?;
     let answer = answer_turn(&engine, llm, plugin_args, args, history).await?;
@@ -199,7 +199,7 @@ pub async fn chat(
 ) -> Result<()> {
     use std::io::BufRead;
     let engine = crate::flags::open(index, models, OpenOptions::search())?;
-    let llm = models.load_generator()?;
+    let llm = models.load_generator_with_loras()?;
     let (mut session, mut history) = open_session(&engine, args.session.as_deref())?;
     eprintln!("Ask about the documents; an empty line ends the chat.");
     let stdin = std::io::stdin();
@@ -286,74 +286,6 @@ fn print_answer(answer: magpie_core::Answer, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn model_info(path: &std::path::Path, json: bool) -> Result<()> {
-    let path = magpie_candle::resolve_gguf(&path.to_string_lossy())?;
-    let info = magpie_candle::llm::model_info(&path)?;
-    let device = magpie_candle::describe_device(&magpie_candle::select_device());
-    if json {
-        let mut v = serde_json::to_value(&info)?;
-        v["device"] = serde_json::to_value(&device)?;
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    println!("{}", info.path);
-    if let Some(n) = &info.name {
-        println!("  name            {n}");
-    }
-    println!(
-        "  architecture    {}{}",
-        info.architecture,
-        if info.supported {
-            ""
-        } else {
-            "  (not supported by magpie)"
-        }
-    );
-    println!("  parameters      {:.1} M", info.parameters as f64 / 1e6);
-    let q: Vec<String> = info
-        .quantization
-        .iter()
-        .map(|(k, v)| format!("{k} ×{v}"))
-        .collect();
-    println!(
-        "  tensor types    {} (mostly {})",
-        q.join(", "),
-        info.main_type
-    );
-    if let (Some(l), Some(h), Some(kv), Some(d)) =
-        (info.layers, info.heads, info.kv_heads, info.head_dim)
-    {
-        println!("  layers          {l}, {h} heads ({kv} key/value), head size {d}");
-    }
-    if let Some(c) = info.context_length {
-        println!("  context length  {c}");
-    }
-    println!(
-        "  vocabulary      {} tokens ({}){}",
-        info.vocab_size,
-        info.tokenizer.as_deref().unwrap_or("?"),
-        if info.chat_template {
-            ", chat template"
-        } else {
-            ", no chat template (base model)"
-        }
-    );
-    println!("  file            {:.2} GiB", gib(info.file_bytes));
-    println!("  device          {}", device.name);
-    println!("  memory (weights + f32 KV cache at the full context):");
-    for m in &info.memory {
-        println!(
-            "    {:<10} {:>7.2} GiB + {:>6.2} GiB = {:>7.2} GiB",
-            m.precision,
-            gib(m.weights_bytes),
-            gib(m.kv_cache_bytes),
-            gib(m.total_bytes)
-        );
-    }
-    Ok(())
-}
-
 #[derive(clap::Args, Debug)]
 pub struct LlmBenchArgs {
     /// Prompt length in tokens.
@@ -374,6 +306,8 @@ pub struct LlmBenchArgs {
 struct LlmBench {
     runtime: &'static str,
     model: String,
+    /// LoRA adapters applied (`--lora`), as NAME:SCALE.
+    adapters: Vec<String>,
     prompt_tokens: usize,
     gen_tokens: usize,
     load_seconds: f64,
@@ -416,21 +350,25 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
         ids.len()
     );
     ids.truncate(args.prompt_tokens);
+    // with --lora, every adapter at its scale (they run the generic path)
+    let adapters = models.models().lora_choices();
+    let loras = llm.resolve_adapters(&adapters)?;
     let model = llm.model();
     let mut runs = Vec::new();
     for _ in 0..args.repeat.max(1) {
         let mut cache = model.new_cache(args.prompt_tokens + args.gen_tokens + 1);
         let t = Instant::now();
-        let last = model.prefill(&ids, &mut cache, 256)?;
+        let last = model.prefill_with(&ids, &mut cache, 256, &loras)?;
         let prefill = t.elapsed().as_secs_f64();
         let mut logits = magpie_candle::llm::Transformer::to_vec(&last)?;
         let t = Instant::now();
         for _ in 0..args.gen_tokens {
             let tok = magpie_core::argmax(&logits);
-            logits = magpie_candle::llm::Transformer::to_vec(&model.forward(
+            logits = magpie_candle::llm::Transformer::to_vec(&model.forward_with(
                 &[tok],
                 &mut cache,
                 false,
+                &loras,
             )?)?;
         }
         let decode = t.elapsed().as_secs_f64();
@@ -441,10 +379,17 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
     }
     let dev = magpie_candle::describe_device(model.device());
     let decode_rate = median(runs.iter().map(|r| r.1).collect());
-    let decode_bytes = model.decode_bytes(args.prompt_tokens + args.gen_tokens / 2);
+    let decode_bytes = loras
+        .is_empty()
+        .then(|| model.decode_bytes(args.prompt_tokens + args.gen_tokens / 2))
+        .flatten();
     let out = LlmBench {
         runtime: "magpie",
         model: llm.model_id().to_string(),
+        adapters: adapters
+            .iter()
+            .map(|a| format!("{}:{}", a.name, a.scale))
+            .collect(),
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
         load_seconds: load,
@@ -472,6 +417,10 @@ pub fn bench_prompt_text() -> String {
 /// Continue a plain prompt (for trying a model).
 pub async fn generate(models: &ModelArgs, prompt: &str, opts: GenerationOptions) -> Result<()> {
     let llm = models.load_llm()?;
+    let opts = GenerationOptions {
+        adapters: models.models().lora_choices(),
+        ..opts
+    };
     let mut s = llm.generate(Prompt::Text(prompt.to_string()), opts).await?;
     let mut out = std::io::stdout();
     while let Some(ev) = s.next().await {

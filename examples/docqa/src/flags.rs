@@ -48,6 +48,15 @@ pub struct ModelArgs {
     /// Context window of the language model in tokens (default: the model's, at most 4096).
     #[arg(long, global = true, env = "MAGPIE_CTX")]
     pub ctx: Option<usize>,
+    /// A LoRA adapter for the local language model, NAME=PATH[:SCALE]
+    /// (a GGUF adapter as llama.cpp's convert_lora_to_gguf.py writes it;
+    /// repeatable). `ask`, `chat` and `generate` apply every one given, at its
+    /// scale (default 1). `serve` loads them on one base and each request
+    /// picks its own: "adapters": ["NAME"] or [{"name": "NAME", "scale": 0.5}]
+    /// in /v1/query, or the OpenAI model "BASE+NAME". `model info --lora`
+    /// shows an adapter's rank, targets and size.
+    #[arg(long = "lora", global = true, value_name = "NAME=PATH[:SCALE]")]
+    pub loras: Vec<magpie::models::LoraSpec>,
     /// Where the index keeps its vectors: `embedded` (qdrant-edge and tantivy
     /// under --index, the default) or a Qdrant server or cluster,
     /// `qdrant+grpc://HOST:6334/COLLECTION[?shards=N&replication=N&write_consistency=N&ordering=weak|medium|strong]`
@@ -70,6 +79,7 @@ impl ModelArgs {
                 .ok()
                 .filter(|k| !k.is_empty()),
             context: self.ctx,
+            loras: self.loras.clone(),
         }
     }
 
@@ -87,6 +97,12 @@ impl ModelArgs {
     /// http(s) URL (API key from MAGPIE_LLM_API_KEY), else the local model.
     pub fn load_generator(&self) -> Result<std::sync::Arc<dyn magpie_core::Generator>> {
         self.models().load_generator().map_err(hint)
+    }
+
+    /// [`Self::load_generator`] with every `--lora` adapter applied to each
+    /// call (the one-shot commands: ask, chat, eval).
+    pub fn load_generator_with_loras(&self) -> Result<std::sync::Arc<dyn magpie_core::Generator>> {
+        self.models().load_generator_with_loras().map_err(hint)
     }
 
     /// Load the local language model (`--llm`, else the default GGUF).
@@ -182,6 +198,6 @@ impl magpie_eval::Setup for ModelArgs {
     }
 
     fn generator(&self) -> Result<std::sync::Arc<dyn magpie_core::Generator>> {
-        self.load_generator()
+        self.load_generator_with_loras()
     }
 }

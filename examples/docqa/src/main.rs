@@ -7,6 +7,7 @@ mod bench;
 mod flags;
 mod index;
 mod integrity;
+mod model_info;
 mod models;
 mod plugins;
 mod search;
@@ -219,9 +220,16 @@ enum BenchCommand {
 #[derive(Subcommand, Debug)]
 enum ModelCommand {
     /// Architecture, parameters, quantization, context, vocabulary, and the memory
-    /// the model needs (as stored, and at fp16, int8, int4 for comparison).
+    /// the model needs (as stored, and at fp16, int8, int4 for comparison);
+    /// of a LoRA adapter, its base architecture, rank, targets and size.
+    #[command(after_help = "\
+Examples:
+  docqa model info models/gemma-3-270m-q4_k_m.gguf
+  docqa model info adapters/law.gguf
+  docqa model info models/base.gguf --lora law=adapters/law.gguf   # does it fit this base?")]
     Info {
-        /// A .gguf file, a directory holding one, or a hub id in the local cache.
+        /// A .gguf model or LoRA adapter, a directory holding one, or a hub id
+        /// in the local cache.
         path: PathBuf,
         /// Print as JSON.
         #[arg(long)]
@@ -400,7 +408,9 @@ async fn run(cli: Cli) -> Result<()> {
             };
             ask::generate(&cli.models, prompt, opts).await?
         }
-        Command::Model(ModelCommand::Info { path, json }) => ask::model_info(path, *json)?,
+        Command::Model(ModelCommand::Info { path, json }) => {
+            model_info::model_info(path, *json, &cli.models.loras)?
+        }
         Command::Models(ModelsCommand::List) => {
             println!("Models directory: {}", cli.models.models_dir.display());
             for (name, ok) in models::list(&cli.models.models_dir) {
