@@ -142,6 +142,35 @@ pub fn greedy_tokens(
     out
 }
 
+/// The text of 10 greedy tokens after `prompt` through the generator (end of
+/// text ignored), with `adapters` applied.
+pub async fn greedy_answer(
+    llm: &magpie_candle::LocalLlm,
+    prompt: &str,
+    adapters: &[magpie_core::AdapterChoice],
+) -> String {
+    use futures::StreamExt;
+    use magpie_core::{GenerationEvent, GenerationOptions, Generator, Prompt};
+    let opts = GenerationOptions {
+        max_tokens: 10,
+        ignore_eos: true,
+        adapters: adapters.to_vec(),
+        ..GenerationOptions::greedy()
+    };
+    let mut s = llm
+        .generate(Prompt::Text(prompt.into()), opts)
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(ev) = s.next().await {
+        match ev.unwrap() {
+            GenerationEvent::Delta { text: t } => text.push_str(&t),
+            GenerationEvent::Done(d) => assert_eq!(d.usage.completion_tokens, 10),
+        }
+    }
+    text
+}
+
 /// Compare greedy tokens with a fixture case's: equal up to the end, or up to
 /// a step where llama.cpp's pick led the runner-up by less than `tol` (a near
 /// tie, which the logit differences within `tol` may break either way; the

@@ -1,20 +1,19 @@
 //! LoRA adapters on the local runtime: parity with llama.cpp applying the
-//! same GGUF adapter, switching adapters per request on one base (each answer
-//! equals a fresh load with that set, the base loaded once), and bad adapters.
+//! same GGUF adapter, and bad adapters and requests (switching per request is
+//! in llm_lora_switch.rs, alone in its process for its RSS check).
 //! Reference: tests/fixtures/tiny_*_lora*_llamacpp.json, written by
 //! scripts/make_llm_fixture.py --lora.
 
 use std::path::{Path, PathBuf};
 
-use futures::StreamExt;
 use magpie_candle::{LlmError, LlmOptions, LocalLlm};
-use magpie_core::{AdapterChoice, GenerationEvent, GenerationOptions, Generator, Prompt};
+use magpie_core::{AdapterChoice, GenerationOptions, Generator, Prompt};
 use magpie_tests::tiny::{
-    sha256_file, tiny_in, tiny_vocab_size, write_lora, write_lora_for, Tiny, TinyLora, LORA_A,
-    LORA_B,
+    sha256_file, tiny_in, tiny_vocab_size, write_lora, Tiny, TinyLora, LORA_A, LORA_B,
 };
 use magpie_tests::{
-    check_greedy, check_logits, gemma_path, greedy_tokens, logit_fixture, max_abs_diff,
+    check_greedy, check_logits, gemma_path, greedy_answer, greedy_tokens, logit_fixture,
+    max_abs_diff,
 };
 
 fn lora(kind: Tiny, spec: TinyLora, tag: &str, dir: &Path) -> PathBuf {
@@ -99,152 +98,6 @@ fn adapted_tiny_models_match_llama_cpp() {
     }
 }
 
-/// Resident set size of this process, in bytes.
-fn rss() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
-async fn answer(llm: &LocalLlm, prompt: &str, adapters: &[AdapterChoice]) -> String {
-    let opts = GenerationOptions {
-        max_tokens: 10,
-        ignore_eos: true,
-        adapters: adapters.to_vec(),
-        ..GenerationOptions::greedy()
-    };
-    let mut s = llm
-        .generate(Prompt::Text(prompt.into()), opts)
-        .await
-        .unwrap();
-    let mut text = String::new();
-    while let Some(ev) = s.next().await {
-        match ev.unwrap() {
-            GenerationEvent::Delta { text: t } => text.push_str(&t),
-            GenerationEvent::Done(d) => assert_eq!(d.usage.completion_tokens, 10),
-        }
-    }
-    text
-}
-
-/// Two adapters on one base (Gemma 3 270M, with random adapters of rank 8
-/// (f16) and 32 (Q8_0) on every projection), requests alternating between none, A, B and
-/// A+B (B at its own scale) over the same prompt, so the prefix cache would
-/// be reused if it ignored the adapters: each answer equals the answer of a
-/// fresh load with that set, and the base is loaded once: the process grows
-/// by far less than the model when adapters load and while requests switch
-/// (a copy of the weights per adapter set would add the model each time).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adapters_switch_per_request_on_one_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = gemma_path();
-    let (pa, pb) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
-    write_lora_for(&base, TinyLora { rank: 8, ..LORA_A }, &pa);
-    write_lora_for(
-        &base,
-        TinyLora {
-            output: false,
-            ..LORA_B
-        },
-        &pb,
-    );
-    let model_bytes = std::fs::metadata(&base).unwrap().len();
-    let prompt = "The magpie index keeps chunks in two stores, and";
-    let a = AdapterChoice::new("a");
-    let b = AdapterChoice {
-        name: "b".into(),
-        scale: 0.7,
-    };
-    let sets: Vec<(&str, Vec<AdapterChoice>)> = vec![
-        ("none", vec![]),
-        ("A", vec![a.clone()]),
-        ("B", vec![b.clone()]),
-        ("A+B", vec![a.clone(), b.clone()]),
-    ];
-    let order = [0usize, 1, 2, 3, 1, 0, 3, 2, 0, 2, 1, 3];
-    let mib = |b: u64| b as f64 / 1048576.0;
-
-    let llm = LocalLlm::load(&base, LlmOptions::default()).unwrap();
-    let mut first = vec![answer(&llm, prompt, &[]).await];
-    let loaded = rss();
-    llm.load_adapter("a", &pa).unwrap();
-    llm.load_adapter("b", &pb).unwrap();
-    let with_adapters = rss();
-    // warm up every set once, then measure the switching
-    for (_, set) in &sets[1..] {
-        first.push(answer(&llm, prompt, set).await);
-    }
-    let before = rss();
-    let mut answers: Vec<Vec<String>> = vec![Vec::new(); sets.len()];
-    for &i in &order {
-        answers[i].push(answer(&llm, prompt, &sets[i].1).await);
-    }
-    let after = rss();
-    println!(
-        "RSS: {:.0} MiB with the base, +{:.1} MiB for two adapters, +{:.1} MiB over the first requests, +{:.1} MiB over 12 switching requests (the model file is {:.0} MiB)",
-        mib(loaded),
-        mib(with_adapters.saturating_sub(loaded)),
-        mib(before.saturating_sub(with_adapters)),
-        mib(after.saturating_sub(before)),
-        mib(model_bytes)
-    );
-    let bound = model_bytes / 4;
-    for (what, grown) in [
-        ("loading two adapters", with_adapters.saturating_sub(loaded)),
-        (
-            "the first request of each set",
-            before.saturating_sub(with_adapters),
-        ),
-        ("switching", after.saturating_sub(before)),
-    ] {
-        assert!(
-            grown < bound,
-            "RSS grew by {:.1} MiB in {what} (model: {:.0} MiB): is the base copied or reloaded?",
-            mib(grown),
-            mib(model_bytes)
-        );
-    }
-    // every answer of a set is the same, and sets differ
-    for (i, (name, _)) in sets.iter().enumerate() {
-        for got in &answers[i] {
-            assert_eq!(
-                got, &first[i],
-                "{name}: the answer changed between requests"
-            );
-        }
-        println!("{name:5} → {:?}", first[i]);
-    }
-    for i in 1..sets.len() {
-        assert_ne!(
-            first[i], first[0],
-            "{}: the adapter changed nothing",
-            sets[i].0
-        );
-    }
-    assert_ne!(first[1], first[2]);
-    assert_ne!(first[3], first[1]);
-    drop(llm);
-
-    // a fresh load with only that set's adapters gives the same answer
-    for (i, (name, set)) in sets.iter().enumerate() {
-        let fresh = LocalLlm::load(&base, LlmOptions::default()).unwrap();
-        for c in set {
-            fresh
-                .load_adapter(&c.name, if c.name == "a" { &pa } else { &pb })
-                .unwrap();
-        }
-        assert_eq!(
-            answer(&fresh, prompt, set).await,
-            first[i],
-            "{name}: switching on one base differs from a fresh load"
-        );
-    }
-}
-
 /// Write an adapter of one pair whose input size is wrong for the tiny models.
 fn write_misshapen(path: &Path) {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -280,7 +133,7 @@ async fn bad_adapters_and_requests_are_clear_errors() {
     let good = lora(Tiny::Llama, LORA_A, "a", dir.path());
     let llm = LocalLlm::load(&base, LlmOptions::default()).unwrap();
     llm.load_adapter("a", &good).unwrap();
-    let expect = answer(&llm, "Magpies", &[AdapterChoice::new("a")]).await;
+    let expect = greedy_answer(&llm, "Magpies", &[AdapterChoice::new("a")]).await;
 
     let err = |r: Result<_, LlmError>| -> String {
         match r {
@@ -363,7 +216,7 @@ async fn bad_adapters_and_requests_are_clear_errors() {
     let names: Vec<String> = llm.adapters().into_iter().map(|a| a.name).collect();
     assert_eq!(names, vec!["a".to_string()]);
     assert_eq!(
-        answer(&llm, "Magpies", &[AdapterChoice::new("a")]).await,
+        greedy_answer(&llm, "Magpies", &[AdapterChoice::new("a")]).await,
         expect
     );
     assert!(llm.unload_adapter("a"));

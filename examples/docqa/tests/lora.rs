@@ -42,7 +42,7 @@ fn arg(name: &str, p: &Path) -> String {
 }
 
 #[test]
-fn model_info_and_generate_with_adapters() {
+fn model_info_generate_and_ask_with_adapters() {
     let tmp = tempfile::tempdir().unwrap();
     let f = files(tmp.path());
     let idx = tmp.path().join("idx");
@@ -122,6 +122,28 @@ fn model_info_and_generate_with_adapters() {
     assert_ne!(plain, law);
     assert_eq!(law, gen(&[format!("{}:1.0", arg("law", &f.a))]));
     assert_ne!(law, gen(&[format!("{}:0.3", arg("law", &f.a))]));
+    // ask: the answer applies every --lora given
+    index_sample(&idx);
+    let ask = |loras: &[String]| {
+        let mut c = docqa(&idx);
+        c.args([
+            "ask",
+            "--json",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--llm",
+        ])
+        .arg(&f.base)
+        .args(loras.iter().flat_map(|l| ["--lora".to_string(), l.clone()]))
+        .arg("What does error E42 mean?");
+        json(&run_ok(&mut c))["text"].as_str().unwrap().to_string()
+    };
+    let plain = ask(&[]);
+    let law = ask(&[arg("law", &f.a)]);
+    assert_ne!(plain, law);
+    assert_eq!(law, ask(&[arg("law", &f.a)]));
     // a mismatched adapter and a bad flag: clear errors
     let mut c = docqa(&idx);
     c.args(["generate", "--llm"])
