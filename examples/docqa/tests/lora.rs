@@ -101,21 +101,20 @@ fn model_info_generate_and_ask_with_adapters() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("q do not fit"));
 
+    // `docqa COMMAND --max-tokens 8 --temperature 0 --llm BASE [--lora …] TEXT`, its stdout
+    let greedy = |command: &[&str], loras: &[String], text: &str| {
+        let mut c = docqa(&idx);
+        c.args(command)
+            .args(["--max-tokens", "8", "--temperature", "0", "--llm"])
+            .arg(&f.base)
+            .args(loras.iter().flat_map(|l| ["--lora".to_string(), l.clone()]))
+            .arg(text);
+        run_ok(&mut c)
+    };
     // generate: the adapter changes the text, and `--lora NAME=PATH:1` is the same as without a scale
     let gen = |loras: &[String]| {
-        let mut c = docqa(&idx);
-        c.args([
-            "generate",
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "0",
-            "--llm",
-        ])
-        .arg(&f.base)
-        .args(loras.iter().flat_map(|l| ["--lora".to_string(), l.clone()]))
-        .arg("The magpie index keeps chunks in");
-        String::from_utf8(run_ok(&mut c).stdout).unwrap()
+        let out = greedy(&["generate"], loras, "The magpie index keeps chunks in");
+        String::from_utf8(out.stdout).unwrap()
     };
     let plain = gen(&[]);
     let law = gen(&[arg("law", &f.a)]);
@@ -125,20 +124,8 @@ fn model_info_generate_and_ask_with_adapters() {
     // ask: the answer applies every --lora given
     index_sample(&idx);
     let ask = |loras: &[String]| {
-        let mut c = docqa(&idx);
-        c.args([
-            "ask",
-            "--json",
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "0",
-            "--llm",
-        ])
-        .arg(&f.base)
-        .args(loras.iter().flat_map(|l| ["--lora".to_string(), l.clone()]))
-        .arg("What does error E42 mean?");
-        json(&run_ok(&mut c))["text"].as_str().unwrap().to_string()
+        let out = greedy(&["ask", "--json"], loras, "What does error E42 mean?");
+        json(&out)["text"].as_str().unwrap().to_string()
     };
     let plain = ask(&[]);
     let law = ask(&[arg("law", &f.a)]);
