@@ -66,6 +66,17 @@ impl AdapterChoice {
     }
 }
 
+/// Check a name to load an adapter under: requests name sets as `a+b`
+/// (models) or lists, so a name is non-empty and holds no `+` or `,`.
+pub fn check_adapter_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.contains(['+', ',']) {
+        return Err(Error::InvalidInput(format!(
+            "adapter name {name:?} must be non-empty and hold no '+' or ','"
+        )));
+    }
+    Ok(())
+}
+
 /// Check that every adapter `choices` names is among `loaded`, with a scale
 /// within ±100: an error that lists what is loaded and says how to load one
 /// (`load_hint`, given the name, e.g. "load it with --lora law=PATH").

@@ -68,7 +68,7 @@ pub mod tools;
 pub mod traits;
 pub mod types;
 
-pub use adapters::{check_choices, AdapterChoice, WithAdapters};
+pub use adapters::{check_adapter_name, check_choices, AdapterChoice, WithAdapters};
 pub use answer::{
     build_prompt, build_prompt_in_conversation, cited_numbers, pack_sources, Answer, AnswerOptions,
     PreparedAnswer, Source,

@@ -58,11 +58,7 @@ impl std::str::FromStr for LoraSpec {
         let usage = "expected NAME=PATH[:SCALE], e.g. law=adapters/law.gguf:0.8";
         let (name, rest) = s.split_once('=').ok_or_else(|| format!("{s:?}: {usage}"))?;
         let name = name.trim();
-        if name.is_empty() || name.contains(['+', ',']) {
-            return Err(format!(
-                "{s:?}: the adapter name must be non-empty and hold no '+' or ',' ({usage})"
-            ));
-        }
+        magpie_core::check_adapter_name(name).map_err(|e| format!("{s:?}: {e} ({usage})"))?;
         // a trailing :SCALE when it parses as a number; else all of it is the path
         let (path, scale) = match rest.rsplit_once(':') {
             Some((p, sc)) if !p.is_empty() => match sc.trim().parse::<f32>() {

@@ -138,29 +138,24 @@ fn open_adapter(path: &Path) -> Result<ModelFile, LlmError> {
         ),
         other => other,
     })?;
-    let md = &file.metadata;
-    match md.string("general.type") {
-        Some("adapter") => {}
-        other => {
+    // (key, the value it must have, what else it means)
+    for (key, want, why) in [
+        (
+            "general.type",
+            "adapter",
+            "is this a model rather than an adapter?",
+        ),
+        ("adapter.type", "lora", "only LoRA adapters are supported"),
+    ] {
+        let have = file.metadata.string(key);
+        if have != Some(want) {
             return Err(bad(
                 path,
                 format!(
-                "general.type is {:?}, not \"adapter\" (is this a model rather than an adapter?)",
-                other.unwrap_or("(none)")
-            ),
-            ))
-        }
-    }
-    match md.string("adapter.type") {
-        Some("lora") => {}
-        other => {
-            return Err(bad(
-                path,
-                format!(
-                    "adapter.type is {:?}; only \"lora\" adapters are supported",
-                    other.unwrap_or("(none)")
+                    "{key} is {:?}, not {want:?} ({why})",
+                    have.unwrap_or("(none)")
                 ),
-            ))
+            ));
         }
     }
     Ok(file)

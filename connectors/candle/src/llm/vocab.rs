@@ -45,10 +45,7 @@ impl SpecialTokens {
     fn from_metadata(md: &Metadata, kind: &str) -> Self {
         // the GLM vocabularies have no start-of-text token (their prompts
         // start with [gMASK]), whatever the header says, as in llama.cpp
-        let glm = matches!(
-            md.string("tokenizer.ggml.pre"),
-            Some("chatglm-bpe" | "glm4" | "glm5")
-        );
+        let glm = glm_vocab(md);
         Self {
             bos: md.u32("tokenizer.ggml.bos_token_id").filter(|_| !glm),
             eos: md.u32("tokenizer.ggml.eos_token_id"),
@@ -70,6 +67,14 @@ pub struct GgufTokenizer {
     pub special: SpecialTokens,
     /// `llama` (SentencePiece) or `gpt2`.
     pub kind: String,
+}
+
+/// Whether `md` holds a GLM-family vocabulary (by its pre-tokenizer).
+fn glm_vocab(md: &Metadata) -> bool {
+    matches!(
+        md.string("tokenizer.ggml.pre"),
+        Some("chatglm-bpe" | "glm4" | "glm5")
+    )
 }
 
 /// Regex splits of the GPT-2-style pre-tokenizers llama.cpp knows by name.
@@ -209,7 +214,7 @@ fn end_tokens(tokens: &[String], types: &[i32], s: &SpecialTokens, md: &Metadata
         v.push(e);
     }
     // the GLM chat format hands the turn back with the next role's tag
-    let glm = tokens.iter().any(|t| t == "[gMASK]");
+    let glm = glm_vocab(md);
     for (i, (t, &ty)) in tokens.iter().zip(types).enumerate() {
         if ty == TYPE_CONTROL && glm && matches!(t.as_str(), "<|user|>" | "<|observation|>") {
             v.push(i as u32);

@@ -250,6 +250,11 @@ impl WeightLoader<'_> {
     /// unchanged).
     pub(super) fn quantized(&mut self, name: &str) -> Result<QTensor, LlmError> {
         let t = self.raw(name)?;
+        self.widened(name, t)
+    }
+
+    /// `t` (tensor `name`, or rows of it) as [`Self::quantized`] keeps it.
+    fn widened(&mut self, name: &str, t: QTensor) -> Result<QTensor, LlmError> {
         if self.device.is_cpu()
             && QType::from_ggml(t.dtype()).is_some()
             && std::env::var("MAGPIE_LLM_WIDEN").as_deref() != Ok("1")
@@ -290,6 +295,15 @@ impl WeightLoader<'_> {
     /// and no widening. K types go through candle (its tiled kernels run
     /// their prompts) and are `None` here.
     fn mapped(&self, name: &str) -> Result<Option<QMatrix>, LlmError> {
+        self.mapped_rows(name, None)
+    }
+
+    /// [`Self::mapped`], of rows `r0..r0+n` only when `rows` is given.
+    fn mapped_rows(
+        &self,
+        name: &str,
+        rows: Option<(usize, usize)>,
+    ) -> Result<Option<QMatrix>, LlmError> {
         let Some(map) = &self.map else {
             return Ok(None);
         };
@@ -301,14 +315,17 @@ impl WeightLoader<'_> {
         };
         let widen = std::env::var("MAGPIE_LLM_WIDEN").as_deref() == Ok("1")
             && matches!(ty, QType::Q5_0 | QType::Q5_1 | QType::Q4_1);
-        let Ok((rows, cols)) = info.shape.dims2() else {
+        let Ok((all, cols)) = info.shape.dims2() else {
             return Ok(None);
         };
         if ty.is_k() || widen {
             return Ok(None);
         }
-        let offset = self.file.content.tensor_data_offset as usize + info.offset as usize;
-        QMatrix::mapped(ty, rows, cols, map.clone(), offset)
+        let (r0, n) = rows.unwrap_or((0, all));
+        let row_bytes = cols / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        let offset =
+            self.file.content.tensor_data_offset as usize + info.offset as usize + r0 * row_bytes;
+        QMatrix::mapped(ty, n, cols, map.clone(), offset)
             .map(Some)
             .map_err(|e| {
                 LlmError::BadFile(format!("{}: tensor {name}: {e}", self.file.path.display()))
@@ -417,28 +434,21 @@ impl WeightLoader<'_> {
         Ok(out)
     }
 
-    /// Rows `r0..r0+n` of a matrix, as its own matrix over the same bytes
-    /// (mapped where the type allows; read otherwise).
+    /// Rows `r0..r0+n` of a matrix as its own matrix: mapped, or read and
+    /// kept as [`Self::matmul`] keeps a whole one.
     fn matmul_rows(&mut self, name: &str, r0: usize, n: usize) -> Result<Weight, LlmError> {
+        if let Some(m) = self.mapped_rows(name, Some((r0, n)))? {
+            return Ok(Weight::Own(Arc::new(m), None));
+        }
         let info = &self.file.content.tensor_infos[name];
         let (_, cols) = info.shape.dims2().map_err(cerr)?;
         let dt = info.ggml_dtype;
-        let info_offset = info.offset;
         let row_bytes = cols / dt.block_size() * dt.type_size();
-        let start =
-            self.file.content.tensor_data_offset as usize + info_offset as usize + r0 * row_bytes;
-        if let (Some(map), Some(ty)) = (&self.map, QType::from_ggml(dt)) {
-            if !ty.is_k() && std::env::var("MAGPIE_LLM_WIDEN").as_deref() != Ok("1") {
-                let m = QMatrix::mapped(ty, n, cols, map.clone(), start).map_err(|e| {
-                    LlmError::BadFile(format!("{}: tensor {name}: {e}", self.file.path.display()))
-                })?;
-                return Ok(Weight::Own(Arc::new(m), None));
-            }
-        }
+        let start = self.file.content.tensor_data_offset + info.offset + (r0 * row_bytes) as u64;
         use std::io::{Read, Seek, SeekFrom};
         let mut bytes = vec![0u8; n * row_bytes];
         self.reader
-            .seek(SeekFrom::Start(start as u64))
+            .seek(SeekFrom::Start(start))
             .and_then(|_| self.reader.read_exact(&mut bytes))
             .map_err(|e| {
                 LlmError::BadFile(format!("{}: tensor {name}: {e}", self.file.path.display()))
@@ -450,6 +460,7 @@ impl WeightLoader<'_> {
             self.device,
         )
         .map_err(cerr)?;
+        let t = self.widened(name, t)?;
         Weight::new(t)
     }
 

@@ -39,11 +39,7 @@ impl LocalLlm {
     /// error and leaves the adapters already loaded as they were.
     pub fn load_adapter(&self, name: &str, path: &Path) -> Result<AdapterSummary, LlmError> {
         let name = name.trim();
-        if name.is_empty() || name.contains('+') || name.contains(',') {
-            return Err(LlmError::InvalidInput(format!(
-                "adapter name {name:?} must be non-empty and hold no '+' or ','"
-            )));
-        }
+        magpie_core::check_adapter_name(name).map_err(invalid)?;
         let t0 = Instant::now();
         let ad = self.inner.model.load_adapter(name, path)?;
         let summary = ad.summary();
@@ -109,13 +105,18 @@ impl Inner {
         magpie_core::check_choices(choices, &loaded, |n| {
             format!("load it with --lora {n}=PATH")
         })
-        .map_err(|e| match e {
-            magpie_core::Error::InvalidInput(m) => LlmError::InvalidInput(m),
-            other => LlmError::InvalidInput(other.to_string()),
-        })?;
+        .map_err(invalid)?;
         Ok(choices
             .iter()
             .filter_map(|c| map.get(c.name.trim()).map(|a| (a.clone(), c.scale)))
             .collect())
+    }
+}
+
+/// A core input error as the runtime's (its message without the prefix).
+fn invalid(e: magpie_core::Error) -> LlmError {
+    match e {
+        magpie_core::Error::InvalidInput(m) => LlmError::InvalidInput(m),
+        other => LlmError::InvalidInput(other.to_string()),
     }
 }
