@@ -14,7 +14,9 @@ answer as the assistant's reply.
 Labels (the `answerability` field):
 - answerable: the paragraph is in the corpus;
 - unanswerable: the paragraph was held out of the corpus (a fixed share of
-  paragraphs, chosen by the seed): the topic is there, the answer is not;
+  paragraphs, chosen by the seed): the topic is there, the answer is not
+  (`held_out`: "paragraph"); or its whole article was (a few articles): the
+  documents do not cover the topic at all (`held_out`: "article");
 - underspecified: a follow-up asked as the first turn, with no history to
   say what "it" is.
 
@@ -109,6 +111,7 @@ def main():
     ap.add_argument("squad", help="a SQuAD-layout JSON file (dev-v1.1.json)")
     ap.add_argument("out", help="the folder to write")
     ap.add_argument("--holdout", type=float, default=0.08, help="share of paragraphs held out (unanswerable)")
+    ap.add_argument("--holdout-articles", type=int, default=3, help="whole articles held out (unanswerable, off the corpus's topics)")
     ap.add_argument("--followups", type=int, default=2, help="follow-up turns per conversation, at most")
     ap.add_argument("--shift", type=float, default=0.3, help="share of conversations that change the subject at the end")
     ap.add_argument("--seed", type=int, default=7)
@@ -123,6 +126,9 @@ def main():
         for pi, _ in enumerate(article["paragraphs"]):
             if hold_rng.random() < args.holdout:
                 held_set.add(f"{ai}-{pi}")
+    held_articles = set(random.Random(args.seed + 3).sample(range(len(data)), args.holdout_articles))
+    for ai in held_articles:
+        held_set.update(f"{ai}-{pi}" for pi in range(len(data[ai]["paragraphs"])))
     counts = {"answerable": 0, "unanswerable": 0, "underspecified": 0, "follow-ups": 0, "shifts": 0}
     # Standalone questions on paragraphs kept in the corpus, by article, for subject changes.
     pool = []
@@ -148,11 +154,12 @@ def main():
             rng.shuffle(rest)
             follow = rest[: args.followups]
             label = "unanswerable" if held_out else "answerable"
+            held = ({"held_out": "article" if ai in held_articles else "paragraph"} if held_out else {})
             gold = [] if held_out else [doc_id]
             answers = lambda q: [] if held_out else sorted({a["text"] for a in q["answers"]})
             messages = [{"role": "user", "content": first["question"]}]
             turns.append({"id": f"{first['id']}-t1", "messages": list(messages), "gold_doc_ids": gold,
-                          "answerability": label, "answers": answers(first), "turn": 1, "kind": "first"})
+                          "answerability": label, "answers": answers(first), "turn": 1, "kind": "first", **held})
             counts[label] += 1
             prev = first
             for k, q in enumerate(follow, start=2):
@@ -161,7 +168,7 @@ def main():
                     {"role": "user", "content": pronominalize(q["question"], title)},
                 ]
                 turns.append({"id": f"{q['id']}-t{k}", "messages": list(messages), "gold_doc_ids": gold,
-                              "answerability": label, "answers": answers(q), "turn": k, "kind": "follow-up"})
+                              "answerability": label, "answers": answers(q), "turn": k, "kind": "follow-up", **held})
                 counts[label] += 1
                 counts["follow-ups"] += 1
                 prev = q

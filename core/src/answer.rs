@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::abstain::{reply_for, unresolved_reference, AbstentionPolicy, Decision};
 use crate::error::{Error, Result};
 use crate::generate::{
     ChatMessage, FinishReason, GenerationOptions, GenerationSummary, Generator, Prompt, Role,
@@ -58,6 +59,10 @@ pub struct Answer {
     /// Tools the model called while answering, in order.
     #[serde(default)]
     pub tool_calls: Vec<crate::tools::ToolCall>,
+    /// Whether the model answered, or the pipeline said the documents do not
+    /// cover the question, or asked what the question refers to.
+    #[serde(default)]
+    pub decision: Decision,
 }
 
 /// How answers are built.
@@ -76,6 +81,14 @@ pub struct AnswerOptions {
     /// oldest first): the recent turns go into the prompt within a third of
     /// the room left for passages; older ones drop whole.
     pub history: Vec<ChatMessage>,
+    /// Ask what a pronoun refers to ("What was the theme of it?") when the
+    /// question opens a conversation and names nothing it could be, instead
+    /// of answering about whatever the search found.
+    pub clarify: bool,
+    /// Say the documents do not cover the question when the passages found
+    /// score below this policy (see [`AbstentionPolicy`]); `None` always answers.
+    #[serde(skip)]
+    pub abstention: Option<AbstentionPolicy>,
 }
 
 impl Default for AnswerOptions {
@@ -90,6 +103,8 @@ impl Default for AnswerOptions {
                 ..GenerationOptions::default()
             },
             history: Vec::new(),
+            clarify: true,
+            abstention: None,
         }
     }
 }
@@ -107,6 +122,8 @@ pub struct PreparedAnswer {
     pub options: GenerationOptions,
     /// Retrieval time, milliseconds.
     pub retrieval_ms: f64,
+    /// Whether to generate at all (anything else is answered without the model).
+    pub decision: Decision,
 }
 
 const INSTRUCTIONS: &str = "Answer the question using only the numbered passages. \
@@ -304,7 +321,25 @@ impl PreparedAnswer {
             timings: summary.timings,
             retrieval_ms: self.retrieval_ms,
             tool_calls: Vec::new(),
+            decision: self.decision,
         }
+    }
+
+    /// The answer without the model, when the decision is not to answer:
+    /// the reply says why, and lists the nearest passages.
+    fn declined(self, on_text: &mut (dyn FnMut(&str) + Send)) -> Answer {
+        let text = reply_for(&self.decision, &self.question, &self.sources);
+        on_text(&text);
+        let mut answer = self.finish(
+            text,
+            GenerationSummary {
+                finish_reason: FinishReason::Stop,
+                usage: Usage::default(),
+                timings: Timings::default(),
+            },
+        );
+        answer.citations.clear();
+        answer
     }
 
     /// Generate the answer with tools: the model may call them (MOSS-style or
@@ -315,6 +350,9 @@ impl PreparedAnswer {
         tool_loop: &ToolLoop<'_>,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Answer> {
+        if !self.decision.answers() {
+            return Ok(self.declined(on_text));
+        }
         let prompt = tool_loop.with_instructions(self.prompt.clone());
         let run = tool_loop.run(prompt, self.options.clone(), on_text).await?;
         let mut answer = self.finish(run.text, run.summary);
@@ -330,6 +368,9 @@ impl PreparedAnswer {
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Answer> {
         use futures::StreamExt;
+        if !self.decision.answers() {
+            return Ok(self.declined(on_text));
+        }
         let mut stream = generator
             .generate(self.prompt.clone(), self.options.clone())
             .await?;
@@ -390,6 +431,14 @@ impl QueryPipeline {
         let budget = room.min(opts.max_context_tokens);
         let count = |t: &str| generator.count_tokens(t);
         let sources = pack_sources(&result.hits, budget, &count)?;
+        let opens = !opts.history.iter().any(|m| m.role == Role::User);
+        let decision = match unresolved_reference(question) {
+            Some(pronoun) if opts.clarify && opens => Decision::Clarify { pronoun },
+            _ => match &opts.abstention {
+                Some(policy) => policy.decide(question, &opts.history, &result.hits).await?,
+                None => Decision::Answer,
+            },
+        };
         let prompt =
             build_prompt_in_conversation(question, &sources, chat, opts.few_shot, &history);
         let mut options = opts.generation.clone();
@@ -406,6 +455,7 @@ impl QueryPipeline {
             prompt,
             options,
             retrieval_ms,
+            decision,
         })
     }
 

@@ -47,6 +47,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod abstain;
 pub mod adapters;
 pub mod answer;
 pub mod batch;
@@ -68,6 +69,9 @@ pub mod tools;
 pub mod traits;
 pub mod types;
 
+pub use abstain::{
+    sentences, unresolved_reference, AbstentionPolicy, AnswerabilityScorer, Decision, SentenceMatch,
+};
 pub use adapters::{check_adapter_name, check_choices, AdapterChoice, WithAdapters};
 pub use answer::{
     build_prompt, build_prompt_in_conversation, cited_numbers, pack_sources, Answer, AnswerOptions,

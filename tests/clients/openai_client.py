@@ -54,6 +54,14 @@ cited = (reply.model_extra or {}).get("sources") or []
 check(bool(cited) and "species-notes" in cited[0]["source"], f"the follow-up cites the passage the conversation is about: {[c['source'] for c in cited]}")
 check(bool(reply.choices[0].message.content.strip()), "and answers it")
 
+# A question the documents do not cover: said so, with the nearest passages,
+# instead of an invention.
+off = client.chat.completions.create(
+    model=ids[0], messages=[{"role": "user", "content": "What is the capital of Peru?"}], temperature=0, max_tokens=20
+)
+said = off.choices[0].message.content
+check(said.startswith("The documents do not cover this question"), f"an off-topic question is declined: {said!r}")
+
 stream = client.chat.completions.create(
     model=ids[0],
     messages=messages,

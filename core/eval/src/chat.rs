@@ -39,6 +39,15 @@ pub struct ChatArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// When the answers of --answers abstain: `measured` (the threshold
+    /// measured for the embedder), `off`, or a sentence-match score.
+    #[arg(long, default_value = "measured")]
+    pub abstain: magpie::AbstainSetting,
+    /// Write each answerable and unanswerable turn's retrieval signals (the
+    /// question, its history, the top passages with their dense and BM25
+    /// scores) to this JSONL file, for calibrating abstention.
+    #[arg(long)]
+    pub signals: Option<PathBuf>,
 }
 
 /// One scored turn.
@@ -55,6 +64,10 @@ struct Turn {
     kind: Option<String>,
     #[serde(default)]
     answers: Vec<String>,
+    /// For an unanswerable turn, what the set held out: its paragraph (the
+    /// rest of the article indexed) or its whole article.
+    #[serde(default)]
+    held_out: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -122,9 +135,16 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
     let inner = engine.retriever(args.mode);
     let dense = engine.retriever(magpie::SearchMode::Dense);
     let bm25 = engine.retriever(magpie::SearchMode::Bm25);
-    // Retrieval-confidence signals per turn, for abstention: (unanswerable,
-    // best dense cosine, dense and BM25 agree on the top document).
-    let mut signals: Vec<(bool, f32, bool)> = Vec::new();
+    let scorer = magpie_core::SentenceMatch::new(engine.embedder.clone());
+    let threshold = magpie_core::SentenceMatch::threshold_for(magpie_core::Embedder::model_id(
+        engine.embedder.as_ref(),
+    ));
+    // Answerability per answerable or unanswerable turn: (what was held out,
+    // or "" when answerable; the sentence-match score).
+    let mut signals: Vec<(String, f32)> = Vec::new();
+    // Clarifying questions asked, per group: (turns, asked).
+    let mut clarified: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut dump = Vec::new();
     // group → history mode → sums
     let mut sums: BTreeMap<String, BTreeMap<&'static str, Scores>> = BTreeMap::new();
     let pb = bar(turns.len() as u64, "searching", !args.json);
@@ -135,31 +155,41 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         else {
             bail!("turn {}: no user message", t.id);
         };
-        if matches!(t.answerability.as_str(), "answerable" | "unanswerable") {
-            signals.push(
-                confidence(
-                    &dense,
-                    &bm25,
-                    &last,
-                    &history,
-                    t.answerability == "unanswerable",
-                )
-                .await?,
-            );
-        }
-        if t.gold_doc_ids.is_empty() {
-            continue; // unanswerable: no passage to find
-        }
         let group = match (
             t.kind.as_deref(),
             history.is_empty(),
             t.answerability.as_str(),
         ) {
             (_, _, "underspecified") | (Some("alone"), _, _) => "underspecified (no history)",
+            (_, _, "unanswerable") => "unanswerable",
             (Some("shift"), _, _) => "changes of subject",
             (_, true, _) => "first turns",
             (_, false, _) => "follow-ups",
         };
+        let c = clarified.entry(group.to_string()).or_default();
+        c.0 += 1;
+        c.1 += (history.is_empty() && magpie_core::unresolved_reference(&last).is_some()) as usize;
+        if matches!(t.answerability.as_str(), "answerable" | "unanswerable") {
+            let r = ConversationRetriever::new(inner.clone(), history.clone(), HistoryMode::Fused);
+            let hits = magpie_core::Retriever::retrieve(&r, &last, 8).await?;
+            let earlier = &t.messages[..t.messages.len() - 1];
+            let score = magpie_core::AnswerabilityScorer::score(&scorer, &last, earlier, &hits)
+                .await?
+                .unwrap_or(f32::INFINITY);
+            let held = match t.answerability.as_str() {
+                "unanswerable" => t.held_out.clone().unwrap_or_else(|| "paragraph".into()),
+                _ => String::new(),
+            };
+            signals.push((held, score));
+            if args.signals.is_some() {
+                let mut v = signal_record(&inner, &dense, &bm25, t, &last, &history).await?;
+                v["sentence_match"] = serde_json::json!(score);
+                dump.push(v);
+            }
+        }
+        if t.gold_doc_ids.is_empty() {
+            continue; // unanswerable: no passage to find
+        }
         let rels: HashMap<String, i32> = t.gold_doc_ids.iter().map(|d| (d.clone(), 1)).collect();
         for (mode, label) in MODES {
             let r = ConversationRetriever::new(inner.clone(), history.clone(), mode);
@@ -183,9 +213,23 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
             s.ndcg10 /= n;
         }
     }
+    if let Some(path) = &args.signals {
+        let text: String = dump.iter().map(|v| format!("{v}\n")).collect();
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     let curve = abstention_curve(&signals);
     let answered = if args.answers > 0 {
-        Some(answer_turns(setup, &inner, &turns, args.answers, !args.json).await?)
+        Some(
+            answer_turns(
+                setup,
+                &inner,
+                &turns,
+                args.answers,
+                engine.abstention(args.abstain),
+                !args.json,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -193,7 +237,7 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"retrieval": sums, "abstention": curve, "answers": answered})
+                &serde_json::json!({"retrieval": sums, "abstention": curve, "threshold": threshold, "clarified": clarified, "answers": answered})
             )?
         );
         return Ok(());
@@ -228,82 +272,114 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
             }
         }
     }
-    let (unans, ans) = (
-        signals.iter().filter(|s| s.0).count(),
-        signals.iter().filter(|s| !s.0).count(),
-    );
+    let kinds: Vec<String> = {
+        let mut k: Vec<String> = signals
+            .iter()
+            .filter(|s| !s.0.is_empty())
+            .map(|s| s.0.clone())
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
     println!(
-        "\nabstaining below a dense cosine (the better of the last turn and the joined \
-         history), over {unans} unanswerable and {ans} answerable turns:"
+        "\nabstaining below a sentence-match score (the best cosine between the question, alone \
+         or with the history, and a sentence of the top passages), over {} answerable turns \
+         and unanswerable ones by what was held out:",
+        signals.iter().filter(|s| s.0.is_empty()).count()
     );
-    println!(
-        "{:>9} {:>22} {:>24} {:>22} {:>24}",
-        "cosine <",
-        "abstains (unanswerable)",
-        "false (answerable)",
-        "or disagree: abstains",
-        "or disagree: false"
-    );
+    print!("{:>9} {:>18}", "score <", "false (answerable)");
+    for k in &kinds {
+        let n = signals.iter().filter(|s| &s.0 == k).count();
+        print!(" {:>22}", format!("{k} held out ({n})"));
+    }
+    println!();
     for p in &curve {
+        let mark = if threshold.is_some_and(|t| (t - p.threshold).abs() < 1e-4) {
+            "  ← the default"
+        } else {
+            ""
+        };
+        print!("{:>9.3} {:>18.3}", p.threshold, p.false_abstain);
+        for k in &kinds {
+            print!(" {:>22.3}", p.abstain.get(k).copied().unwrap_or(0.0));
+        }
+        println!("{mark}");
+    }
+    println!("\nclarifying questions (a pronoun nothing before it names, no history):");
+    for (group, (n, asked)) in &clarified {
         println!(
-            "{:>9.3} {:>22.3} {:>24.3} {:>22.3} {:>24.3}",
-            p.threshold, p.abstain, p.false_abstain, p.abstain_or_disagree, p.false_or_disagree
+            "{group:<30} {n:>5} turns, asked on {:>5.1}%",
+            *asked as f64 * 100.0 / (*n).max(1) as f64
         );
     }
     Ok(())
 }
 
-/// Best dense cosine for the turn (last message alone or joined with the
-/// history, whichever is higher), and whether dense and BM25 (fused over the
-/// history) put the same document first.
-async fn confidence(
+/// One turn's retrieval, as JSON: its label, question, history, and the top
+/// passages of the fused, dense and BM25 searches with their scores.
+async fn signal_record(
+    fused: &std::sync::Arc<dyn magpie_core::Retriever>,
     dense: &std::sync::Arc<dyn magpie_core::Retriever>,
     bm25: &std::sync::Arc<dyn magpie_core::Retriever>,
+    t: &Turn,
     last: &str,
     history: &[String],
-    unanswerable: bool,
-) -> Result<(bool, f32, bool)> {
+) -> Result<serde_json::Value> {
     use magpie_core::Retriever;
-    let mut best = 0f32;
-    for mode in [HistoryMode::LastTurn, HistoryMode::Joined] {
-        let r = ConversationRetriever::new(dense.clone(), history.to_vec(), mode);
-        if let Some(h) = r.retrieve(last, 1).await?.first() {
-            best = best.max(h.score);
-        }
+    let mut lists = serde_json::Map::new();
+    for (name, r, mode) in [
+        ("fused", fused, HistoryMode::Fused),
+        ("dense_last", dense, HistoryMode::LastTurn),
+        ("dense_joined", dense, HistoryMode::Joined),
+        ("bm25_last", bm25, HistoryMode::LastTurn),
+        ("bm25_joined", bm25, HistoryMode::Joined),
+    ] {
+        let c = ConversationRetriever::new(r.clone(), history.to_vec(), mode);
+        let hits = c.retrieve(last, 5).await?;
+        let v: Vec<_> = hits
+            .iter()
+            .map(|h| serde_json::json!({"doc": h.chunk.doc_id, "score": h.score, "text": h.chunk.text}))
+            .collect();
+        lists.insert(name.to_string(), serde_json::Value::Array(v));
     }
-    let top = |hits: Vec<magpie_core::Hit>| hits.first().map(|h| h.chunk.doc_id.clone());
-    let d = ConversationRetriever::new(dense.clone(), history.to_vec(), HistoryMode::Fused);
-    let b = ConversationRetriever::new(bm25.clone(), history.to_vec(), HistoryMode::Fused);
-    let agree = top(d.retrieve(last, 3).await?) == top(b.retrieve(last, 3).await?);
-    Ok((unanswerable, best, agree))
+    Ok(serde_json::json!({
+        "id": t.id, "answerability": t.answerability, "kind": t.kind, "held_out": t.held_out,
+        "last": last, "history": history, "gold": t.gold_doc_ids, "answers": t.answers,
+        "hits": lists,
+    }))
 }
 
 #[derive(Debug, Serialize)]
 struct AbstainPoint {
     threshold: f32,
-    abstain: f64,
+    /// Abstentions on answerable turns.
     false_abstain: f64,
-    abstain_or_disagree: f64,
-    false_or_disagree: f64,
+    /// Abstentions on unanswerable turns, by what was held out.
+    abstain: BTreeMap<String, f64>,
 }
 
-/// Abstention rates on unanswerable turns and false abstentions on answerable
-/// ones, for cosine thresholds from 0.30 to 0.70, with and without "or the
-/// two retrievers disagree".
-fn abstention_curve(signals: &[(bool, f32, bool)]) -> Vec<AbstainPoint> {
-    let rate = |unans: bool, f: &dyn Fn(&(bool, f32, bool)) -> bool| {
-        let all: Vec<_> = signals.iter().filter(|s| s.0 == unans).collect();
-        all.iter().filter(|s| f(s)).count() as f64 / all.len().max(1) as f64
+/// Abstention rates for sentence-match thresholds from 0.30 to 0.75: on
+/// answerable turns (false) and on unanswerable ones by what was held out.
+fn abstention_curve(signals: &[(String, f32)]) -> Vec<AbstainPoint> {
+    let rate = |kind: &str, t: f32| {
+        let all: Vec<_> = signals.iter().filter(|s| s.0 == kind).collect();
+        all.iter().filter(|s| s.1 < t).count() as f64 / all.len().max(1) as f64
     };
-    (0..=16)
+    let mut kinds: Vec<&str> = signals
+        .iter()
+        .map(|s| s.0.as_str())
+        .filter(|k| !k.is_empty())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    (0..=18)
         .map(|i| {
             let t = 0.30 + 0.025 * i as f32;
             AbstainPoint {
                 threshold: t,
-                abstain: rate(true, &|s| s.1 < t),
-                false_abstain: rate(false, &|s| s.1 < t),
-                abstain_or_disagree: rate(true, &|s| s.1 < t || !s.2),
-                false_or_disagree: rate(false, &|s| s.1 < t || !s.2),
+                false_abstain: rate("", t),
+                abstain: kinds.iter().map(|k| (k.to_string(), rate(k, t))).collect(),
             }
         })
         .collect()
@@ -343,6 +419,7 @@ async fn answer_turns(
     inner: &std::sync::Arc<dyn magpie_core::Retriever>,
     turns: &[Turn],
     n: usize,
+    abstention: Option<magpie_core::AbstentionPolicy>,
     progress: bool,
 ) -> Result<Answered> {
     let llm = setup.generator()?;
@@ -379,12 +456,14 @@ async fn answer_turns(
                 ..magpie_core::GenerationOptions::greedy()
             },
             history: earlier,
+            clarify: true,
+            abstention: abstention.clone(),
         };
         let answer = magpie_core::QueryPipeline::new(std::sync::Arc::new(retriever))
             .top_k(6)
             .answer(&last, llm.as_ref(), &opts)
             .await?;
-        let unknown = says_unknown(&answer.text);
+        let unknown = !answer.decision.answers() || says_unknown(&answer.text);
         if answerable {
             false_abstain += unknown as usize;
             f1 += t

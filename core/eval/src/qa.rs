@@ -263,6 +263,10 @@ pub async fn run(args: &QaArgs, setup: &dyn Setup) -> Result<()> {
             ..GenerationOptions::greedy()
         },
         history: Vec::new(),
+        // SQuAD's questions lean on the article's title ("What did he do
+        // with Wardenclyffe?"): answer them as asked.
+        clarify: false,
+        abstention: None,
     };
     let fusion = (args.mode == Mode::Hybrid).then(|| engine.hybrid_with(engine.embedder.clone()));
     let pb = bar(n as u64, "answering", !args.json);

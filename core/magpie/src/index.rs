@@ -316,6 +316,27 @@ impl Index {
         }
     }
 
+    /// Abstention for answers over this index: "the documents do not cover
+    /// this question" when no sentence of the passages found matches the
+    /// question closely enough ([`magpie_core::SentenceMatch`], with this
+    /// index's embedder), at the threshold measured for the embedder or the
+    /// one given; `None` when none is known (the embedder was not
+    /// calibrated: measure one with `docqa eval chat`) or `Off`.
+    pub fn abstention(&self, setting: AbstainSetting) -> Option<magpie_core::AbstentionPolicy> {
+        let threshold = match setting {
+            AbstainSetting::Off => return None,
+            AbstainSetting::Below(t) => t,
+            AbstainSetting::Measured => {
+                magpie_core::SentenceMatch::threshold_for(self.embedder.model_id())?
+            }
+        };
+        let scorer = magpie_core::SentenceMatch::new(self.embedder.clone() as Arc<dyn Embedder>);
+        Some(magpie_core::AbstentionPolicy::new(
+            Arc::new(scorer),
+            threshold,
+        ))
+    }
+
     /// The `k` best chunks for `query`, by hybrid search.
     pub async fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>> {
         let result = QueryPipeline::new(self.retriever(SearchMode::Hybrid))
@@ -422,4 +443,56 @@ fn check_settings(
         }
     }
     Ok(())
+}
+
+/// When answers say the documents do not cover a question. Written as
+/// `measured`, `off` or a score (also in configuration files).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum AbstainSetting {
+    /// At the threshold measured for the index's embedder (none for an
+    /// embedder that was not measured: always answer).
+    #[default]
+    Measured,
+    /// Always answer.
+    Off,
+    /// Below this sentence-match score.
+    Below(f32),
+}
+
+impl std::str::FromStr for AbstainSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "measured" | "default" => Ok(Self::Measured),
+            "off" | "never" => Ok(Self::Off),
+            n => match n.parse::<f32>() {
+                Ok(t) if (-1.0..=1.0).contains(&t) => Ok(Self::Below(t)),
+                _ => Err(format!(
+                    "`{n}` is not a setting: give `measured` (the threshold measured for the \
+                     embedder), `off`, or a sentence-match score between -1 and 1 \
+                     (`docqa eval chat` prints how each one trades abstentions against false ones)"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for AbstainSetting {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<AbstainSetting> for String {
+    fn from(s: AbstainSetting) -> String {
+        match s {
+            AbstainSetting::Measured => "measured".into(),
+            AbstainSetting::Off => "off".into(),
+            AbstainSetting::Below(t) => t.to_string(),
+        }
+    }
 }

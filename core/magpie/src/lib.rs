@@ -35,7 +35,7 @@ pub mod store;
 pub mod watch;
 
 pub use error::{Error, Result};
-pub use index::{Index, OpenOptions, SearchMode};
+pub use index::{AbstainSetting, Index, OpenOptions, SearchMode};
 pub use layout::{IndexSettings, Layout};
 pub use models::Models;
 pub use session::Session;

@@ -152,6 +152,8 @@ impl App {
             few_shot: true,
             generation,
             history,
+            clarify: true,
+            abstention: self.engine.abstention(self.cfg.answer.abstain),
         };
         let filter = parse_filter(req.filter.as_ref())?;
         let _slot = self.search_slot().await?;

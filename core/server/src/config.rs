@@ -63,6 +63,8 @@ pub struct AnswerConfig {
     pub max_tokens: usize,
     pub temperature: f32,
     pub context_tokens: usize,
+    /// When an answer says the documents do not cover the question.
+    pub abstain: magpie::AbstainSetting,
 }
 
 impl Default for AnswerConfig {
@@ -72,6 +74,7 @@ impl Default for AnswerConfig {
             max_tokens: 200,
             temperature: 0.2,
             context_tokens: 1200,
+            abstain: magpie::AbstainSetting::Measured,
         }
     }
 }

@@ -31,6 +31,17 @@ pub struct AnswerFlags {
     /// Most tokens of passages in the prompt.
     #[arg(long, default_value_t = 1200)]
     pub context_tokens: usize,
+    /// When to answer "the documents do not cover this question" (with the
+    /// nearest passages) instead of letting the model guess: `measured` (below
+    /// the sentence-match score measured for the embedder, see BENCHMARKS.md
+    /// "Conversations"; none for an embedder not measured), `off`, or a score
+    /// between -1 and 1 (`docqa eval chat` shows what each one costs).
+    #[arg(long, default_value = "measured", env = "DOCQA_ABSTAIN")]
+    pub abstain: magpie::AbstainSetting,
+    /// Answer a first question that says "it" or "they" without naming what,
+    /// rather than asking back what it refers to.
+    #[arg(long)]
+    pub no_clarify: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -120,6 +131,8 @@ async fn answer_turn(
             ..GenerationOptions::default()
         },
         history,
+        clarify: !args.answer.no_clarify,
+        abstention: engine.abstention(args.answer.abstain),
     };
     let prepared = pipeline.prepare_answer(&args.question, llm, &opts).await?;
     if prepared.sources.is_empty() {

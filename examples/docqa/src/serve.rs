@@ -79,6 +79,12 @@ pub struct ServeArgs {
     /// ask anything.
     #[arg(long, env = "DOCQA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
+    /// When answers say "the documents do not cover this question" instead of
+    /// letting the model guess: `measured` (the threshold measured for the
+    /// embedder), `off`, or a sentence-match score (as `docqa ask --abstain`;
+    /// `abstain` under [answer] in the settings file). Default: measured.
+    #[arg(long, env = "DOCQA_ABSTAIN")]
+    pub abstain: Option<magpie::AbstainSetting>,
 }
 
 impl ServeArgs {
@@ -113,16 +119,21 @@ impl ServeArgs {
             keys,
             ..FileConfig::default()
         };
-        ServeConfig::resolve(self.config.as_deref(), layer).map_err(|e| {
-            match e.downcast_ref::<Unauthenticated>() {
+        let mut cfg =
+            ServeConfig::resolve(self.config.as_deref(), layer).map_err(|e| match e
+                .downcast_ref::<Unauthenticated>()
+            {
                 Some(refused) => anyhow!(
                     "{refused}. Set DOCQA_READ_KEYS / DOCQA_ADMIN_KEYS (or [[keys]] in the config \
                      file), bind to 127.0.0.1, or pass --allow-unauthenticated behind an \
                      authenticating proxy"
                 ),
                 None => e.context("see `docqa serve --help` for the settings"),
-            }
-        })
+            })?;
+        if let Some(a) = self.abstain {
+            cfg.answer.abstain = a;
+        }
+        Ok(cfg)
     }
 }
 

@@ -798,6 +798,7 @@ fn ask_with_a_session_reads_the_conversation() {
     // In a conversation about the magpie, the magpie's notes.
     ask(Some("birds"), "What colour is the Eurasian magpie's tail?");
     let follow = ask(Some("birds"), "What does it sound like?");
+    assert_eq!(follow["decision"]["kind"], "answer", "{follow}");
     assert!(
         first_source(&follow).ends_with("species-notes.html"),
         "{follow}"
@@ -817,6 +818,59 @@ fn ask_with_a_session_reads_the_conversation() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("session name"));
+}
+
+/// Knowing when not to answer, with the real embedder and model: a question
+/// the sample corpus does not cover gets "the documents do not cover this
+/// question" and the nearest passages, without running the model; a first
+/// question whose "it" names nothing gets a clarifying question; both can be
+/// turned off; a language the embedder does not read is answered.
+#[test]
+fn ask_abstains_off_the_documents_and_asks_back_what_it_means() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = tmp.path().join("idx");
+    run_ok(docqa(&idx).arg("index").arg(sample()));
+    let ask = |extra: &[&str], q: &str| {
+        let mut c = docqa(&idx);
+        c.args(["ask", "--json", "--max-tokens", "6", "--temperature", "0"]);
+        json(&run_ok(c.args(extra).arg(q)))
+    };
+    let off = ask(&[], "What is the capital of Peru?");
+    assert_eq!(off["decision"]["kind"], "abstain", "{off}");
+    let text = off["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("The documents do not cover this question"),
+        "{text}"
+    );
+    let first = off["sources"][0]["source"].as_str().unwrap();
+    assert!(text.contains(first), "the nearest passage is named: {text}");
+    assert_eq!(
+        off["usage"]["completion_tokens"], 0,
+        "the model did not run: {off}"
+    );
+    assert!(off["citations"].as_array().unwrap().is_empty());
+    let forced = ask(&["--abstain", "off"], "What is the capital of Peru?");
+    assert_eq!(forced["decision"]["kind"], "answer", "{forced}");
+    assert!(forced["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    // What the documents hold is answered.
+    let on = ask(&[], "What does error E42 mean?");
+    assert_eq!(on["decision"]["kind"], "answer", "{on}");
+    // "it", with nothing before it.
+    let vague = ask(&[], "What does it sound like?");
+    assert_eq!(vague["decision"]["kind"], "clarify", "{vague}");
+    assert_eq!(vague["decision"]["pronoun"], "it");
+    assert!(vague["text"].as_str().unwrap().contains("“it”"), "{vague}");
+    let as_asked = ask(&["--no-clarify"], "What does it sound like?");
+    assert_ne!(as_asked["decision"]["kind"], "clarify", "{as_asked}");
+    // An English embedder cannot tell for Chinese: answered, not refused.
+    let zh = ask(&[], "秘鲁的首都是哪里？");
+    assert_eq!(zh["decision"]["kind"], "answer", "{zh}");
+    let bad = docqa(&idx)
+        .args(["ask", "--abstain", "often", "hello?"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("measured"));
 }
 
 #[test]

@@ -861,7 +861,12 @@ fn the_openai_python_client_works_unchanged() {
     assert!(a["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{a}");
     // A URL where no server listens: a clear error naming it.
     let out = docqa(&idx)
-        .args(["ask", "--llm", "http://127.0.0.1:9/v1", "anything?"])
+        .args([
+            "ask",
+            "--llm",
+            "http://127.0.0.1:9/v1",
+            "What does error E42 mean?",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
