@@ -379,3 +379,107 @@ async fn a_conversation_carries_its_recent_turns_into_the_prompt() {
         "the turns come before the question: {text}"
     );
 }
+
+/// A scorer that gives every question the same answerability.
+struct Fixed(Option<f32>);
+
+#[async_trait::async_trait]
+impl magpie_core::AnswerabilityScorer for Fixed {
+    fn name(&self) -> &str {
+        "fixed"
+    }
+    async fn score(
+        &self,
+        _: &str,
+        _: &[magpie_core::ChatMessage],
+        _: &[magpie_core::Hit],
+    ) -> magpie_core::Result<Option<f32>> {
+        Ok(self.0)
+    }
+}
+
+/// Declining to answer (below the policy's threshold, or a pronoun with
+/// nothing before it) runs no model: the reply says why and names the
+/// nearest passages, which stay in the answer's sources; above the threshold,
+/// or when the scorer cannot tell, the model answers.
+#[tokio::test]
+async fn declined_answers_never_reach_the_model() {
+    use magpie_core::testing::ScriptedGenerator;
+    use magpie_core::{
+        AbstentionPolicy, AnswerOptions, ChatMessage, Decision, KeywordRetriever, QueryPipeline,
+        Role,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, keywords) = (MemoryStore::new(), MemoryStore::new());
+    let loader = MemoryLoader::new([
+        ("nests.txt", "magpies build domed nests of sticks and mud"),
+        ("tails.txt", "the magpie tail is long and iridescent"),
+    ]);
+    pipeline(dir.path(), &vectors, &keywords)
+        .run(&loader, &RunOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    let pipe = QueryPipeline::new(Arc::new(KeywordRetriever::new(Arc::new(keywords)))).top_k(2);
+    let with = |score: Option<f32>| AnswerOptions {
+        abstention: Some(AbstentionPolicy::new(Arc::new(Fixed(score)), 0.5)),
+        ..AnswerOptions::default()
+    };
+    let llm = ScriptedGenerator::new(["Sticks and mud [1]."]);
+    let mut streamed = String::new();
+    let low = pipe
+        .answer_streaming(
+            "what are magpie nests made of?",
+            &llm,
+            &with(Some(0.2)),
+            |t| streamed.push_str(t),
+        )
+        .await
+        .unwrap();
+    assert!(llm.prompts().is_empty(), "the model ran");
+    assert!(matches!(low.decision, Decision::Abstain { threshold, .. } if threshold == 0.5));
+    assert_eq!(streamed, low.text);
+    assert!(low.text.contains("nests.txt"), "{}", low.text);
+    assert!(low.citations.is_empty() && !low.sources.is_empty());
+    assert_eq!(low.usage.completion_tokens, 0);
+    // Nothing found at all: declined too.
+    let none = pipe
+        .answer("zebra quantum?", &llm, &with(Some(0.9)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(none.decision, Decision::Abstain { .. }),
+        "{none:?}"
+    );
+    // A first question's "they", with nothing before it.
+    let vague = pipe
+        .answer("what are they made of?", &llm, &with(Some(0.9)))
+        .await
+        .unwrap();
+    assert_eq!(
+        vague.decision,
+        Decision::Clarify {
+            pronoun: "they".into()
+        }
+    );
+    assert!(llm.prompts().is_empty(), "the model ran");
+    // Inside a conversation the same question is answered.
+    let mut opts = with(Some(0.9));
+    opts.history = vec![
+        ChatMessage::new(Role::User, "where do magpies nest?"),
+        ChatMessage::new(Role::Assistant, "in domed nests"),
+    ];
+    let answered = pipe
+        .answer("what are they made of?", &llm, &opts)
+        .await
+        .unwrap();
+    assert_eq!(answered.decision, Decision::Answer);
+    assert_eq!(answered.text, "Sticks and mud [1].");
+    assert_eq!(llm.prompts().len(), 1);
+    // A scorer that cannot tell does not decline.
+    let llm = ScriptedGenerator::new(["Sticks."]);
+    let unsure = pipe
+        .answer("what are magpie nests made of?", &llm, &with(None))
+        .await
+        .unwrap();
+    assert_eq!(unsure.decision, Decision::Answer);
+}
