@@ -161,7 +161,11 @@ impl QMatrix {
     }
 
     /// `out[i] = W[rows.start + i] · x` for one row of activations quantized
-    /// for this type (a slice of a matrix-vector product).
+    /// for this type (a slice of a matrix-vector product), row by row: one
+    /// sequential stream through the weights. Measured on Gemma 3 270M's
+    /// decode step (2 threads, 2026-12-07): 65 tokens/s row by row against 43
+    /// with two rows interleaved and 37 with four (`dots_rows`), which
+    /// suits prompt tiles, where each weight block serves several tokens.
     pub fn dot_rows(
         &self,
         kernels: Kernels,
@@ -169,26 +173,7 @@ impl QMatrix {
         rows: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        let mut r = rows.start;
-        let mut out = out.iter_mut();
-        // the 32-value types four rows at a time: four loads in flight
-        if let Acts::B32(a) = x {
-            while r + 4 <= rows.end {
-                let w = [
-                    self.row(r),
-                    self.row(r + 1),
-                    self.row(r + 2),
-                    self.row(r + 3),
-                ];
-                for v in super::dots_rows::<4, 1>(kernels, self.ty, w, [a])[0] {
-                    if let Some(o) = out.next() {
-                        *o = v;
-                    }
-                }
-                r += 4;
-            }
-        }
-        for (o, r) in out.zip(r..rows.end) {
+        for (o, r) in out.iter_mut().zip(rows) {
             *o = dots::<1>(kernels, self.ty, self.row(r), &[x])[0];
         }
     }
