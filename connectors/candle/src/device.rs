@@ -46,6 +46,7 @@ pub fn describe_device(dev: &Device) -> DeviceReport {
         _ => {
             let kernels = match crate::llm::quant::Kernels::detect() {
                 crate::llm::quant::Kernels::Avx2 => "AVX2+FMA",
+                crate::llm::quant::Kernels::Avx512 => "AVX2+FMA, prompt tiles AVX-512",
                 crate::llm::quant::Kernels::Portable => "portable",
             };
             DeviceReport {

@@ -60,10 +60,14 @@ pub enum Kernels {
     Portable,
     /// AVX2 + FMA (and F16C, which every such CPU has).
     Avx2,
+    /// The AVX2 kernels, the prompt tiles built with AVX-512 F/BW/VL for its
+    /// 32 registers (the same values bit for bit).
+    Avx512,
 }
 
 impl Kernels {
-    /// The best this CPU has (`MAGPIE_LLM_KERNELS=portable` forces plain Rust).
+    /// The best this CPU has (`MAGPIE_LLM_KERNELS=portable` forces plain
+    /// Rust, `MAGPIE_LLM_KERNELS=avx2` the AVX2 build on an AVX-512 CPU).
     pub fn detect() -> Self {
         static K: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
         *K.get_or_init(|| {
@@ -75,7 +79,11 @@ impl Kernels {
                 && std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("f16c")
             {
-                return Kernels::Avx2;
+                let wide = std::env::var("MAGPIE_LLM_KERNELS").as_deref() != Ok("avx2")
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl");
+                return if wide { Kernels::Avx512 } else { Kernels::Avx2 };
             }
             Kernels::Portable
         })
@@ -136,14 +144,15 @@ pub fn quantize256(x: &[f32], out: &mut Vec<Act256>) {
 pub fn dots<const N: usize>(kernels: Kernels, ty: QType, w: &[u8], x: &[Acts<'_>; N]) -> [f32; N] {
     match kernels {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Kernels::Avx2 is only detected where the CPU has AVX2, FMA and F16C.
-        Kernels::Avx2 => unsafe { avx2::dots(ty, w, x) },
+        // SAFETY: Kernels::Avx2 and Avx512 are only detected where the CPU has
+        // AVX2, FMA and F16C.
+        Kernels::Avx2 | Kernels::Avx512 => unsafe { avx2::dots(ty, w, x) },
         _ => std::array::from_fn(|j| portable::dot(ty, w, &x[j])),
     }
 }
 
 /// `R` weight rows of a 32-value type against `N` rows of activations (the
-/// prompt tile is 2 × 4, the decoding one 4 × 1): `[token][row]`, each value
+/// prompt tile, 2 × 4): `[token][row]`, each value
 /// what [`dots`] gives for it, bit for bit.
 ///
 /// # Panics
@@ -159,6 +168,10 @@ pub fn dots_rows<const R: usize, const N: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Kernels::Avx2 is only detected where the CPU has AVX2, FMA and F16C.
         Kernels::Avx2 => unsafe { avx2::dots_rows(ty, rows, a) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernels::Avx512 is only detected where the CPU also has
+        // AVX-512 F, BW and VL.
+        Kernels::Avx512 => unsafe { avx2::dots_rows_avx512(ty, rows, a) },
         _ => std::array::from_fn(|t| {
             std::array::from_fn(|r| portable::dot(ty, rows[r], &Acts::B32(a[t])))
         }),

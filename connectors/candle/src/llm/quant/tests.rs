@@ -67,6 +67,10 @@ fn dequantized_acts(ty: QType, x: &[f32]) -> Vec<f32> {
 fn kernels() -> Vec<Kernels> {
     let mut k = vec![Kernels::Portable];
     if Kernels::detect() != Kernels::Portable {
+        // an AVX-512 CPU runs the AVX2 build too
+        if Kernels::detect() == Kernels::Avx512 {
+            k.push(Kernels::Avx2);
+        }
         k.push(Kernels::detect());
     } else {
         eprintln!(
@@ -207,5 +211,30 @@ fn tiles_give_each_token_its_values_alone() {
                 }
             }
         }
+    }
+}
+
+/// The AVX-512 build of the prompt tiles gives the AVX2 build's values bit
+/// for bit (the same instructions, more registers).
+#[test]
+fn the_avx512_tiles_equal_the_avx2_ones() {
+    if Kernels::detect() != Kernels::Avx512 {
+        eprintln!("SKIPPED: this CPU has no AVX-512 F/BW/VL; the AVX2 build is the one tested");
+        return;
+    }
+    let mut rng = Rng(29);
+    for ty in ALL.into_iter().filter(|t| !t.is_k()) {
+        let cols = 3 * ty.block();
+        let rows = 35;
+        let data: Vec<u8> = (0..rows)
+            .flat_map(|_| random_row(ty, cols, &mut rng))
+            .collect();
+        let m = QMatrix::new(ty, rows, cols, data.into()).unwrap();
+        let t = 9;
+        let x: Vec<f32> = (0..t * cols).map(|_| rng.unit() * 2.0 - 1.0).collect();
+        let (mut a, mut b) = (vec![0f32; t * rows], vec![0f32; t * rows]);
+        m.matmul_with(Kernels::Avx2, &x, t, &mut a);
+        m.matmul_with(Kernels::Avx512, &x, t, &mut b);
+        assert_eq!(a, b, "{ty:?}");
     }
 }
