@@ -86,7 +86,8 @@ pub struct AnswerOptions {
     /// of answering about whatever the search found.
     pub clarify: bool,
     /// Say the documents do not cover the question when the passages found
-    /// score below this policy (see [`AbstentionPolicy`]); `None` always answers.
+    /// score below this policy (see [`AbstentionPolicy`]); `None` always
+    /// answers, and so does an answer with tools (a tool may know).
     #[serde(skip)]
     pub abstention: Option<AbstentionPolicy>,
 }
@@ -346,10 +347,15 @@ impl PreparedAnswer {
     /// JSON calls) while it answers; each call is recorded in the answer.
     /// `on_text` receives the answer text as it streams.
     pub async fn run_with_tools(
-        self,
+        mut self,
         tool_loop: &ToolLoop<'_>,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Answer> {
+        // A tool may know what the documents do not ("what is 1234 × 5678?"):
+        // with tools, only a clarifying question stops the model.
+        if matches!(self.decision, Decision::Abstain { .. }) {
+            self.decision = Decision::Answer;
+        }
         if !self.decision.answers() {
             return Ok(self.declined(on_text));
         }
