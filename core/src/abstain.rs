@@ -180,12 +180,12 @@ pub fn sentences(text: &str) -> Vec<&str> {
     out
 }
 
-fn unit(mut v: Vec<f32>) -> Vec<f32> {
+/// Scale `v` to unit length (a zero vector stays zero).
+pub(crate) fn normalize(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {
         v.iter_mut().for_each(|x| *x /= n);
     }
-    v
 }
 
 #[async_trait]
@@ -237,19 +237,13 @@ impl AnswerabilityScorer for SentenceMatch {
         if texts.is_empty() {
             return Ok(Some(0.0));
         }
-        let q = self.embedder.embed_queries(&queries).await?;
-        let s = self.embedder.embed(&texts).await?;
+        let mut q = self.embedder.embed_queries(&queries).await?;
+        let mut s = self.embedder.embed(&texts).await?;
+        q.iter_mut().chain(s.iter_mut()).for_each(|v| normalize(v));
         let mut best = f32::NEG_INFINITY;
-        for qv in q.into_iter().map(unit) {
-            for sv in s.iter() {
-                let n = sv
-                    .iter()
-                    .map(|x| x * x)
-                    .sum::<f32>()
-                    .sqrt()
-                    .max(f32::MIN_POSITIVE);
-                let c = qv.iter().zip(sv).map(|(a, b)| a * b).sum::<f32>() / n;
-                best = best.max(c);
+        for qv in &q {
+            for sv in &s {
+                best = best.max(qv.iter().zip(sv).map(|(a, b)| a * b).sum::<f32>());
             }
         }
         Ok(Some(best))

@@ -285,10 +285,7 @@ impl HashingEmbedder {
             let i = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
             v[(i % self.dim as u64) as usize] += 1.0;
         }
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            v.iter_mut().for_each(|x| *x /= norm);
-        }
+        crate::abstain::normalize(&mut v);
         v
     }
 }

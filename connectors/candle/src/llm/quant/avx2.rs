@@ -223,14 +223,7 @@ pub unsafe fn dots_rows<const R: usize, const N: usize>(
     rows: [&[u8]; R],
     a: [&[Act32]; N],
 ) -> [[f32; R]; N] {
-    match ty {
-        QType::Q8_0 => dots_rows_256::<T_Q8_0, R, N>(rows, a),
-        QType::Q4_0 => dots_rows_256::<T_Q4_0, R, N>(rows, a),
-        QType::Q4_1 => dots_rows_256::<T_Q4_1, R, N>(rows, a),
-        QType::Q5_0 => dots_rows_256::<T_Q5_0, R, N>(rows, a),
-        QType::Q5_1 => dots_rows_256::<T_Q5_1, R, N>(rows, a),
-        _ => unreachable!("a 32-value type"),
-    }
+    dots_rows_of::<R, N, false>(ty, rows, a)
 }
 
 /// [`dots_rows`] built for CPUs with AVX-512 (F, BW, VL): the same AVX2
@@ -245,13 +238,34 @@ pub unsafe fn dots_rows_avx512<const R: usize, const N: usize>(
     rows: [&[u8]; R],
     a: [&[Act32]; N],
 ) -> [[f32; R]; N] {
+    dots_rows_of::<R, N, true>(ty, rows, a)
+}
+
+/// The tile for `ty`, in the AVX-512 build when `WIDE`.
+unsafe fn dots_rows_of<const R: usize, const N: usize, const WIDE: bool>(
+    ty: QType,
+    rows: [&[u8]; R],
+    a: [&[Act32]; N],
+) -> [[f32; R]; N] {
     match ty {
-        QType::Q8_0 => dots_rows_512::<T_Q8_0, R, N>(rows, a),
-        QType::Q4_0 => dots_rows_512::<T_Q4_0, R, N>(rows, a),
-        QType::Q4_1 => dots_rows_512::<T_Q4_1, R, N>(rows, a),
-        QType::Q5_0 => dots_rows_512::<T_Q5_0, R, N>(rows, a),
-        QType::Q5_1 => dots_rows_512::<T_Q5_1, R, N>(rows, a),
+        QType::Q8_0 => dots_rows_in::<T_Q8_0, R, N, WIDE>(rows, a),
+        QType::Q4_0 => dots_rows_in::<T_Q4_0, R, N, WIDE>(rows, a),
+        QType::Q4_1 => dots_rows_in::<T_Q4_1, R, N, WIDE>(rows, a),
+        QType::Q5_0 => dots_rows_in::<T_Q5_0, R, N, WIDE>(rows, a),
+        QType::Q5_1 => dots_rows_in::<T_Q5_1, R, N, WIDE>(rows, a),
         _ => unreachable!("a 32-value type"),
+    }
+}
+
+#[inline(always)]
+unsafe fn dots_rows_in<const T: u8, const R: usize, const N: usize, const WIDE: bool>(
+    rows: [&[u8]; R],
+    a: [&[Act32]; N],
+) -> [[f32; R]; N] {
+    if WIDE {
+        dots_rows_512::<T, R, N>(rows, a)
+    } else {
+        dots_rows_256::<T, R, N>(rows, a)
     }
 }
 
