@@ -116,11 +116,7 @@ fn rms_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-/// candle's tanh GELU.
-fn gelu(v: f32) -> f32 {
-    const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
-    0.5 * v * (1.0 + (SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh())
-}
+use super::ops::gelu;
 
 fn silu(v: f32) -> f32 {
     v / (1.0 + (-v).exp())

@@ -466,7 +466,7 @@ impl Transformer {
         let x = rms(&h, &layer.ffn_norm, c.rms_eps)?;
         let g = layer.gate.forward_lora(&x, loras)?;
         let g = if c.arch == Arch::Gemma3 {
-            g.gelu()?
+            super::ops::gelu_tensor(&g)?
         } else {
             candle_nn::ops::silu(&g)?
         };
