@@ -152,7 +152,7 @@ pub fn dots<const N: usize>(kernels: Kernels, ty: QType, w: &[u8], x: &[Acts<'_>
 }
 
 /// `R` weight rows of a 32-value type against `N` rows of activations (the
-/// prompt tile, 2 × 4): `[token][row]`, each value
+/// prompt tiles: 2 × 4, or 3 × 8 with AVX-512): `[token][row]`, each value
 /// what [`dots`] gives for it, bit for bit.
 ///
 /// # Panics
