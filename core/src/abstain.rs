@@ -94,8 +94,9 @@ impl AbstentionPolicy {
         hits: &[Hit],
     ) -> Result<Decision> {
         if hits.is_empty() {
+            // nothing found: the lowest finite score (JSON has no −∞)
             return Ok(Decision::Abstain {
-                confidence: f32::NEG_INFINITY,
+                confidence: f32::MIN,
                 threshold: self.threshold,
             });
         }
@@ -122,7 +123,6 @@ impl AbstentionPolicy {
 /// (BENCHMARKS.md, "Conversations"): see [`SentenceMatch::threshold_for`].
 pub struct SentenceMatch {
     embedder: Arc<dyn crate::traits::Embedder>,
-    passages: usize,
 }
 
 impl SentenceMatch {
@@ -134,10 +134,7 @@ impl SentenceMatch {
     /// Match with `embedder` (the index's, so the sentences embed as the
     /// passages did).
     pub fn new(embedder: Arc<dyn crate::traits::Embedder>) -> Self {
-        Self {
-            embedder,
-            passages: Self::PASSAGES,
-        }
+        Self { embedder }
     }
 
     /// The threshold measured for an embedding model (by its id), where one
@@ -207,22 +204,14 @@ impl AnswerabilityScorer for SentenceMatch {
             return Ok(None);
         }
         let mut queries = vec![question.trim().to_string()];
-        let users: Vec<&str> = history
-            .iter()
-            .filter(|m| m.role == crate::generate::Role::User && !m.content.trim().is_empty())
-            .map(|m| m.content.trim())
-            .collect();
-        if !users.is_empty() {
-            let from = users.len().saturating_sub(2);
-            let mut joined = users[from..].join("\n");
-            joined.push('\n');
-            joined.push_str(question.trim());
-            queries.push(joined);
+        let turns = crate::conversation::recent_user_turns(history);
+        if !turns.is_empty() {
+            queries.push(crate::conversation::joined_query(&turns, question.trim()));
         }
         let mut seen = std::collections::HashSet::new();
         let mut texts: Vec<String> = Vec::new();
         for h in hits {
-            if seen.len() == self.passages {
+            if seen.len() == Self::PASSAGES {
                 break;
             }
             if seen.insert(&h.chunk.id) {

@@ -80,21 +80,31 @@ impl ConversationRetriever {
     /// For a question asked after `history` (the conversation so far, oldest
     /// first; the question is not in it): its recent user turns are the context.
     pub fn after(inner: Arc<dyn Retriever>, history: &[ChatMessage], mode: HistoryMode) -> Self {
-        let users: Vec<String> = history
-            .iter()
-            .filter(|m| m.role == Role::User && !m.content.trim().is_empty())
-            .map(|m| m.content.trim().to_string())
-            .collect();
-        let from = users.len().saturating_sub(Self::DEFAULT_TURNS);
-        Self::new(inner, users[from..].to_vec(), mode)
+        Self::new(inner, recent_user_turns(history), mode)
     }
+}
 
-    fn joined(&self, query: &str) -> String {
-        let mut q = self.history.join("\n");
-        q.push('\n');
-        q.push_str(query);
-        q
-    }
+/// The last [`ConversationRetriever::DEFAULT_TURNS`] user messages of
+/// `history` (the conversation before a question), oldest first.
+pub fn recent_user_turns(history: &[ChatMessage]) -> Vec<String> {
+    let users: Vec<String> = history
+        .iter()
+        .filter(|m| m.role == Role::User && !m.content.trim().is_empty())
+        .map(|m| m.content.trim().to_string())
+        .collect();
+    let from = users
+        .len()
+        .saturating_sub(ConversationRetriever::DEFAULT_TURNS);
+    users[from..].to_vec()
+}
+
+/// The query that reads the history: the recent user turns and `query`, a
+/// line each.
+pub fn joined_query(turns: &[String], query: &str) -> String {
+    let mut q = turns.join("\n");
+    q.push('\n');
+    q.push_str(query);
+    q
 }
 
 #[async_trait]
@@ -111,7 +121,7 @@ impl Retriever for ConversationRetriever {
         if self.history.is_empty() || self.mode == HistoryMode::LastTurn {
             return self.inner.retrieve_filtered(query, k, filter).await;
         }
-        let joined = self.joined(query);
+        let joined = joined_query(&self.history, query);
         if self.mode == HistoryMode::Joined {
             return self.inner.retrieve_filtered(&joined, k, filter).await;
         }

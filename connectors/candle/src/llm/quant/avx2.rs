@@ -217,7 +217,6 @@ unsafe fn dot32_t<const T: u8, const N: usize>(w: &[u8], a: &[&[Act32]; N]) -> [
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dots_rows<const R: usize, const N: usize>(
     ty: QType,
     rows: [&[u8]; R],
