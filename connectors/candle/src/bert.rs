@@ -7,12 +7,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use candle_transformers::models::xlm_roberta::{Config as XlmrConfig, XLMRobertaModel};
 use magpie_core::{Embedder, Error, LanguageSupport, Result, TokenCounter};
 use tokenizers::{Tokenizer, TruncationParams};
 use tracing::{debug, info};
 
+use crate::candle_bert::CandleBert;
 use crate::card::{card_languages, pooling_of, sentence_bert_max_len, Prompts};
 use crate::device::select_device;
 use crate::encoder::gemm::Isa;
@@ -37,6 +38,7 @@ pub struct BertEmbedderBuilder {
     int8: bool,
     languages: Option<LanguageSupport>,
     prompts: Option<Prompts>,
+    f16: Option<bool>,
 }
 
 impl BertEmbedderBuilder {
@@ -109,6 +111,17 @@ impl BertEmbedderBuilder {
         self
     }
 
+    /// Run candle's BERT in f16 (weights and activations; pooling and the
+    /// norm in f32). The default on a GPU, where it halves the weights read
+    /// and runs on the tensor cores; on the CPU the default is f32 (or int8)
+    /// on magpie's own encoder, and `f16(true)` there runs candle's BERT in
+    /// f16 (slow; for checking the GPU's arithmetic on a machine without one).
+    /// `f16(false)` keeps f32 on a GPU.
+    pub fn f16(mut self, yes: bool) -> Self {
+        self.f16 = Some(yes);
+        self
+    }
+
     /// Load the model.
     pub fn build(self) -> Result<BertEmbedder> {
         let dir = resolve_model_dir(&self.spec).map_err(stage)?;
@@ -174,12 +187,18 @@ impl BertEmbedderBuilder {
             .map_err(|e| stage(CandleError::Tokenizer(e.to_string())))?;
         let device = self.device.unwrap_or_else(select_device);
         let pooling = pooling_of(&dir);
+        let dtype = if self.f16.unwrap_or(!device.is_cpu()) {
+            DType::F16
+        } else {
+            DType::F32
+        };
         let backend = load_backend(
             &raw,
             &weights,
             &config,
             device,
-            self.generic,
+            self.generic || dtype == DType::F16,
+            dtype,
             EncoderOptions {
                 kernels: self.kernels,
                 int8: self.int8,
@@ -226,7 +245,7 @@ impl BertEmbedderBuilder {
     }
 }
 
-/// The model's tensors, with each linear layer's weight `W` (out × in) stored as
+/// The model's tensors in `dtype`, with each linear layer's weight `W` (out × in) stored as
 /// a transposed view of a contiguous `Wᵀ`. `Linear` multiplies by `W.t()`,
 /// which is then contiguous: the matrix product reads the weights in order
 /// instead of repacking a strided matrix on every call (70% of a short
@@ -234,12 +253,13 @@ impl BertEmbedderBuilder {
 fn linear_weights_transposed(
     weights: &Path,
     device: &Device,
+    dtype: DType,
 ) -> Result<std::collections::HashMap<String, Tensor>> {
     let mut tensors = candle_core::safetensors::load(weights, device).map_err(stage)?;
     for (name, t) in tensors.iter_mut() {
         let is_linear = name.ends_with(".weight") && t.rank() == 2 && !name.contains("embeddings");
         if is_linear {
-            let t32 = t.to_dtype(DType::F32).map_err(stage)?;
+            let t32 = t.to_dtype(dtype).map_err(stage)?;
             *t = t32
                 .t()
                 .and_then(|x| x.contiguous())
@@ -267,7 +287,11 @@ enum Backend {
     Owned(BertEncoder),
     /// candle's generic BERT or XLM-R (GPUs, and models the own pass does
     /// not cover).
-    Candle { model: CandleModel, device: Device },
+    Candle {
+        model: CandleModel,
+        device: Device,
+        f16: bool,
+    },
 }
 
 impl Backend {
@@ -280,6 +304,7 @@ impl Backend {
                 (Isa::Avx2, false) => "magpie-avx2",
                 (Isa::Portable, false) => "magpie-portable",
             },
+            Backend::Candle { f16: true, .. } => "candle-f16",
             Backend::Candle { .. } => "candle",
         }
     }
@@ -293,6 +318,7 @@ fn load_backend(
     config: &Config,
     device: Device,
     generic: bool,
+    dtype: DType,
     opts: EncoderOptions,
 ) -> Result<Backend> {
     let want_candle = generic || std::env::var("MAGPIE_EMBEDDER").as_deref() == Ok("candle");
@@ -322,16 +348,20 @@ fn load_backend(
             Err(why) => info!("embedding on candle's BERT: {why}"),
         }
     }
-    let tensors = linear_weights_transposed(weights, &device)?;
+    let tensors = linear_weights_transposed(weights, &device, dtype)?;
     let roberta_prefix = tensors.keys().any(|k| k.starts_with("roberta."));
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+    let vb = VarBuilder::from_tensors(tensors, dtype, &device);
     let model = if crate::encoder::is_roberta(raw) {
         let vb = if roberta_prefix { vb.pp("roberta") } else { vb };
         CandleModel::Xlmr(XLMRobertaModel::new(&xlmr_config(config), vb).map_err(stage)?)
     } else {
-        CandleModel::Bert(BertModel::load(vb, config).map_err(stage)?)
+        CandleModel::Bert(CandleBert::load(vb, config).map_err(stage)?)
     };
-    Ok(Backend::Candle { model, device })
+    Ok(Backend::Candle {
+        model,
+        device,
+        f16: dtype == DType::F16,
+    })
 }
 
 /// candle's XLM-R configuration from the fields BERT's shares (configs
@@ -356,7 +386,7 @@ fn xlmr_config(c: &Config) -> XlmrConfig {
 
 /// candle's generic models.
 enum CandleModel {
-    Bert(BertModel),
+    Bert(CandleBert),
     Xlmr(XLMRobertaModel),
 }
 
@@ -404,6 +434,7 @@ impl BertEmbedder {
             int8: true,
             languages: None,
             prompts: None,
+            f16: None,
         }
     }
 
@@ -418,7 +449,7 @@ impl BertEmbedder {
     }
 
     /// The forward pass in use: `magpie-avx512`, `magpie-avx2`,
-    /// `magpie-portable` (magpie's encoder) or `candle`.
+    /// `magpie-portable` (magpie's encoder), `candle` or `candle-f16`.
     pub fn backend(&self) -> &'static str {
         self.inner.backend.name()
     }
@@ -465,7 +496,7 @@ impl Inner {
                     let seqs: Vec<&[u32]> = group.iter().map(|&i| encodings[i].get_ids()).collect();
                     enc.encode(&seqs, self.pooling)
                 }
-                Backend::Candle { model, device } => {
+                Backend::Candle { model, device, .. } => {
                     candle_forward(model, device, &encodings, &group, self.pooling, self.pad_id)
                         .map_err(stage)?
                 }
@@ -539,9 +570,11 @@ fn candle_forward(
     let mask = Tensor::from_vec(mask, (n, longest), device)?;
     let type_ids = input_ids.zeros_like()?;
     let hidden = match model {
-        CandleModel::Bert(m) => m.forward(&input_ids, &type_ids, Some(&mask))?,
+        CandleModel::Bert(m) => m.forward(&input_ids, &type_ids, &mask)?,
         CandleModel::Xlmr(m) => m.forward(&input_ids, &mask, &type_ids, None, None, None)?,
     }; // (n, len, dim)
+       // pooling and the norm in f32 whatever the model ran in
+    let hidden = hidden.to_dtype(DType::F32)?;
     let pooled = match pooling {
         Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
         Pooling::Mean => {

@@ -6,6 +6,7 @@
 
 pub mod bandwidth;
 pub mod bert;
+mod candle_bert;
 mod card;
 pub mod device;
 pub mod encoder;
