@@ -7,8 +7,30 @@ use magpie_tests::{check_greedy, check_logits, gemma_path, greedy_tokens, logit_
 
 #[test]
 fn gemma3_matches_llama_cpp() {
+    gemma3_against_llama_cpp(false);
+}
+
+/// The GPU's code path (candle's kernels throughout: no fused step, no
+/// mapped weights, attention through matrix products), run on the CPU where
+/// there is no GPU: the same llama.cpp fixtures hold for Gemma 3 and for
+/// every tiny layout. `scripts/gpu_check.sh` runs the same models on a GPU.
+#[test]
+fn the_gpu_code_path_matches_llama_cpp_too() {
+    gemma3_against_llama_cpp(true);
+    tiny_models_against_llama_cpp(true);
+}
+
+fn options(candle_kernels: bool) -> LlmOptions {
+    LlmOptions {
+        candle_kernels,
+        ..Default::default()
+    }
+}
+
+fn gemma3_against_llama_cpp(candle_kernels: bool) {
     let fx = logit_fixture("gemma3_270m_llamacpp.json");
-    let llm = LocalLlm::load(&gemma_path(), LlmOptions::default()).unwrap();
+    let llm = LocalLlm::load(&gemma_path(), options(candle_kernels)).unwrap();
+    assert_eq!(llm.model().own_kernels(), !candle_kernels);
     for case in &fx.cases {
         let ours = llm.encode_prompt(&case.prompt).unwrap();
         assert_eq!(ours, case.tokens, "tokens differ for {:?}", case.prompt);
@@ -28,6 +50,10 @@ fn gemma3_matches_llama_cpp() {
 /// the same greedy continuation.
 #[test]
 fn tiny_models_match_llama_cpp() {
+    tiny_models_against_llama_cpp(false);
+}
+
+fn tiny_models_against_llama_cpp(candle_kernels: bool) {
     use magpie_tests::tiny::{sha256_file, write_tiny, Tiny};
     let dir = tempfile::tempdir().unwrap();
     for kind in Tiny::ALL {
@@ -40,7 +66,7 @@ fn tiny_models_match_llama_cpp() {
             "the tiny {} model is not the file the fixture was made from: rerun scripts/make_llm_fixture.py (see its header)",
             kind.arch()
         );
-        let llm = LocalLlm::load(&path, LlmOptions::default()).unwrap();
+        let llm = LocalLlm::load(&path, options(candle_kernels)).unwrap();
         let (mut agree, mut total) = (0, 0);
         for case in &fx.cases {
             let ours = llm.encode_prompt(&case.prompt).unwrap();

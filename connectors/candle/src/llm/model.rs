@@ -12,7 +12,9 @@ use super::decode::Decoder;
 use super::gguf::{Arch, LlmConfig, ModelFile};
 use super::lora::{ActiveLoras, LoraAdapter, TargetShapes};
 use super::ops::{attend_one, build_mask, owned, rms, rope_tables};
-use super::weights::{build_decoder, cerr, Embedding, Layer, Linear, Weight, WeightLoader};
+use super::weights::{
+    build_decoder, cerr, own_kernels, Embedding, Layer, Linear, Weight, WeightLoader,
+};
 use super::LlmError;
 
 type CResult<T> = candle_core::Result<T>;
@@ -59,6 +61,8 @@ pub struct Transformer {
     out_norm: Tensor,
     output: Linear,
     device: Device,
+    /// magpie's kernels run it (the CPU), else candle's (a GPU).
+    own: bool,
     /// The matrices a LoRA adapter may adapt: name → (out, in).
     lora_targets: TargetShapes,
     /// (name, original type, type used) of tensors converted at load.
@@ -71,15 +75,24 @@ pub struct Transformer {
 impl Transformer {
     /// Load the weights of `file` onto `device`.
     pub fn load(file: &ModelFile, device: &Device) -> Result<Self, LlmError> {
+        Self::load_with(file, device, own_kernels(device))
+    }
+
+    /// [`Transformer::load`], on magpie's CPU kernels where `own` (the
+    /// device must then be the CPU) or on candle's (a GPU's path; on the CPU,
+    /// for checking that path without a GPU).
+    pub fn load_with(file: &ModelFile, device: &Device, own: bool) -> Result<Self, LlmError> {
         let cfg = file.config()?;
+        let own = own && device.is_cpu();
         let mut ld = WeightLoader {
             file,
-            map: WeightLoader::map_file(file, device),
+            map: WeightLoader::map_file(file, own),
             arch: cfg.arch.name(),
             reader: std::io::BufReader::new(
                 std::fs::File::open(&file.path).map_err(|e| LlmError::BadFile(e.to_string()))?,
             ),
             device,
+            own,
             requantized: Vec::new(),
             targets: Default::default(),
         };
@@ -160,8 +173,8 @@ impl Transformer {
             cfg.vocab_size = vocab;
         }
         let embed_scale = (cfg.arch == Arch::Gemma3).then(|| (cfg.n_embd as f64).sqrt());
-        let decoder = build_decoder(&layers, &out_norm, &output.w, &embed, embed_scale, device)
-            .map_err(cerr)?;
+        let decoder =
+            build_decoder(&layers, &out_norm, &output.w, &embed, embed_scale, own).map_err(cerr)?;
         Ok(Self {
             embed_scale,
             decoder,
@@ -174,6 +187,7 @@ impl Transformer {
             out_norm,
             output,
             device: device.clone(),
+            own,
             requantized,
             lora_targets,
         })
@@ -182,6 +196,11 @@ impl Transformer {
     /// The device it runs on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// magpie's own kernels run it (the CPU), not candle's (a GPU).
+    pub fn own_kernels(&self) -> bool {
+        self.own
     }
 
     /// Whether one-token steps run fused (the default on the CPU, where every
@@ -413,7 +432,7 @@ impl Transformer {
                 _ => 0,
             };
             let kl = end - first;
-            if t == 1 && self.device.is_cpu() {
+            if t == 1 && self.own {
                 // one query row: attention straight over the cache, no copies
                 let out = attend_one(&q, &cache.k[li], &cache.v[li], first, kl, c, scale)?;
                 let mut o = layer.o.forward_lora(&out, loras)?;

@@ -19,6 +19,13 @@ pub(super) fn cerr(e: candle_core::Error) -> LlmError {
     LlmError::Runtime(e.to_string())
 }
 
+/// magpie's own kernels run this model: on the CPU, unless
+/// `MAGPIE_LLM_KERNELS=candle` asks for candle's throughout, as on a GPU (the
+/// GPU's code path, run on the CPU to check it where there is no GPU).
+pub(super) fn own_kernels(device: &Device) -> bool {
+    device.is_cpu() && std::env::var("MAGPIE_LLM_KERNELS").as_deref() != Ok("candle")
+}
+
 /// A weight matrix: on the CPU magpie's kernels read the file's bytes;
 /// candle's QMatMul otherwise.
 #[derive(Clone)]
@@ -30,8 +37,12 @@ pub(super) enum Weight {
 }
 
 impl Weight {
-    pub(super) fn new(t: QTensor) -> Result<Self, LlmError> {
+    /// `t` on magpie's kernels where `own` and they read its type, else on candle's.
+    pub(super) fn new(t: QTensor, own: bool) -> Result<Self, LlmError> {
         let t = Arc::new(t);
+        if !own {
+            return QMatMul::from_arc(t).map(Weight::Q).map_err(cerr);
+        }
         match QMatrix::from_qtensor(t.clone()) {
             Ok(m) => {
                 let tiled = if m.qtype().is_k() {
@@ -154,9 +165,9 @@ pub(super) fn build_decoder(
     output: &Weight,
     embed: &Embedding,
     embed_scale: Option<f64>,
-    device: &Device,
+    own: bool,
 ) -> CResult<Option<Decoder>> {
-    if !device.is_cpu() {
+    if !own {
         return Ok(None);
     }
     let mut dl = Vec::with_capacity(layers.len());
@@ -220,6 +231,8 @@ pub(super) struct WeightLoader<'a> {
     pub(super) arch: &'static str,
     pub(super) reader: std::io::BufReader<std::fs::File>,
     pub(super) device: &'a Device,
+    /// magpie's kernels run the model ([`own_kernels`]).
+    pub(super) own: bool,
     pub(super) requantized: Vec<(String, GgmlDType, GgmlDType)>,
     /// The matrices loaded as `Linear`s, with their shapes (out, in): what a
     /// LoRA adapter may adapt.
@@ -243,11 +256,10 @@ impl WeightLoader<'_> {
             })
     }
 
-    /// A quantized tensor. On the CPU every type magpie's kernels read stays
-    /// as the file stores it (`MAGPIE_LLM_WIDEN=1` turns Q5_0, Q5_1 and Q4_1
-    /// into Q8_0 as before, to compare); on a GPU those three become Q8_0,
-    /// which candle's CUDA kernels multiply faster (FINDINGS.md: greedy output
-    /// unchanged).
+    /// A quantized tensor, as the file stores it: magpie's CPU kernels and
+    /// candle's CUDA kernels read every GGUF type (`MAGPIE_LLM_WIDEN=1` turns
+    /// Q5_0, Q5_1 and Q4_1 into Q8_0 at load as magpie once did, to compare;
+    /// on a GPU that would read 1.5× the bytes per token and lose precision).
     pub(super) fn quantized(&mut self, name: &str) -> Result<QTensor, LlmError> {
         let t = self.raw(name)?;
         self.widened(name, t)
@@ -255,10 +267,7 @@ impl WeightLoader<'_> {
 
     /// `t` (tensor `name`, or rows of it) as [`Self::quantized`] keeps it.
     fn widened(&mut self, name: &str, t: QTensor) -> Result<QTensor, LlmError> {
-        if self.device.is_cpu()
-            && QType::from_ggml(t.dtype()).is_some()
-            && std::env::var("MAGPIE_LLM_WIDEN").as_deref() != Ok("1")
-        {
+        if std::env::var("MAGPIE_LLM_WIDEN").as_deref() != Ok("1") {
             return Ok(t);
         }
         match t.dtype() {
@@ -274,8 +283,8 @@ impl WeightLoader<'_> {
 
     /// The file mapped, where the model runs on the CPU (`None` elsewhere,
     /// or where mapping fails: the tensors are read then).
-    pub(super) fn map_file(file: &ModelFile, device: &Device) -> Option<Arc<memmap2::Mmap>> {
-        if !device.is_cpu() {
+    pub(super) fn map_file(file: &ModelFile, own: bool) -> Option<Arc<memmap2::Mmap>> {
+        if !own {
             return None;
         }
         let f = std::fs::File::open(&file.path).ok()?;
@@ -337,7 +346,7 @@ impl WeightLoader<'_> {
             return Ok(Weight::Own(Arc::new(m), None));
         }
         let t = self.quantized(name)?;
-        Weight::new(t)
+        Weight::new(t, self.own)
     }
 
     /// The token embedding table: mapped, or read.
@@ -346,7 +355,7 @@ impl WeightLoader<'_> {
             return Ok(Embedding::Own(Arc::new(m)));
         }
         let t = Arc::new(self.quantized(name)?);
-        if self.device.is_cpu() {
+        if self.own {
             if let Ok(m) = QMatrix::from_qtensor(t.clone()) {
                 return Ok(Embedding::Own(Arc::new(m)));
             }
@@ -461,7 +470,7 @@ impl WeightLoader<'_> {
         )
         .map_err(cerr)?;
         let t = self.widened(name, t)?;
-        Weight::new(t)
+        Weight::new(t, self.own)
     }
 
     pub(super) fn optional(&mut self, name: &str) -> Result<Option<Tensor>, LlmError> {

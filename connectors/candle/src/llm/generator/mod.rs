@@ -39,6 +39,10 @@ pub struct LlmOptions {
     pub shift_in_place: bool,
     /// A Jinja chat template to use instead of the file's (base models have none).
     pub chat_template: Option<String>,
+    /// candle's kernels throughout, as a GPU runs them, even on the CPU (where
+    /// magpie's own are faster): for checking the GPU's code path without a
+    /// GPU. `MAGPIE_LLM_KERNELS=candle` does the same from outside.
+    pub candle_kernels: bool,
 }
 
 impl Default for LlmOptions {
@@ -50,6 +54,7 @@ impl Default for LlmOptions {
             batch: 256,
             shift_in_place: true,
             chat_template: None,
+            candle_kernels: false,
         }
     }
 }
@@ -108,7 +113,11 @@ impl LocalLlm {
                 tok
             });
             let t0 = std::time::Instant::now();
-            let model = Transformer::load(&file, &device);
+            let model = Transformer::load_with(
+                &file,
+                &device,
+                !opts.candle_kernels && super::weights::own_kernels(&device),
+            );
             tracing::debug!(ms = t0.elapsed().as_millis() as u64, "weights loaded");
             let tok = tok.join().unwrap_or_else(|_| {
                 Err(LlmError::Tokenizer(

@@ -67,7 +67,9 @@ pub enum Kernels {
 
 impl Kernels {
     /// The best this CPU has (`MAGPIE_LLM_KERNELS=portable` forces plain
-    /// Rust, `MAGPIE_LLM_KERNELS=avx2` the AVX2 build on an AVX-512 CPU).
+    /// Rust, `MAGPIE_LLM_KERNELS=avx2` the AVX2 build on an AVX-512 CPU;
+    /// `MAGPIE_LLM_KERNELS=candle` leaves these kernels out and runs candle's,
+    /// as on a GPU).
     pub fn detect() -> Self {
         static K: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
         *K.get_or_init(|| {
