@@ -391,7 +391,7 @@ async fn long_chats_drop_whole_turns() {
     };
     let (ids, n_keep, bounds) = llm.render_chat(&chat, &opts).unwrap();
     assert!(ids.len() <= 160 - 40, "{}", ids.len());
-    let text = llm.tokenizer().tokenizer.decode(&ids, false).unwrap();
+    let text = llm.tokenizer().decode_with_specials(&ids).unwrap();
     assert!(
         text.starts_with("<|im_start|>system\nYou answer from the index.<|im_end|>"),
         "{text}"

@@ -10,6 +10,31 @@ fn gemma3_matches_llama_cpp() {
     gemma3_against_llama_cpp(false);
 }
 
+/// magpie's own SentencePiece tokenizer gives llama.cpp's ids on Gemma 3's
+/// 262,144-token vocabulary for varied text: the sample corpus, chat markup,
+/// written-out control tokens, runs of spaces, tabs and newlines (user-defined
+/// tokens), no-break and ideographic spaces, CJK, Hangul and emoji (byte
+/// fallback). Fixture: scripts/make_tokenizer_fixture.py.
+#[test]
+fn gemma3_tokenizer_matches_llama_cpp_on_varied_text() {
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            magpie_tests::workspace().join("tests/fixtures/gemma3_tokens_llamacpp.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let f = magpie_candle::llm::ModelFile::open(&gemma_path()).unwrap();
+    let tok = magpie_candle::llm::GgufTokenizer::from_metadata(&f.metadata).unwrap();
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(cases.len() > 300);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+        assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+    }
+}
+
 /// The GPU's code path (candle's kernels throughout: no fused step, no
 /// mapped weights, attention through matrix products), run on the CPU where
 /// there is no GPU: the same llama.cpp fixtures hold for Gemma 3 and for
@@ -114,7 +139,8 @@ fn a_tokenizer_json_beside_the_model_is_used() {
     let want = plain.encode_prompt(text).unwrap();
     plain
         .tokenizer()
-        .tokenizer
+        .hf()
+        .expect("a GPT-2 vocabulary runs on tokenizers")
         .save(dir.path().join("tokenizer.json"), false)
         .unwrap();
     let with_json = LocalLlm::load(&path, LlmOptions::default()).unwrap();

@@ -13,6 +13,7 @@ pub mod model;
 mod ops;
 mod pool;
 pub mod quant;
+pub mod spm;
 pub mod vocab;
 mod weights;
 

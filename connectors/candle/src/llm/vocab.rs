@@ -4,28 +4,19 @@
 //! llama`, used by Llama 1/2, Mistral, TinyLlama, Gemma: tokens with scores)
 //! and GPT-2 byte-level BPE (`gpt2`: Llama 3, Qwen: tokens with merges).
 
-use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::decoders::fuse::Fuse;
-use tokenizers::decoders::sequence::Sequence as DecoderSequence;
-use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
-use rayon::prelude::*;
-
 use super::gguf::Metadata;
+use super::spm::{SpmTokenizer, TYPE_CONTROL, TYPE_USER_DEFINED};
 use super::LlmError;
 
-/// GGUF token types (6 = byte tokens, found by the BPE's byte fallback).
+/// GGUF token type of ordinary tokens.
 const TYPE_NORMAL: i32 = 1;
-const TYPE_UNKNOWN: i32 = 2;
-const TYPE_CONTROL: i32 = 3;
-const TYPE_USER_DEFINED: i32 = 4;
 
 /// Special token ids and flags read from the metadata.
 #[derive(Debug, Clone, Default)]
@@ -59,10 +50,17 @@ impl SpecialTokens {
     }
 }
 
+/// What turns text into ids and back.
+enum Text {
+    /// A `tokenizers` tokenizer: GPT-2 byte-level BPE, or a tokenizer.json.
+    Hf(Box<Tokenizer>),
+    /// A SentencePiece vocabulary, as llama.cpp runs it.
+    Spm(Box<SpmTokenizer>),
+}
+
 /// The tokenizer and its special tokens.
 pub struct GgufTokenizer {
-    /// A `tokenizers` tokenizer equivalent to llama.cpp's for this vocabulary.
-    pub tokenizer: Tokenizer,
+    text: Text,
     /// Special tokens.
     pub special: SpecialTokens,
     /// `llama` (SentencePiece) or `gpt2`.
@@ -115,7 +113,7 @@ impl GgufTokenizer {
         if types.len() != tokens.len() {
             return Err(tok_err("token_type and tokens differ in length"));
         }
-        let mut tokenizer = match kind.as_str() {
+        let text = match kind.as_str() {
             "llama" => {
                 let scores = md
                     .f32_array("tokenizer.ggml.scores")
@@ -126,14 +124,33 @@ impl GgufTokenizer {
                 let add_space_prefix = md
                     .bool("tokenizer.ggml.add_space_prefix")
                     .unwrap_or(true);
-                build_spm(&tokens, &scores, &types, add_space_prefix, md)?
+                let unk = md.u32("tokenizer.ggml.unknown_token_id");
+                let spm = SpmTokenizer::new(tokens.clone(), scores, types.clone(), unk, add_space_prefix)?;
+                Text::Spm(Box::new(spm))
             }
             "gpt2" => {
                 let merges = md.string_array("tokenizer.ggml.merges").ok_or_else(|| {
                     tok_err("a GPT-2 vocabulary needs tokenizer.ggml.merges")
                 })?;
                 let pre = md.string("tokenizer.ggml.pre").unwrap_or("default");
-                build_gpt2(&tokens, &merges, pre)?
+                let mut tokenizer = build_gpt2(&tokens, &merges, pre)?;
+                // control and user-defined tokens are matched whole in the text
+                let mut specials = Vec::new();
+                let mut user = Vec::new();
+                for (t, &ty) in tokens.iter().zip(&types) {
+                    match ty {
+                        TYPE_CONTROL => specials.push(AddedToken::from(t.clone(), true)),
+                        TYPE_USER_DEFINED if !t.is_empty() => {
+                            user.push(AddedToken::from(t.clone(), false).normalized(false))
+                        }
+                        _ => {}
+                    }
+                }
+                tokenizer.add_special_tokens(specials).map_err(tok_err)?;
+                if !user.is_empty() {
+                    tokenizer.add_tokens(user).map_err(tok_err)?;
+                }
+                Text::Hf(Box::new(tokenizer))
             }
             other => {
                 return Err(LlmError::Tokenizer(format!(
@@ -141,36 +158,14 @@ impl GgufTokenizer {
                 )))
             }
         };
-        // control and user-defined tokens are matched whole in the text
-        let mut specials = Vec::new();
-        let mut user = Vec::new();
-        for (t, &ty) in tokens.iter().zip(&types) {
-            match ty {
-                TYPE_CONTROL => specials.push(AddedToken::from(t.clone(), true)),
-                TYPE_USER_DEFINED if !t.is_empty() => {
-                    user.push(AddedToken::from(t.clone(), false).normalized(false))
-                }
-                _ => {}
-            }
-        }
-        tokenizer.add_special_tokens(specials).map_err(tok_err)?;
-        if !user.is_empty() {
-            tokenizer.add_tokens(user).map_err(tok_err)?;
-        }
-        Ok(Self::assemble(tokenizer, kind, &tokens, &types, md))
+        Ok(Self::assemble(text, kind, &tokens, &types, md))
     }
 
-    fn assemble(
-        tokenizer: Tokenizer,
-        kind: String,
-        tokens: &[String],
-        types: &[i32],
-        md: &Metadata,
-    ) -> Self {
+    fn assemble(text: Text, kind: String, tokens: &[String], types: &[i32], md: &Metadata) -> Self {
         let mut special = SpecialTokens::from_metadata(md, &kind);
         special.end_of_generation = end_tokens(tokens, types, &special, md);
         Self {
-            tokenizer,
+            text,
             special,
             kind,
         }
@@ -188,23 +183,62 @@ impl GgufTokenizer {
             .string("tokenizer.ggml.model")
             .unwrap_or("json")
             .to_string();
-        Ok(Self::assemble(tokenizer, kind, &tokens, &types, md))
+        Ok(Self::assemble(
+            Text::Hf(Box::new(tokenizer)),
+            kind,
+            &tokens,
+            &types,
+            md,
+        ))
     }
 
     /// Token ids of `text` (special tokens written in the text are recognised; no BOS added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
-        let enc = self.tokenizer.encode(text, false).map_err(tok_err)?;
-        Ok(enc.get_ids().to_vec())
+        match &self.text {
+            Text::Spm(t) => Ok(t.encode(text)),
+            Text::Hf(t) => Ok(t.encode(text, false).map_err(tok_err)?.get_ids().to_vec()),
+        }
     }
 
     /// Text of `ids` (special tokens dropped).
     pub fn decode(&self, ids: &[u32]) -> Result<String, LlmError> {
-        self.tokenizer.decode(ids, true).map_err(tok_err)
+        match &self.text {
+            Text::Spm(t) => Ok(t.decode(ids, false)),
+            Text::Hf(t) => t.decode(ids, true).map_err(tok_err),
+        }
+    }
+
+    /// Text of `ids` with the special tokens written out (to show a prompt).
+    pub fn decode_with_specials(&self, ids: &[u32]) -> Result<String, LlmError> {
+        match &self.text {
+            Text::Spm(t) => Ok(t.decode(ids, true)),
+            Text::Hf(t) => t.decode(ids, false).map_err(tok_err),
+        }
     }
 
     /// The string of one token as the vocabulary writes it.
     pub fn token_str(&self, id: u32) -> Option<String> {
-        self.tokenizer.id_to_token(id)
+        match &self.text {
+            Text::Spm(t) => t.token_str(id).map(str::to_string),
+            Text::Hf(t) => t.id_to_token(id),
+        }
+    }
+
+    /// The id of the token written `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        match &self.text {
+            Text::Spm(t) => t.token_id(text),
+            Text::Hf(t) => t.token_to_id(text),
+        }
+    }
+
+    /// The `tokenizers` tokenizer this vocabulary runs on, where it runs on
+    /// one (GPT-2 BPE vocabularies, a tokenizer.json; not SentencePiece ones).
+    pub fn hf(&self) -> Option<&Tokenizer> {
+        match &self.text {
+            Text::Hf(t) => Some(t),
+            Text::Spm(_) => None,
+        }
     }
 }
 
@@ -237,80 +271,6 @@ fn end_tokens(tokens: &[String], types: &[i32], s: &SpecialTokens, md: &Metadata
     v.sort_unstable();
     v.dedup();
     v
-}
-
-/// SentencePiece BPE as a `tokenizers` BPE: merges derived from the vocabulary,
-/// ranked by the score of the merged piece (higher first), byte fallback.
-fn build_spm(
-    tokens: &[String],
-    scores: &[f32],
-    types: &[i32],
-    add_space_prefix: bool,
-    md: &Metadata,
-) -> Result<Tokenizer, LlmError> {
-    let mut vocab = Vocab::with_capacity(tokens.len());
-    for (i, t) in tokens.iter().enumerate() {
-        vocab.entry(t.clone()).or_insert(i as u32);
-    }
-    // pieces that take part in merges: normal and user-defined ones
-    let mergeable = |id: u32| matches!(types[id as usize], TYPE_NORMAL | TYPE_USER_DEFINED);
-    // Every split of a mergeable piece into two mergeable pieces, as (score,
-    // piece, left, cut): on all cores, with the strings made only once sorted
-    // (a large vocabulary has half a million; this is most of a model's load).
-    let mut merges: Vec<(f32, u32, u32, u32)> = (0..tokens.len())
-        .into_par_iter()
-        .filter(|&i| mergeable(i as u32))
-        .flat_map_iter(|i| {
-            let t = &tokens[i];
-            let vocab = &vocab;
-            t.char_indices().skip(1).filter_map(move |(cut, _)| {
-                let (a, b) = t.split_at(cut);
-                let (&ia, &ib) = (vocab.get(a)?, vocab.get(b)?);
-                (mergeable(ia) && mergeable(ib)).then_some((scores[i], i as u32, ia, cut as u32))
-            })
-        })
-        .collect();
-    // higher score merges first; ties by the merged piece's id, then left piece's length
-    merges.par_sort_unstable_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-    let merges: Vec<(String, String)> = merges
-        .par_iter()
-        .map(|&(_, i, _, cut)| {
-            let (a, b) = tokens[i as usize].split_at(cut as usize);
-            (a.to_string(), b.to_string())
-        })
-        .collect();
-    let unk_id = md.u32("tokenizer.ggml.unknown_token_id").or_else(|| {
-        types
-            .iter()
-            .position(|&t| t == TYPE_UNKNOWN)
-            .map(|p| p as u32)
-    });
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .byte_fallback(true)
-        .fuse_unk(true);
-    if let Some(u) = unk_id.and_then(|u| tokens.get(u as usize)) {
-        builder = builder.unk_token(u.clone());
-    }
-    let bpe = builder.build().map_err(tok_err)?;
-    let mut tk = Tokenizer::new(bpe);
-    let mut norms = Vec::new();
-    if add_space_prefix {
-        norms.push(Prepend::new("▁".into()).into());
-    }
-    norms.push(Replace::new(" ", "▁").map_err(tok_err)?.into());
-    tk.with_normalizer(Some(NormSequence::new(norms)))
-        .map_err(tok_err)?;
-    let mut decs = vec![
-        Replace::new("▁", " ").map_err(tok_err)?.into(),
-        ByteFallback::new().into(),
-        Fuse::new().into(),
-    ];
-    if add_space_prefix {
-        decs.push(Strip::new(' ', 1, 0).into());
-    }
-    tk.with_decoder(Some(DecoderSequence::new(decs)));
-    Ok(tk)
 }
 
 /// GPT-2 byte-level BPE with the merges from the file.

@@ -133,7 +133,7 @@ impl LocalLlm {
             cfg.arch,
             super::gguf::Arch::ChatGlm | super::gguf::Arch::Glm4
         )
-        .then(|| super::chat::glm_template(tok.tokenizer.token_to_id("<sop>").is_some()));
+        .then(|| super::chat::glm_template(tok.token_id("<sop>").is_some()));
         let chat = ChatTemplate::new(
             opts.chat_template
                 .as_deref()
