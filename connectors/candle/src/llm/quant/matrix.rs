@@ -173,9 +173,10 @@ impl QMatrix {
         rows: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        for (o, r) in out.iter_mut().zip(rows) {
-            *o = dots::<1>(kernels, self.ty, self.row(r), &[x])[0];
-        }
+        let stride = self.ty.row_bytes(self.cols);
+        let n = rows.len().min(out.len());
+        let w = &self.data.get()[rows.start * stride..(rows.start + n) * stride];
+        super::dot_range(kernels, self.ty, w, stride, x, &mut out[..n]);
     }
 
     /// `x · Wᵀ` for `x` of shape `[..., cols]`, as a candle tensor.

@@ -180,6 +180,30 @@ pub fn dots_rows<const R: usize, const N: usize>(
     }
 }
 
+/// `out[r] = w_r · x` for `out.len()` consecutive rows of `ty` (`row_bytes`
+/// each) from the start of `w`: what [`dots`] gives row by row, with the
+/// dispatch and set-up paid once.
+pub fn dot_range(
+    kernels: Kernels,
+    ty: QType,
+    w: &[u8],
+    row_bytes: usize,
+    x: Acts<'_>,
+    out: &mut [f32],
+) {
+    match kernels {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernels::Avx2 and Avx512 are only detected where the CPU has
+        // AVX2, FMA and F16C.
+        Kernels::Avx2 | Kernels::Avx512 => unsafe { avx2::dot_range(ty, w, row_bytes, x, out) },
+        _ => {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = portable::dot(ty, &w[r * row_bytes..(r + 1) * row_bytes], &x);
+            }
+        }
+    }
+}
+
 /// `w · x` for one weight row and one row of activations.
 pub fn dot(kernels: Kernels, ty: QType, w: &[u8], x: &Acts<'_>) -> f32 {
     dots::<1>(kernels, ty, w, &[*x])[0]
