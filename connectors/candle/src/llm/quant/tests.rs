@@ -190,7 +190,7 @@ fn tiles_give_each_token_its_values_alone() {
     let mut rng = Rng(23);
     for ty in ALL {
         let cols = 2 * ty.block();
-        let rows = 37; // tiles and a remainder, across tasks of 16
+        let rows = 37; // tiles and a remainder, across tasks of 12
         let data: Vec<u8> = (0..rows)
             .flat_map(|_| random_row(ty, cols, &mut rng))
             .collect();
