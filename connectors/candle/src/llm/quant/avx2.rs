@@ -52,11 +52,11 @@ pub unsafe fn dot_range(ty: QType, w: &[u8], row_bytes: usize, x: Acts<'_>, out:
         "fewer weight bytes than rows"
     );
     match (ty, x) {
-        (QType::Q8_0, Acts::B32(a)) => range32::<T_Q8_0>(w, row_bytes, a, out),
-        (QType::Q4_0, Acts::B32(a)) => range32::<T_Q4_0>(w, row_bytes, a, out),
-        (QType::Q4_1, Acts::B32(a)) => range32::<T_Q4_1>(w, row_bytes, a, out),
-        (QType::Q5_0, Acts::B32(a)) => range32::<T_Q5_0>(w, row_bytes, a, out),
-        (QType::Q5_1, Acts::B32(a)) => range32::<T_Q5_1>(w, row_bytes, a, out),
+        (QType::Q8_0, Acts::B32(a)) => range32::<T_Q8_0, false>(w, row_bytes, a, out),
+        (QType::Q4_0, Acts::B32(a)) => range32::<T_Q4_0, false>(w, row_bytes, a, out),
+        (QType::Q4_1, Acts::B32(a)) => range32::<T_Q4_1, false>(w, row_bytes, a, out),
+        (QType::Q5_0, Acts::B32(a)) => range32::<T_Q5_0, false>(w, row_bytes, a, out),
+        (QType::Q5_1, Acts::B32(a)) => range32::<T_Q5_1, false>(w, row_bytes, a, out),
         _ => {
             for (r, o) in out.iter_mut().enumerate() {
                 *o = dots::<1>(ty, &w[r * row_bytes..(r + 1) * row_bytes], &[x])[0];
@@ -65,11 +65,36 @@ pub unsafe fn dot_range(ty: QType, w: &[u8], row_bytes: usize, x: Acts<'_>, out:
     }
 }
 
+/// [`dot_range`] summing blocks with AVX-512 VNNI (the same values).
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_range_vnni(ty: QType, w: &[u8], row_bytes: usize, x: Acts<'_>, out: &mut [f32]) {
+    assert!(
+        w.len() >= out.len() * row_bytes,
+        "fewer weight bytes than rows"
+    );
+    match (ty, x) {
+        (QType::Q8_0, Acts::B32(a)) => range32::<T_Q8_0, true>(w, row_bytes, a, out),
+        (QType::Q4_0, Acts::B32(a)) => range32::<T_Q4_0, true>(w, row_bytes, a, out),
+        (QType::Q4_1, Acts::B32(a)) => range32::<T_Q4_1, true>(w, row_bytes, a, out),
+        (QType::Q5_0, Acts::B32(a)) => range32::<T_Q5_0, true>(w, row_bytes, a, out),
+        (QType::Q5_1, Acts::B32(a)) => range32::<T_Q5_1, true>(w, row_bytes, a, out),
+        _ => dot_range(ty, w, row_bytes, x, out),
+    }
+}
+
 #[inline(always)]
-unsafe fn range32<const T: u8>(w: &[u8], row_bytes: usize, a: &[Act32], out: &mut [f32]) {
+unsafe fn range32<const T: u8, const VNNI: bool>(
+    w: &[u8],
+    row_bytes: usize,
+    a: &[Act32],
+    out: &mut [f32],
+) {
     for (r, o) in out.iter_mut().enumerate() {
         let row = w.get_unchecked(r * row_bytes..(r + 1) * row_bytes);
-        *o = dot32_t::<T, 1>(row, &[a])[0];
+        *o = dot32_t::<T, 1, VNNI>(row, &[a])[0];
     }
 }
 
@@ -218,11 +243,11 @@ unsafe fn unsigned_codes<const T: u8>(q: __m256i) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot32<const N: usize>(ty: QType, w: &[u8], a: &[&[Act32]; N]) -> [f32; N] {
     match ty {
-        QType::Q8_0 => dot32_t::<T_Q8_0, N>(w, a),
-        QType::Q4_0 => dot32_t::<T_Q4_0, N>(w, a),
-        QType::Q4_1 => dot32_t::<T_Q4_1, N>(w, a),
-        QType::Q5_0 => dot32_t::<T_Q5_0, N>(w, a),
-        QType::Q5_1 => dot32_t::<T_Q5_1, N>(w, a),
+        QType::Q8_0 => dot32_t::<T_Q8_0, N, false>(w, a),
+        QType::Q4_0 => dot32_t::<T_Q4_0, N, false>(w, a),
+        QType::Q4_1 => dot32_t::<T_Q4_1, N, false>(w, a),
+        QType::Q5_0 => dot32_t::<T_Q5_0, N, false>(w, a),
+        QType::Q5_1 => dot32_t::<T_Q5_1, N, false>(w, a),
         _ => unreachable!("a 32-value type"),
     }
 }
@@ -239,7 +264,10 @@ fn block_bytes<const T: u8>() -> usize {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot32_t<const T: u8, const N: usize>(w: &[u8], a: &[&[Act32]; N]) -> [f32; N] {
+unsafe fn dot32_t<const T: u8, const N: usize, const VNNI: bool>(
+    w: &[u8],
+    a: &[&[Act32]; N],
+) -> [f32; N] {
     let bs = block_bytes::<T>();
     let n = a.iter().fold(w.len() / bs, |n, a| n.min(a.len()));
     let mut acc = [_mm256_setzero_ps(); N];
@@ -251,7 +279,11 @@ unsafe fn dot32_t<const T: u8, const N: usize>(w: &[u8], a: &[&[Act32]; N]) -> [
         let uq = unsigned_codes::<T>(q);
         for j in 0..N {
             let x = &*xs[j].add(i);
-            let sums = block_sums::<T>(q, uq, x);
+            let sums = if VNNI {
+                block_sums_vnni::<T>(q, uq, x)
+            } else {
+                block_sums::<T>(q, uq, x)
+            };
             acc[j] = _mm256_fmadd_ps(sums, _mm256_set1_ps(dw * x.d), acc[j]);
             if !signed::<T>() {
                 mins[j] += m * x.s;

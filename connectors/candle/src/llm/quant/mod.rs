@@ -193,6 +193,12 @@ pub fn dot_range(
 ) {
     match kernels {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernels::Avx512 is only detected where the CPU has AVX2,
+        // FMA, F16C and AVX-512 F/BW/VL; VNNI is checked here.
+        Kernels::Avx512 if std::arch::is_x86_feature_detected!("avx512vnni") => unsafe {
+            avx2::dot_range_vnni(ty, w, row_bytes, x, out)
+        },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: Kernels::Avx2 and Avx512 are only detected where the CPU has
         // AVX2, FMA and F16C.
         Kernels::Avx2 | Kernels::Avx512 => unsafe { avx2::dot_range(ty, w, row_bytes, x, out) },
