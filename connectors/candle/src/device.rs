@@ -46,6 +46,12 @@ pub fn describe_device(dev: &Device) -> DeviceReport {
         _ => {
             let kernels = match crate::llm::quant::Kernels::detect() {
                 crate::llm::quant::Kernels::Avx2 => "AVX2+FMA",
+                #[cfg(target_arch = "x86_64")]
+                crate::llm::quant::Kernels::Avx512
+                    if std::arch::is_x86_feature_detected!("avx512vnni") =>
+                {
+                    "AVX2+FMA, AVX-512 prompt tiles, VNNI block sums"
+                }
                 crate::llm::quant::Kernels::Avx512 => "AVX2+FMA, prompt tiles AVX-512",
                 crate::llm::quant::Kernels::Portable => "portable",
             };
