@@ -73,11 +73,8 @@ async fn check(
     assert!(cosine(&single[0], &got[0]) > 0.99999);
 }
 
-/// The int8 mode (where the CPU has AVX-512 VNNI) stays close to
-/// sentence-transformers' f32 vectors; its retrieval quality is measured on
-/// SciFact in BENCHMARKS.md.
-#[tokio::test]
-async fn int8_stays_close() {
+/// sentence-transformers' sentences and vectors for all-MiniLM-L6-v2.
+fn minilm_reference() -> (Vec<String>, Vec<Vec<f32>>) {
     let fixture: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             magpie_tests::workspace().join("tests/fixtures/minilm_reference.json"),
@@ -85,8 +82,18 @@ async fn int8_stays_close() {
         .unwrap(),
     )
     .unwrap();
-    let sentences: Vec<String> = serde_json::from_value(fixture["sentences"].clone()).unwrap();
-    let reference: Vec<Vec<f32>> = serde_json::from_value(fixture["vectors"].clone()).unwrap();
+    (
+        serde_json::from_value(fixture["sentences"].clone()).unwrap(),
+        serde_json::from_value(fixture["vectors"].clone()).unwrap(),
+    )
+}
+
+/// The int8 mode (where the CPU has AVX-512 VNNI) stays close to
+/// sentence-transformers' f32 vectors; its retrieval quality is measured on
+/// SciFact in BENCHMARKS.md.
+#[tokio::test]
+async fn int8_stays_close() {
+    let (sentences, reference) = minilm_reference();
     let emb = BertEmbedder::builder(magpie_tests::minilm_dir().to_string_lossy())
         .batch_size(4)
         .int8(true)
@@ -108,15 +115,7 @@ async fn int8_stays_close() {
 /// ones, and padding in a mixed-length batch does not leak into pooling.
 #[tokio::test]
 async fn f16_the_gpu_precision_stays_close() {
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            magpie_tests::workspace().join("tests/fixtures/minilm_reference.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let sentences: Vec<String> = serde_json::from_value(fixture["sentences"].clone()).unwrap();
-    let reference: Vec<Vec<f32>> = serde_json::from_value(fixture["vectors"].clone()).unwrap();
+    let (sentences, reference) = minilm_reference();
     let emb = BertEmbedder::builder(magpie_tests::minilm_dir().to_string_lossy())
         .batch_size(4)
         .device(candle_core::Device::Cpu)

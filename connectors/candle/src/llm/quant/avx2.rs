@@ -47,22 +47,7 @@ pub unsafe fn dots<const N: usize>(ty: QType, w: &[u8], x: &[Acts<'_>; N]) -> [f
 /// The CPU has AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_range(ty: QType, w: &[u8], row_bytes: usize, x: Acts<'_>, out: &mut [f32]) {
-    assert!(
-        w.len() >= out.len() * row_bytes,
-        "fewer weight bytes than rows"
-    );
-    match (ty, x) {
-        (QType::Q8_0, Acts::B32(a)) => range32::<T_Q8_0, false>(w, row_bytes, a, out),
-        (QType::Q4_0, Acts::B32(a)) => range32::<T_Q4_0, false>(w, row_bytes, a, out),
-        (QType::Q4_1, Acts::B32(a)) => range32::<T_Q4_1, false>(w, row_bytes, a, out),
-        (QType::Q5_0, Acts::B32(a)) => range32::<T_Q5_0, false>(w, row_bytes, a, out),
-        (QType::Q5_1, Acts::B32(a)) => range32::<T_Q5_1, false>(w, row_bytes, a, out),
-        _ => {
-            for (r, o) in out.iter_mut().enumerate() {
-                *o = dots::<1>(ty, &w[r * row_bytes..(r + 1) * row_bytes], &[x])[0];
-            }
-        }
-    }
+    dot_range_in::<false>(ty, w, row_bytes, x, out)
 }
 
 /// [`dot_range`] summing blocks with AVX-512 VNNI (the same values).
@@ -71,17 +56,32 @@ pub unsafe fn dot_range(ty: QType, w: &[u8], row_bytes: usize, x: Acts<'_>, out:
 /// The CPU has AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot_range_vnni(ty: QType, w: &[u8], row_bytes: usize, x: Acts<'_>, out: &mut [f32]) {
+    dot_range_in::<true>(ty, w, row_bytes, x, out)
+}
+
+#[inline(always)]
+unsafe fn dot_range_in<const VNNI: bool>(
+    ty: QType,
+    w: &[u8],
+    row_bytes: usize,
+    x: Acts<'_>,
+    out: &mut [f32],
+) {
     assert!(
         w.len() >= out.len() * row_bytes,
         "fewer weight bytes than rows"
     );
     match (ty, x) {
-        (QType::Q8_0, Acts::B32(a)) => range32::<T_Q8_0, true>(w, row_bytes, a, out),
-        (QType::Q4_0, Acts::B32(a)) => range32::<T_Q4_0, true>(w, row_bytes, a, out),
-        (QType::Q4_1, Acts::B32(a)) => range32::<T_Q4_1, true>(w, row_bytes, a, out),
-        (QType::Q5_0, Acts::B32(a)) => range32::<T_Q5_0, true>(w, row_bytes, a, out),
-        (QType::Q5_1, Acts::B32(a)) => range32::<T_Q5_1, true>(w, row_bytes, a, out),
-        _ => dot_range(ty, w, row_bytes, x, out),
+        (QType::Q8_0, Acts::B32(a)) => range32::<T_Q8_0, VNNI>(w, row_bytes, a, out),
+        (QType::Q4_0, Acts::B32(a)) => range32::<T_Q4_0, VNNI>(w, row_bytes, a, out),
+        (QType::Q4_1, Acts::B32(a)) => range32::<T_Q4_1, VNNI>(w, row_bytes, a, out),
+        (QType::Q5_0, Acts::B32(a)) => range32::<T_Q5_0, VNNI>(w, row_bytes, a, out),
+        (QType::Q5_1, Acts::B32(a)) => range32::<T_Q5_1, VNNI>(w, row_bytes, a, out),
+        _ => {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = dots::<1>(ty, &w[r * row_bytes..(r + 1) * row_bytes], &[x])[0];
+            }
+        }
     }
 }
 
