@@ -113,6 +113,8 @@ impl GgufTokenizer {
         if types.len() != tokens.len() {
             return Err(tok_err("token_type and tokens differ in length"));
         }
+        // the special ids before the vocabulary moves into its tokenizer
+        let special = specials(&kind, &tokens, &types, md);
         let text = match kind.as_str() {
             "llama" => {
                 let scores = md
@@ -125,7 +127,7 @@ impl GgufTokenizer {
                     .bool("tokenizer.ggml.add_space_prefix")
                     .unwrap_or(true);
                 let unk = md.u32("tokenizer.ggml.unknown_token_id");
-                let spm = SpmTokenizer::new(tokens.clone(), scores, types.clone(), unk, add_space_prefix)?;
+                let spm = SpmTokenizer::new(tokens, scores, types, unk, add_space_prefix)?;
                 Text::Spm(Box::new(spm))
             }
             "gpt2" => {
@@ -158,17 +160,11 @@ impl GgufTokenizer {
                 )))
             }
         };
-        Ok(Self::assemble(text, kind, &tokens, &types, md))
-    }
-
-    fn assemble(text: Text, kind: String, tokens: &[String], types: &[i32], md: &Metadata) -> Self {
-        let mut special = SpecialTokens::from_metadata(md, &kind);
-        special.end_of_generation = end_tokens(tokens, types, &special, md);
-        Self {
+        Ok(Self {
             text,
             special,
             kind,
-        }
+        })
     }
 
     /// Use `tokenizer.json` for the text, the GGUF for special ids.
@@ -183,13 +179,11 @@ impl GgufTokenizer {
             .string("tokenizer.ggml.model")
             .unwrap_or("json")
             .to_string();
-        Ok(Self::assemble(
-            Text::Hf(Box::new(tokenizer)),
+        Ok(Self {
+            text: Text::Hf(Box::new(tokenizer)),
+            special: specials(&kind, &tokens, &types, md),
             kind,
-            &tokens,
-            &types,
-            md,
-        ))
+        })
     }
 
     /// Token ids of `text` (special tokens written in the text are recognised; no BOS added).
@@ -240,6 +234,13 @@ impl GgufTokenizer {
             Text::Spm(_) => None,
         }
     }
+}
+
+/// The special ids and flags of `md`, with every token that ends generation.
+fn specials(kind: &str, tokens: &[String], types: &[i32], md: &Metadata) -> SpecialTokens {
+    let mut special = SpecialTokens::from_metadata(md, kind);
+    special.end_of_generation = end_tokens(tokens, types, &special, md);
+    special
 }
 
 fn end_tokens(tokens: &[String], types: &[i32], s: &SpecialTokens, md: &Metadata) -> Vec<u32> {
