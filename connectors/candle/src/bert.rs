@@ -259,8 +259,8 @@ fn linear_weights_transposed(
     for (name, t) in tensors.iter_mut() {
         let is_linear = name.ends_with(".weight") && t.rank() == 2 && !name.contains("embeddings");
         if is_linear {
-            let t32 = t.to_dtype(dtype).map_err(stage)?;
-            *t = t32
+            let converted = t.to_dtype(dtype).map_err(stage)?;
+            *t = converted
                 .t()
                 .and_then(|x| x.contiguous())
                 .and_then(|x| x.t())

@@ -29,16 +29,6 @@ fn load(path: &Path, dev: &Device, under_test: bool) -> Res<LocalLlm> {
     .map_err(e)
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
@@ -54,7 +44,7 @@ fn greedy(llm: &LocalLlm, prompt: &[u32], n: usize) -> Res<Vec<u32>> {
         Transformer::to_vec(&m.prefill(prompt, &mut cache, 512).map_err(e)?).map_err(e)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let t = argmax(&logits);
+        let t = magpie_core::argmax(&logits);
         out.push(t);
         logits = Transformer::to_vec(&m.forward(&[t], &mut cache, false).map_err(e)?).map_err(e)?;
     }
@@ -144,7 +134,7 @@ fn parity_inner(path: &Path, dev: &Device, prompts: &[String]) -> Res<(Vec<Case>
             tokens: toks.len(),
             max_abs_diff: max_abs_diff(&a, &b),
             max_logit: sorted[0],
-            top1_same: argmax(&a) == argmax(&b),
+            top1_same: magpie_core::argmax(&a) == magpie_core::argmax(&b),
             cpu_margin: sorted[0] - sorted.get(1).copied().unwrap_or(f32::MIN),
             greedy_same: same,
             greedy_total: GREEDY,
@@ -239,7 +229,7 @@ fn speed_inner(path: &Path, dev: &Device, rounds: usize, s: &mut Speed) -> Res<(
         let p = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..s.generated_tokens {
-            let next = argmax(&logits);
+            let next = magpie_core::argmax(&logits);
             logits = Transformer::to_vec(&m.forward(&[next], &mut cache, false).map_err(e)?)
                 .map_err(e)?;
         }
