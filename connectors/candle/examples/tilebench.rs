@@ -13,19 +13,22 @@ fn main() {
     let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
     for (name, g) in [("q5_0", GgmlDType::Q5_0), ("q8_0", GgmlDType::Q8_0)] {
         let q = Arc::new(QTensor::quantize(&w, g).unwrap());
-        let m = QMatrix::from_qtensor(q).ok().unwrap();
-        let x: Vec<f32> = (0..t * cols).map(|i| (i as f32 * 0.37).sin()).collect();
-        let mut out = vec![0f32; t * rows];
-        let mut best = f64::MAX;
-        for _ in 0..30 {
-            let s = Instant::now();
-            m.matmul_with(Kernels::detect(), &x, t, &mut out);
-            best = best.min(s.elapsed().as_secs_f64());
+        let plain = QMatrix::from_qtensor(q).ok().unwrap();
+        let packed = plain.packed().unwrap();
+        for (layout, m) in [("file layout", &plain), ("packed", &packed)] {
+            let x: Vec<f32> = (0..t * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut out = vec![0f32; t * rows];
+            let mut best = f64::MAX;
+            for _ in 0..30 {
+                let s = Instant::now();
+                m.matmul_with(Kernels::detect(), &x, t, &mut out);
+                best = best.min(s.elapsed().as_secs_f64());
+            }
+            println!(
+                "{name} {layout} {rows}x{cols} x {t} tokens: {:.2} ms, {:.1} GMAC/s",
+                best * 1e3,
+                (rows * cols * t) as f64 / best / 1e9
+            );
         }
-        println!(
-            "{name} {rows}x{cols} x {t} tokens: {:.2} ms, {:.1} GMAC/s",
-            best * 1e3,
-            (rows * cols * t) as f64 / best / 1e9
-        );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 
 use super::formats::{dequantize_row, QType};
-use super::{dots, quantize256, quantize32, Act256, Act32, Acts, Kernels};
+use super::{dots, packed, quantize256, quantize32, Act256, Act32, Acts, Kernels};
 
 /// `[rows, cols]` of one quantized type, in GGUF's block layout.
 pub struct QMatrix {
@@ -14,6 +14,8 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     data: Bytes,
+    /// Rows packed by eight ([`super::packed`]), not the file's layout.
+    packed: bool,
 }
 
 /// Where the bytes live: owned, a candle tensor's CPU storage (shared with
@@ -61,6 +63,11 @@ unsafe impl Sync for OutPtr {}
 /// rows left over for the slower one-row path (with 16, a 3-row tile left
 /// one row in sixteen to it: 5% of a prompt's samples in `perf`).
 const ROWS_PER_TASK: usize = 12;
+
+/// Groups of eight packed rows per task (16 rows: 640, 1,024 and 2,048 split
+/// evenly over two cores).
+const GROUPS_PER_TASK: usize = 2;
+const TILE: usize = 8;
 
 impl QMatrix {
     /// A 2-D quantized tensor on the CPU of a type magpie has kernels for,
@@ -130,7 +137,40 @@ impl QMatrix {
             rows,
             cols,
             data,
+            packed: false,
         })
+    }
+
+    /// A copy with its rows packed by eight for the AVX-512 VNNI kernels
+    /// ([`super::packed`]: the same bytes, moved), where the type packs and
+    /// the rows are a multiple of eight; `None` otherwise.
+    pub fn packed(&self) -> Option<Self> {
+        if self.packed || !packed::packable(self.ty) || !self.rows.is_multiple_of(packed::GROUP) {
+            return None;
+        }
+        let data = packed::pack(self.ty, self.rows, self.cols, self.data.get());
+        if let Bytes::Mapped { map, offset, len } = &self.data {
+            // The file's pages just read are not needed any more: out of this
+            // process's resident memory (they stay in the page cache).
+            // SAFETY: the mapping is read-only and file-backed, so dropped
+            // pages read back from the file if anything touches them again.
+            #[cfg(unix)]
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *offset, *len)
+            };
+        }
+        Some(Self {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: Bytes::Owned(data.into()),
+            packed: true,
+        })
+    }
+
+    /// Whether the rows are packed ([`Self::packed`]).
+    pub fn is_packed(&self) -> bool {
+        self.packed
     }
 
     /// The type.
@@ -154,13 +194,29 @@ impl QMatrix {
     }
 
     fn row(&self, r: usize) -> &[u8] {
+        debug_assert!(
+            !self.packed,
+            "a packed matrix has no rows in the file's layout"
+        );
         let stride = self.ty.row_bytes(self.cols);
         &self.data.get()[r * stride..(r + 1) * stride]
     }
 
     /// Row `r` as f32 (an embedding lookup).
     pub fn dequantize(&self, r: usize, out: &mut [f32]) {
-        dequantize_row(self.ty, self.row(r), &mut out[..self.cols]);
+        if self.packed {
+            let mut row = vec![0u8; self.ty.row_bytes(self.cols)];
+            packed::unpack_row(self.ty, self.data.get(), self.cols, r, &mut row);
+            dequantize_row(self.ty, &row, &mut out[..self.cols]);
+        } else {
+            dequantize_row(self.ty, self.row(r), &mut out[..self.cols]);
+        }
+    }
+
+    /// Group `g`'s bytes in a packed matrix.
+    fn group_bytes(&self, g: usize) -> &[u8] {
+        let len = packed::GROUP * self.ty.row_bytes(self.cols);
+        &self.data.get()[g * len..(g + 1) * len]
     }
 
     /// `out[i] = W[rows.start + i] · x` for one row of activations quantized
@@ -176,8 +232,26 @@ impl QMatrix {
         rows: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        let stride = self.ty.row_bytes(self.cols);
         let n = rows.len().min(out.len());
+        if self.packed {
+            let Acts::B32(x) = x else {
+                panic!(
+                    "activations quantized for another block size than {:?}",
+                    self.ty
+                );
+            };
+            let mut r = rows.start;
+            while r < rows.start + n {
+                let g = r / packed::GROUP;
+                let v = packed::group::<1>(kernels.vnni(), self.ty, self.group_bytes(g), [x])[0];
+                let end = ((g + 1) * packed::GROUP).min(rows.start + n);
+                out[r - rows.start..end - rows.start]
+                    .copy_from_slice(&v[r - g * packed::GROUP..end - g * packed::GROUP]);
+                r = end;
+            }
+            return;
+        }
+        let stride = self.ty.row_bytes(self.cols);
         let w = &self.data.get()[rows.start * stride..(rows.start + n) * stride];
         super::dot_range(kernels, self.ty, w, stride, x, &mut out[..n]);
     }
@@ -261,8 +335,12 @@ impl QMatrix {
             a32.iter().map(|v| Acts::B32(v)).collect()
         };
         let ptr = OutPtr(out.as_mut_ptr());
+        if self.packed {
+            self.matmul_packed(kernels.vnni(), &a32, &ptr);
+            return;
+        }
         let tasks = self.rows.div_ceil(ROWS_PER_TASK);
-        candle_core::utils::barrier_pool().execute_chunked(tasks, |range| {
+        crate::llm::pool::decode_pool().run(tasks, |range| {
             let p = &ptr;
             let put = |t: usize, r: usize, v: f32| {
                 // SAFETY: (t, r) is written by the task owning row r only.
@@ -314,6 +392,46 @@ impl QMatrix {
                             put(t0 + j, r, *v);
                         }
                         t0 += n;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The prompt on packed rows: each group of eight rows against the
+    /// tokens in tiles of eight, then four, then one (the same values).
+    fn matmul_packed(&self, vnni: bool, a32: &[Vec<Act32>], out: &OutPtr) {
+        let groups = self.rows / packed::GROUP;
+        let tasks = groups.div_ceil(GROUPS_PER_TASK);
+        crate::llm::pool::decode_pool().run(tasks, |range| {
+            let put = |t: usize, g: usize, v: &[f32; 8]| {
+                // SAFETY: group g's rows are written by the task owning it only.
+                unsafe {
+                    let p = out.0.add(t * self.rows + g * packed::GROUP);
+                    std::ptr::copy_nonoverlapping(v.as_ptr(), p, packed::GROUP);
+                }
+            };
+            for task in range {
+                let g1 = ((task + 1) * GROUPS_PER_TASK).min(groups);
+                for g in task * GROUPS_PER_TASK..g1 {
+                    let w = self.group_bytes(g);
+                    let mut t = 0;
+                    while t + TILE <= a32.len() {
+                        let x: [&[Act32]; TILE] = std::array::from_fn(|j| &a32[t + j][..]);
+                        for (j, v) in packed::group(vnni, self.ty, w, x).iter().enumerate() {
+                            put(t + j, g, v);
+                        }
+                        t += TILE;
+                    }
+                    while t + 4 <= a32.len() {
+                        let x: [&[Act32]; 4] = std::array::from_fn(|j| &a32[t + j][..]);
+                        for (j, v) in packed::group(vnni, self.ty, w, x).iter().enumerate() {
+                            put(t + j, g, v);
+                        }
+                        t += 4;
+                    }
+                    for (t, x) in a32.iter().enumerate().skip(t) {
+                        put(t, g, &packed::group(vnni, self.ty, w, [&x[..]])[0]);
                     }
                 }
             }

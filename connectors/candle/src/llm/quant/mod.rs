@@ -14,6 +14,7 @@
 mod avx2;
 mod formats;
 mod matrix;
+mod packed;
 mod portable;
 
 pub use formats::{dequantize_row, QType};
@@ -28,6 +29,8 @@ pub struct Act32 {
     pub d: f32,
     /// d · Σ q (the sum the types with a minimum need).
     pub s: f32,
+    /// Σ q (what packed rows, stored unsigned, subtract).
+    pub sum: i32,
     /// The codes.
     pub q: [i8; 32],
 }
@@ -66,6 +69,16 @@ pub enum Kernels {
 }
 
 impl Kernels {
+    /// Whether these kernels use AVX-512 VNNI (and so pack the rows of the
+    /// types that pack: [`QMatrix::packed`]).
+    pub fn vnni(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernels::Avx512 {
+            return std::arch::is_x86_feature_detected!("avx512vnni");
+        }
+        false
+    }
+
     /// The best this CPU has (`MAGPIE_LLM_KERNELS=portable` forces plain
     /// Rust, `MAGPIE_LLM_KERNELS=avx2` the AVX2 build on an AVX-512 CPU;
     /// `MAGPIE_LLM_KERNELS=candle` leaves these kernels out and runs candle's,
@@ -110,6 +123,7 @@ pub fn quantize32(x: &[f32], out: &mut Vec<Act32>) {
         out.push(Act32 {
             d,
             s: d * sum as f32,
+            sum,
             q,
         });
     }

@@ -238,3 +238,88 @@ fn the_avx512_tiles_equal_the_avx2_ones() {
         assert_eq!(a, b, "{ty:?}");
     }
 }
+
+const PACKABLE: [QType; 3] = [QType::Q4_0, QType::Q5_0, QType::Q8_0];
+
+/// A matrix of `rows` random rows, in the file's layout and packed.
+fn plain_and_packed(ty: QType, rows: usize, cols: usize, rng: &mut Rng) -> (QMatrix, QMatrix) {
+    let data: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, rng)).collect();
+    let m = QMatrix::new(ty, rows, cols, data.into()).unwrap();
+    let p = m.packed().expect("packs");
+    assert!(p.is_packed() && p.packed().is_none() && p.bytes() == m.bytes());
+    (m, p)
+}
+
+/// Packing moves the file's bytes (each row unpacks to what it was) and the
+/// packed kernels give the file layout's products to rounding.
+#[test]
+fn packed_rows_hold_the_same_matrix() {
+    let mut rng = Rng(31);
+    for ty in PACKABLE {
+        let cols = 3 * 32;
+        let (m, p) = plain_and_packed(ty, 24, cols, &mut rng);
+        let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+        for r in 0..24 {
+            m.dequantize(r, &mut a);
+            p.dequantize(r, &mut b);
+            assert_eq!(a, b, "{ty:?} row {r}");
+        }
+        let t = 11;
+        let x: Vec<f32> = (0..t * cols).map(|_| rng.unit() * 4.0 - 2.0).collect();
+        for k in kernels() {
+            let (mut want, mut got) = (vec![0f32; t * 24], vec![0f32; t * 24]);
+            m.matmul_with(k, &x, t, &mut want);
+            p.matmul_with(k, &x, t, &mut got);
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    (w - g).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{ty:?} {k:?} [{i}]: {g} vs {w}"
+                );
+            }
+        }
+        let seven: Vec<u8> = (0..7)
+            .flat_map(|_| random_row(ty, cols, &mut rng))
+            .collect();
+        let seven = QMatrix::new(ty, 7, cols, seven.into()).unwrap();
+        assert!(seven.packed().is_none(), "7 rows do not pack");
+    }
+    let k = QMatrix::new(QType::Q4_1, 8, 32, vec![0u8; 8 * 20].into()).unwrap();
+    assert!(k.packed().is_none(), "Q4_1 does not pack");
+}
+
+/// On packed rows a prompt's tiles (8 tokens, 4, 1), a decode step's row
+/// ranges (any start and end) and the plain-Rust path give every token the
+/// same values, bit for bit.
+#[test]
+fn packed_tiles_ranges_and_portable_path_agree_bit_for_bit() {
+    let mut rng = Rng(37);
+    for ty in PACKABLE {
+        let (rows, cols) = (40, 2 * 32);
+        let (_, p) = plain_and_packed(ty, rows, cols, &mut rng);
+        for t in [1, 5, 8, 13] {
+            let x: Vec<f32> = (0..t * cols).map(|_| rng.unit() * 2.0 - 1.0).collect();
+            let mut first: Option<Vec<f32>> = None;
+            for k in kernels() {
+                let mut all = vec![0f32; t * rows];
+                p.matmul_with(k, &x, t, &mut all);
+                for ti in 0..t {
+                    let mut a = Vec::new();
+                    quantize32(&x[ti * cols..(ti + 1) * cols], &mut a);
+                    let mut one = vec![0f32; rows];
+                    for (r0, r1) in [(0, 3), (3, 16), (16, 17), (17, 40)] {
+                        p.dot_rows(k, Acts::B32(&a), r0..r1, &mut one[r0..r1]);
+                    }
+                    assert_eq!(
+                        &all[ti * rows..(ti + 1) * rows],
+                        &one[..],
+                        "{ty:?} {k:?} t {t} token {ti}"
+                    );
+                }
+                match &first {
+                    None => first = Some(all),
+                    Some(f) => assert_eq!(f, &all, "{ty:?} {k:?} against the portable path"),
+                }
+            }
+        }
+    }
+}
