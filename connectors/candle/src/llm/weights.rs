@@ -27,16 +27,19 @@ pub(super) fn own_kernels(device: &Device) -> bool {
 }
 
 /// `m` with its rows packed by eight where this CPU's kernels read packed
-/// rows (AVX-512 VNNI: prompts ~3.4× and one-token steps faster on the
-/// 32-value types, `cargo run -p magpie-candle --example tilebench`);
-/// `MAGPIE_LLM_PACK=0` keeps the file's layout, to compare.
+/// rows (AVX-512 VNNI: Q4_0, Q5_0, Q8_0, Q4_K and Q6_K; prompt tiles
+/// ~3.4× faster on the 32-value types, `cargo run -p magpie-candle --example
+/// tilebench`); `MAGPIE_LLM_PACK=0` keeps the file's layout, to compare.
 fn for_kernels(m: QMatrix) -> QMatrix {
-    if !super::quant::Kernels::detect().vnni()
-        || std::env::var("MAGPIE_LLM_PACK").as_deref() == Ok("0")
-    {
+    if !packs() {
         return m;
     }
     m.packed().unwrap_or(m)
+}
+
+/// Whether matrices are packed ([`for_kernels`]).
+fn packs() -> bool {
+    super::quant::Kernels::detect().vnni() && std::env::var("MAGPIE_LLM_PACK").as_deref() != Ok("0")
 }
 
 /// A weight matrix: on the CPU magpie's kernels read the file's bytes;
@@ -59,7 +62,7 @@ impl Weight {
         match QMatrix::from_qtensor(t.clone()) {
             Ok(m) => {
                 let m = for_kernels(m);
-                let tiled = if m.qtype().is_k() {
+                let tiled = if m.qtype().is_k() && !m.is_packed() {
                     Some(QMatMul::from_arc(t).map_err(cerr)?)
                 } else {
                     None
@@ -341,7 +344,9 @@ impl WeightLoader<'_> {
         let Ok((all, cols)) = info.shape.dims2() else {
             return Ok(None);
         };
-        if ty.is_k() || widen {
+        // K types in the file's layout run their prompts on candle's tiled
+        // kernels, which read them from a tensor; packed, they are magpie's
+        if (ty.is_k() && !packs()) || widen {
             return Ok(None);
         }
         let (r0, n) = rows.unwrap_or((0, all));

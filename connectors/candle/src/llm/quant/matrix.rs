@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 
 use super::formats::{dequantize_row, QType};
-use super::{dots, packed, quantize256, quantize32, Act256, Act32, Acts, Kernels};
+use super::{dots, packed, packed_k, quantize256, quantize32, Act256, Act32, Acts, Kernels};
 
 /// `[rows, cols]` of one quantized type, in GGUF's block layout.
 pub struct QMatrix {
@@ -67,7 +67,6 @@ const ROWS_PER_TASK: usize = 12;
 /// Groups of eight packed rows per task (16 rows: 640, 1,024 and 2,048 split
 /// evenly over two cores).
 const GROUPS_PER_TASK: usize = 2;
-const TILE: usize = 8;
 
 impl QMatrix {
     /// A 2-D quantized tensor on the CPU of a type magpie has kernels for,
@@ -145,10 +144,16 @@ impl QMatrix {
     /// ([`super::packed`]: the same bytes, moved), where the type packs and
     /// the rows are a multiple of eight; `None` otherwise.
     pub fn packed(&self) -> Option<Self> {
-        if self.packed || !packed::packable(self.ty) || !self.rows.is_multiple_of(packed::GROUP) {
+        if self.packed || !self.rows.is_multiple_of(packed::GROUP) {
             return None;
         }
-        let data = packed::pack(self.ty, self.rows, self.cols, self.data.get());
+        let data = if packed::packable(self.ty) {
+            packed::pack(self.ty, self.rows, self.cols, self.data.get())
+        } else if packed_k::packable(self.ty) {
+            packed_k::pack(self.ty, self.rows, self.cols, self.data.get())
+        } else {
+            return None;
+        };
         if let Bytes::Mapped { map, offset, len } = &self.data {
             // The file's pages just read are not needed any more: out of this
             // process's resident memory (they stay in the page cache).
@@ -204,7 +209,9 @@ impl QMatrix {
 
     /// Row `r` as f32 (an embedding lookup).
     pub fn dequantize(&self, r: usize, out: &mut [f32]) {
-        if self.packed {
+        if self.packed && self.ty.is_k() {
+            packed_k::dequantize_row(self.ty, self.data.get(), self.cols, r, out);
+        } else if self.packed {
             let mut row = vec![0u8; self.ty.row_bytes(self.cols)];
             packed::unpack_row(self.ty, self.data.get(), self.cols, r, &mut row);
             dequantize_row(self.ty, &row, &mut out[..self.cols]);
@@ -215,8 +222,31 @@ impl QMatrix {
 
     /// Group `g`'s bytes in a packed matrix.
     fn group_bytes(&self, g: usize) -> &[u8] {
-        let len = packed::GROUP * self.ty.row_bytes(self.cols);
+        let len = if self.ty.is_k() {
+            self.cols / 256 * packed_k::group_block_bytes(self.ty)
+        } else {
+            packed::GROUP * self.ty.row_bytes(self.cols)
+        };
         &self.data.get()[g * len..(g + 1) * len]
+    }
+
+    /// Packed group `g` against `N` tokens from `t` of the activations.
+    fn group_tile<const N: usize>(
+        &self,
+        vnni: bool,
+        g: usize,
+        a32: &[Vec<Act32>],
+        a256: &[Vec<Act256>],
+        t: usize,
+    ) -> [[f32; 8]; N] {
+        let w = self.group_bytes(g);
+        if self.ty.is_k() {
+            let x: [&[Act256]; N] = std::array::from_fn(|j| &a256[t + j][..]);
+            packed_k::group(vnni, self.ty, w, x)
+        } else {
+            let x: [&[Act32]; N] = std::array::from_fn(|j| &a32[t + j][..]);
+            packed::group(vnni, self.ty, w, x)
+        }
     }
 
     /// `out[i] = W[rows.start + i] · x` for one row of activations quantized
@@ -234,16 +264,22 @@ impl QMatrix {
     ) {
         let n = rows.len().min(out.len());
         if self.packed {
-            let Acts::B32(x) = x else {
-                panic!(
-                    "activations quantized for another block size than {:?}",
-                    self.ty
-                );
-            };
             let mut r = rows.start;
             while r < rows.start + n {
                 let g = r / packed::GROUP;
-                let v = packed::group::<1>(kernels.vnni(), self.ty, self.group_bytes(g), [x])[0];
+                let w = self.group_bytes(g);
+                let v = match x {
+                    Acts::B32(x) if !self.ty.is_k() => {
+                        packed::group::<1>(kernels.vnni(), self.ty, w, [x])[0]
+                    }
+                    Acts::B256(x) if self.ty.is_k() => {
+                        packed_k::group::<1>(kernels.vnni(), self.ty, w, [x])[0]
+                    }
+                    _ => panic!(
+                        "activations quantized for another block size than {:?}",
+                        self.ty
+                    ),
+                };
                 let end = ((g + 1) * packed::GROUP).min(rows.start + n);
                 out[r - rows.start..end - rows.start]
                     .copy_from_slice(&v[r - g * packed::GROUP..end - g * packed::GROUP]);
@@ -336,7 +372,7 @@ impl QMatrix {
         };
         let ptr = OutPtr(out.as_mut_ptr());
         if self.packed {
-            self.matmul_packed(kernels.vnni(), &a32, &ptr);
+            self.matmul_packed(kernels.vnni(), &a32, &a256, &ptr);
             return;
         }
         let tasks = self.rows.div_ceil(ROWS_PER_TASK);
@@ -400,8 +436,9 @@ impl QMatrix {
 
     /// The prompt on packed rows: each group of eight rows against the
     /// tokens in tiles of eight, then four, then one (the same values).
-    fn matmul_packed(&self, vnni: bool, a32: &[Vec<Act32>], out: &OutPtr) {
+    fn matmul_packed(&self, vnni: bool, a32: &[Vec<Act32>], a256: &[Vec<Act256>], out: &OutPtr) {
         let groups = self.rows / packed::GROUP;
+        let tokens = a32.len().max(a256.len());
         let tasks = groups.div_ceil(GROUPS_PER_TASK);
         crate::llm::pool::decode_pool().run(tasks, |range| {
             let put = |t: usize, g: usize, v: &[f32; 8]| {
@@ -414,24 +451,24 @@ impl QMatrix {
             for task in range {
                 let g1 = ((task + 1) * GROUPS_PER_TASK).min(groups);
                 for g in task * GROUPS_PER_TASK..g1 {
-                    let w = self.group_bytes(g);
                     let mut t = 0;
-                    while t + TILE <= a32.len() {
-                        let x: [&[Act32]; TILE] = std::array::from_fn(|j| &a32[t + j][..]);
-                        for (j, v) in packed::group(vnni, self.ty, w, x).iter().enumerate() {
-                            put(t + j, g, v);
+                    // 8 tokens a tile for the 32-value types (their
+                    // accumulators fit AVX-512's 32 registers), 4 for the
+                    // K types (three a token)
+                    if !self.ty.is_k() {
+                        while t + 8 <= tokens {
+                            let v = self.group_tile::<8>(vnni, g, a32, a256, t);
+                            v.iter().enumerate().for_each(|(j, v)| put(t + j, g, v));
+                            t += 8;
                         }
-                        t += TILE;
                     }
-                    while t + 4 <= a32.len() {
-                        let x: [&[Act32]; 4] = std::array::from_fn(|j| &a32[t + j][..]);
-                        for (j, v) in packed::group(vnni, self.ty, w, x).iter().enumerate() {
-                            put(t + j, g, v);
-                        }
+                    while t + 4 <= tokens {
+                        let v = self.group_tile::<4>(vnni, g, a32, a256, t);
+                        v.iter().enumerate().for_each(|(j, v)| put(t + j, g, v));
                         t += 4;
                     }
-                    for (t, x) in a32.iter().enumerate().skip(t) {
-                        put(t, g, &packed::group(vnni, self.ty, w, [&x[..]])[0]);
+                    for t in t..tokens {
+                        put(t, g, &self.group_tile::<1>(vnni, g, a32, a256, t)[0]);
                     }
                 }
             }

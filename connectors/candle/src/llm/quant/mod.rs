@@ -15,6 +15,7 @@ mod avx2;
 mod formats;
 mod matrix;
 mod packed;
+mod packed_k;
 mod portable;
 
 pub use formats::{dequantize_row, QType};
@@ -45,6 +46,8 @@ pub struct Act256 {
     pub q: [i8; 256],
     /// Σ q over each 16 values.
     pub bsums: [i16; 16],
+    /// Σ q over each 32 values (what packed Q4_K rows' minimums multiply).
+    pub bsum32: [i16; 8],
 }
 
 /// One row's quantized activations, in the block size a weight type wants.
@@ -140,12 +143,16 @@ pub fn quantize256(x: &[f32], out: &mut Vec<Act256>) {
             d,
             q: [0; 256],
             bsums: [0; 16],
+            bsum32: [0; 8],
         };
         for (o, v) in blk.q.iter_mut().zip(b) {
             *o = (v * id).round().clamp(-127.0, 127.0) as i8;
         }
         for (g, s) in blk.bsums.iter_mut().enumerate() {
             *s = blk.q[g * 16..(g + 1) * 16].iter().map(|&v| v as i16).sum();
+        }
+        for (j, s) in blk.bsum32.iter_mut().enumerate() {
+            *s = blk.bsums[2 * j] + blk.bsums[2 * j + 1];
         }
         out.push(blk);
     }
