@@ -434,25 +434,24 @@ fn top(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// Decoding one token at a time (the single-row attention path, reading the
-/// cache in place) gives the logits of running the whole sequence as one
-/// prompt: exactly on the tiny model; on Gemma the same leading tokens, its logits
-/// moving by the noise of 8-bit activation quantization, which differs between
-/// the one-row and many-row kernels and grows through 18 layers and long
-/// contexts (candle's own attention path shows the same, and it is the size of
-/// the difference to llama.cpp).
+/// Decoding one token at a time (the fused step, reading the cache in place)
+/// gives the logits of running the whole sequence as one prompt (the fused
+/// prompt), bit for bit: on the tiny model and on Gemma, past its 512-token
+/// local window too. Both do the same arithmetic in the same order (the
+/// kernels' tiles give each token its one-token values; attention takes the
+/// keys in order), so how a prompt is split into calls changes nothing.
 #[test]
 fn decode_steps_match_a_full_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let long = "Magpies hoard shiny things, remember faces, and build domed nests. ".repeat(50);
     let short = "The magpie index keeps chunks in two stores, and the catalog";
     let tiny_llama = tiny_in(Tiny::Llama, 2, dir.path());
-    for (path, exact, text) in [
-        (gemma_path(), false, short),
+    for (path, text) in [
+        (gemma_path(), short),
         // past Gemma's 512-token local window: local layers read a window of the cache
-        (gemma_path(), false, long.as_str()),
-        (tiny_llama.clone(), true, short),
-        (tiny_llama, true, &long[..1200]),
+        (gemma_path(), long.as_str()),
+        (tiny_llama.clone(), short),
+        (tiny_llama, &long[..1200]),
     ] {
         let llm = LocalLlm::load(&path, LlmOptions::default()).unwrap();
         let m = llm.model();
@@ -467,27 +466,17 @@ fn decode_steps_match_a_full_prompt() {
         let mut fresh = m.new_cache(1024);
         let whole = Transformer::to_vec(&m.forward(&ids, &mut fresh, false).unwrap()).unwrap();
         let d = max_abs_diff(&stepped, &whole);
-        let show = |v: &[f32]| top(v, 3).iter().map(|&i| (i, v[i])).collect::<Vec<_>>();
         println!(
-            "{} ({n} tokens): stepped vs whole max |diff| {d:.2e}; top 3 {:?} vs {:?}",
-            path.display(),
-            show(&stepped),
-            show(&whole)
+            "{} ({n} tokens): stepped vs whole max |diff| {d:.2e}",
+            path.display()
         );
-        if exact {
-            assert_eq!(top(&stepped, 1), top(&whole, 1));
-            assert!(d < 1e-3, "{d}");
-        } else {
-            // a near tie may swap the first two (seen at 752 tokens: 0.15
-            // apart in the whole prompt's logits)
-            assert!(top(&whole, 2).contains(&top(&stepped, 1)[0]));
-            assert!(top(&stepped, 2).contains(&top(&whole, 1)[0]));
-            let (a, b) = (top(&stepped, 5), top(&whole, 5));
-            assert!(
-                a.iter().filter(|t| b.contains(t)).count() >= 4,
-                "{a:?} vs {b:?}"
-            );
-        }
+        assert_eq!(top(&stepped, 5), top(&whole, 5));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&stepped) == bits(&whole),
+            "{}: max |diff| {d}",
+            path.display()
+        );
     }
 }
 
@@ -541,6 +530,80 @@ fn fused_decode_matches_the_generic_path_on_any_thread_count() {
             assert_eq!(out[0], out[1], "{at}: one thread against the pool");
             assert_eq!(out[0], out[2], "{at}: fused against generic");
             token = top(&out[0], 1)[0] as u32;
+        }
+    }
+}
+
+/// The fused prompt (magpie's own prompt pass on the CPU) against the generic
+/// path over candle ops, on every layout (biases, q/k norms, post norms,
+/// both RoPE layouts, grouped heads, GLM's split matrices) and on Gemma past
+/// its local window: the same cache before the first attention, bit for bit;
+/// the same logits up to the order of the attention's sums (candle multiplies
+/// every query by every key, then masks).
+#[test]
+fn fused_prompt_matches_the_generic_path_on_every_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "Magpies hoard shiny things, remember faces, and build domed nests. ".repeat(50);
+    let mut cases = Vec::new();
+    for kind in Tiny::ALL {
+        cases.push((tiny_in(kind, 2, dir.path()), long[..900].to_string(), true));
+    }
+    cases.push((gemma_path(), long.clone(), false));
+    for (path, text, tiny) in cases {
+        let llm = LocalLlm::load(&path, LlmOptions::default()).unwrap();
+        let m = llm.model();
+        let ids = llm.encode_prompt(&text).unwrap();
+        let mut out = Vec::new();
+        let mut caches = Vec::new();
+        for fused in [true, false] {
+            m.set_fused_decode(fused);
+            let mut cache = m.new_cache(1024);
+            // in two calls, the second after cached positions
+            let half = ids.len() / 2;
+            m.forward(&ids[..half], &mut cache, false).unwrap();
+            let l = m.forward(&ids[half..], &mut cache, false).unwrap();
+            out.push(Transformer::to_vec(&l).unwrap());
+            caches.push(cache);
+        }
+        m.set_fused_decode(true);
+        let d = max_abs_diff(&out[0], &out[1]);
+        let at = format!("{} ({} tokens)", path.display(), ids.len());
+        let range = out[1].iter().fold(f32::MIN, |m, v| m.max(*v))
+            - out[1].iter().fold(f32::MAX, |m, v| m.min(*v));
+        println!(
+            "{at}: fused vs generic prompt max |diff| {d:.2e} (logits span {range:.1}), top 3 {:?} vs {:?}",
+            top(&out[0], 3),
+            top(&out[1], 3)
+        );
+        // layer 0's keys come before any attention: norms, projections
+        // (with biases, q/k norms), RoPE and the cache write, bit for bit
+        let keys = |c: &magpie_candle::llm::model::KvCache| {
+            let k = c
+                .keys(0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            k.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        assert!(
+            keys(&caches[0]) == keys(&caches[1]),
+            "{at}: layer 0's keys differ"
+        );
+        // past it, the attention's order of sums moves some 8-bit activation
+        // codes by one, and the layers carry that along
+        if tiny {
+            assert!(d <= 0.02 * range, "{at}: {d} of a span of {range}");
+            assert_eq!(top(&out[0], 1), top(&out[1], 1), "{at}");
+        } else {
+            // Gemma's 18 layers amplify the attention's rounding through
+            // 8-bit activation codes: the leading tokens agree
+            let (a, b) = (top(&out[0], 5), top(&out[1], 5));
+            assert!(
+                a.iter().filter(|t| b.contains(t)).count() >= 4,
+                "{at}: {a:?} vs {b:?}"
+            );
         }
     }
 }

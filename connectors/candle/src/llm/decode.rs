@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Storage, Tensor};
 
+use super::attn;
 use super::gguf::{Arch, LlmConfig};
 use super::quant::{quantize256, quantize32, Act256, Act32, Acts, Kernels, QMatrix};
 
@@ -85,7 +86,7 @@ pub(super) struct Scratch {
 /// Rows of one matrix per task.
 const ROWS_PER_TASK: usize = 16;
 
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: every task writes a disjoint range through it.
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
@@ -93,14 +94,14 @@ unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// The pointer (a method, so closures capture the whole wrapper).
-    fn at(&self, i: usize) -> *mut f32 {
+    pub(super) fn at(&self, i: usize) -> *mut f32 {
         // SAFETY: callers stay inside the buffer the pointer came from.
         unsafe { self.0.add(i) }
     }
 }
 
 /// `y = x / rms(x) * w`, as candle's `rms_norm` computes it.
-fn rms_into(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+pub(super) fn rms_into(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     let sum2: f32 = x.iter().map(|v| v * v).sum();
     let m = (sum2 / x.len() as f32 + eps).sqrt();
     for ((d, s), a) in y.iter_mut().zip(x).zip(w) {
@@ -108,7 +109,7 @@ fn rms_into(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     }
 }
 
-fn rms_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+pub(super) fn rms_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     let sum2: f32 = x.iter().map(|v| v * v).sum();
     let m = (sum2 / x.len() as f32 + eps).sqrt();
     for (d, a) in x.iter_mut().zip(w) {
@@ -118,12 +119,18 @@ fn rms_in_place(x: &mut [f32], w: &[f32], eps: f32) {
 
 use super::ops::gelu;
 
-fn silu(v: f32) -> f32 {
+pub(super) fn silu(v: f32) -> f32 {
     v / (1.0 + (-v).exp())
 }
 
 /// The cos/sin of position `pos` for `dim` rotated values (as `rope_tables`).
-fn rope_row(pos: usize, dim: usize, base: f32, scale: f32, out: &mut (Vec<f32>, Vec<f32>)) {
+pub(super) fn rope_row(
+    pos: usize,
+    dim: usize,
+    base: f32,
+    scale: f32,
+    out: &mut (Vec<f32>, Vec<f32>),
+) {
     let half = dim / 2;
     out.0.clear();
     out.1.clear();
@@ -137,7 +144,7 @@ fn rope_row(pos: usize, dim: usize, base: f32, scale: f32, out: &mut (Vec<f32>, 
 }
 
 /// Rotate every head of `x` (`heads × hd`) in place.
-fn rope(x: &mut [f32], hd: usize, neox: bool, cos: &[f32], sin: &[f32]) {
+pub(super) fn rope(x: &mut [f32], hd: usize, neox: bool, cos: &[f32], sin: &[f32]) {
     let half = cos.len();
     for head in x.chunks_exact_mut(hd) {
         if neox {
@@ -156,40 +163,8 @@ fn rope(x: &mut [f32], hd: usize, neox: bool, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// A dot product with independent accumulators (vectorizes; the order of
-/// the sum is fixed, so every thread gets the same value).
-pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = 0f32;
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    let mut w = 8;
-    while w > 0 {
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-        w /= 2;
-    }
-    acc[0] + s
-}
-
-/// `y += w · x`.
-pub(super) fn axpy(y: &mut [f32], w: f32, x: &[f32]) {
-    for (o, v) in y.iter_mut().zip(x) {
-        *o += w * v;
-    }
-}
-
 /// The activations of `x` in the block sizes `mats` need.
-fn quantize_for(x: &[f32], mats: &[&Mat], a32: &mut Vec<Act32>, a256: &mut Vec<Act256>) {
+pub(super) fn quantize_for(x: &[f32], mats: &[&Mat], a32: &mut Vec<Act32>, a256: &mut Vec<Act256>) {
     if mats.iter().any(|m| !m.m.qtype().is_k()) {
         quantize32(x, a32);
     }
@@ -216,7 +191,7 @@ impl Decoder {
         total
     }
 
-    fn par(&self, n: usize, f: impl Fn(Range<usize>) + Sync) {
+    pub(super) fn par(&self, n: usize, f: impl Fn(Range<usize>) + Sync) {
         let threads = self.threads.load(std::sync::atomic::Ordering::Relaxed);
         if threads == 1 || n <= 1 {
             f(0..n)
@@ -227,7 +202,13 @@ impl Decoder {
 
     /// `outs[i] = mats[i] · x` (plus bias) for the already quantized `x`,
     /// all matrices in one parallel section.
-    fn gemv(&self, mats: &[&Mat], a32: &[Act32], a256: &[Act256], outs: &mut [&mut Vec<f32>]) {
+    pub(super) fn gemv(
+        &self,
+        mats: &[&Mat],
+        a32: &[Act32],
+        a256: &[Act256],
+        outs: &mut [&mut Vec<f32>],
+    ) {
         debug_assert_eq!(mats.len(), outs.len());
         let mut starts = [0usize; 4];
         assert!(mats.len() < starts.len(), "at most three matrices at once");
@@ -368,12 +349,8 @@ impl Decoder {
                         // SAFETY: as above.
                         let oh = unsafe { std::slice::from_raw_parts_mut(out.at(h * hd), hd) };
                         let kbase = (kvh * cap + first) * hd;
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, sc) in scores.iter_mut().enumerate() {
-                            let off = kbase + j * hd;
-                            *sc = dot_f32(qh, &kd[off..off + hd]) * scale;
-                            max = max.max(*sc);
-                        }
+                        attn::scores(qh, &kd[kbase..kbase + kl * hd], hd, scale, scores);
+                        let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
                         let mut sum = 0f32;
                         for sc in scores.iter_mut() {
                             *sc = (*sc - max).exp();
@@ -382,7 +359,7 @@ impl Decoder {
                         let inv = 1.0 / sum;
                         for (j, sc) in scores.iter().enumerate() {
                             let off = kbase + j * hd;
-                            axpy(oh, sc * inv, &vd[off..off + hd]);
+                            attn::axpy(oh, sc * inv, &vd[off..off + hd]);
                         }
                     }
                 });
@@ -430,24 +407,6 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_f32_matches_a_plain_sum() {
-        for n in [0, 1, 7, 16, 31, 64, 256, 259] {
-            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
-            let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
-            let want: f64 = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (*x as f64) * (*y as f64))
-                .sum();
-            let got = dot_f32(&a, &b) as f64;
-            assert!(
-                (got - want).abs() < 1e-3 * (1.0 + want.abs()),
-                "{n}: {got} vs {want}"
-            );
-        }
-    }
 
     #[test]
     fn rope_halves_and_pairs_rotate_by_the_angle() {

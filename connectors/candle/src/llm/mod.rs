@@ -3,6 +3,7 @@
 //! controls (sliding-window context with RoPE re-rotation), the tokenizer
 //! from the file's metadata, chat templates, and a streaming [`magpie_core::Generator`].
 
+mod attn;
 pub mod chat;
 mod decode;
 pub mod generator;
@@ -12,6 +13,7 @@ pub mod lora;
 pub mod model;
 mod ops;
 mod pool;
+mod prefill;
 pub mod quant;
 pub mod spm;
 pub mod vocab;

@@ -49,6 +49,10 @@ impl KvCache {
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
     }
+    /// Layer `layer`'s keys for the positions held: `[1, kv heads, len, head dim]`.
+    pub fn keys(&self, layer: usize) -> Option<Tensor> {
+        self.k.get(layer)?.narrow(2, 0, self.len).ok()
+    }
 }
 
 /// A loaded model.
@@ -381,6 +385,16 @@ impl Transformer {
             let n = logits.len();
             let shape: &[usize] = if all { &[1, n] } else { &[n] };
             return Tensor::from_vec(logits, shape, &self.device);
+        }
+        // a prompt, when only its last logits are wanted: the fused prompt
+        // (the one-token step's arithmetic, so the same cache and logits)
+        if let (false, Some(d), true, true) =
+            (all, &self.decoder, self.fused_decode(), loras.is_empty())
+        {
+            let logits = d.prefill(c, tokens, &cache.k, &cache.v, start)?;
+            cache.len = start + t;
+            let n = logits.len();
+            return Tensor::from_vec(logits, n, &self.device);
         }
         let mut h = self.embed.lookup(tokens, &self.device)?.unsqueeze(0)?; // [1, t, d]
         if let Some(s) = self.embed_scale {

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::decode::{axpy, dot_f32};
+use super::attn;
 use super::gguf::LlmConfig;
 
 type CResult<T> = candle_core::Result<T>;
@@ -72,14 +72,11 @@ pub(super) fn attend_one(
         let qh = &q[h * hd..(h + 1) * hd];
         let base_k = k0 + kvh * cap * hd;
         let base_v = v0 + kvh * cap * hd;
-        let mut max = f32::NEG_INFINITY;
         // the fused step's arithmetic, in its order (the two paths agree bit for bit)
         let scale = scale as f32;
-        for (j, sc) in scores.iter_mut().enumerate() {
-            let off = base_k + (first + j) * hd;
-            *sc = dot_f32(qh, &kd[off..off + hd]) * scale;
-            max = max.max(*sc);
-        }
+        let k_at = base_k + first * hd;
+        attn::scores(qh, &kd[k_at..k_at + kl * hd], hd, scale, &mut scores);
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
         let mut sum = 0f32;
         for sc in scores.iter_mut() {
             *sc = (*sc - max).exp();
@@ -89,7 +86,7 @@ pub(super) fn attend_one(
         let inv = 1.0 / sum;
         for (j, sc) in scores.iter().enumerate() {
             let off = base_v + (first + j) * hd;
-            axpy(oh, sc * inv, &vd[off..off + hd]);
+            attn::axpy(oh, sc * inv, &vd[off..off + hd]);
         }
     }
     drop(ks);

@@ -64,6 +64,55 @@ unsafe impl Sync for OutPtr {}
 /// one row in sixteen to it: 5% of a prompt's samples in `perf`).
 const ROWS_PER_TASK: usize = 12;
 
+/// The rows of `x` (each `cols` long) quantized for the 32-value types
+/// (`b32`) and for the K types (`b256`), on the pool's threads (each row the
+/// same values whichever thread quantizes it).
+pub fn quantize_rows(
+    x: &[f32],
+    cols: usize,
+    b32: bool,
+    b256: bool,
+    a32: &mut Vec<Vec<Act32>>,
+    a256: &mut Vec<Vec<Act256>>,
+) {
+    let t = x.len() / cols.max(1);
+    a32.resize_with(if b32 { t } else { 0 }, Vec::new);
+    a256.resize_with(if b256 { t } else { 0 }, Vec::new);
+    let (p32, p256) = (VecPtr(a32.as_mut_ptr()), VecPtr(a256.as_mut_ptr()));
+    let work = |rows: std::ops::Range<usize>| {
+        for r in rows {
+            let row = &x[r * cols..(r + 1) * cols];
+            // SAFETY: row r's vectors are written by the task owning r only.
+            unsafe {
+                if b32 {
+                    quantize32(row, &mut *p32.at(r));
+                }
+                if b256 {
+                    quantize256(row, &mut *p256.at(r));
+                }
+            }
+        }
+    };
+    if t * cols < 16 * 1024 {
+        work(0..t);
+    } else {
+        crate::llm::pool::decode_pool().run(t, work);
+    }
+}
+
+struct VecPtr<T>(*mut Vec<T>);
+// SAFETY: each task touches a disjoint set of indices.
+unsafe impl<T> Send for VecPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for VecPtr<T> {}
+
+impl<T> VecPtr<T> {
+    fn at(&self, i: usize) -> *mut Vec<T> {
+        // SAFETY: callers stay inside the vector the pointer came from.
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// Groups of eight packed rows per task (16 rows: 640, 1,024 and 2,048 split
 /// evenly over two cores).
 const GROUPS_PER_TASK: usize = 2;
@@ -352,19 +401,38 @@ impl QMatrix {
             x.len() >= t * self.cols && out.len() >= t * self.rows,
             "matmul shapes"
         );
-        let mut a32: Vec<Vec<Act32>> = Vec::new();
-        let mut a256: Vec<Vec<Act256>> = Vec::new();
-        for row in x.chunks_exact(self.cols).take(t) {
-            if self.ty.is_k() {
-                let mut v = Vec::new();
-                quantize256(row, &mut v);
-                a256.push(v);
-            } else {
-                let mut v = Vec::new();
-                quantize32(row, &mut v);
-                a32.push(v);
-            }
-        }
+        let (mut a32, mut a256) = (Vec::new(), Vec::new());
+        quantize_rows(
+            &x[..t * self.cols],
+            self.cols,
+            !self.ty.is_k(),
+            self.ty.is_k(),
+            &mut a32,
+            &mut a256,
+        );
+        self.matmul_quantized(kernels, &a32, &a256, out);
+    }
+
+    /// `out[t, r] = x[t] · W[r]` for activation rows already quantized
+    /// ([`quantize_rows`]; those of this type's block size are read).
+    pub fn matmul_quantized(
+        &self,
+        kernels: Kernels,
+        a32: &[Vec<Act32>],
+        a256: &[Vec<Act256>],
+        out: &mut [f32],
+    ) {
+        let t = if self.ty.is_k() {
+            a256.len()
+        } else {
+            a32.len()
+        };
+        assert!(out.len() >= t * self.rows, "matmul shapes");
+        let (a32, a256) = if self.ty.is_k() {
+            (&a32[..0], a256)
+        } else {
+            (a32, &a256[..0])
+        };
         let acts: Vec<Acts<'_>> = if self.ty.is_k() {
             a256.iter().map(|v| Acts::B256(v)).collect()
         } else {
@@ -372,7 +440,7 @@ impl QMatrix {
         };
         let ptr = OutPtr(out.as_mut_ptr());
         if self.packed {
-            self.matmul_packed(kernels.vnni(), &a32, &a256, &ptr);
+            self.matmul_packed(kernels.vnni(), a32, a256, &ptr);
             return;
         }
         let tasks = self.rows.div_ceil(ROWS_PER_TASK);
@@ -395,9 +463,9 @@ impl QMatrix {
                 // 384-token prompt: 302–308 against 282–286 tokens/s for
                 // 2 × 4, 292–295 for 4 × 4).
                 if !self.ty.is_k() && kernels == Kernels::Avx512 && a32.len() >= 8 {
-                    r = self.tiles::<3, 8>(kernels, &a32, &acts, r, r1, &put);
+                    r = self.tiles::<3, 8>(kernels, a32, &acts, r, r1, &put);
                 } else if !self.ty.is_k() && a32.len() >= 4 {
-                    r = self.tiles::<2, 4>(kernels, &a32, &acts, r, r1, &put);
+                    r = self.tiles::<2, 4>(kernels, a32, &acts, r, r1, &put);
                 }
                 // the rest: each weight row stays in L1 across the tokens,
                 // each block unpacked once for up to four tokens

@@ -19,7 +19,7 @@ mod packed_k;
 mod portable;
 
 pub use formats::{dequantize_row, QType};
-pub use matrix::QMatrix;
+pub use matrix::{quantize_rows, QMatrix};
 
 /// Activations of one row quantized to 8 bits: 32-value blocks (for Q4_0,
 /// Q4_1, Q5_0, Q5_1, Q8_0) or 256-value blocks (for Q4_K, Q5_K, Q6_K).

@@ -1,0 +1,421 @@
+//! Attention's arithmetic on the CPU: the dot products of queries with keys
+//! and the weighted sums of values, in tiles, with one definition of each
+//! value so the one-token step, the fused prompt and the generic path's
+//! one-row attention agree bit for bit.
+//!
+//! A dot product is 8 partial sums (lane l takes elements l, l + 8, …, by
+//! fused multiply-adds), added in a fixed tree (4, 2, 1 apart), plus the
+//! elements past the last whole 8. A weighted sum over keys takes each key
+//! in order, `o = fma(w, v, o)` element by element. Tiles compute several
+//! of them at once (a key row loaded once for several queries; an output
+//! chunk kept in registers across keys), each with the same operations in
+//! the same order as alone.
+
+/// The tree that adds 8 partial sums.
+#[inline(always)]
+fn reduce(mut a: [f32; 8]) -> f32 {
+    for w in [4, 2, 1] {
+        for i in 0..w {
+            a[i] += a[i + w];
+        }
+    }
+    a[0]
+}
+
+/// `Q × K` dot products of query rows `q` with key rows `k` (all `n` long).
+#[inline(always)]
+fn tile<const Q: usize, const K: usize>(q: [&[f32]; Q], k: [&[f32]; K], n: usize) -> [[f32; K]; Q] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { simd::tile(q, k, n) };
+    }
+    tile_portable(q, k, n)
+}
+
+/// [`tile`] in plain Rust: the same operations lane by lane.
+#[inline(always)]
+fn tile_portable<const Q: usize, const K: usize>(
+    q: [&[f32]; Q],
+    k: [&[f32]; K],
+    n: usize,
+) -> [[f32; K]; Q] {
+    let mut acc = [[[0f32; 8]; K]; Q];
+    let whole = n / 8 * 8;
+    for c in (0..whole).step_by(8) {
+        for i in 0..Q {
+            for j in 0..K {
+                for l in 0..8 {
+                    acc[i][j][l] = q[i][c + l].mul_add(k[j][c + l], acc[i][j][l]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|i| std::array::from_fn(|j| reduce(acc[i][j]) + tail(q[i], k[j], whole, n)))
+}
+
+/// The elements past the last whole 8, in order.
+#[inline(always)]
+fn tail(a: &[f32], b: &[f32], from: usize, n: usize) -> f32 {
+    let mut s = 0f32;
+    for e in from..n {
+        s = a[e].mul_add(b[e], s);
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// The 8 lanes of `v` added as [`super::reduce`] adds them.
+    #[inline(always)]
+    unsafe fn reduce(v: __m256) -> f32 {
+        let b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+        _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)))
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA; every row is at least `n` long.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const Q: usize, const K: usize>(
+        q: [&[f32]; Q],
+        k: [&[f32]; K],
+        n: usize,
+    ) -> [[f32; K]; Q] {
+        assert!(q.iter().all(|r| r.len() >= n) && k.iter().all(|r| r.len() >= n));
+        let mut acc = [[_mm256_setzero_ps(); K]; Q];
+        let whole = n / 8 * 8;
+        let (qp, kp) = (q.map(|r| r.as_ptr()), k.map(|r| r.as_ptr()));
+        let mut c = 0;
+        while c < whole {
+            let kv: [__m256; K] = std::array::from_fn(|j| _mm256_loadu_ps(kp[j].add(c)));
+            for i in 0..Q {
+                let qv = _mm256_loadu_ps(qp[i].add(c));
+                for j in 0..K {
+                    acc[i][j] = _mm256_fmadd_ps(qv, kv[j], acc[i][j]);
+                }
+            }
+            c += 8;
+        }
+        std::array::from_fn(|i| {
+            std::array::from_fn(|j| reduce(acc[i][j]) + super::tail(q[i], k[j], whole, n))
+        })
+    }
+
+    /// `R` output rows' 16-value chunk at `c` plus Σ_j w[r][j] · value j,
+    /// keys in order.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the chunk lies inside every row and value.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_chunk<const R: usize>(
+        outs: [*mut f32; R],
+        w: [&[f32]; R],
+        vals: &[f32],
+        n: usize,
+        span: usize,
+        c: usize,
+    ) {
+        assert!(vals.len() >= span * n && c + 16 <= n && w.iter().all(|w| w.len() >= span));
+        let mut acc: [[__m256; 2]; R] = std::array::from_fn(|i| {
+            [
+                _mm256_loadu_ps(outs[i].add(c)),
+                _mm256_loadu_ps(outs[i].add(c + 8)),
+            ]
+        });
+        let v = vals.as_ptr();
+        for j in 0..span {
+            let (v0, v1) = (
+                _mm256_loadu_ps(v.add(j * n + c)),
+                _mm256_loadu_ps(v.add(j * n + c + 8)),
+            );
+            for i in 0..R {
+                let wj = _mm256_set1_ps(*w[i].get_unchecked(j));
+                acc[i][0] = _mm256_fmadd_ps(wj, v0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(wj, v1, acc[i][1]);
+            }
+        }
+        for i in 0..R {
+            _mm256_storeu_ps(outs[i].add(c), acc[i][0]);
+            _mm256_storeu_ps(outs[i].add(c + 8), acc[i][1]);
+        }
+    }
+}
+
+/// `a · b`, as every tile computes it.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    tile::<1, 1>([a], [b], n)[0][0]
+}
+
+/// `out[j] = scale · (q · key j)` for `out.len()` keys, key j at
+/// `keys[j * n..]`: eight keys a tile.
+pub(super) fn scores(q: &[f32], keys: &[f32], n: usize, scale: f32, out: &mut [f32]) {
+    let m = out.len();
+    let mut j = 0;
+    while j + 8 <= m {
+        let k: [&[f32]; 8] = std::array::from_fn(|t| &keys[(j + t) * n..(j + t + 1) * n]);
+        let v = tile::<1, 8>([q], k, n)[0];
+        for (o, v) in out[j..j + 8].iter_mut().zip(v) {
+            *o = v * scale;
+        }
+        j += 8;
+    }
+    for (t, o) in out.iter_mut().enumerate().skip(j) {
+        *o = dot(q, &keys[t * n..(t + 1) * n]) * scale;
+    }
+}
+
+/// `scores[r][j] = scale · (row r · key j)` for query rows `rows` against
+/// the keys `keys[j * n..]` (`span` of them), the scores of row r at
+/// `out[r * span..]`: tiles of 4 rows × 4 keys (a short tile repeats its
+/// last row or key and drops the copy).
+pub(super) fn score_block(
+    rows: &[&[f32]],
+    keys: &[f32],
+    n: usize,
+    span: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: the CPU has AVX-512 F and VL (checked just above).
+        return unsafe { score_block_512(rows, keys, n, span, scale, out) };
+    }
+    score_block_in(rows, keys, n, span, scale, out)
+}
+
+/// [`score_block_in`] built with AVX-512's 32 registers for the tile's 16
+/// accumulators (the same operations, so the same values).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+unsafe fn score_block_512(
+    rows: &[&[f32]],
+    keys: &[f32],
+    n: usize,
+    span: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    score_block_in(rows, keys, n, span, scale, out)
+}
+
+#[inline(always)]
+fn score_block_in(
+    rows: &[&[f32]],
+    keys: &[f32],
+    n: usize,
+    span: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let nr = rows.len();
+    for r0 in (0..nr).step_by(4) {
+        let q: [&[f32]; 4] = std::array::from_fn(|i| rows[(r0 + i).min(nr - 1)]);
+        for j0 in (0..span).step_by(4) {
+            let k: [&[f32]; 4] = std::array::from_fn(|t| {
+                let j = (j0 + t).min(span - 1);
+                &keys[j * n..(j + 1) * n]
+            });
+            let v = tile::<4, 4>(q, k, n);
+            for (i, v) in v.iter().enumerate().take((nr - r0).min(4)) {
+                for (t, v) in v.iter().enumerate().take((span - j0).min(4)) {
+                    out[(r0 + i) * span + j0 + t] = v * scale;
+                }
+            }
+        }
+    }
+}
+
+/// `y += w · x`, element by element in fused multiply-adds.
+pub(super) fn axpy(y: &mut [f32], w: f32, x: &[f32]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o = w.mul_add(*v, *o);
+    }
+}
+
+/// `outs[r] += Σ_j weights[r * span + j] · value j` over the `span` values
+/// `vals[j * n..]`, keys in order: as [`axpy`] key after key, with each
+/// 16-value chunk of 4 output rows held in registers across the keys. A zero
+/// weight adds nothing (the output starts at +0 and `fma(0, v, o) = o`).
+pub(super) fn weighted_block(
+    outs: &mut [&mut [f32]],
+    weights: &[f32],
+    vals: &[f32],
+    n: usize,
+    span: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: the CPU has AVX-512 F and VL (checked just above).
+        return unsafe { weighted_block_512(outs, weights, vals, n, span) };
+    }
+    weighted_block_in(outs, weights, vals, n, span)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+unsafe fn weighted_block_512(
+    outs: &mut [&mut [f32]],
+    weights: &[f32],
+    vals: &[f32],
+    n: usize,
+    span: usize,
+) {
+    weighted_block_in(outs, weights, vals, n, span)
+}
+
+#[inline(always)]
+fn weighted_block_in(
+    outs: &mut [&mut [f32]],
+    weights: &[f32],
+    vals: &[f32],
+    n: usize,
+    span: usize,
+) {
+    const R: usize = 4;
+    const C: usize = 16;
+    let nr = outs.len();
+    let whole = n / C * C;
+    #[cfg(target_arch = "x86_64")]
+    let simd =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    for r0 in (0..nr).step_by(R) {
+        let rr = (nr - r0).min(R);
+        let w: [&[f32]; R] = std::array::from_fn(|i| {
+            let r = r0 + i.min(rr - 1);
+            &weights[r * span..(r + 1) * span]
+        });
+        for c in (0..whole).step_by(C) {
+            #[cfg(target_arch = "x86_64")]
+            if simd && rr == R {
+                let o: [*mut f32; R] = std::array::from_fn(|i| outs[r0 + i].as_mut_ptr());
+                // SAFETY: the CPU has AVX2 and FMA; the 4 rows are distinct
+                // and n long, the chunk inside them.
+                unsafe { simd::weighted_chunk(o, w, vals, n, span, c) };
+                continue;
+            }
+            let _ = simd;
+            let mut acc = [[0f32; C]; R];
+            for (i, a) in acc.iter_mut().enumerate().take(rr) {
+                a.copy_from_slice(&outs[r0 + i][c..c + C]);
+            }
+            for j in 0..span {
+                let v: &[f32; C] = vals[j * n + c..j * n + c + C].try_into().unwrap();
+                for (i, a) in acc.iter_mut().enumerate() {
+                    for l in 0..C {
+                        a[l] = w[i][j].mul_add(v[l], a[l]);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(rr) {
+                outs[r0 + i][c..c + C].copy_from_slice(a);
+            }
+        }
+        for i in 0..rr {
+            for j in 0..span {
+                let o = &mut outs[r0 + i][whole..n];
+                axpy(o, w[i][j], &vals[j * n + whole..j * n + n]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 37 + seed * 11) % 23) as f32 - 11.0) / 7.0)
+            .collect()
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum() {
+        for n in [0, 1, 7, 16, 31, 64, 256, 259] {
+            let (a, b) = (vals(n, 1), vals(n, 2));
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let got = dot(&a, &b) as f64;
+            assert!(
+                (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                "{n}: {got} vs {want}"
+            );
+        }
+    }
+
+    /// The vector tiles and the plain-Rust ones give the same bits.
+    #[test]
+    fn the_plain_tiles_equal_the_vector_ones() {
+        for n in [3, 8, 64, 259] {
+            let q: Vec<Vec<f32>> = (0..4).map(|r| vals(n, r + 1)).collect();
+            let k: Vec<Vec<f32>> = (0..4).map(|r| vals(n, r + 9)).collect();
+            let qs: [&[f32]; 4] = std::array::from_fn(|i| &q[i][..]);
+            let ks: [&[f32]; 4] = std::array::from_fn(|i| &k[i][..]);
+            let (a, b) = (tile(qs, ks, n), tile_portable(qs, ks, n));
+            for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+                assert_eq!(x.to_bits(), y.to_bits(), "{n}");
+            }
+        }
+    }
+
+    /// Every tile gives each value what [`dot`] and [`axpy`] give alone.
+    #[test]
+    fn tiles_give_the_values_of_one_at_a_time() {
+        for n in [5, 64, 259] {
+            for (nr, span) in [(1, 1), (3, 5), (4, 8), (9, 13)] {
+                let rows: Vec<Vec<f32>> = (0..nr).map(|r| vals(n, r + 3)).collect();
+                let keys = vals(n * span, 7);
+                let refs: Vec<&[f32]> = rows.iter().map(|r| &r[..]).collect();
+                let mut got = vec![0f32; nr * span];
+                score_block(&refs, &keys, n, span, 0.5, &mut got);
+                for r in 0..nr {
+                    let mut one = vec![0f32; span];
+                    scores(&rows[r], &keys, n, 0.5, &mut one);
+                    for j in 0..span {
+                        let want = dot(&rows[r], &keys[j * n..(j + 1) * n]) * 0.5;
+                        assert_eq!(got[r * span + j].to_bits(), want.to_bits(), "{n} {r} {j}");
+                        assert_eq!(one[j].to_bits(), want.to_bits(), "{n} {r} {j}");
+                    }
+                }
+                let weights: Vec<f32> = (0..nr * span)
+                    .map(|i| {
+                        if i % 3 == 0 {
+                            0.0
+                        } else {
+                            (i % 5) as f32 / 4.0
+                        }
+                    })
+                    .collect();
+                let mut outs: Vec<Vec<f32>> = vec![vec![0f32; n]; nr];
+                let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+                weighted_block(&mut refs, &weights, &keys, n, span);
+                for (r, out) in outs.iter().enumerate() {
+                    let mut want = vec![0f32; n];
+                    for j in 0..span {
+                        let w = weights[r * span + j];
+                        if w != 0.0 {
+                            axpy(&mut want, w, &keys[j * n..(j + 1) * n]);
+                        }
+                    }
+                    let (a, b): (Vec<u32>, Vec<u32>) = (
+                        out.iter().map(|v| v.to_bits()).collect(),
+                        want.iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert_eq!(a, b, "{n} {nr} {span} row {r}");
+                }
+            }
+        }
+    }
+}
