@@ -4,7 +4,9 @@ parity tests (tests/tests/llm_parity.rs).
 
     scripts/setup_llama_ref.sh            # once: builds llama-cpp-python
     target/llama-venv/bin/python scripts/make_llm_fixture.py MODEL.gguf OUT.json [PROMPTS.json]
-        [--lora ADAPTER.gguf[:SCALE]] [--greedy N]
+        [--lora ADAPTER.gguf[:SCALE]] [--greedy N] [--kv f16|f32]
+
+scripts/make_llm_fixtures.sh writes every fixture the tests read.
 
 PROMPTS.json is a list of strings (default: the built-in set, which includes a
 prompt past Gemma 3's 512-token local window). For each prompt the fixture keeps
@@ -56,14 +58,16 @@ def main():
     ap.add_argument("prompts", nargs="?")
     ap.add_argument("--lora", help="ADAPTER.gguf[:SCALE]")
     ap.add_argument("--greedy", type=int, default=0, help="greedy tokens to record after each prompt")
+    ap.add_argument("--kv", choices=["f16", "f32"], default="f16", help="KV cache type (magpie's default: f16)")
     args = ap.parse_args()
     prompts = json.load(open(args.prompts)) if args.prompts else default_prompts()
     lora = {}
     if args.lora:
         path, _, scale = args.lora.partition(":")
         lora = {"lora_path": path, "lora_scale": float(scale or 1.0)}
-    # f32 KV cache, as magpie keeps it (llama.cpp defaults to f16)
-    llm = Llama(model_path=args.model, n_ctx=4096, n_batch=512, n_threads=2, verbose=False, seed=0, type_k=0, type_v=0, **lora)
+    # the KV cache in the type magpie keeps it (GGML_TYPE_F32 0, F16 1)
+    kv = 1 if args.kv == "f16" else 0
+    llm = Llama(model_path=args.model, n_ctx=4096, n_batch=512, n_threads=2, verbose=False, seed=0, type_k=kv, type_v=kv, **lora)
     n_vocab = llm.n_vocab()
     rng = np.random.default_rng(1234)
     probe = sorted(set(int(x) for x in rng.integers(0, n_vocab, 64)))
@@ -95,7 +99,7 @@ def main():
             case["greedy_margin"] = margins
         cases.append(case)
         print(f"{len(toks):5d} tokens  top1={int(top[0])} ({llm.detokenize([int(top[0])]).decode(errors='replace')!r})", file=sys.stderr)
-    fixture = {"model_sha256": sha256(args.model), "runtime": "llama-cpp-python"}
+    fixture = {"model_sha256": sha256(args.model), "runtime": "llama-cpp-python", "kv_cache": args.kv}
     if lora:
         fixture["lora"] = {"sha256": sha256(lora["lora_path"]), "scale": lora["lora_scale"]}
     fixture["cases"] = cases

@@ -10,6 +10,43 @@ fn gemma3_matches_llama_cpp() {
     gemma3_against_llama_cpp(false);
 }
 
+/// The KV cache in f32 (`LlmOptions::kv_cache`, `--kv-cache f32`) against
+/// llama.cpp with an f32 cache; the cache's tensors are f32, and f16 (the
+/// default) holds the same context in half the bytes.
+#[test]
+fn an_f32_cache_matches_llama_cpp_with_one() {
+    use magpie_candle::llm::KvCacheType;
+    let fx = logit_fixture("gemma3_270m_f32kv_llamacpp.json");
+    let opts = LlmOptions {
+        kv_cache: Some(KvCacheType::F32),
+        ..Default::default()
+    };
+    let llm = LocalLlm::load(&gemma_path(), opts).unwrap();
+    for case in &fx.cases {
+        let logits = llm.logits(&case.tokens).unwrap();
+        let d = check_logits(case, &logits, 1.5);
+        println!(
+            "{:5} tokens (f32 cache): top-1 agrees, max |diff| {d:.4}",
+            case.tokens.len()
+        );
+    }
+    let m = llm.model();
+    let (mut f32c, mut f16c) = (m.new_cache(64), m.new_cache(64));
+    assert_eq!(f32c.kind(), KvCacheType::F32);
+    m.set_kv_cache(KvCacheType::F16);
+    let mut f16c2 = m.new_cache(64);
+    std::mem::swap(&mut f16c, &mut f16c2);
+    assert_eq!(f16c.kind(), KvCacheType::F16);
+    let ids = &fx.cases[0].tokens;
+    m.forward(ids, &mut f32c, false).unwrap();
+    m.forward(ids, &mut f16c, false).unwrap();
+    let (a, b) = (f32c.keys(0).unwrap(), f16c.keys(0).unwrap());
+    assert_eq!(a.dtype(), candle_core::DType::F32);
+    assert_eq!(b.dtype(), candle_core::DType::F16);
+    assert_eq!(a.dims(), b.dims());
+    assert_eq!(a.elem_count() * 4, b.elem_count() * 2 * 2);
+}
+
 /// magpie's own SentencePiece tokenizer gives llama.cpp's ids on Gemma 3's
 /// 262,144-token vocabulary for varied text: the sample corpus, chat markup,
 /// written-out control tokens, runs of spaces, tabs and newlines (user-defined
@@ -111,7 +148,7 @@ fn tiny_models_against_llama_cpp(candle_kernels: bool) {
             );
             if !case.greedy.is_empty() {
                 let ours = greedy_tokens(&llm, &case.tokens, case.greedy.len(), &[]);
-                let same = check_greedy(case, &ours, 0.4);
+                let same = check_greedy(case, &ours, 0.2);
                 println!("    greedy: {same} of {} tokens agree", ours.len());
                 agree += same;
                 total += ours.len();

@@ -37,6 +37,9 @@ pub struct Models {
     pub context: Option<usize>,
     /// LoRA adapters loaded on the local language model, by name.
     pub loras: Vec<LoraSpec>,
+    /// What the local model's KV cache holds keys and values in (default
+    /// f16, as llama.cpp; `MAGPIE_KV_CACHE`).
+    pub kv_cache: Option<magpie_candle::llm::KvCacheType>,
 }
 
 /// A LoRA adapter to load: `NAME=PATH[:SCALE]` on docqa's command line.
@@ -98,6 +101,7 @@ impl Models {
             llm_api_key: None,
             context: None,
             loras: Vec::new(),
+            kv_cache: None,
         }
     }
 
@@ -188,6 +192,7 @@ impl Models {
             &path,
             LlmOptions {
                 context_window: self.context,
+                kv_cache: self.kv_cache,
                 ..Default::default()
             },
         )

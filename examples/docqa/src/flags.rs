@@ -48,6 +48,11 @@ pub struct ModelArgs {
     /// Context window of the language model in tokens (default: the model's, at most 4096).
     #[arg(long, global = true, env = "MAGPIE_CTX")]
     pub ctx: Option<usize>,
+    /// What the local language model's KV cache holds keys and values in:
+    /// `f16` (the default, as llama.cpp: half the memory of f32, and half the
+    /// bytes a long context's attention reads) or `f32`.
+    #[arg(long, global = true, env = "MAGPIE_KV_CACHE", value_name = "f16|f32")]
+    pub kv_cache: Option<magpie_candle::llm::KvCacheType>,
     /// A LoRA adapter for the local language model, NAME=PATH[:SCALE]
     /// (a GGUF adapter as llama.cpp's convert_lora_to_gguf.py writes it;
     /// repeatable). `ask`, `chat` and `generate` apply every one given, at its
@@ -80,6 +85,7 @@ impl ModelArgs {
                 .filter(|k| !k.is_empty()),
             context: self.ctx,
             loras: self.loras.clone(),
+            kv_cache: self.kv_cache,
         }
     }
 

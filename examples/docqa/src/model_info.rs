@@ -84,7 +84,7 @@ pub fn model_info(path: &Path, json: bool, loras: &[LoraSpec]) -> Result<()> {
     );
     println!("  file            {:.2} GiB", gib(info.file_bytes));
     println!("  device          {}", device.name);
-    println!("  memory (weights + f32 KV cache at the full context):");
+    println!("  memory (weights + f16 KV cache at the full context):");
     for m in &info.memory {
         println!(
             "    {:<10} {:>7.2} GiB + {:>6.2} GiB = {:>7.2} GiB",

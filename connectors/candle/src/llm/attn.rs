@@ -10,6 +10,120 @@
 //! of them at once (a key row loaded once for several queries; an output
 //! chunk kept in registers across keys), each with the same operations in
 //! the same order as alone.
+//!
+//! Keys and values are read as the cache holds them ([`Kv`]): f32, or f16
+//! widened exactly to f32 as they are loaded (F16C's `vcvtph2ps`, or
+//! `half` in plain Rust: the same values).
+
+use half::f16;
+
+/// Keys or values as the cache stores them.
+#[derive(Clone, Copy)]
+pub(super) enum Kv<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> Kv<'a> {
+    /// The cache tensor's CPU storage from element `offset` on.
+    pub(super) fn of(s: &'a candle_core::CpuStorage, offset: usize) -> candle_core::Result<Self> {
+        Ok(match s {
+            candle_core::CpuStorage::F16(v) => Kv::F16(&v[offset..]),
+            _ => Kv::F32(&s.as_slice::<f32>()?[offset..]),
+        })
+    }
+
+    /// Whether it holds f16.
+    pub(super) fn is_f16(&self) -> bool {
+        matches!(self, Kv::F16(_))
+    }
+
+    /// Elements `r`.
+    pub(super) fn slice(self, r: std::ops::Range<usize>) -> Self {
+        match self {
+            Kv::F32(v) => Kv::F32(&v[r]),
+            Kv::F16(v) => Kv::F16(&v[r]),
+        }
+    }
+}
+
+/// `x` rounded to the nearest f16. With an f16 cache llama.cpp multiplies
+/// f16 by f16: the queries before their dot products with the keys, and the
+/// attention weights before their sum over the values, are rounded so; magpie
+/// does the same, so its f16 cache gives llama.cpp's values.
+#[inline(always)]
+pub(super) fn as_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// [`as_f16`] over a slice.
+pub(super) fn round_to_f16(v: &mut [f32]) {
+    for x in v {
+        *x = as_f16(*x);
+    }
+}
+
+/// An element type keys and values may be held in.
+pub(super) trait Elem: Copy + Sync {
+    /// Its value as f32 (exact).
+    fn f32(self) -> f32;
+    /// 8 of them at `p`, as f32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; 8 elements are readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+/// Whether the vector tiles run (AVX2, FMA, F16C).
+#[inline(always)]
+fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether AVX-512's 32 registers are there for the bigger tiles.
+#[inline(always)]
+fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 /// The tree that adds 8 partial sums.
 #[inline(always)]
@@ -24,20 +138,24 @@ fn reduce(mut a: [f32; 8]) -> f32 {
 
 /// `Q × K` dot products of query rows `q` with key rows `k` (all `n` long).
 #[inline(always)]
-fn tile<const Q: usize, const K: usize>(q: [&[f32]; Q], k: [&[f32]; K], n: usize) -> [[f32; K]; Q] {
+fn tile<T: Elem, const Q: usize, const K: usize>(
+    q: [&[f32]; Q],
+    k: [&[T]; K],
+    n: usize,
+) -> [[f32; K]; Q] {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { simd::tile(q, k, n) };
+    if simd() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
+        return unsafe { vector::tile(q, k, n) };
     }
     tile_portable(q, k, n)
 }
 
 /// [`tile`] in plain Rust: the same operations lane by lane.
 #[inline(always)]
-fn tile_portable<const Q: usize, const K: usize>(
+fn tile_portable<T: Elem, const Q: usize, const K: usize>(
     q: [&[f32]; Q],
-    k: [&[f32]; K],
+    k: [&[T]; K],
     n: usize,
 ) -> [[f32; K]; Q] {
     let mut acc = [[[0f32; 8]; K]; Q];
@@ -46,7 +164,7 @@ fn tile_portable<const Q: usize, const K: usize>(
         for i in 0..Q {
             for j in 0..K {
                 for l in 0..8 {
-                    acc[i][j][l] = q[i][c + l].mul_add(k[j][c + l], acc[i][j][l]);
+                    acc[i][j][l] = q[i][c + l].mul_add(k[j][c + l].f32(), acc[i][j][l]);
                 }
             }
         }
@@ -56,17 +174,19 @@ fn tile_portable<const Q: usize, const K: usize>(
 
 /// The elements past the last whole 8, in order.
 #[inline(always)]
-fn tail(a: &[f32], b: &[f32], from: usize, n: usize) -> f32 {
+fn tail<T: Elem>(a: &[f32], b: &[T], from: usize, n: usize) -> f32 {
     let mut s = 0f32;
     for e in from..n {
-        s = a[e].mul_add(b[e], s);
+        s = a[e].mul_add(b[e].f32(), s);
     }
     s
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+mod vector {
     use std::arch::x86_64::*;
+
+    use super::Elem;
 
     /// The 8 lanes of `v` added as [`super::reduce`] adds them.
     #[inline(always)]
@@ -77,12 +197,12 @@ mod simd {
     }
 
     /// # Safety
-    /// The CPU has AVX2 and FMA; every row is at least `n` long.
+    /// The CPU has AVX2, FMA and F16C.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const Q: usize, const K: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile<T: Elem, const Q: usize, const K: usize>(
         q: [&[f32]; Q],
-        k: [&[f32]; K],
+        k: [&[T]; K],
         n: usize,
     ) -> [[f32; K]; Q] {
         assert!(q.iter().all(|r| r.len() >= n) && k.iter().all(|r| r.len() >= n));
@@ -91,7 +211,7 @@ mod simd {
         let (qp, kp) = (q.map(|r| r.as_ptr()), k.map(|r| r.as_ptr()));
         let mut c = 0;
         while c < whole {
-            let kv: [__m256; K] = std::array::from_fn(|j| _mm256_loadu_ps(kp[j].add(c)));
+            let kv: [__m256; K] = std::array::from_fn(|j| T::load8(kp[j].add(c)));
             for i in 0..Q {
                 let qv = _mm256_loadu_ps(qp[i].add(c));
                 for j in 0..K {
@@ -109,13 +229,13 @@ mod simd {
     /// keys in order.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; the chunk lies inside every row and value.
+    /// The CPU has AVX2, FMA and F16C; the chunk lies inside every row and value.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_chunk<const R: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_chunk<T: Elem, const R: usize>(
         outs: [*mut f32; R],
         w: [&[f32]; R],
-        vals: &[f32],
+        vals: &[T],
         n: usize,
         span: usize,
         c: usize,
@@ -129,10 +249,7 @@ mod simd {
         });
         let v = vals.as_ptr();
         for j in 0..span {
-            let (v0, v1) = (
-                _mm256_loadu_ps(v.add(j * n + c)),
-                _mm256_loadu_ps(v.add(j * n + c + 8)),
-            );
+            let (v0, v1) = (T::load8(v.add(j * n + c)), T::load8(v.add(j * n + c + 8)));
             for i in 0..R {
                 let wj = _mm256_set1_ps(*w[i].get_unchecked(j));
                 acc[i][0] = _mm256_fmadd_ps(wj, v0, acc[i][0]);
@@ -144,61 +261,99 @@ mod simd {
             _mm256_storeu_ps(outs[i].add(c + 8), acc[i][1]);
         }
     }
+
+    /// `y += w · x` by 8-value vectors (the same values as element by element).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn axpy<T: Elem>(y: &mut [f32], w: f32, x: &[T]) {
+        let n = y.len().min(x.len());
+        let whole = n / 8 * 8;
+        let wv = _mm256_set1_ps(w);
+        let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+        let mut c = 0;
+        while c < whole {
+            _mm256_storeu_ps(
+                yp.add(c),
+                _mm256_fmadd_ps(wv, T::load8(xp.add(c)), _mm256_loadu_ps(yp.add(c))),
+            );
+            c += 8;
+        }
+        for e in whole..n {
+            y[e] = w.mul_add(x[e].f32(), y[e]);
+        }
+    }
 }
 
-/// `a · b`, as every tile computes it.
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `a · b`, as every tile computes it (the reference the tests hold the
+/// tiles to).
+#[cfg(test)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
-    tile::<1, 1>([a], [b], n)[0][0]
+    tile::<f32, 1, 1>([a], [b], n)[0][0]
 }
 
 /// `out[j] = scale · (q · key j)` for `out.len()` keys, key j at
 /// `keys[j * n..]`: eight keys a tile.
-pub(super) fn scores(q: &[f32], keys: &[f32], n: usize, scale: f32, out: &mut [f32]) {
+pub(super) fn scores(q: &[f32], keys: Kv<'_>, n: usize, scale: f32, out: &mut [f32]) {
+    match keys {
+        Kv::F32(k) => scores_in(q, k, n, scale, out),
+        Kv::F16(k) => scores_in(q, k, n, scale, out),
+    }
+}
+
+fn scores_in<T: Elem>(q: &[f32], keys: &[T], n: usize, scale: f32, out: &mut [f32]) {
     let m = out.len();
     let mut j = 0;
     while j + 8 <= m {
-        let k: [&[f32]; 8] = std::array::from_fn(|t| &keys[(j + t) * n..(j + t + 1) * n]);
-        let v = tile::<1, 8>([q], k, n)[0];
+        let k: [&[T]; 8] = std::array::from_fn(|t| &keys[(j + t) * n..(j + t + 1) * n]);
+        let v = tile::<T, 1, 8>([q], k, n)[0];
         for (o, v) in out[j..j + 8].iter_mut().zip(v) {
             *o = v * scale;
         }
         j += 8;
     }
     for (t, o) in out.iter_mut().enumerate().skip(j) {
-        *o = dot(q, &keys[t * n..(t + 1) * n]) * scale;
+        *o = tile::<T, 1, 1>([q], [&keys[t * n..(t + 1) * n]], n)[0][0] * scale;
     }
 }
 
 /// `scores[r][j] = scale · (row r · key j)` for query rows `rows` against
 /// the keys `keys[j * n..]` (`span` of them), the scores of row r at
 /// `out[r * span..]`: tiles of 4 rows × 4 keys (a short tile repeats its
-/// last row or key and drops the copy).
+/// last row or key and drops the copy), built with AVX-512's 32 registers
+/// where the CPU has them (the same operations, so the same values).
 pub(super) fn score_block(
     rows: &[&[f32]],
-    keys: &[f32],
+    keys: Kv<'_>,
     n: usize,
     span: usize,
     scale: f32,
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-    {
+    if wide() {
         // SAFETY: the CPU has AVX-512 F and VL (checked just above).
-        return unsafe { score_block_512(rows, keys, n, span, scale, out) };
+        return unsafe {
+            match keys {
+                Kv::F32(k) => score_block_512(rows, k, n, span, scale, out),
+                Kv::F16(k) => score_block_512(rows, k, n, span, scale, out),
+            }
+        };
     }
-    score_block_in(rows, keys, n, span, scale, out)
+    match keys {
+        Kv::F32(k) => score_block_in(rows, k, n, span, scale, out),
+        Kv::F16(k) => score_block_in(rows, k, n, span, scale, out),
+    }
 }
 
-/// [`score_block_in`] built with AVX-512's 32 registers for the tile's 16
-/// accumulators (the same operations, so the same values).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-unsafe fn score_block_512(
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+unsafe fn score_block_512<T: Elem>(
     rows: &[&[f32]],
-    keys: &[f32],
+    keys: &[T],
     n: usize,
     span: usize,
     scale: f32,
@@ -208,9 +363,9 @@ unsafe fn score_block_512(
 }
 
 #[inline(always)]
-fn score_block_in(
+fn score_block_in<T: Elem>(
     rows: &[&[f32]],
-    keys: &[f32],
+    keys: &[T],
     n: usize,
     span: usize,
     scale: f32,
@@ -220,11 +375,11 @@ fn score_block_in(
     for r0 in (0..nr).step_by(4) {
         let q: [&[f32]; 4] = std::array::from_fn(|i| rows[(r0 + i).min(nr - 1)]);
         for j0 in (0..span).step_by(4) {
-            let k: [&[f32]; 4] = std::array::from_fn(|t| {
+            let k: [&[T]; 4] = std::array::from_fn(|t| {
                 let j = (j0 + t).min(span - 1);
                 &keys[j * n..(j + 1) * n]
             });
-            let v = tile::<4, 4>(q, k, n);
+            let v = tile::<T, 4, 4>(q, k, n);
             for (i, v) in v.iter().enumerate().take((nr - r0).min(4)) {
                 for (t, v) in v.iter().enumerate().take((span - j0).min(4)) {
                     out[(r0 + i) * span + j0 + t] = v * scale;
@@ -235,9 +390,22 @@ fn score_block_in(
 }
 
 /// `y += w · x`, element by element in fused multiply-adds.
-pub(super) fn axpy(y: &mut [f32], w: f32, x: &[f32]) {
+pub(super) fn axpy(y: &mut [f32], w: f32, x: Kv<'_>) {
+    match x {
+        Kv::F32(x) => axpy_in(y, w, x),
+        Kv::F16(x) => axpy_in(y, w, x),
+    }
+}
+
+#[inline(always)]
+fn axpy_in<T: Elem>(y: &mut [f32], w: f32, x: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
+        return unsafe { vector::axpy(y, w, x) };
+    }
     for (o, v) in y.iter_mut().zip(x) {
-        *o = w.mul_add(*v, *o);
+        *o = w.mul_add(v.f32(), *o);
     }
 }
 
@@ -248,26 +416,32 @@ pub(super) fn axpy(y: &mut [f32], w: f32, x: &[f32]) {
 pub(super) fn weighted_block(
     outs: &mut [&mut [f32]],
     weights: &[f32],
-    vals: &[f32],
+    vals: Kv<'_>,
     n: usize,
     span: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-    {
+    if wide() {
         // SAFETY: the CPU has AVX-512 F and VL (checked just above).
-        return unsafe { weighted_block_512(outs, weights, vals, n, span) };
+        return unsafe {
+            match vals {
+                Kv::F32(v) => weighted_block_512(outs, weights, v, n, span),
+                Kv::F16(v) => weighted_block_512(outs, weights, v, n, span),
+            }
+        };
     }
-    weighted_block_in(outs, weights, vals, n, span)
+    match vals {
+        Kv::F32(v) => weighted_block_in(outs, weights, v, n, span),
+        Kv::F16(v) => weighted_block_in(outs, weights, v, n, span),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-unsafe fn weighted_block_512(
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+unsafe fn weighted_block_512<T: Elem>(
     outs: &mut [&mut [f32]],
     weights: &[f32],
-    vals: &[f32],
+    vals: &[T],
     n: usize,
     span: usize,
 ) {
@@ -275,10 +449,10 @@ unsafe fn weighted_block_512(
 }
 
 #[inline(always)]
-fn weighted_block_in(
+fn weighted_block_in<T: Elem>(
     outs: &mut [&mut [f32]],
     weights: &[f32],
-    vals: &[f32],
+    vals: &[T],
     n: usize,
     span: usize,
 ) {
@@ -286,11 +460,7 @@ fn weighted_block_in(
     const C: usize = 16;
     let nr = outs.len();
     let whole = n / C * C;
-    #[cfg(target_arch = "x86_64")]
-    let simd =
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd = false;
+    let vector = simd();
     for r0 in (0..nr).step_by(R) {
         let rr = (nr - r0).min(R);
         let w: [&[f32]; R] = std::array::from_fn(|i| {
@@ -299,23 +469,23 @@ fn weighted_block_in(
         });
         for c in (0..whole).step_by(C) {
             #[cfg(target_arch = "x86_64")]
-            if simd && rr == R {
+            if vector && rr == R {
                 let o: [*mut f32; R] = std::array::from_fn(|i| outs[r0 + i].as_mut_ptr());
-                // SAFETY: the CPU has AVX2 and FMA; the 4 rows are distinct
-                // and n long, the chunk inside them.
-                unsafe { simd::weighted_chunk(o, w, vals, n, span, c) };
+                // SAFETY: the CPU has AVX2, FMA and F16C; the 4 rows are
+                // distinct and n long, the chunk inside them.
+                unsafe { vector::weighted_chunk(o, w, vals, n, span, c) };
                 continue;
             }
-            let _ = simd;
+            let _ = vector;
             let mut acc = [[0f32; C]; R];
             for (i, a) in acc.iter_mut().enumerate().take(rr) {
                 a.copy_from_slice(&outs[r0 + i][c..c + C]);
             }
             for j in 0..span {
-                let v: &[f32; C] = vals[j * n + c..j * n + c + C].try_into().unwrap();
+                let v = &vals[j * n + c..j * n + c + C];
                 for (i, a) in acc.iter_mut().enumerate() {
                     for l in 0..C {
-                        a[l] = w[i][j].mul_add(v[l], a[l]);
+                        a[l] = w[i][j].mul_add(v[l].f32(), a[l]);
                     }
                 }
             }
@@ -326,7 +496,7 @@ fn weighted_block_in(
         for i in 0..rr {
             for j in 0..span {
                 let o = &mut outs[r0 + i][whole..n];
-                axpy(o, w[i][j], &vals[j * n + whole..j * n + n]);
+                axpy_in(o, w[i][j], &vals[j * n + whole..j * n + n]);
             }
         }
     }
@@ -355,65 +525,90 @@ mod tests {
         }
     }
 
-    /// The vector tiles and the plain-Rust ones give the same bits.
+    /// The vector tiles and the plain-Rust ones give the same bits, on f32
+    /// and f16 keys.
     #[test]
     fn the_plain_tiles_equal_the_vector_ones() {
         for n in [3, 8, 64, 259] {
             let q: Vec<Vec<f32>> = (0..4).map(|r| vals(n, r + 1)).collect();
             let k: Vec<Vec<f32>> = (0..4).map(|r| vals(n, r + 9)).collect();
+            let k16: Vec<Vec<f16>> = k
+                .iter()
+                .map(|r| r.iter().map(|v| f16::from_f32(*v)).collect())
+                .collect();
             let qs: [&[f32]; 4] = std::array::from_fn(|i| &q[i][..]);
             let ks: [&[f32]; 4] = std::array::from_fn(|i| &k[i][..]);
+            let ks16: [&[f16]; 4] = std::array::from_fn(|i| &k16[i][..]);
             let (a, b) = (tile(qs, ks, n), tile_portable(qs, ks, n));
+            let (c, d) = (tile(qs, ks16, n), tile_portable(qs, ks16, n));
             for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
                 assert_eq!(x.to_bits(), y.to_bits(), "{n}");
+            }
+            for (x, y) in c.iter().flatten().zip(d.iter().flatten()) {
+                assert_eq!(x.to_bits(), y.to_bits(), "{n} f16");
             }
         }
     }
 
-    /// Every tile gives each value what [`dot`] and [`axpy`] give alone.
+    /// Every tile gives each value what [`dot`] and [`axpy`] give alone; f16
+    /// keys and values give what their f32 widening gives.
     #[test]
     fn tiles_give_the_values_of_one_at_a_time() {
         for n in [5, 64, 259] {
             for (nr, span) in [(1, 1), (3, 5), (4, 8), (9, 13)] {
                 let rows: Vec<Vec<f32>> = (0..nr).map(|r| vals(n, r + 3)).collect();
-                let keys = vals(n * span, 7);
-                let refs: Vec<&[f32]> = rows.iter().map(|r| &r[..]).collect();
-                let mut got = vec![0f32; nr * span];
-                score_block(&refs, &keys, n, span, 0.5, &mut got);
-                for r in 0..nr {
-                    let mut one = vec![0f32; span];
-                    scores(&rows[r], &keys, n, 0.5, &mut one);
-                    for j in 0..span {
-                        let want = dot(&rows[r], &keys[j * n..(j + 1) * n]) * 0.5;
-                        assert_eq!(got[r * span + j].to_bits(), want.to_bits(), "{n} {r} {j}");
-                        assert_eq!(one[j].to_bits(), want.to_bits(), "{n} {r} {j}");
-                    }
-                }
-                let weights: Vec<f32> = (0..nr * span)
-                    .map(|i| {
-                        if i % 3 == 0 {
-                            0.0
-                        } else {
-                            (i % 5) as f32 / 4.0
-                        }
-                    })
+                // values an f16 holds exactly, so both caches hold the same
+                let keys: Vec<f32> = vals(n * span, 7)
+                    .iter()
+                    .map(|v| f16::from_f32(*v).to_f32())
                     .collect();
-                let mut outs: Vec<Vec<f32>> = vec![vec![0f32; n]; nr];
-                let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
-                weighted_block(&mut refs, &weights, &keys, n, span);
-                for (r, out) in outs.iter().enumerate() {
-                    let mut want = vec![0f32; n];
-                    for j in 0..span {
-                        let w = weights[r * span + j];
-                        if w != 0.0 {
-                            axpy(&mut want, w, &keys[j * n..(j + 1) * n]);
+                let keys16: Vec<f16> = keys.iter().map(|v| f16::from_f32(*v)).collect();
+                let refs: Vec<&[f32]> = rows.iter().map(|r| &r[..]).collect();
+                for kv in [Kv::F32(&keys), Kv::F16(&keys16)] {
+                    let mut got = vec![0f32; nr * span];
+                    score_block(&refs, kv, n, span, 0.5, &mut got);
+                    for r in 0..nr {
+                        let mut one = vec![0f32; span];
+                        scores(&rows[r], kv, n, 0.5, &mut one);
+                        for j in 0..span {
+                            let want = dot(&rows[r], &keys[j * n..(j + 1) * n]) * 0.5;
+                            assert_eq!(got[r * span + j].to_bits(), want.to_bits(), "{n} {r} {j}");
+                            assert_eq!(one[j].to_bits(), want.to_bits(), "{n} {r} {j}");
                         }
                     }
-                    let (a, b): (Vec<u32>, Vec<u32>) = (
-                        out.iter().map(|v| v.to_bits()).collect(),
-                        want.iter().map(|v| v.to_bits()).collect(),
-                    );
-                    assert_eq!(a, b, "{n} {nr} {span} row {r}");
+                    let weights: Vec<f32> = (0..nr * span)
+                        .map(|i| {
+                            if i % 3 == 0 {
+                                0.0
+                            } else {
+                                (i % 5) as f32 / 4.0
+                            }
+                        })
+                        .collect();
+                    let mut outs: Vec<Vec<f32>> = vec![vec![0f32; n]; nr];
+                    let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+                    weighted_block(&mut refs, &weights, kv, n, span);
+                    for (r, out) in outs.iter().enumerate() {
+                        let mut want = vec![0f32; n];
+                        for j in 0..span {
+                            let w = weights[r * span + j];
+                            if w != 0.0 {
+                                for (o, v) in want.iter_mut().zip(&keys[j * n..(j + 1) * n]) {
+                                    *o = w.mul_add(*v, *o);
+                                }
+                            }
+                        }
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(out), bits(&want), "{n} {nr} {span} row {r}");
+                        let mut one = vec![0f32; n];
+                        for j in 0..span {
+                            let w = weights[r * span + j];
+                            if w != 0.0 {
+                                axpy(&mut one, w, kv.slice(j * n..(j + 1) * n));
+                            }
+                        }
+                        assert_eq!(bits(&one), bits(&want), "axpy {n} row {r}");
+                    }
                 }
             }
         }

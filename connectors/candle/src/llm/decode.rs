@@ -176,8 +176,8 @@ pub(super) fn quantize_for(x: &[f32], mats: &[&Mat], a32: &mut Vec<Act32>, a256:
 impl Decoder {
     /// Bytes one step reads from memory with `ctx` positions cached before
     /// it: every weight matrix once, and the keys and values each layer attends to.
-    pub fn bytes_per_token(&self, cfg: &LlmConfig, ctx: usize) -> usize {
-        let kv_row = cfg.n_head_kv * cfg.head_dim * 4 * 2;
+    pub fn bytes_per_token(&self, cfg: &LlmConfig, ctx: usize, kv_bytes: usize) -> usize {
+        let kv_row = cfg.n_head_kv * cfg.head_dim * kv_bytes * 2;
         let mut total = self.output.bytes();
         for l in &self.layers {
             let mats = [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down];
@@ -313,8 +313,10 @@ impl Decoder {
             };
             rope(&mut s.q, hd, cfg.rope_neox, cos, sin);
             rope(&mut s.k, hd, cfg.rope_neox, cos, sin);
-            let kt = Tensor::from_slice(&s.k, (1, nkv, 1, hd), &Device::Cpu)?;
-            let vt = Tensor::from_slice(&s.v, (1, nkv, 1, hd), &Device::Cpu)?;
+            let kt = Tensor::from_slice(&s.k, (1, nkv, 1, hd), &Device::Cpu)?
+                .to_dtype(k_cache[li].dtype())?;
+            let vt = Tensor::from_slice(&s.v, (1, nkv, 1, hd), &Device::Cpu)?
+                .to_dtype(v_cache[li].dtype())?;
             k_cache[li].slice_set(&kt, 2, pos)?;
             v_cache[li].slice_set(&vt, 2, pos)?;
             let first = match (layer.local, cfg.sliding_window) {
@@ -335,10 +337,14 @@ impl Decoder {
                     candle_core::bail!("the KV cache must be contiguous");
                 }
                 let cap = k_cache[li].dim(2)?;
-                let kd = &kc.as_slice::<f32>()?[kl_layout.start_offset()..];
-                let vd = &vc.as_slice::<f32>()?[vl_layout.start_offset()..];
+                let kd = attn::Kv::of(kc, kl_layout.start_offset())?;
+                let vd = attn::Kv::of(vc, vl_layout.start_offset())?;
                 let out = SendPtr(s.att.as_mut_ptr());
                 let sc = SendPtr(s.scores.as_mut_ptr());
+                if kd.is_f16() {
+                    attn::round_to_f16(&mut s.q);
+                }
+                let f16_weights = vd.is_f16();
                 let q = &s.q;
                 self.par(nh, |heads| {
                     for h in heads {
@@ -349,7 +355,7 @@ impl Decoder {
                         // SAFETY: as above.
                         let oh = unsafe { std::slice::from_raw_parts_mut(out.at(h * hd), hd) };
                         let kbase = (kvh * cap + first) * hd;
-                        attn::scores(qh, &kd[kbase..kbase + kl * hd], hd, scale, scores);
+                        attn::scores(qh, kd.slice(kbase..kbase + kl * hd), hd, scale, scores);
                         let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
                         let mut sum = 0f32;
                         for sc in scores.iter_mut() {
@@ -359,7 +365,9 @@ impl Decoder {
                         let inv = 1.0 / sum;
                         for (j, sc) in scores.iter().enumerate() {
                             let off = kbase + j * hd;
-                            attn::axpy(oh, sc * inv, &vd[off..off + hd]);
+                            let w = sc * inv;
+                            let w = if f16_weights { attn::as_f16(w) } else { w };
+                            attn::axpy(oh, w, vd.slice(off..off + hd));
                         }
                     }
                 });

@@ -15,7 +15,7 @@ pub struct MemoryEstimate {
     pub precision: String,
     /// Weights, bytes.
     pub weights_bytes: u64,
-    /// KV cache at the full context (f32 as magpie keeps it), bytes.
+    /// KV cache at the full context (f16, magpie's default), bytes.
     pub kv_cache_bytes: u64,
     /// Sum.
     pub total_bytes: u64,
@@ -84,7 +84,7 @@ pub fn model_info(path: &Path) -> Result<ModelInfo, LlmError> {
         .unwrap_or_default();
     let kv = cfg
         .as_ref()
-        .map(|c| (c.n_layer * c.n_head_kv * c.head_dim * 2 * 4) as u64 * c.context_length as u64)
+        .map(|c| (c.n_layer * c.n_head_kv * c.head_dim * 2 * 2) as u64 * c.context_length as u64)
         .unwrap_or(0);
     let mem = |precision: &str, w: u64| MemoryEstimate {
         precision: precision.into(),

@@ -25,7 +25,7 @@ pub use generator::{LlmOptions, LocalLlm};
 pub use gguf::{Arch, LlmConfig, ModelFile, SUPPORTED_ARCHITECTURES};
 pub use info::{model_info, ModelInfo};
 pub use lora::{adapter_info, is_adapter, ActiveLoras, AdapterSummary, LoraAdapter};
-pub use model::{KvCache, Transformer};
+pub use model::{KvCache, KvCacheType, Transformer};
 pub use vocab::GgufTokenizer;
 
 /// Errors of the LLM runtime.

@@ -19,6 +19,59 @@ use super::LlmError;
 
 type CResult<T> = candle_core::Result<T>;
 
+/// What a KV cache holds its keys and values in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheType {
+    /// Half precision, as llama.cpp keeps it by default: half the memory and
+    /// half the bytes a long context's attention reads.
+    #[default]
+    F16,
+    /// Full precision.
+    F32,
+}
+
+impl KvCacheType {
+    /// `f16` or `f32`.
+    pub fn parse(s: &str) -> Result<Self, LlmError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f16" => Ok(Self::F16),
+            "f32" => Ok(Self::F32),
+            other => Err(LlmError::InvalidInput(format!(
+                "KV cache type {other:?}: use f16 (the default) or f32"
+            ))),
+        }
+    }
+
+    /// The tensors' element type.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F16 => DType::F16,
+            Self::F32 => DType::F32,
+        }
+    }
+
+    /// Bytes of one value.
+    pub fn bytes(self) -> usize {
+        self.dtype().size_in_bytes()
+    }
+}
+
+impl std::str::FromStr for KvCacheType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Display for KvCacheType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        })
+    }
+}
+
 /// Keys and values of every layer for the tokens seen so far.
 pub struct KvCache {
     k: Vec<Tensor>,
@@ -26,6 +79,7 @@ pub struct KvCache {
     len: usize,
     cap: usize,
     max: usize,
+    kind: KvCacheType,
 }
 
 impl KvCache {
@@ -48,6 +102,10 @@ impl KvCache {
     /// Forget everything after the first `n` positions.
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
+    }
+    /// What it holds keys and values in.
+    pub fn kind(&self) -> KvCacheType {
+        self.kind
     }
     /// Layer `layer`'s keys for the positions held: `[1, kv heads, len, head dim]`.
     pub fn keys(&self, layer: usize) -> Option<Tensor> {
@@ -74,6 +132,8 @@ pub struct Transformer {
     /// The fused one-token step (CPU, every matrix of a type magpie reads).
     decoder: Option<Decoder>,
     fused: std::sync::atomic::AtomicBool,
+    /// New caches' type: 0 f16, 1 f32.
+    kv: std::sync::atomic::AtomicU8,
 }
 
 impl Transformer {
@@ -185,6 +245,12 @@ impl Transformer {
             fused: std::sync::atomic::AtomicBool::new(
                 std::env::var("MAGPIE_LLM_FUSED").as_deref() != Ok("0"),
             ),
+            kv: std::sync::atomic::AtomicU8::new(
+                match std::env::var("MAGPIE_KV_CACHE").map(|v| KvCacheType::parse(&v)) {
+                    Ok(Ok(KvCacheType::F32)) => 1,
+                    _ => 0,
+                },
+            ),
             cfg,
             embed,
             layers,
@@ -221,7 +287,7 @@ impl Transformer {
     pub fn decode_bytes(&self, ctx: usize) -> Option<usize> {
         self.decoder
             .as_ref()
-            .map(|d| d.bytes_per_token(&self.cfg, ctx))
+            .map(|d| d.bytes_per_token(&self.cfg, ctx, self.kv_cache().bytes()))
     }
 
     /// Turn the fused one-token step on or off (to compare the two paths).
@@ -262,7 +328,26 @@ impl Transformer {
             len: 0,
             cap: 0,
             max,
+            kind: self.kv_cache(),
         }
+    }
+
+    /// What new caches hold keys and values in.
+    pub fn kv_cache(&self) -> KvCacheType {
+        match self.kv.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => KvCacheType::F32,
+            _ => KvCacheType::F16,
+        }
+    }
+
+    /// Set what new caches hold keys and values in (f16 by default;
+    /// `MAGPIE_KV_CACHE=f32` sets f32 from outside).
+    pub fn set_kv_cache(&self, kind: KvCacheType) {
+        let v = match kind {
+            KvCacheType::F16 => 0,
+            KvCacheType::F32 => 1,
+        };
+        self.kv.store(v, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn ensure_capacity(&self, cache: &mut KvCache, need: usize) -> CResult<()> {
@@ -274,8 +359,8 @@ impl Transformer {
         let mut ks = Vec::with_capacity(self.layers.len());
         let mut vs = Vec::with_capacity(self.layers.len());
         for i in 0..self.layers.len() {
-            let k = Tensor::zeros(shape, DType::F32, &self.device)?;
-            let v = Tensor::zeros(shape, DType::F32, &self.device)?;
+            let k = Tensor::zeros(shape, cache.kind.dtype(), &self.device)?;
+            let v = Tensor::zeros(shape, cache.kind.dtype(), &self.device)?;
             if cache.len > 0 {
                 k.slice_set(&cache.k[i].narrow(2, 0, cache.len)?.contiguous()?, 2, 0)?;
                 v.slice_set(&cache.v[i].narrow(2, 0, cache.len)?.contiguous()?, 2, 0)?;
@@ -437,8 +522,9 @@ impl Transformer {
             };
             let q = self.apply_rope(&q, cos, sin)?;
             let k = self.apply_rope(&k, cos, sin)?;
-            cache.k[li].slice_set(&k, 2, start)?;
-            cache.v[li].slice_set(&v, 2, start)?;
+            let dt = cache.kind.dtype();
+            cache.k[li].slice_set(&k.to_dtype(dt)?, 2, start)?;
+            cache.v[li].slice_set(&v.to_dtype(dt)?, 2, start)?;
             let end = start + t;
             // keys visible to this chunk: a local layer sees the last `window` positions
             let first = match (layer.local, c.sliding_window) {
@@ -457,10 +543,17 @@ impl Transformer {
                 h = self.mlp(layer, h, loras)?;
                 continue;
             }
-            let keys = cache.k[li].narrow(2, first, kl)?;
-            let vals = cache.v[li].narrow(2, first, kl)?;
+            let keys = cache.k[li].narrow(2, first, kl)?.to_dtype(DType::F32)?;
+            let vals = cache.v[li].narrow(2, first, kl)?.to_dtype(DType::F32)?;
             // group the query heads that share a key/value head: [1, kv, groups*t, hd]
             let qg = q.reshape((1, c.n_head_kv, groups * t, c.head_dim))?;
+            // with an f16 cache, f16 by f16 as llama.cpp multiplies (see attn::as_f16)
+            let half = cache.kind == KvCacheType::F16;
+            let qg = if half {
+                qg.to_dtype(DType::F16)?.to_dtype(DType::F32)?
+            } else {
+                qg
+            };
             let att = (qg.matmul(&keys.t()?)? * scale)?;
             let att = if t > 1 {
                 let window = if layer.local { c.sliding_window } else { None };
@@ -470,6 +563,11 @@ impl Transformer {
                 att
             };
             let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let att = if half {
+                att.to_dtype(DType::F16)?.to_dtype(DType::F32)?
+            } else {
+                att
+            };
             let out = att.matmul(&vals.contiguous()?)?; // [1, kv, groups*t, hd]
             let out = out
                 .reshape((1, c.n_head, t, c.head_dim))?
@@ -566,8 +664,11 @@ impl Transformer {
                 };
                 let cos = cos.broadcast_as((tail, cos.dim(1)?))?.contiguous()?;
                 let sin = sin.broadcast_as((tail, sin.dim(1)?))?.contiguous()?;
+                // re-rotated in f32, stored back in the cache's type
                 let k = owned(&cache.k[li].narrow(2, n_keep + n_discard, tail)?)?;
-                let k = self.apply_rope(&k, &cos, &sin)?;
+                let k = self
+                    .apply_rope(&k.to_dtype(DType::F32)?, &cos, &sin)?
+                    .to_dtype(cache.kind.dtype())?;
                 // a copy: with one key/value head the narrowed view is contiguous and
                 // would share storage with the destination
                 let v = owned(&cache.v[li].narrow(2, n_keep + n_discard, tail)?)?;

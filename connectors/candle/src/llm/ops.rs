@@ -53,13 +53,16 @@ pub(super) fn attend_one(
     use candle_core::Storage;
     let hd = c.head_dim;
     let groups = c.n_head / c.n_head_kv;
-    let q = q.flatten_all()?.to_vec1::<f32>()?;
+    let mut q = q.flatten_all()?.to_vec1::<f32>()?;
     let (ks, kl_layout) = k.storage_and_layout();
     let (vs, vl_layout) = v.storage_and_layout();
     let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*ks, &*vs) else {
         candle_core::bail!("attend_one runs on the CPU only");
     };
-    let (kd, vd) = (kc.as_slice::<f32>()?, vc.as_slice::<f32>()?);
+    let (kd, vd) = (attn::Kv::of(kc, 0)?, attn::Kv::of(vc, 0)?);
+    if kd.is_f16() {
+        attn::round_to_f16(&mut q);
+    }
     if !kl_layout.is_contiguous() || !vl_layout.is_contiguous() {
         candle_core::bail!("the KV cache must be contiguous");
     }
@@ -75,7 +78,7 @@ pub(super) fn attend_one(
         // the fused step's arithmetic, in its order (the two paths agree bit for bit)
         let scale = scale as f32;
         let k_at = base_k + first * hd;
-        attn::scores(qh, &kd[k_at..k_at + kl * hd], hd, scale, &mut scores);
+        attn::scores(qh, kd.slice(k_at..k_at + kl * hd), hd, scale, &mut scores);
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
         let mut sum = 0f32;
         for sc in scores.iter_mut() {
@@ -86,7 +89,9 @@ pub(super) fn attend_one(
         let inv = 1.0 / sum;
         for (j, sc) in scores.iter().enumerate() {
             let off = base_v + (first + j) * hd;
-            attn::axpy(oh, sc * inv, &vd[off..off + hd]);
+            let w = sc * inv;
+            let w = if vd.is_f16() { attn::as_f16(w) } else { w };
+            attn::axpy(oh, w, vd.slice(off..off + hd));
         }
     }
     drop(ks);

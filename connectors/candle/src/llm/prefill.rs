@@ -165,6 +165,9 @@ impl Decoder {
                 };
                 rope(qr, hd, cfg.rope_neox, cos, sin);
                 rope(kr, hd, cfg.rope_neox, cos, sin);
+                if k_cache[li].dtype() == candle_core::DType::F16 {
+                    attn::round_to_f16(qr);
+                }
             }
             // into the cache, laid out [1, kv head, position, hd]
             for (src, cache) in [(&k, &k_cache[li]), (&v, &v_cache[li])] {
@@ -175,11 +178,8 @@ impl Decoder {
                             .copy_from_slice(&src[i * kw + kh * hd..i * kw + (kh + 1) * hd]);
                     }
                 }
-                cache.slice_set(
-                    &Tensor::from_vec(heads, (1, nkv, t, hd), &Device::Cpu)?,
-                    2,
-                    pos,
-                )?;
+                let heads = Tensor::from_vec(heads, (1, nkv, t, hd), &Device::Cpu)?;
+                cache.slice_set(&heads.to_dtype(cache.dtype())?, 2, pos)?;
             }
             let window = if layer.local {
                 cfg.sliding_window
@@ -284,8 +284,8 @@ impl Decoder {
             candle_core::bail!("the KV cache must be contiguous");
         }
         let cap = k_cache.dim(2)?;
-        let kd = &kc.as_slice::<f32>()?[kl.start_offset()..];
-        let vd = &vc.as_slice::<f32>()?[vl.start_offset()..];
+        let kd = attn::Kv::of(kc, kl.start_offset())?;
+        let vd = attn::Kv::of(vc, vl.start_offset())?;
         // the first key query i sees (it sees up to its own position)
         let first = |i: usize| window.map_or(0, |w| (pos + i + 1).saturating_sub(w));
         let blocks = t.div_ceil(QUERIES_PER_TASK);
@@ -309,7 +309,7 @@ impl Decoder {
                 let mut scores = vec![0f32; rows.len() * span];
                 attn::score_block(
                     &rows,
-                    &kd[base..base + span * hd],
+                    kd.slice(base..base + span * hd),
                     hd,
                     span,
                     scale,
@@ -327,6 +327,9 @@ impl Decoder {
                     }
                     let inv = 1.0 / sum;
                     seen.iter_mut().for_each(|s| *s *= inv);
+                    if vd.is_f16() {
+                        attn::round_to_f16(seen);
+                    }
                     // the keys it does not see weigh nothing
                     row[..a].fill(0.0);
                     row[b..].fill(0.0);
@@ -336,7 +339,13 @@ impl Decoder {
                     // SAFETY: query i's head hh belongs to this task alone.
                     .map(|at| unsafe { std::slice::from_raw_parts_mut(out.at(at), hd) })
                     .collect();
-                attn::weighted_block(&mut outs, &scores, &vd[base..base + span * hd], hd, span);
+                attn::weighted_block(
+                    &mut outs,
+                    &scores,
+                    vd.slice(base..base + span * hd),
+                    hd,
+                    span,
+                );
             }
         });
         Ok(())

@@ -17,7 +17,7 @@ use magpie_core::{
 use super::chat::{message_groups, ChatTemplate};
 use super::gguf::ModelFile;
 use super::lora::{set_key, LoraAdapter};
-use super::model::{KvCache, Transformer};
+use super::model::{KvCache, KvCacheType, Transformer};
 use super::vocab::GgufTokenizer;
 use super::LlmError;
 
@@ -43,6 +43,9 @@ pub struct LlmOptions {
     /// magpie's own are faster): for checking the GPU's code path without a
     /// GPU. `MAGPIE_LLM_KERNELS=candle` does the same from outside.
     pub candle_kernels: bool,
+    /// What the KV cache holds keys and values in (default f16, as
+    /// llama.cpp; `MAGPIE_KV_CACHE=f32` from outside).
+    pub kv_cache: Option<KvCacheType>,
 }
 
 impl Default for LlmOptions {
@@ -55,6 +58,7 @@ impl Default for LlmOptions {
             shift_in_place: true,
             chat_template: None,
             candle_kernels: false,
+            kv_cache: None,
         }
     }
 }
@@ -156,6 +160,9 @@ impl LocalLlm {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default()
             });
+        if let Some(kind) = opts.kv_cache {
+            model.set_kv_cache(kind);
+        }
         let cache = model.new_cache(window);
         // the parsed header (the vocabulary's strings), the tokenizer's
         // building and the K-type tensors read left freed heap behind: hand
