@@ -58,16 +58,18 @@ def main():
     ap.add_argument("prompts", nargs="?")
     ap.add_argument("--lora", help="ADAPTER.gguf[:SCALE]")
     ap.add_argument("--greedy", type=int, default=0, help="greedy tokens to record after each prompt")
-    ap.add_argument("--kv", choices=["f16", "f32"], default="f16", help="KV cache type (magpie's default: f16)")
+    ap.add_argument("--kv", choices=["f16", "f32", "q8_0"], default="f16", help="KV cache type (magpie's default: f16)")
     args = ap.parse_args()
     prompts = json.load(open(args.prompts)) if args.prompts else default_prompts()
     lora = {}
     if args.lora:
         path, _, scale = args.lora.partition(":")
         lora = {"lora_path": path, "lora_scale": float(scale or 1.0)}
-    # the KV cache in the type magpie keeps it (GGML_TYPE_F32 0, F16 1)
-    kv = 1 if args.kv == "f16" else 0
-    llm = Llama(model_path=args.model, n_ctx=4096, n_batch=512, n_threads=2, verbose=False, seed=0, type_k=kv, type_v=kv, **lora)
+    # the KV cache in the type magpie keeps it (GGML_TYPE_F32 0, F16 1,
+    # Q8_0 8: a quantized value cache needs llama.cpp's flash attention)
+    kv = {"f32": 0, "f16": 1, "q8_0": 8}[args.kv]
+    llm = Llama(model_path=args.model, n_ctx=4096, n_batch=512, n_threads=2, verbose=False, seed=0,
+                type_k=kv, type_v=kv, flash_attn=args.kv == "q8_0", **lora)
     n_vocab = llm.n_vocab()
     rng = np.random.default_rng(1234)
     probe = sorted(set(int(x) for x in rng.integers(0, n_vocab, 64)))

@@ -23,3 +23,4 @@ $PY scripts/make_llm_fixture.py "$T/tiny-qwen2-2l.gguf" $F/tiny_qwen2_lora_llama
 # llama.cpp itself moves Gemma's logits by up to 0.8 from one run to the next
 # (measured 2026-12-07): a fixture rewritten may need its tolerance checked
 $PY scripts/make_llm_fixture.py "${MAGPIE_MODELS:-models}/gemma-3-270m-q4_k_m.gguf" $F/gemma3_270m_f32kv_llamacpp.json --kv f32
+$PY scripts/make_llm_fixture.py "${MAGPIE_MODELS:-models}/gemma-3-270m-q4_k_m.gguf" $F/gemma3_270m_q8kv_llamacpp.json --kv q8_0

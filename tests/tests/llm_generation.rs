@@ -15,17 +15,20 @@ use magpie_tests::{gemma_path, max_abs_diff};
 /// shifting the cache and re-rotating must give the logits of encoding the
 /// kept tokens afresh (up to float error), for interleaved (llama),
 /// half-split (qwen) and partial interleaved (GLM: half of each head) RoPE.
-/// With an f32 cache that is float error alone; with f16 (the default) the
-/// shifted keys are rounded to f16 twice, as in llama.cpp, and the logits
+/// With an f32 cache that is float error alone; with f16 (the default) or
+/// q8_0 the shifted keys are rounded twice, as in llama.cpp, and the logits
 /// stay close.
 #[test]
 fn shifted_cache_matches_a_fresh_encode() {
     use magpie_candle::llm::KvCacheType;
     let dir = tempfile::tempdir().unwrap();
-    for (kind, kv) in Tiny::ALL
-        .into_iter()
-        .flat_map(|k| [(k, KvCacheType::F32), (k, KvCacheType::F16)])
-    {
+    for (kind, kv) in Tiny::ALL.into_iter().flat_map(|k| {
+        [
+            (k, KvCacheType::F32),
+            (k, KvCacheType::F16),
+            (k, KvCacheType::Q8_0),
+        ]
+    }) {
         let opts = LlmOptions {
             kv_cache: Some(kv),
             ..Default::default()
@@ -60,7 +63,7 @@ fn shifted_cache_matches_a_fresh_encode() {
         } else {
             let span = fresh.iter().fold(f32::MIN, |m, v| m.max(*v))
                 - fresh.iter().fold(f32::MAX, |m, v| m.min(*v));
-            assert!(d < 0.02 * span, "{} (f16): {d} of {span}", kind.arch());
+            assert!(d < 0.02 * span, "{} ({kv}): {d} of {span}", kind.arch());
             assert_eq!(
                 shifted
                     .iter()
@@ -72,7 +75,7 @@ fn shifted_cache_matches_a_fresh_encode() {
                     .enumerate()
                     .max_by(|a, b| a.1.total_cmp(b.1))
                     .map(|x| x.0),
-                "{} (f16): the top token moved",
+                "{} ({kv}): the top token moved",
                 kind.arch()
             );
         }

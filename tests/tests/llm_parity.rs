@@ -33,7 +33,7 @@ fn an_f32_cache_matches_llama_cpp_with_one() {
     let m = llm.model();
     let (mut f32c, mut f16c) = (m.new_cache(64), m.new_cache(64));
     assert_eq!(f32c.kind(), KvCacheType::F32);
-    m.set_kv_cache(KvCacheType::F16);
+    m.set_kv_cache(KvCacheType::F16).unwrap();
     let mut f16c2 = m.new_cache(64);
     std::mem::swap(&mut f16c, &mut f16c2);
     assert_eq!(f16c.kind(), KvCacheType::F16);
@@ -80,6 +80,49 @@ fn gemma3_tokenizer_matches_llama_cpp_on_varied_text() {
 fn the_gpu_code_path_matches_llama_cpp_too() {
     gemma3_against_llama_cpp(true);
     tiny_models_against_llama_cpp(true);
+}
+
+/// The q8_0 KV cache (34 bytes per 32 values) against llama.cpp with one
+/// (there with flash attention, which a quantized value cache needs): the
+/// same top tokens within Gemma's tolerance; its rows hold Q8_0 blocks; and
+/// stepping through a prompt gives the prompt's logits bit for bit.
+#[test]
+fn a_q8_0_cache_matches_llama_cpp_with_one() {
+    use magpie_candle::llm::model::Transformer;
+    use magpie_candle::llm::KvCacheType;
+    let fx = logit_fixture("gemma3_270m_q8kv_llamacpp.json");
+    let opts = LlmOptions {
+        kv_cache: Some(KvCacheType::Q8_0),
+        ..Default::default()
+    };
+    let llm = LocalLlm::load(&gemma_path(), opts).unwrap();
+    for case in &fx.cases {
+        let logits = llm.logits(&case.tokens).unwrap();
+        let d = check_logits(case, &logits, 1.5);
+        println!(
+            "{:5} tokens (q8_0 cache): top-1 agrees, max |diff| {d:.4}",
+            case.tokens.len()
+        );
+    }
+    let m = llm.model();
+    let ids = &fx.cases[5].tokens[..600];
+    let mut whole = m.new_cache(1024);
+    assert_eq!(whole.kind(), KvCacheType::Q8_0);
+    let a = Transformer::to_vec(&m.forward(ids, &mut whole, false).unwrap()).unwrap();
+    let k = whole.keys(0).unwrap();
+    assert_eq!(k.dtype(), candle_core::DType::U8);
+    assert_eq!(k.dims()[3], m.cfg.head_dim / 32 * 34);
+    let mut stepped = m.new_cache(1024);
+    m.forward(&ids[..590], &mut stepped, false).unwrap();
+    let mut b = Vec::new();
+    for t in &ids[590..] {
+        b = Transformer::to_vec(&m.forward(&[*t], &mut stepped, false).unwrap()).unwrap();
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(
+        bits(&a) == bits(&b),
+        "stepping and prompting differ on a q8_0 cache"
+    );
 }
 
 fn options(candle_kernels: bool) -> LlmOptions {

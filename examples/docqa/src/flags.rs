@@ -50,8 +50,14 @@ pub struct ModelArgs {
     pub ctx: Option<usize>,
     /// What the local language model's KV cache holds keys and values in:
     /// `f16` (the default, as llama.cpp: half the memory of f32, and half the
-    /// bytes a long context's attention reads) or `f32`.
-    #[arg(long, global = true, env = "MAGPIE_KV_CACHE", value_name = "f16|f32")]
+    /// bytes a long context's attention reads), `f32`, or `q8_0` (CPU only:
+    /// about half of f16 again, for long contexts in little memory).
+    #[arg(
+        long,
+        global = true,
+        env = "MAGPIE_KV_CACHE",
+        value_name = "f16|f32|q8_0"
+    )]
     pub kv_cache: Option<magpie_candle::llm::KvCacheType>,
     /// A LoRA adapter for the local language model, NAME=PATH[:SCALE]
     /// (a GGUF adapter as llama.cpp's convert_lora_to_gguf.py writes it;

@@ -11,9 +11,10 @@
 //! chunk kept in registers across keys), each with the same operations in
 //! the same order as alone.
 //!
-//! Keys and values are read as the cache holds them ([`Kv`]): f32, or f16
+//! Keys and values are read as the cache holds them ([`Kv`]): f32, f16
 //! widened exactly to f32 as they are loaded (F16C's `vcvtph2ps`, or
-//! `half` in plain Rust: the same values).
+//! `half` in plain Rust: the same values), or Q8_0 blocks widened (exactly)
+//! into a buffer first.
 
 use half::f16;
 
@@ -22,6 +23,9 @@ use half::f16;
 pub(super) enum Kv<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
+    /// Q8_0 blocks of 32 values (34 bytes each), widened to f32 (exactly)
+    /// before the tiles read them.
+    Q8(&'a [u8]),
 }
 
 impl<'a> Kv<'a> {
@@ -29,37 +33,47 @@ impl<'a> Kv<'a> {
     pub(super) fn of(s: &'a candle_core::CpuStorage, offset: usize) -> candle_core::Result<Self> {
         Ok(match s {
             candle_core::CpuStorage::F16(v) => Kv::F16(&v[offset..]),
+            candle_core::CpuStorage::U8(v) => Kv::Q8(&v[offset..]),
             _ => Kv::F32(&s.as_slice::<f32>()?[offset..]),
         })
     }
 
-    /// Whether it holds f16.
-    pub(super) fn is_f16(&self) -> bool {
-        matches!(self, Kv::F16(_))
+    /// The cache type it is.
+    pub(super) fn kind(&self) -> super::kv::KvCacheType {
+        use super::kv::KvCacheType;
+        match self {
+            Kv::F32(_) => KvCacheType::F32,
+            Kv::F16(_) => KvCacheType::F16,
+            Kv::Q8(_) => KvCacheType::Q8_0,
+        }
     }
 
-    /// Elements `r`.
+    /// Values `r` (whole blocks of 32 for Q8_0: row boundaries are).
     pub(super) fn slice(self, r: std::ops::Range<usize>) -> Self {
         match self {
             Kv::F32(v) => Kv::F32(&v[r]),
             Kv::F16(v) => Kv::F16(&v[r]),
+            Kv::Q8(v) => Kv::Q8(&v[r.start / 32 * 34..r.end / 32 * 34]),
         }
     }
-}
 
-/// `x` rounded to the nearest f16. With an f16 cache llama.cpp multiplies
-/// f16 by f16: the queries before their dot products with the keys, and the
-/// attention weights before their sum over the values, are rounded so; magpie
-/// does the same, so its f16 cache gives llama.cpp's values.
-#[inline(always)]
-pub(super) fn as_f16(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
-}
+    /// Whether it holds Q8_0 blocks.
+    pub(super) fn is_q8(&self) -> bool {
+        matches!(self, Kv::Q8(_))
+    }
 
-/// [`as_f16`] over a slice.
-pub(super) fn round_to_f16(v: &mut [f32]) {
-    for x in v {
-        *x = as_f16(*x);
+    /// Q8_0 values widened to f32 in `buf`, which the tiles then read.
+    pub(super) fn widened<'b>(self, buf: &'b mut Vec<f32>) -> Kv<'b>
+    where
+        'a: 'b,
+    {
+        match self {
+            Kv::Q8(b) => {
+                super::kv::dequantize_q8(b, buf);
+                Kv::F32(buf)
+            }
+            other => other,
+        }
     }
 }
 
@@ -298,9 +312,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `out[j] = scale · (q · key j)` for `out.len()` keys, key j at
 /// `keys[j * n..]`: eight keys a tile.
 pub(super) fn scores(q: &[f32], keys: Kv<'_>, n: usize, scale: f32, out: &mut [f32]) {
-    match keys {
+    let mut buf = Vec::new();
+    match keys.widened(&mut buf) {
         Kv::F32(k) => scores_in(q, k, n, scale, out),
         Kv::F16(k) => scores_in(q, k, n, scale, out),
+        Kv::Q8(_) => unreachable!("widened"),
     }
 }
 
@@ -333,6 +349,8 @@ pub(super) fn score_block(
     scale: f32,
     out: &mut [f32],
 ) {
+    let mut buf = Vec::new();
+    let keys = keys.widened(&mut buf);
     #[cfg(target_arch = "x86_64")]
     if wide() {
         // SAFETY: the CPU has AVX-512 F and VL (checked just above).
@@ -340,12 +358,14 @@ pub(super) fn score_block(
             match keys {
                 Kv::F32(k) => score_block_512(rows, k, n, span, scale, out),
                 Kv::F16(k) => score_block_512(rows, k, n, span, scale, out),
+                Kv::Q8(_) => unreachable!("widened"),
             }
         };
     }
     match keys {
         Kv::F32(k) => score_block_in(rows, k, n, span, scale, out),
         Kv::F16(k) => score_block_in(rows, k, n, span, scale, out),
+        Kv::Q8(_) => unreachable!("widened"),
     }
 }
 
@@ -391,9 +411,11 @@ fn score_block_in<T: Elem>(
 
 /// `y += w · x`, element by element in fused multiply-adds.
 pub(super) fn axpy(y: &mut [f32], w: f32, x: Kv<'_>) {
-    match x {
+    let mut buf = Vec::new();
+    match x.widened(&mut buf) {
         Kv::F32(x) => axpy_in(y, w, x),
         Kv::F16(x) => axpy_in(y, w, x),
+        Kv::Q8(_) => unreachable!("widened"),
     }
 }
 
@@ -420,6 +442,8 @@ pub(super) fn weighted_block(
     n: usize,
     span: usize,
 ) {
+    let mut buf = Vec::new();
+    let vals = vals.widened(&mut buf);
     #[cfg(target_arch = "x86_64")]
     if wide() {
         // SAFETY: the CPU has AVX-512 F and VL (checked just above).
@@ -427,12 +451,14 @@ pub(super) fn weighted_block(
             match vals {
                 Kv::F32(v) => weighted_block_512(outs, weights, v, n, span),
                 Kv::F16(v) => weighted_block_512(outs, weights, v, n, span),
+                Kv::Q8(_) => unreachable!("widened"),
             }
         };
     }
     match vals {
         Kv::F32(v) => weighted_block_in(outs, weights, v, n, span),
         Kv::F16(v) => weighted_block_in(outs, weights, v, n, span),
+        Kv::Q8(_) => unreachable!("widened"),
     }
 }
 

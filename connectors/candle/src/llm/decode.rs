@@ -23,6 +23,7 @@ use candle_core::{Device, Storage, Tensor};
 
 use super::attn;
 use super::gguf::{Arch, LlmConfig};
+use super::kv::{self, KvCacheType};
 use super::quant::{quantize256, quantize32, Act256, Act32, Acts, Kernels, QMatrix};
 
 type CResult<T> = candle_core::Result<T>;
@@ -176,8 +177,8 @@ pub(super) fn quantize_for(x: &[f32], mats: &[&Mat], a32: &mut Vec<Act32>, a256:
 impl Decoder {
     /// Bytes one step reads from memory with `ctx` positions cached before
     /// it: every weight matrix once, and the keys and values each layer attends to.
-    pub fn bytes_per_token(&self, cfg: &LlmConfig, ctx: usize, kv_bytes: usize) -> usize {
-        let kv_row = cfg.n_head_kv * cfg.head_dim * kv_bytes * 2;
+    pub fn bytes_per_token(&self, cfg: &LlmConfig, ctx: usize, kv: KvCacheType) -> usize {
+        let kv_row = cfg.n_head_kv * kv.row_bytes(cfg.head_dim) * 2;
         let mut total = self.output.bytes();
         for l in &self.layers {
             let mats = [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down];
@@ -313,10 +314,15 @@ impl Decoder {
             };
             rope(&mut s.q, hd, cfg.rope_neox, cos, sin);
             rope(&mut s.k, hd, cfg.rope_neox, cos, sin);
-            let kt = Tensor::from_slice(&s.k, (1, nkv, 1, hd), &Device::Cpu)?
-                .to_dtype(k_cache[li].dtype())?;
-            let vt = Tensor::from_slice(&s.v, (1, nkv, 1, hd), &Device::Cpu)?
-                .to_dtype(v_cache[li].dtype())?;
+            let kind = KvCacheType::of(k_cache[li].dtype());
+            let kt = kv::store(
+                &Tensor::from_slice(&s.k, (1, nkv, 1, hd), &Device::Cpu)?,
+                kind,
+            )?;
+            let vt = kv::store(
+                &Tensor::from_slice(&s.v, (1, nkv, 1, hd), &Device::Cpu)?,
+                kind,
+            )?;
             k_cache[li].slice_set(&kt, 2, pos)?;
             v_cache[li].slice_set(&vt, 2, pos)?;
             let first = match (layer.local, cfg.sliding_window) {
@@ -341,12 +347,12 @@ impl Decoder {
                 let vd = attn::Kv::of(vc, vl_layout.start_offset())?;
                 let out = SendPtr(s.att.as_mut_ptr());
                 let sc = SendPtr(s.scores.as_mut_ptr());
-                if kd.is_f16() {
-                    attn::round_to_f16(&mut s.q);
-                }
-                let f16_weights = vd.is_f16();
+                kd.kind().round_queries(&mut s.q);
+                let vkind = vd.kind();
                 let q = &s.q;
                 self.par(nh, |heads| {
+                    // a Q8_0 cache's rows widened once for the heads sharing them
+                    let (mut kbuf, mut vbuf, mut held) = (Vec::new(), Vec::new(), usize::MAX);
                     for h in heads {
                         let kvh = h / groups;
                         let qh = &q[h * hd..(h + 1) * hd];
@@ -355,7 +361,19 @@ impl Decoder {
                         // SAFETY: as above.
                         let oh = unsafe { std::slice::from_raw_parts_mut(out.at(h * hd), hd) };
                         let kbase = (kvh * cap + first) * hd;
-                        attn::scores(qh, kd.slice(kbase..kbase + kl * hd), hd, scale, scores);
+                        let (mut kr, mut vr) = (
+                            kd.slice(kbase..kbase + kl * hd),
+                            vd.slice(kbase..kbase + kl * hd),
+                        );
+                        if kr.is_q8() {
+                            if held != kvh {
+                                kr.widened(&mut kbuf);
+                                vr.widened(&mut vbuf);
+                                held = kvh;
+                            }
+                            (kr, vr) = (attn::Kv::F32(&kbuf), attn::Kv::F32(&vbuf));
+                        }
+                        attn::scores(qh, kr, hd, scale, scores);
                         let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
                         let mut sum = 0f32;
                         for sc in scores.iter_mut() {
@@ -364,10 +382,8 @@ impl Decoder {
                         }
                         let inv = 1.0 / sum;
                         for (j, sc) in scores.iter().enumerate() {
-                            let off = kbase + j * hd;
-                            let w = sc * inv;
-                            let w = if f16_weights { attn::as_f16(w) } else { w };
-                            attn::axpy(oh, w, vd.slice(off..off + hd));
+                            let w = vkind.round_weight(sc * inv);
+                            attn::axpy(oh, w, vr.slice(j * hd..(j + 1) * hd));
                         }
                     }
                 });

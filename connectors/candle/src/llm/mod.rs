@@ -9,6 +9,7 @@ mod decode;
 pub mod generator;
 pub mod gguf;
 pub mod info;
+mod kv;
 pub mod lora;
 pub mod model;
 mod ops;
@@ -24,8 +25,9 @@ use std::path::{Path, PathBuf};
 pub use generator::{LlmOptions, LocalLlm};
 pub use gguf::{Arch, LlmConfig, ModelFile, SUPPORTED_ARCHITECTURES};
 pub use info::{model_info, ModelInfo};
+pub use kv::KvCacheType;
 pub use lora::{adapter_info, is_adapter, ActiveLoras, AdapterSummary, LoraAdapter};
-pub use model::{KvCache, KvCacheType, Transformer};
+pub use model::{KvCache, Transformer};
 pub use vocab::GgufTokenizer;
 
 /// Errors of the LLM runtime.

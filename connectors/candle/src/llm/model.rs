@@ -10,6 +10,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::decode::Decoder;
 use super::gguf::{Arch, LlmConfig, ModelFile};
+use super::kv;
+pub use super::kv::KvCacheType;
 use super::lora::{ActiveLoras, LoraAdapter, TargetShapes};
 use super::ops::{attend_one, build_mask, owned, rms, rope_tables};
 use super::weights::{
@@ -18,59 +20,6 @@ use super::weights::{
 use super::LlmError;
 
 type CResult<T> = candle_core::Result<T>;
-
-/// What a KV cache holds its keys and values in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvCacheType {
-    /// Half precision, as llama.cpp keeps it by default: half the memory and
-    /// half the bytes a long context's attention reads.
-    #[default]
-    F16,
-    /// Full precision.
-    F32,
-}
-
-impl KvCacheType {
-    /// `f16` or `f32`.
-    pub fn parse(s: &str) -> Result<Self, LlmError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f16" => Ok(Self::F16),
-            "f32" => Ok(Self::F32),
-            other => Err(LlmError::InvalidInput(format!(
-                "KV cache type {other:?}: use f16 (the default) or f32"
-            ))),
-        }
-    }
-
-    /// The tensors' element type.
-    pub fn dtype(self) -> DType {
-        match self {
-            Self::F16 => DType::F16,
-            Self::F32 => DType::F32,
-        }
-    }
-
-    /// Bytes of one value.
-    pub fn bytes(self) -> usize {
-        self.dtype().size_in_bytes()
-    }
-}
-
-impl std::str::FromStr for KvCacheType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::parse(s).map_err(|e| e.to_string())
-    }
-}
-
-impl std::fmt::Display for KvCacheType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::F16 => "f16",
-            Self::F32 => "f32",
-        })
-    }
-}
 
 /// Keys and values of every layer for the tokens seen so far.
 pub struct KvCache {
@@ -107,7 +56,8 @@ impl KvCache {
     pub fn kind(&self) -> KvCacheType {
         self.kind
     }
-    /// Layer `layer`'s keys for the positions held: `[1, kv heads, len, head dim]`.
+    /// Layer `layer`'s keys for the positions held, in the cache's type:
+    /// `[1, kv heads, len, row]` (a row: the head's values, or its Q8_0 bytes).
     pub fn keys(&self, layer: usize) -> Option<Tensor> {
         self.k.get(layer)?.narrow(2, 0, self.len).ok()
     }
@@ -132,7 +82,7 @@ pub struct Transformer {
     /// The fused one-token step (CPU, every matrix of a type magpie reads).
     decoder: Option<Decoder>,
     fused: std::sync::atomic::AtomicBool,
-    /// New caches' type: 0 f16, 1 f32.
+    /// New caches' type: 0 f16, 1 f32, 2 q8_0.
     kv: std::sync::atomic::AtomicU8,
 }
 
@@ -239,18 +189,13 @@ impl Transformer {
         let embed_scale = (cfg.arch == Arch::Gemma3).then(|| (cfg.n_embd as f64).sqrt());
         let decoder =
             build_decoder(&layers, &out_norm, &output.w, &embed, embed_scale, own).map_err(cerr)?;
-        Ok(Self {
+        let model = Self {
             embed_scale,
             decoder,
             fused: std::sync::atomic::AtomicBool::new(
                 std::env::var("MAGPIE_LLM_FUSED").as_deref() != Ok("0"),
             ),
-            kv: std::sync::atomic::AtomicU8::new(
-                match std::env::var("MAGPIE_KV_CACHE").map(|v| KvCacheType::parse(&v)) {
-                    Ok(Ok(KvCacheType::F32)) => 1,
-                    _ => 0,
-                },
-            ),
+            kv: std::sync::atomic::AtomicU8::new(0),
             cfg,
             embed,
             layers,
@@ -260,7 +205,13 @@ impl Transformer {
             own,
             requantized,
             lora_targets,
-        })
+        };
+        if let Ok(v) = std::env::var("MAGPIE_KV_CACHE") {
+            if let Err(e) = KvCacheType::parse(&v).and_then(|k| model.set_kv_cache(k)) {
+                tracing::warn!("MAGPIE_KV_CACHE: {e}; keeping f16");
+            }
+        }
+        Ok(model)
     }
 
     /// The device it runs on.
@@ -287,7 +238,7 @@ impl Transformer {
     pub fn decode_bytes(&self, ctx: usize) -> Option<usize> {
         self.decoder
             .as_ref()
-            .map(|d| d.bytes_per_token(&self.cfg, ctx, self.kv_cache().bytes()))
+            .map(|d| d.bytes_per_token(&self.cfg, ctx, self.kv_cache()))
     }
 
     /// Turn the fused one-token step on or off (to compare the two paths).
@@ -336,18 +287,23 @@ impl Transformer {
     pub fn kv_cache(&self) -> KvCacheType {
         match self.kv.load(std::sync::atomic::Ordering::Relaxed) {
             1 => KvCacheType::F32,
+            2 => KvCacheType::Q8_0,
             _ => KvCacheType::F16,
         }
     }
 
     /// Set what new caches hold keys and values in (f16 by default;
-    /// `MAGPIE_KV_CACHE=f32` sets f32 from outside).
-    pub fn set_kv_cache(&self, kind: KvCacheType) {
+    /// `MAGPIE_KV_CACHE` from outside); refused where this model and device
+    /// cannot keep it (q8_0: the CPU, heads of a multiple of 32 values).
+    pub fn set_kv_cache(&self, kind: KvCacheType) -> Result<(), LlmError> {
+        kind.check(self.cfg.head_dim, self.device.is_cpu())?;
         let v = match kind {
             KvCacheType::F16 => 0,
             KvCacheType::F32 => 1,
+            KvCacheType::Q8_0 => 2,
         };
         self.kv.store(v, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     fn ensure_capacity(&self, cache: &mut KvCache, need: usize) -> CResult<()> {
@@ -355,7 +311,8 @@ impl Transformer {
             return Ok(());
         }
         let new_cap = need.max(cache.cap * 2).max(256).min(cache.max.max(need));
-        let shape = (1, self.cfg.n_head_kv, new_cap, self.cfg.head_dim);
+        let row = cache.kind.row_len(self.cfg.head_dim);
+        let shape = (1, self.cfg.n_head_kv, new_cap, row);
         let mut ks = Vec::with_capacity(self.layers.len());
         let mut vs = Vec::with_capacity(self.layers.len());
         for i in 0..self.layers.len() {
@@ -522,9 +479,8 @@ impl Transformer {
             };
             let q = self.apply_rope(&q, cos, sin)?;
             let k = self.apply_rope(&k, cos, sin)?;
-            let dt = cache.kind.dtype();
-            cache.k[li].slice_set(&k.to_dtype(dt)?, 2, start)?;
-            cache.v[li].slice_set(&v.to_dtype(dt)?, 2, start)?;
+            cache.k[li].slice_set(&kv::store(&k, cache.kind)?, 2, start)?;
+            cache.v[li].slice_set(&kv::store(&v, cache.kind)?, 2, start)?;
             let end = start + t;
             // keys visible to this chunk: a local layer sees the last `window` positions
             let first = match (layer.local, c.sliding_window) {
@@ -543,16 +499,21 @@ impl Transformer {
                 h = self.mlp(layer, h, loras)?;
                 continue;
             }
-            let keys = cache.k[li].narrow(2, first, kl)?.to_dtype(DType::F32)?;
-            let vals = cache.v[li].narrow(2, first, kl)?.to_dtype(DType::F32)?;
+            let hd = c.head_dim;
+            let keys = kv::load(&cache.k[li].narrow(2, first, kl)?, cache.kind, hd)?;
+            let vals = kv::load(&cache.v[li].narrow(2, first, kl)?, cache.kind, hd)?;
             // group the query heads that share a key/value head: [1, kv, groups*t, hd]
             let qg = q.reshape((1, c.n_head_kv, groups * t, c.head_dim))?;
-            // with an f16 cache, f16 by f16 as llama.cpp multiplies (see attn::as_f16)
+            // the queries as llama.cpp multiplies this cache (see kv.rs)
             let half = cache.kind == KvCacheType::F16;
-            let qg = if half {
-                qg.to_dtype(DType::F16)?.to_dtype(DType::F32)?
-            } else {
-                qg
+            let qg = match cache.kind {
+                KvCacheType::F32 => qg,
+                KvCacheType::F16 => qg.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
+                KvCacheType::Q8_0 => {
+                    let mut v = qg.flatten_all()?.to_vec1::<f32>()?;
+                    cache.kind.round_queries(&mut v);
+                    Tensor::from_vec(v, qg.shape(), qg.device())?
+                }
             };
             let att = (qg.matmul(&keys.t()?)? * scale)?;
             let att = if t > 1 {
@@ -666,9 +627,8 @@ impl Transformer {
                 let sin = sin.broadcast_as((tail, sin.dim(1)?))?.contiguous()?;
                 // re-rotated in f32, stored back in the cache's type
                 let k = owned(&cache.k[li].narrow(2, n_keep + n_discard, tail)?)?;
-                let k = self
-                    .apply_rope(&k.to_dtype(DType::F32)?, &cos, &sin)?
-                    .to_dtype(cache.kind.dtype())?;
+                let k = kv::load(&k, cache.kind, self.cfg.head_dim)?;
+                let k = kv::store(&self.apply_rope(&k, &cos, &sin)?, cache.kind)?;
                 // a copy: with one key/value head the narrowed view is contiguous and
                 // would share storage with the destination
                 let v = owned(&cache.v[li].narrow(2, n_keep + n_discard, tail)?)?;

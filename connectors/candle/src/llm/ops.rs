@@ -60,9 +60,7 @@ pub(super) fn attend_one(
         candle_core::bail!("attend_one runs on the CPU only");
     };
     let (kd, vd) = (attn::Kv::of(kc, 0)?, attn::Kv::of(vc, 0)?);
-    if kd.is_f16() {
-        attn::round_to_f16(&mut q);
-    }
+    kd.kind().round_queries(&mut q);
     if !kl_layout.is_contiguous() || !vl_layout.is_contiguous() {
         candle_core::bail!("the KV cache must be contiguous");
     }
@@ -70,6 +68,8 @@ pub(super) fn attend_one(
     let (k0, v0) = (kl_layout.start_offset(), vl_layout.start_offset());
     let mut out = vec![0f32; c.n_head * hd];
     let mut scores = vec![0f32; kl];
+    // a Q8_0 cache's rows widened once for the heads sharing them
+    let (mut kbuf, mut vbuf, mut held) = (Vec::new(), Vec::new(), usize::MAX);
     for h in 0..c.n_head {
         let kvh = h / groups;
         let qh = &q[h * hd..(h + 1) * hd];
@@ -77,8 +77,20 @@ pub(super) fn attend_one(
         let base_v = v0 + kvh * cap * hd;
         // the fused step's arithmetic, in its order (the two paths agree bit for bit)
         let scale = scale as f32;
-        let k_at = base_k + first * hd;
-        attn::scores(qh, kd.slice(k_at..k_at + kl * hd), hd, scale, &mut scores);
+        let (k_at, v_at) = (base_k + first * hd, base_v + first * hd);
+        let (mut kr, mut vr) = (
+            kd.slice(k_at..k_at + kl * hd),
+            vd.slice(v_at..v_at + kl * hd),
+        );
+        if kr.is_q8() {
+            if held != kvh {
+                kr.widened(&mut kbuf);
+                vr.widened(&mut vbuf);
+                held = kvh;
+            }
+            (kr, vr) = (attn::Kv::F32(&kbuf), attn::Kv::F32(&vbuf));
+        }
+        attn::scores(qh, kr, hd, scale, &mut scores);
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
         let mut sum = 0f32;
         for sc in scores.iter_mut() {
@@ -88,10 +100,8 @@ pub(super) fn attend_one(
         let oh = &mut out[h * hd..(h + 1) * hd];
         let inv = 1.0 / sum;
         for (j, sc) in scores.iter().enumerate() {
-            let off = base_v + (first + j) * hd;
-            let w = sc * inv;
-            let w = if vd.is_f16() { attn::as_f16(w) } else { w };
-            attn::axpy(oh, w, vd.slice(off..off + hd));
+            let w = vd.kind().round_weight(sc * inv);
+            attn::axpy(oh, w, vr.slice(j * hd..(j + 1) * hd));
         }
     }
     drop(ks);

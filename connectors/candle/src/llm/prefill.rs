@@ -29,6 +29,7 @@ use super::decode::{
     quantize_for, rms_in_place, rms_into, rope, rope_row, silu, Decoder, Mat, SendPtr,
 };
 use super::gguf::{Arch, LlmConfig};
+use super::kv::{self, KvCacheType};
 use super::ops::gelu_slice;
 use super::quant::{quantize_rows, Act256, Act32};
 
@@ -165,9 +166,7 @@ impl Decoder {
                 };
                 rope(qr, hd, cfg.rope_neox, cos, sin);
                 rope(kr, hd, cfg.rope_neox, cos, sin);
-                if k_cache[li].dtype() == candle_core::DType::F16 {
-                    attn::round_to_f16(qr);
-                }
+                KvCacheType::of(k_cache[li].dtype()).round_queries(qr);
             }
             // into the cache, laid out [1, kv head, position, hd]
             for (src, cache) in [(&k, &k_cache[li]), (&v, &v_cache[li])] {
@@ -179,7 +178,7 @@ impl Decoder {
                     }
                 }
                 let heads = Tensor::from_vec(heads, (1, nkv, t, hd), &Device::Cpu)?;
-                cache.slice_set(&heads.to_dtype(cache.dtype())?, 2, pos)?;
+                cache.slice_set(&kv::store(&heads, KvCacheType::of(cache.dtype()))?, 2, pos)?;
             }
             let window = if layer.local {
                 cfg.sliding_window
@@ -327,9 +326,8 @@ impl Decoder {
                     }
                     let inv = 1.0 / sum;
                     seen.iter_mut().for_each(|s| *s *= inv);
-                    if vd.is_f16() {
-                        attn::round_to_f16(seen);
-                    }
+                    let vk = vd.kind();
+                    seen.iter_mut().for_each(|s| *s = vk.round_weight(*s));
                     // the keys it does not see weigh nothing
                     row[..a].fill(0.0);
                     row[b..].fill(0.0);

@@ -44,7 +44,7 @@ pub struct LlmOptions {
     /// GPU. `MAGPIE_LLM_KERNELS=candle` does the same from outside.
     pub candle_kernels: bool,
     /// What the KV cache holds keys and values in (default f16, as
-    /// llama.cpp; `MAGPIE_KV_CACHE=f32` from outside).
+    /// llama.cpp; f32, or q8_0 on the CPU; `MAGPIE_KV_CACHE` from outside).
     pub kv_cache: Option<KvCacheType>,
 }
 
@@ -161,7 +161,7 @@ impl LocalLlm {
                     .unwrap_or_default()
             });
         if let Some(kind) = opts.kv_cache {
-            model.set_kv_cache(kind);
+            model.set_kv_cache(kind)?;
         }
         let cache = model.new_cache(window);
         // the parsed header (the vocabulary's strings), the tokenizer's
