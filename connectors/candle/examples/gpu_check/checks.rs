@@ -211,7 +211,7 @@ fn speed_inner(path: &Path, dev: &Device, rounds: usize, s: &mut Speed) -> Res<(
     s.load_s = t.elapsed().as_secs_f64();
     let m = llm.model();
     let c = &m.cfg;
-    let kv_per_pos = (c.n_layer * c.n_head_kv * c.head_dim * 2 * 4) as u64;
+    let kv_per_pos = (c.n_layer * c.n_head_kv * m.kv_cache().row_bytes(c.head_dim) * 2) as u64;
     let ctx = s.prompt_tokens + s.generated_tokens + 1;
     s.kv_bytes = kv_per_pos * (s.prompt_tokens + s.generated_tokens / 2) as u64;
     s.estimate_bytes = s.weight_bytes + kv_per_pos * ctx as u64;
