@@ -16,26 +16,12 @@ fn gemma3_matches_llama_cpp() {
 #[test]
 fn an_f32_cache_matches_llama_cpp_with_one() {
     use magpie_candle::llm::KvCacheType;
-    let fx = logit_fixture("gemma3_270m_f32kv_llamacpp.json");
-    let opts = LlmOptions {
-        kv_cache: Some(KvCacheType::F32),
-        ..Default::default()
-    };
-    let llm = LocalLlm::load(&gemma_path(), opts).unwrap();
-    for case in &fx.cases {
-        let logits = llm.logits(&case.tokens).unwrap();
-        let d = check_logits(case, &logits, 1.5);
-        println!(
-            "{:5} tokens (f32 cache): top-1 agrees, max |diff| {d:.4}",
-            case.tokens.len()
-        );
-    }
+    let (llm, fx) = gemma_with_cache(KvCacheType::F32, "gemma3_270m_f32kv_llamacpp.json");
     let m = llm.model();
-    let (mut f32c, mut f16c) = (m.new_cache(64), m.new_cache(64));
+    let mut f32c = m.new_cache(64);
     assert_eq!(f32c.kind(), KvCacheType::F32);
     m.set_kv_cache(KvCacheType::F16).unwrap();
-    let mut f16c2 = m.new_cache(64);
-    std::mem::swap(&mut f16c, &mut f16c2);
+    let mut f16c = m.new_cache(64);
     assert_eq!(f16c.kind(), KvCacheType::F16);
     let ids = &fx.cases[0].tokens;
     m.forward(ids, &mut f32c, false).unwrap();
@@ -90,20 +76,7 @@ fn the_gpu_code_path_matches_llama_cpp_too() {
 fn a_q8_0_cache_matches_llama_cpp_with_one() {
     use magpie_candle::llm::model::Transformer;
     use magpie_candle::llm::KvCacheType;
-    let fx = logit_fixture("gemma3_270m_q8kv_llamacpp.json");
-    let opts = LlmOptions {
-        kv_cache: Some(KvCacheType::Q8_0),
-        ..Default::default()
-    };
-    let llm = LocalLlm::load(&gemma_path(), opts).unwrap();
-    for case in &fx.cases {
-        let logits = llm.logits(&case.tokens).unwrap();
-        let d = check_logits(case, &logits, 1.5);
-        println!(
-            "{:5} tokens (q8_0 cache): top-1 agrees, max |diff| {d:.4}",
-            case.tokens.len()
-        );
-    }
+    let (llm, fx) = gemma_with_cache(KvCacheType::Q8_0, "gemma3_270m_q8kv_llamacpp.json");
     let m = llm.model();
     let ids = &fx.cases[5].tokens[..600];
     let mut whole = m.new_cache(1024);
@@ -123,6 +96,29 @@ fn a_q8_0_cache_matches_llama_cpp_with_one() {
         bits(&a) == bits(&b),
         "stepping and prompting differ on a q8_0 cache"
     );
+}
+
+/// Gemma 3 with a KV cache of `kind`, checked against llama.cpp's fixture
+/// made with the same cache type.
+fn gemma_with_cache(
+    kind: magpie_candle::llm::KvCacheType,
+    fixture: &str,
+) -> (LocalLlm, magpie_tests::LogitFixture) {
+    let fx = logit_fixture(fixture);
+    let opts = LlmOptions {
+        kv_cache: Some(kind),
+        ..Default::default()
+    };
+    let llm = LocalLlm::load(&gemma_path(), opts).unwrap();
+    for case in &fx.cases {
+        let logits = llm.logits(&case.tokens).unwrap();
+        let d = check_logits(case, &logits, 1.5);
+        println!(
+            "{:5} tokens ({kind} cache): top-1 agrees, max |diff| {d:.4}",
+            case.tokens.len()
+        );
+    }
+    (llm, fx)
 }
 
 fn options(candle_kernels: bool) -> LlmOptions {

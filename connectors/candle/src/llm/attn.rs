@@ -77,6 +77,35 @@ impl<'a> Kv<'a> {
     }
 }
 
+/// One key/value head's keys and values as the tiles read them: a Q8_0
+/// cache's rows widened (exactly) once for all the query heads sharing them.
+#[derive(Default)]
+pub(super) struct HeadRows {
+    held: Option<usize>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl HeadRows {
+    /// The rows `kr`, `vr` of key/value head `kvh`: as they are, or widened.
+    pub(super) fn get<'s, 'a: 's>(
+        &'s mut self,
+        kr: Kv<'a>,
+        vr: Kv<'a>,
+        kvh: usize,
+    ) -> (Kv<'s>, Kv<'s>) {
+        if !kr.is_q8() {
+            return (kr, vr);
+        }
+        if self.held != Some(kvh) {
+            kr.widened(&mut self.k);
+            vr.widened(&mut self.v);
+            self.held = Some(kvh);
+        }
+        (Kv::F32(&self.k), Kv::F32(&self.v))
+    }
+}
+
 /// An element type keys and values may be held in.
 pub(super) trait Elem: Copy + Sync {
     /// Its value as f32 (exact).

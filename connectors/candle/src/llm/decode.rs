@@ -351,8 +351,7 @@ impl Decoder {
                 let vkind = vd.kind();
                 let q = &s.q;
                 self.par(nh, |heads| {
-                    // a Q8_0 cache's rows widened once for the heads sharing them
-                    let (mut kbuf, mut vbuf, mut held) = (Vec::new(), Vec::new(), usize::MAX);
+                    let mut rows = attn::HeadRows::default();
                     for h in heads {
                         let kvh = h / groups;
                         let qh = &q[h * hd..(h + 1) * hd];
@@ -361,18 +360,11 @@ impl Decoder {
                         // SAFETY: as above.
                         let oh = unsafe { std::slice::from_raw_parts_mut(out.at(h * hd), hd) };
                         let kbase = (kvh * cap + first) * hd;
-                        let (mut kr, mut vr) = (
+                        let (kr, vr) = rows.get(
                             kd.slice(kbase..kbase + kl * hd),
                             vd.slice(kbase..kbase + kl * hd),
+                            kvh,
                         );
-                        if kr.is_q8() {
-                            if held != kvh {
-                                kr.widened(&mut kbuf);
-                                vr.widened(&mut vbuf);
-                                held = kvh;
-                            }
-                            (kr, vr) = (attn::Kv::F32(&kbuf), attn::Kv::F32(&vbuf));
-                        }
                         attn::scores(qh, kr, hd, scale, scores);
                         let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
                         let mut sum = 0f32;

@@ -68,8 +68,7 @@ pub(super) fn attend_one(
     let (k0, v0) = (kl_layout.start_offset(), vl_layout.start_offset());
     let mut out = vec![0f32; c.n_head * hd];
     let mut scores = vec![0f32; kl];
-    // a Q8_0 cache's rows widened once for the heads sharing them
-    let (mut kbuf, mut vbuf, mut held) = (Vec::new(), Vec::new(), usize::MAX);
+    let mut rows = attn::HeadRows::default();
     for h in 0..c.n_head {
         let kvh = h / groups;
         let qh = &q[h * hd..(h + 1) * hd];
@@ -78,18 +77,11 @@ pub(super) fn attend_one(
         // the fused step's arithmetic, in its order (the two paths agree bit for bit)
         let scale = scale as f32;
         let (k_at, v_at) = (base_k + first * hd, base_v + first * hd);
-        let (mut kr, mut vr) = (
+        let (kr, vr) = rows.get(
             kd.slice(k_at..k_at + kl * hd),
             vd.slice(v_at..v_at + kl * hd),
+            kvh,
         );
-        if kr.is_q8() {
-            if held != kvh {
-                kr.widened(&mut kbuf);
-                vr.widened(&mut vbuf);
-                held = kvh;
-            }
-            (kr, vr) = (attn::Kv::F32(&kbuf), attn::Kv::F32(&vbuf));
-        }
         attn::scores(qh, kr, hd, scale, &mut scores);
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
         let mut sum = 0f32;
