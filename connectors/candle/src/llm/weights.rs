@@ -27,9 +27,9 @@ pub(super) fn own_kernels(device: &Device) -> bool {
 }
 
 /// `m` with its rows packed by eight where this CPU's kernels read packed
-/// rows (AVX-512 VNNI: Q4_0, Q5_0, Q8_0, Q4_K and Q6_K; prompt tiles
-/// ~3.4× faster on the 32-value types, `cargo run -p magpie-candle --example
-/// tilebench`); `MAGPIE_LLM_PACK=0` keeps the file's layout, to compare.
+/// rows (AVX2 or AVX-512 VNNI: Q4_0, Q5_0, Q8_0, Q4_K and Q6_K; prompt tiles
+/// ~3.4× faster on the 32-value types with VNNI, `cargo run -p magpie-candle
+/// --example tilebench`); `MAGPIE_LLM_PACK=0` keeps the file's layout, to compare.
 fn for_kernels(m: QMatrix) -> QMatrix {
     if !packs() {
         return m;
@@ -37,9 +37,11 @@ fn for_kernels(m: QMatrix) -> QMatrix {
     m.packed().unwrap_or(m)
 }
 
-/// Whether matrices are packed ([`for_kernels`]).
+/// Whether matrices are packed ([`for_kernels`]): wherever the vector
+/// kernels run (AVX-512 VNNI or AVX2); not on the plain-Rust path.
 fn packs() -> bool {
-    super::quant::Kernels::detect().vnni() && std::env::var("MAGPIE_LLM_PACK").as_deref() != Ok("0")
+    super::quant::Kernels::detect() != super::quant::Kernels::Portable
+        && std::env::var("MAGPIE_LLM_PACK").as_deref() != Ok("0")
 }
 
 /// A weight matrix: on the CPU magpie's kernels read the file's bytes;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 
 use super::formats::{dequantize_row, QType};
-use super::{dots, packed, packed_k, quantize256, quantize32, Act256, Act32, Acts, Kernels};
+use super::{
+    dots, packed, packed_k, quantize256, quantize32, Act256, Act32, Acts, Kernels, PackIsa,
+};
 
 /// `[rows, cols]` of one quantized type, in GGUF's block layout.
 pub struct QMatrix {
@@ -282,7 +284,7 @@ impl QMatrix {
     /// Packed group `g` against `N` tokens from `t` of the activations.
     fn group_tile<const N: usize>(
         &self,
-        vnni: bool,
+        isa: PackIsa,
         g: usize,
         a32: &[Vec<Act32>],
         a256: &[Vec<Act256>],
@@ -291,10 +293,10 @@ impl QMatrix {
         let w = self.group_bytes(g);
         if self.ty.is_k() {
             let x: [&[Act256]; N] = std::array::from_fn(|j| &a256[t + j][..]);
-            packed_k::group(vnni, self.ty, w, x)
+            packed_k::group(isa, self.ty, w, x)
         } else {
             let x: [&[Act32]; N] = std::array::from_fn(|j| &a32[t + j][..]);
-            packed::group(vnni, self.ty, w, x)
+            packed::group(isa, self.ty, w, x)
         }
     }
 
@@ -319,10 +321,10 @@ impl QMatrix {
                 let w = self.group_bytes(g);
                 let v = match x {
                     Acts::B32(x) if !self.ty.is_k() => {
-                        packed::group::<1>(kernels.vnni(), self.ty, w, [x])[0]
+                        packed::group::<1>(kernels.pack_isa(), self.ty, w, [x])[0]
                     }
                     Acts::B256(x) if self.ty.is_k() => {
-                        packed_k::group::<1>(kernels.vnni(), self.ty, w, [x])[0]
+                        packed_k::group::<1>(kernels.pack_isa(), self.ty, w, [x])[0]
                     }
                     _ => panic!(
                         "activations quantized for another block size than {:?}",
@@ -440,7 +442,7 @@ impl QMatrix {
         };
         let ptr = OutPtr(out.as_mut_ptr());
         if self.packed {
-            self.matmul_packed(kernels.vnni(), a32, a256, &ptr);
+            self.matmul_packed(kernels.pack_isa(), a32, a256, &ptr);
             return;
         }
         let tasks = self.rows.div_ceil(ROWS_PER_TASK);
@@ -504,7 +506,7 @@ impl QMatrix {
 
     /// The prompt on packed rows: each group of eight rows against the
     /// tokens in tiles of eight, then four, then one (the same values).
-    fn matmul_packed(&self, vnni: bool, a32: &[Vec<Act32>], a256: &[Vec<Act256>], out: &OutPtr) {
+    fn matmul_packed(&self, isa: PackIsa, a32: &[Vec<Act32>], a256: &[Vec<Act256>], out: &OutPtr) {
         let groups = self.rows / packed::GROUP;
         let tokens = a32.len().max(a256.len());
         let tasks = groups.div_ceil(GROUPS_PER_TASK);
@@ -520,23 +522,34 @@ impl QMatrix {
                 let g1 = ((task + 1) * GROUPS_PER_TASK).min(groups);
                 for g in task * GROUPS_PER_TASK..g1 {
                     let mut t = 0;
-                    // 8 tokens a tile for the 32-value types (their
-                    // accumulators fit AVX-512's 32 registers), 4 for the
-                    // K types (three a token)
-                    if !self.ty.is_k() {
-                        while t + 8 <= tokens {
-                            let v = self.group_tile::<8>(vnni, g, a32, a256, t);
-                            v.iter().enumerate().for_each(|(j, v)| put(t + j, g, v));
-                            t += 8;
+                    // tokens a tile: as many as keep the accumulators in
+                    // registers (AVX-512's 32 hold 8 for the 32-value types
+                    // and 4 for the K types, which keep three a token;
+                    // AVX2's 16 half that)
+                    let tile = match (self.ty.is_k(), isa == PackIsa::Vnni) {
+                        (false, true) => 8,
+                        (false, false) | (true, true) => 4,
+                        (true, false) => 2,
+                    };
+                    while t + tile <= tokens {
+                        match tile {
+                            8 => {
+                                let v = self.group_tile::<8>(isa, g, a32, a256, t);
+                                v.iter().enumerate().for_each(|(j, v)| put(t + j, g, v));
+                            }
+                            4 => {
+                                let v = self.group_tile::<4>(isa, g, a32, a256, t);
+                                v.iter().enumerate().for_each(|(j, v)| put(t + j, g, v));
+                            }
+                            _ => {
+                                let v = self.group_tile::<2>(isa, g, a32, a256, t);
+                                v.iter().enumerate().for_each(|(j, v)| put(t + j, g, v));
+                            }
                         }
-                    }
-                    while t + 4 <= tokens {
-                        let v = self.group_tile::<4>(vnni, g, a32, a256, t);
-                        v.iter().enumerate().for_each(|(j, v)| put(t + j, g, v));
-                        t += 4;
+                        t += tile;
                     }
                     for t in t..tokens {
-                        put(t, g, &self.group_tile::<1>(vnni, g, a32, a256, t)[0]);
+                        put(t, g, &self.group_tile::<1>(isa, g, a32, a256, t)[0]);
                     }
                 }
             }

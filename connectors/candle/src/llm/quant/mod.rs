@@ -72,14 +72,23 @@ pub enum Kernels {
 }
 
 impl Kernels {
-    /// Whether these kernels use AVX-512 VNNI (and so pack the rows of the
-    /// types that pack: [`QMatrix::packed`]).
+    /// Whether these kernels use AVX-512 VNNI.
     pub fn vnni(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self == Kernels::Avx512 {
             return std::arch::is_x86_feature_detected!("avx512vnni");
         }
         false
+    }
+
+    /// The instructions packed rows ([`QMatrix::packed`]) run on with these
+    /// kernels.
+    pub fn pack_isa(self) -> PackIsa {
+        match self {
+            Kernels::Portable => PackIsa::Portable,
+            _ if self.vnni() => PackIsa::Vnni,
+            _ => PackIsa::Avx2,
+        }
     }
 
     /// The best this CPU has (`MAGPIE_LLM_KERNELS=portable` forces plain
@@ -106,6 +115,17 @@ impl Kernels {
             Kernels::Portable
         })
     }
+}
+
+/// What the packed-row kernels run on: the same values on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackIsa {
+    /// Plain Rust.
+    Portable,
+    /// AVX2 (`vpmaddubsw` + `vpmaddwd` for each 4-byte dot product).
+    Avx2,
+    /// AVX-512 VNNI (`vpdpbusd`).
+    Vnni,
 }
 
 /// Quantize `x` (a multiple of 32 long) into 32-value blocks.

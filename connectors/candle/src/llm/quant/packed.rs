@@ -1,4 +1,5 @@
-//! Weight rows packed eight at a time, for CPUs with AVX-512 VNNI.
+//! Weight rows packed eight at a time, for the vector kernels (AVX-512 VNNI,
+//! or AVX2).
 //!
 //! In a file's layout each row is its own run of blocks, so a vector
 //! instruction sees 32 values of one row and the 8 lanes of its sum must be
@@ -10,13 +11,18 @@
 //! which one conversion, one multiply and one FMA scale into 8 accumulators:
 //! ~12 instructions for 256 multiply-adds, against ~56 in the file's layout.
 //!
+//! Without VNNI each `vpdpbusd` is `vpmaddubsw` + `vpmaddwd` + `vpaddd` (the
+//! same integers; Q8_0 multiplies the codes' magnitudes by the activations
+//! with their signs there, as its offset codes would pass `vpmaddubsw`'s i16
+//! pairs), and a tile holds half the tokens in AVX2's 16 registers.
+//!
 //! The codes are kept unsigned (`vpdpbusd` multiplies unsigned weights by
 //! signed activations): code + 8 (Q4_0), + 16 (Q5_0), + 128 (Q8_0), and the
 //! accumulator starts at −offset · Σ activation codes, so every block's
 //! integer sum is exact, the signed sum. A (row, token) value is, over the
 //! blocks in order, `acc = fma(isum as f32, d_w · d_x, acc)`, whatever the
-//! tile: the prompt, one token and the plain-Rust path ([`group`] without
-//! VNNI) give the same values bit for bit. Nothing is widened: a packed
+//! tile: the prompt, one token, AVX2 and the plain-Rust path
+//! ([`group`] on any [`PackIsa`]) give the same values bit for bit. Nothing is widened: a packed
 //! matrix holds the file's bytes, as many, moved.
 //!
 //! Group block layout (8 × the type's block bytes):
@@ -30,7 +36,7 @@
 //!   row r's value 4k + j.
 
 use super::formats::QType;
-use super::Act32;
+use super::{Act32, PackIsa};
 
 /// Rows per group.
 pub const GROUP: usize = 8;
@@ -134,19 +140,30 @@ fn code(ty: QType, blk: &[u8], lane: usize, v: usize) -> i32 {
 }
 
 /// The 8 rows of group `g` (its bytes, `blocks` blocks) against `N` rows of
-/// activations: `[token][row]`. AVX-512 VNNI where `vnni`, else plain Rust;
-/// the same values bit for bit.
-pub fn group<const N: usize>(vnni: bool, ty: QType, g: &[u8], xs: [&[Act32]; N]) -> [[f32; 8]; N] {
+/// activations: `[token][row]`, on `isa` (the same values bit for bit).
+pub fn group<const N: usize>(
+    isa: PackIsa,
+    ty: QType,
+    g: &[u8],
+    xs: [&[Act32]; N],
+) -> [[f32; 8]; N] {
     let nb = g.len() / (GROUP * ty.block_bytes());
     assert!(xs.iter().all(|x| x.len() >= nb), "activations too short");
     #[cfg(target_arch = "x86_64")]
-    if vnni {
-        // SAFETY: `vnni` is only set where the CPU has AVX2, FMA, F16C and
-        // AVX-512 F/BW/VL/VNNI ([`super::Kernels::vnni`]); the sizes were
-        // checked above.
-        return unsafe { vnni_kernels::group(ty, g.as_ptr(), nb, xs.map(|x| x.as_ptr())) };
+    match isa {
+        // SAFETY: PackIsa::Vnni comes from Kernels::pack_isa only where the
+        // CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI, PackIsa::Avx2
+        // where it has AVX2, FMA and F16C; the sizes were checked above.
+        PackIsa::Vnni => {
+            return unsafe { vector::group_vnni(ty, g.as_ptr(), nb, xs.map(|x| x.as_ptr())) }
+        }
+        // SAFETY: as above.
+        PackIsa::Avx2 => {
+            return unsafe { vector::group_avx2(ty, g.as_ptr(), nb, xs.map(|x| x.as_ptr())) }
+        }
+        PackIsa::Portable => {}
     }
-    let _ = vnni;
+    let _ = isa;
     let gb = GROUP * ty.block_bytes();
     std::array::from_fn(|t| {
         std::array::from_fn(|lane| {
@@ -165,7 +182,7 @@ pub fn group<const N: usize>(vnni: bool, ty: QType, g: &[u8], xs: [&[Act32]; N])
 }
 
 #[cfg(target_arch = "x86_64")]
-mod vnni_kernels {
+pub(super) mod vector {
     use std::arch::x86_64::*;
 
     use super::{QType, GROUP};
@@ -179,22 +196,64 @@ mod vnni_kernels {
     /// The CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; `g` holds `nb`
     /// group blocks of `ty` and each `xs[t]` `nb` blocks.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn group<const N: usize>(
+    pub unsafe fn group_vnni<const N: usize>(
+        ty: QType,
+        g: *const u8,
+        nb: usize,
+        xs: [*const Act32; N],
+    ) -> [[f32; 8]; N] {
+        group_in::<N, true>(ty, g, nb, xs)
+    }
+
+    /// [`group_vnni`] on AVX2 alone.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; sizes as for [`group_vnni`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn group_avx2<const N: usize>(
+        ty: QType,
+        g: *const u8,
+        nb: usize,
+        xs: [*const Act32; N],
+    ) -> [[f32; 8]; N] {
+        group_in::<N, false>(ty, g, nb, xs)
+    }
+
+    #[inline(always)]
+    unsafe fn group_in<const N: usize, const VNNI: bool>(
         ty: QType,
         g: *const u8,
         nb: usize,
         xs: [*const Act32; N],
     ) -> [[f32; 8]; N] {
         let acc = match ty {
-            QType::Q4_0 => group_t::<Q4, N>(g, nb, xs),
-            QType::Q5_0 => group_t::<Q5, N>(g, nb, xs),
-            _ => group_t::<Q8, N>(g, nb, xs),
+            QType::Q4_0 => group_t::<Q4, N, VNNI>(g, nb, xs),
+            QType::Q5_0 => group_t::<Q5, N, VNNI>(g, nb, xs),
+            _ => group_t::<Q8, N, VNNI>(g, nb, xs),
         };
         acc.map(|a| {
             let mut o = [0f32; 8];
             _mm256_storeu_ps(o.as_mut_ptr(), a);
             o
         })
+    }
+
+    /// `s` plus, in each 32-bit lane, the dot product of its 4 unsigned
+    /// bytes of `u` with the 4 signed bytes of `x`: `vpdpbusd`, or on AVX2
+    /// `vpmaddubsw` + `vpmaddwd` (exact while no byte pair passes the i16
+    /// limit: codes up to 63 against |x| ≤ 127).
+    #[inline(always)]
+    pub(in crate::llm::quant) unsafe fn dot4<const VNNI: bool>(
+        s: __m256i,
+        u: __m256i,
+        x: __m256i,
+    ) -> __m256i {
+        if VNNI {
+            _mm256_dpbusd_epi32(s, u, x)
+        } else {
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+            _mm256_add_epi32(s, p)
+        }
     }
 
     /// Step `k`'s codes (unsigned) of a group block at `b`: 8 rows × 4.
@@ -221,7 +280,7 @@ mod vnni_kernels {
     }
 
     #[inline(always)]
-    unsafe fn group_t<const T: u8, const N: usize>(
+    unsafe fn group_t<const T: u8, const N: usize, const VNNI: bool>(
         g: *const u8,
         nb: usize,
         xs: [*const Act32; N],
@@ -231,17 +290,31 @@ mod vnni_kernels {
             Q5 => (22, 16),
             _ => (34, 128),
         };
+        // Q8_0's codes + 128 reach 255, past vpmaddubsw's i16 pairs: on AVX2
+        // they are taken back to signed, their magnitudes multiplied by the
+        // activations with their signs (pairs ≤ 2 × 128 × 127), no offset
+        let signed = T == Q8 && !VNNI;
         let gb = GROUP * bs;
         let mut acc = [_mm256_setzero_ps(); N];
         for i in 0..nb {
             let b = g.add(i * gb);
             let x: [&Act32; N] = std::array::from_fn(|t| &*xs[t].add(i));
-            let mut s: [__m256i; N] = std::array::from_fn(|t| _mm256_set1_epi32(-off * x[t].sum));
+            let mut s: [__m256i; N] = std::array::from_fn(|t| {
+                _mm256_set1_epi32(if signed { 0 } else { -off * x[t].sum })
+            });
             for k in 0..8 {
                 let u = codes::<T>(b, k);
+                let (u, q) = if signed {
+                    let q = _mm256_xor_si256(u, _mm256_set1_epi8(0x80u8 as i8));
+                    (_mm256_sign_epi8(q, q), q)
+                } else {
+                    (u, u)
+                };
                 for t in 0..N {
-                    let q = (x[t].q.as_ptr().add(4 * k) as *const i32).read_unaligned();
-                    s[t] = _mm256_dpbusd_epi32(s[t], u, _mm256_set1_epi32(q));
+                    let xq = (x[t].q.as_ptr().add(4 * k) as *const i32).read_unaligned();
+                    let xq = _mm256_set1_epi32(xq);
+                    let xq = if signed { _mm256_sign_epi8(xq, q) } else { xq };
+                    s[t] = dot4::<VNNI>(s[t], u, xq);
                 }
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));

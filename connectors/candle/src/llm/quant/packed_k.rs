@@ -28,7 +28,7 @@
 
 use super::formats::{f16_at, q6k_values, scale_min_k4, QType};
 use super::packed::GROUP;
-use super::Act256;
+use super::{Act256, PackIsa};
 
 const K4_DMIN: usize = 16;
 const K4_SC: usize = 32;
@@ -145,19 +145,31 @@ pub fn dequantize_row(ty: QType, data: &[u8], cols: usize, r: usize, out: &mut [
 }
 
 /// The 8 rows of a packed group (its bytes) against `N` rows of
-/// activations: `[token][row]`. AVX-512 VNNI where `vnni`, else plain Rust;
-/// the same values bit for bit.
-pub fn group<const N: usize>(vnni: bool, ty: QType, g: &[u8], xs: [&[Act256]; N]) -> [[f32; 8]; N] {
+/// activations: `[token][row]`, on `isa` (the same values bit for bit).
+pub fn group<const N: usize>(
+    isa: PackIsa,
+    ty: QType,
+    g: &[u8],
+    xs: [&[Act256]; N],
+) -> [[f32; 8]; N] {
     let gb = group_block_bytes(ty);
     let nb = g.len() / gb;
     assert!(xs.iter().all(|x| x.len() >= nb), "activations too short");
     #[cfg(target_arch = "x86_64")]
-    if vnni {
-        // SAFETY: `vnni` is only set where the CPU has AVX2, FMA, F16C and
-        // AVX-512 F/BW/VL/VNNI ([`super::Kernels::vnni`]); sizes checked above.
-        return unsafe { vnni_kernels::group(ty, g.as_ptr(), nb, xs.map(|x| x.as_ptr())) };
+    match isa {
+        // SAFETY: PackIsa::Vnni comes from Kernels::pack_isa only where the
+        // CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI, PackIsa::Avx2
+        // where it has AVX2, FMA and F16C; sizes checked above.
+        PackIsa::Vnni => {
+            return unsafe { vector::group_vnni(ty, g.as_ptr(), nb, xs.map(|x| x.as_ptr())) }
+        }
+        // SAFETY: as above.
+        PackIsa::Avx2 => {
+            return unsafe { vector::group_avx2(ty, g.as_ptr(), nb, xs.map(|x| x.as_ptr())) }
+        }
+        PackIsa::Portable => {}
     }
-    let _ = vnni;
+    let _ = isa;
     std::array::from_fn(|t| {
         std::array::from_fn(|lane| {
             let mut acc = 0f32;
@@ -195,25 +207,52 @@ pub fn group<const N: usize>(vnni: bool, ty: QType, g: &[u8], xs: [&[Act256]; N]
 }
 
 #[cfg(target_arch = "x86_64")]
-mod vnni_kernels {
+mod vector {
     use std::arch::x86_64::*;
 
     use super::*;
+
+    use crate::llm::quant::packed::vector::dot4;
 
     /// # Safety
     /// The CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; `g` holds `nb`
     /// group blocks of `ty` and each `xs[t]` `nb` blocks.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn group<const N: usize>(
+    pub unsafe fn group_vnni<const N: usize>(
+        ty: QType,
+        g: *const u8,
+        nb: usize,
+        xs: [*const Act256; N],
+    ) -> [[f32; 8]; N] {
+        group_in::<N, true>(ty, g, nb, xs)
+    }
+
+    /// [`group_vnni`] on AVX2 alone (every code is below 64, so `vpmaddubsw`
+    /// pairs stay exact).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; sizes as for [`group_vnni`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn group_avx2<const N: usize>(
+        ty: QType,
+        g: *const u8,
+        nb: usize,
+        xs: [*const Act256; N],
+    ) -> [[f32; 8]; N] {
+        group_in::<N, false>(ty, g, nb, xs)
+    }
+
+    #[inline(always)]
+    unsafe fn group_in<const N: usize, const VNNI: bool>(
         ty: QType,
         g: *const u8,
         nb: usize,
         xs: [*const Act256; N],
     ) -> [[f32; 8]; N] {
         let acc = if ty == QType::Q4_K {
-            q4k::<N>(g, nb, xs)
+            q4k::<N, VNNI>(g, nb, xs)
         } else {
-            q6k::<N>(g, nb, xs)
+            q6k::<N, VNNI>(g, nb, xs)
         };
         acc.map(|a| {
             let mut o = [0f32; 8];
@@ -244,7 +283,11 @@ mod vnni_kernels {
     }
 
     #[inline(always)]
-    unsafe fn q4k<const N: usize>(g: *const u8, nb: usize, xs: [*const Act256; N]) -> [__m256; N] {
+    unsafe fn q4k<const N: usize, const VNNI: bool>(
+        g: *const u8,
+        nb: usize,
+        xs: [*const Act256; N],
+    ) -> [__m256; N] {
         let low = _mm256_set1_epi8(0x0f);
         let mut acc = [_mm256_setzero_ps(); N];
         for i in 0..nb {
@@ -260,8 +303,8 @@ mod vnni_kernels {
                     let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
                     for t in 0..N {
                         let q = x[t].q.as_ptr().add(64 * c + 4 * k);
-                        sa[t] = _mm256_dpbusd_epi32(sa[t], lo, bcast(q));
-                        sb[t] = _mm256_dpbusd_epi32(sb[t], hi, bcast(q.add(32)));
+                        sa[t] = dot4::<VNNI>(sa[t], lo, bcast(q));
+                        sb[t] = dot4::<VNNI>(sb[t], hi, bcast(q.add(32)));
                     }
                 }
                 let sca = bytes_u(b.add(K4_SC + 16 * c));
@@ -280,8 +323,12 @@ mod vnni_kernels {
                     _mm256_cvtepu8_epi16(_mm_loadu_si128(b.add(K4_MIN + 16 * p) as *const __m128i));
                 for t in 0..N {
                     let s = x[t].bsum32.as_ptr().add(2 * p) as *const i32;
-                    msum[t] =
-                        _mm256_dpwssd_epi32(msum[t], m, _mm256_set1_epi32(s.read_unaligned()));
+                    let bs = _mm256_set1_epi32(s.read_unaligned());
+                    msum[t] = if VNNI {
+                        _mm256_dpwssd_epi32(msum[t], m, bs)
+                    } else {
+                        _mm256_add_epi32(msum[t], _mm256_madd_epi16(m, bs))
+                    };
                 }
             }
             let (d, dmin) = (f16x8(b), f16x8(b.add(K4_DMIN)));
@@ -296,7 +343,11 @@ mod vnni_kernels {
     }
 
     #[inline(always)]
-    unsafe fn q6k<const N: usize>(g: *const u8, nb: usize, xs: [*const Act256; N]) -> [__m256; N] {
+    unsafe fn q6k<const N: usize, const VNNI: bool>(
+        g: *const u8,
+        nb: usize,
+        xs: [*const Act256; N],
+    ) -> [__m256; N] {
         let (low, two) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
         let mut acc = [_mm256_setzero_ps(); N];
         for i in 0..nb {
@@ -326,9 +377,9 @@ mod vnni_kernels {
                     for t in 0..N {
                         let q = bcast(x[t].q.as_ptr().add(32 * c + 4 * k));
                         if k < 4 {
-                            sa[t] = _mm256_dpbusd_epi32(sa[t], u, q);
+                            sa[t] = dot4::<VNNI>(sa[t], u, q);
                         } else {
-                            sb[t] = _mm256_dpbusd_epi32(sb[t], u, q);
+                            sb[t] = dot4::<VNNI>(sb[t], u, q);
                         }
                     }
                 }
