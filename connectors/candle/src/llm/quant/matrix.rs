@@ -16,7 +16,7 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     data: Bytes,
-    /// Rows packed by eight ([`super::packed`]), not the file's layout.
+    /// Rows packed by eight (module `packed`), not the file's layout.
     packed: bool,
 }
 
@@ -192,7 +192,7 @@ impl QMatrix {
     }
 
     /// A copy with its rows packed by eight for the AVX-512 VNNI kernels
-    /// ([`super::packed`]: the same bytes, moved), where the type packs and
+    /// (module `packed`: the same bytes, moved), where the type packs and
     /// the rows are a multiple of eight; `None` otherwise.
     pub fn packed(&self) -> Option<Self> {
         if self.packed || !self.rows.is_multiple_of(packed::GROUP) {
