@@ -191,7 +191,7 @@ impl QMatrix {
         })
     }
 
-    /// A copy with its rows packed by eight for the AVX-512 VNNI kernels
+    /// A copy with its rows packed by eight for the vector kernels (AVX2, AVX-512 VNNI)
     /// (module `packed`: the same bytes, moved), where the type packs and
     /// the rows are a multiple of eight; `None` otherwise.
     pub fn packed(&self) -> Option<Self> {
