@@ -226,11 +226,16 @@ pub(super) mod vector {
         nb: usize,
         xs: [*const Act32; N],
     ) -> [[f32; 8]; N] {
-        let acc = match ty {
+        rows(match ty {
             QType::Q4_0 => group_t::<Q4, N, VNNI>(g, nb, xs),
             QType::Q5_0 => group_t::<Q5, N, VNNI>(g, nb, xs),
             _ => group_t::<Q8, N, VNNI>(g, nb, xs),
-        };
+        })
+    }
+
+    /// A tile's accumulators (8 rows each) as arrays.
+    #[inline(always)]
+    pub(in crate::llm::quant) unsafe fn rows<const N: usize>(acc: [__m256; N]) -> [[f32; 8]; N] {
         acc.map(|a| {
             let mut o = [0f32; 8];
             _mm256_storeu_ps(o.as_mut_ptr(), a);

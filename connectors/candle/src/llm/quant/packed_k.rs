@@ -212,7 +212,7 @@ mod vector {
 
     use super::*;
 
-    use crate::llm::quant::packed::vector::dot4;
+    use crate::llm::quant::packed::vector::{dot4, rows};
 
     /// # Safety
     /// The CPU has AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; `g` holds `nb`
@@ -249,15 +249,10 @@ mod vector {
         nb: usize,
         xs: [*const Act256; N],
     ) -> [[f32; 8]; N] {
-        let acc = if ty == QType::Q4_K {
+        rows(if ty == QType::Q4_K {
             q4k::<N, VNNI>(g, nb, xs)
         } else {
             q6k::<N, VNNI>(g, nb, xs)
-        };
-        acc.map(|a| {
-            let mut o = [0f32; 8];
-            _mm256_storeu_ps(o.as_mut_ptr(), a);
-            o
         })
     }
 
