@@ -330,6 +330,8 @@ struct LlmBench {
     peak_rss_mib: f64,
     /// Where it ran.
     device: String,
+    /// What the KV cache held keys and values in (`--kv-cache`).
+    kv_cache: String,
     /// Device memory in use after the runs (GPUs only).
     device_memory_used_mib: Option<f64>,
     /// Bytes one generated token reads (weights once, plus the KV cache at
@@ -411,6 +413,7 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
         runs,
         peak_rss_mib: magpie_core::guard::peak_rss_mib().unwrap_or(0.0),
         device: dev.name,
+        kv_cache: model.kv_cache().to_string(),
         device_memory_used_mib: dev.memory_used_bytes.map(|b| b as f64 / (1 << 20) as f64),
         decode_bytes_per_token: decode_bytes,
         decode_read_gb_s: decode_bytes.map(|b| b as f64 * decode_rate / 1e9),

@@ -347,6 +347,32 @@ fn bench_llm_and_memory_report_rates_and_bytes_per_token() {
         "{bytes} against a {file}-byte file"
     );
     assert!(v["decode_read_gb_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["kv_cache"], "f16", "{v}");
+    // a q8_0 KV cache: the same run reading fewer bytes a token
+    let q8 = json(&run_ok(docqa(Path::new("unused")).args([
+        "bench",
+        "llm",
+        "--prompt-tokens",
+        "24",
+        "--gen-tokens",
+        "3",
+        "--repeat",
+        "1",
+        "--kv-cache",
+        "q8_0",
+    ])));
+    assert_eq!(q8["kv_cache"], "q8_0", "{q8}");
+    assert!(
+        q8["decode_bytes_per_token"].as_u64().unwrap() < bytes,
+        "{q8} {v}"
+    );
+    let out = docqa(Path::new("unused"))
+        .args(["bench", "llm", "--kv-cache", "q4"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("f16") && err.contains("q8_0"), "{err}");
 
     let out = run_ok(
         docqa(Path::new("unused")).args(["bench", "memory", "--mib", "16", "--repeat", "1"]),
