@@ -36,8 +36,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Greedy continuation: the prompt in one pass, then `n` one-token steps.
-fn greedy(llm: &LocalLlm, prompt: &[u32], n: usize) -> Res<Vec<u32>> {
+/// Greedy continuation: the prompt in one pass, then `n` one-token steps;
+/// each pick with its lead over the runner-up.
+fn greedy(llm: &LocalLlm, prompt: &[u32], n: usize) -> Res<Vec<(u32, f32)>> {
     let m = llm.model();
     let mut cache = m.new_cache(prompt.len() + n + 1);
     let mut logits =
@@ -45,7 +46,13 @@ fn greedy(llm: &LocalLlm, prompt: &[u32], n: usize) -> Res<Vec<u32>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let t = magpie_core::argmax(&logits);
-        out.push(t);
+        let best = logits[t as usize];
+        let second = logits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != t as usize)
+            .fold(f32::MIN, |m, (_, v)| m.max(*v));
+        out.push((t, best - second));
         logits = Transformer::to_vec(&m.forward(&[t], &mut cache, false).map_err(e)?).map_err(e)?;
     }
     Ok(out)
@@ -63,6 +70,9 @@ pub struct Case {
     pub cpu_margin: f32,
     pub greedy_same: usize,
     pub greedy_total: usize,
+    /// Where the continuations part: the CPU pick's lead over its runner-up
+    /// at that step.
+    pub greedy_break_margin: Option<f32>,
 }
 
 /// A model's parity between the CPU and the device.
@@ -80,6 +90,11 @@ pub struct Parity {
 const GREEDY: usize = 16;
 /// llama.cpp's parity tolerance in the tests (tests/tests/llm_parity.rs).
 const LOGIT_TOLERANCE: f32 = 0.4;
+/// The device against the CPU: each within [`LOGIT_TOLERANCE`] of llama.cpp
+/// (the tests hold both paths to it), so within twice that of each other;
+/// with f16 caches (queries and weights rounded as llama.cpp does) the two
+/// paths' different orders of sums reach 0.4 between them on the tiny models.
+const DEVICE_TOLERANCE: f32 = 2.0 * LOGIT_TOLERANCE;
 
 pub fn parity(path: &Path, dev: &Device, prompts: &[String]) -> Parity {
     let model = path
@@ -89,11 +104,13 @@ pub fn parity(path: &Path, dev: &Device, prompts: &[String]) -> Parity {
         .into_owned();
     match parity_inner(path, dev, prompts) {
         Ok((cases, shift)) => {
+            // the continuations may part only at a near tie (the CPU's pick
+            // leading by less than the tolerance allows the two to differ)
             let ok = cases.iter().all(|c| {
-                c.max_abs_diff <= LOGIT_TOLERANCE
+                c.max_abs_diff <= DEVICE_TOLERANCE
                     && (c.top1_same || c.cpu_margin <= 2.0 * c.max_abs_diff)
-                    && 2 * c.greedy_same >= c.greedy_total
-            }) && shift.is_some_and(|d| d <= LOGIT_TOLERANCE);
+                    && c.greedy_break_margin.is_none_or(|m| m <= DEVICE_TOLERANCE)
+            }) && shift.is_some_and(|d| d <= DEVICE_TOLERANCE);
             Parity {
                 model,
                 cases,
@@ -129,7 +146,7 @@ fn parity_inner(path: &Path, dev: &Device, prompts: &[String]) -> Res<(Vec<Case>
         sorted.sort_by(|x, y| y.total_cmp(x));
         let ga = greedy(&cpu, &toks, GREEDY)?;
         let gb = greedy(&on, &toks, GREEDY)?;
-        let same = ga.iter().zip(&gb).take_while(|(x, y)| x == y).count();
+        let same = ga.iter().zip(&gb).take_while(|(x, y)| x.0 == y.0).count();
         cases.push(Case {
             tokens: toks.len(),
             max_abs_diff: max_abs_diff(&a, &b),
@@ -138,6 +155,7 @@ fn parity_inner(path: &Path, dev: &Device, prompts: &[String]) -> Res<(Vec<Case>
             cpu_margin: sorted[0] - sorted.get(1).copied().unwrap_or(f32::MIN),
             greedy_same: same,
             greedy_total: GREEDY,
+            greedy_break_margin: ga.get(same).filter(|_| same < gb.len()).map(|g| g.1),
         });
     }
     // the context shift (moved and re-rotated keys) on the device against the CPU
