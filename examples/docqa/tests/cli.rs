@@ -323,16 +323,16 @@ fn model_info_describes_the_default_model_and_refuses_junk() {
 /// `bench memory`: read and copy rates for one thread and for all.
 #[test]
 fn bench_llm_and_memory_report_rates_and_bytes_per_token() {
-    let v = json(&run_ok(docqa(Path::new("unused")).args([
-        "bench",
-        "llm",
-        "--prompt-tokens",
-        "24",
-        "--gen-tokens",
-        "3",
-        "--repeat",
-        "1",
-    ])));
+    let bench = |extra: &[&str]| {
+        let args = ["bench", "llm", "--prompt-tokens", "24", "--gen-tokens", "3"];
+        json(&run_ok(
+            docqa(Path::new("unused"))
+                .args(args)
+                .args(["--repeat", "1"])
+                .args(extra),
+        ))
+    };
+    let v = bench(&[]);
     assert_eq!(v["prompt_tokens"], 24, "{v}");
     assert!(v["prefill_tokens_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["decode_tokens_per_sec"].as_f64().unwrap() > 0.0, "{v}");
@@ -349,18 +349,7 @@ fn bench_llm_and_memory_report_rates_and_bytes_per_token() {
     assert!(v["decode_read_gb_s"].as_f64().unwrap() > 0.0, "{v}");
     assert_eq!(v["kv_cache"], "f16", "{v}");
     // a q8_0 KV cache: the same run reading fewer bytes a token
-    let q8 = json(&run_ok(docqa(Path::new("unused")).args([
-        "bench",
-        "llm",
-        "--prompt-tokens",
-        "24",
-        "--gen-tokens",
-        "3",
-        "--repeat",
-        "1",
-        "--kv-cache",
-        "q8_0",
-    ])));
+    let q8 = bench(&["--kv-cache", "q8_0"]);
     assert_eq!(q8["kv_cache"], "q8_0", "{q8}");
     assert!(
         q8["decode_bytes_per_token"].as_u64().unwrap() < bytes,
