@@ -382,12 +382,7 @@ impl Decoder {
             }
             quantize_for(&s.att, &[&layer.o], &mut s.a32, &mut s.a256);
             self.gemv(&[&layer.o], &s.a32, &s.a256, &mut [&mut s.o]);
-            if let Some(w) = &layer.post_attn_norm {
-                rms_in_place(&mut s.o, w, eps);
-            }
-            for (h, o) in s.h.iter_mut().zip(&s.o) {
-                *h += o;
-            }
+            add_residual(&mut s.h, &mut s.o, layer.post_attn_norm.as_deref(), eps);
 
             // feed-forward half
             rms_into(&s.h, &layer.ffn_norm, eps, &mut s.x);
@@ -400,23 +395,44 @@ impl Decoder {
             }
             quantize_for(&s.g, &[&layer.down], &mut s.a32, &mut s.a256);
             self.gemv(&[&layer.down], &s.a32, &s.a256, &mut [&mut s.o]);
-            if let Some(w) = &layer.post_ffn_norm {
-                rms_in_place(&mut s.o, w, eps);
-            }
-            for (h, o) in s.h.iter_mut().zip(&s.o) {
-                *h += o;
-            }
+            add_residual(&mut s.h, &mut s.o, layer.post_ffn_norm.as_deref(), eps);
         }
 
-        rms_into(&s.h, &self.out_norm, eps, &mut s.x);
+        Ok(self.logits(&s.h, eps, &mut s.x, &mut s.a32, &mut s.a256))
+    }
+
+    /// The logits of hidden state `h` (one token's): the final norm into
+    /// `x`, then the output projection over the pool.
+    pub(super) fn logits(
+        &self,
+        h: &[f32],
+        eps: f32,
+        x: &mut Vec<f32>,
+        a32: &mut Vec<Act32>,
+        a256: &mut Vec<Act256>,
+    ) -> Vec<f32> {
+        x.resize(h.len(), 0.0);
+        rms_into(h, &self.out_norm, eps, x);
         let out = Mat {
             m: self.output.clone(),
             bias: None,
         };
-        quantize_for(&s.x, &[&out], &mut s.a32, &mut s.a256);
+        quantize_for(x, &[&out], a32, a256);
         let mut logits = Vec::new();
-        self.gemv(&[&out], &s.a32, &s.a256, &mut [&mut logits]);
-        Ok(logits)
+        self.gemv(&[&out], a32, a256, &mut [&mut logits]);
+        logits
+    }
+}
+
+/// `h += o` after `o`'s post-norm, when the layer has one: a block's
+/// residual add (`o` holds whole rows of `h`'s width).
+pub(super) fn add_residual(h: &mut [f32], o: &mut [f32], norm: Option<&[f32]>, eps: f32) {
+    if let Some(w) = norm {
+        o.chunks_exact_mut(w.len())
+            .for_each(|r| rms_in_place(r, w, eps));
+    }
+    for (h, o) in h.iter_mut().zip(o.iter()) {
+        *h += o;
     }
 }
 

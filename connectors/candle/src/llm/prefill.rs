@@ -26,7 +26,7 @@ use candle_core::{Device, Storage, Tensor};
 
 use super::attn;
 use super::decode::{
-    quantize_for, rms_in_place, rms_into, rope, rope_row, silu, Decoder, Mat, SendPtr,
+    add_residual, rms_in_place, rms_into, rope, rope_row, silu, Decoder, Mat, SendPtr,
 };
 use super::gguf::{Arch, LlmConfig};
 use super::kv::{self, KvCacheType};
@@ -40,40 +40,25 @@ type CResult<T> = candle_core::Result<T>;
 /// all of them.
 const QUERIES_PER_TASK: usize = 8;
 
-/// Per-layer buffers of a prompt.
-#[derive(Default)]
-struct Bufs {
-    x: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    o: Vec<f32>,
-    g: Vec<f32>,
-    u: Vec<f32>,
-    a32: Vec<Vec<Act32>>,
-    a256: Vec<Vec<Act256>>,
-}
-
 impl Decoder {
     /// `outs[i] = mats[i] · x` for the `cols`-wide rows of `x` (plus bias),
-    /// the rows quantized once for all the matrices.
+    /// the rows quantized once (into `a32`, `a256`) for all the matrices.
     fn project(
         &self,
         mats: &[&Mat],
         x: &[f32],
         cols: usize,
-        b: &mut Bufs,
-        outs: [&mut Vec<f32>; 3],
+        (a32, a256): &mut (Vec<Vec<Act32>>, Vec<Vec<Act256>>),
+        outs: &mut [&mut Vec<f32>],
     ) {
         let t = x.len() / cols;
         let b32 = mats.iter().any(|m| !m.m.qtype().is_k());
         let b256 = mats.iter().any(|m| m.m.qtype().is_k());
-        quantize_rows(x, cols, b32, b256, &mut b.a32, &mut b.a256);
-        for (m, out) in mats.iter().zip(outs) {
+        quantize_rows(x, cols, b32, b256, a32, a256);
+        for (m, out) in mats.iter().zip(outs.iter_mut()) {
             let rows = m.m.rows();
             out.resize(t * rows, 0.0);
-            m.m.matmul_quantized(self.kernels, &b.a32, &b.a256, out);
+            m.m.matmul_quantized(self.kernels, a32, a256, out);
             if let Some(bias) = &m.bias {
                 for row in out.chunks_exact_mut(rows) {
                     for (o, b) in row.iter_mut().zip(bias) {
@@ -127,28 +112,20 @@ impl Decoder {
             Some(_) => tables(cfg.rope_base_local, 1.0),
             None => Vec::new(),
         };
-        let mut b = Bufs::default();
-        b.x.resize(t * d, 0.0);
+        // buffers reused from layer to layer
+        let mut acts = (Vec::new(), Vec::new());
+        let mut x = vec![0f32; t * d];
+        let (mut q, mut k, mut v, mut att) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut o, mut g, mut u) = (Vec::new(), Vec::new(), Vec::new());
         let (qw, kw) = (nh * hd, nkv * hd);
         for (li, layer) in self.layers.iter().enumerate() {
             // attention half
-            for (hr, xr) in h.chunks_exact(d).zip(b.x.chunks_exact_mut(d)) {
+            for (hr, xr) in h.chunks_exact(d).zip(x.chunks_exact_mut(d)) {
                 rms_into(hr, &layer.attn_norm, eps, xr);
             }
-            let x = std::mem::take(&mut b.x);
-            let (mut q, mut k, mut v) = (
-                std::mem::take(&mut b.q),
-                std::mem::take(&mut b.k),
-                std::mem::take(&mut b.v),
-            );
-            self.project(
-                &[&layer.q, &layer.k, &layer.v],
-                &x,
-                d,
-                &mut b,
-                [&mut q, &mut k, &mut v],
-            );
-            b.x = x;
+            let qkv = [&layer.q, &layer.k, &layer.v];
+            self.project(&qkv, &x, d, &mut acts, &mut [&mut q, &mut k, &mut v]);
+            let kind = KvCacheType::of(k_cache[li].dtype());
             for i in 0..t {
                 let (qr, kr) = (&mut q[i * qw..(i + 1) * qw], &mut k[i * kw..(i + 1) * kw]);
                 if let Some(w) = &layer.q_norm {
@@ -166,7 +143,7 @@ impl Decoder {
                 };
                 rope(qr, hd, cfg.rope_neox, cos, sin);
                 rope(kr, hd, cfg.rope_neox, cos, sin);
-                KvCacheType::of(k_cache[li].dtype()).round_queries(qr);
+                kind.round_queries(qr);
             }
             // into the cache, laid out [1, kv head, position, hd]
             for (src, cache) in [(&k, &k_cache[li]), (&v, &v_cache[li])] {
@@ -178,49 +155,24 @@ impl Decoder {
                     }
                 }
                 let heads = Tensor::from_vec(heads, (1, nkv, t, hd), &Device::Cpu)?;
-                cache.slice_set(&kv::store(&heads, KvCacheType::of(cache.dtype()))?, 2, pos)?;
+                cache.slice_set(&kv::store(&heads, kind)?, 2, pos)?;
             }
             let window = if layer.local {
                 cfg.sliding_window
             } else {
                 None
             };
-            self.attend(
-                cfg,
-                window,
-                &q,
-                &k_cache[li],
-                &v_cache[li],
-                pos,
-                t,
-                &mut b.att,
-            )?;
-            (b.q, b.k, b.v) = (q, k, v);
-            let (att, mut o) = (std::mem::take(&mut b.att), std::mem::take(&mut b.o));
-            let (mut u1, mut u2) = (Vec::new(), Vec::new());
-            self.project(&[&layer.o], &att, qw, &mut b, [&mut o, &mut u1, &mut u2]);
-            b.att = att;
-            if let Some(w) = &layer.post_attn_norm {
-                o.chunks_exact_mut(d).for_each(|r| rms_in_place(r, w, eps));
-            }
-            for (h, o) in h.iter_mut().zip(&o) {
-                *h += o;
-            }
+            let (kc, vc) = (&k_cache[li], &v_cache[li]);
+            self.attend(cfg, window, &q, kc, vc, pos, t, &mut att)?;
+            self.project(&[&layer.o], &att, qw, &mut acts, &mut [&mut o]);
+            add_residual(&mut h, &mut o, layer.post_attn_norm.as_deref(), eps);
 
             // feed-forward half
-            for (hr, xr) in h.chunks_exact(d).zip(b.x.chunks_exact_mut(d)) {
+            for (hr, xr) in h.chunks_exact(d).zip(x.chunks_exact_mut(d)) {
                 rms_into(hr, &layer.ffn_norm, eps, xr);
             }
-            let x = std::mem::take(&mut b.x);
-            let (mut g, mut u) = (std::mem::take(&mut b.g), std::mem::take(&mut b.u));
-            self.project(
-                &[&layer.gate, &layer.up],
-                &x,
-                d,
-                &mut b,
-                [&mut g, &mut u, &mut u1],
-            );
-            b.x = x;
+            let gu = [&layer.gate, &layer.up];
+            self.project(&gu, &x, d, &mut acts, &mut [&mut g, &mut u]);
             // the step's act(g) · u, each in its own loop so both vectorise
             if cfg.arch == Arch::Gemma3 {
                 gelu_slice(&mut g);
@@ -231,28 +183,11 @@ impl Decoder {
                 *g *= u;
             }
             let ff = g.len() / t;
-            self.project(&[&layer.down], &g, ff, &mut b, [&mut o, &mut u1, &mut u2]);
-            (b.g, b.u) = (g, u);
-            if let Some(w) = &layer.post_ffn_norm {
-                o.chunks_exact_mut(d).for_each(|r| rms_in_place(r, w, eps));
-            }
-            for (h, o) in h.iter_mut().zip(&o) {
-                *h += o;
-            }
-            b.o = o;
+            self.project(&[&layer.down], &g, ff, &mut acts, &mut [&mut o]);
+            add_residual(&mut h, &mut o, layer.post_ffn_norm.as_deref(), eps);
         }
-
-        let mut x = vec![0f32; d];
-        rms_into(&h[(t - 1) * d..], &self.out_norm, eps, &mut x);
-        let out = Mat {
-            m: self.output.clone(),
-            bias: None,
-        };
         let (mut a32, mut a256) = (Vec::new(), Vec::new());
-        quantize_for(&x, &[&out], &mut a32, &mut a256);
-        let mut logits = Vec::new();
-        self.gemv(&[&out], &a32, &a256, &mut [&mut logits]);
-        Ok(logits)
+        Ok(self.logits(&h[(t - 1) * d..], eps, &mut x, &mut a32, &mut a256))
     }
 
     /// Attention of the `t` queries `q` (`[t, heads × hd]`, at positions

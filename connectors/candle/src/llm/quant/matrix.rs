@@ -435,16 +435,16 @@ impl QMatrix {
         } else {
             (a32, &a256[..0])
         };
-        let acts: Vec<Acts<'_>> = if self.ty.is_k() {
-            a256.iter().map(|v| Acts::B256(v)).collect()
-        } else {
-            a32.iter().map(|v| Acts::B32(v)).collect()
-        };
         let ptr = OutPtr(out.as_mut_ptr());
         if self.packed {
             self.matmul_packed(kernels.pack_isa(), a32, a256, &ptr);
             return;
         }
+        let acts: Vec<Acts<'_>> = if self.ty.is_k() {
+            a256.iter().map(|v| Acts::B256(v)).collect()
+        } else {
+            a32.iter().map(|v| Acts::B32(v)).collect()
+        };
         let tasks = self.rows.div_ceil(ROWS_PER_TASK);
         crate::llm::pool::decode_pool().run(tasks, |range| {
             let p = &ptr;

@@ -236,7 +236,7 @@ pub fn dot_range(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Kernels::Avx512 is only detected where the CPU has AVX2,
         // FMA, F16C and AVX-512 F/BW/VL; VNNI is checked here.
-        Kernels::Avx512 if std::arch::is_x86_feature_detected!("avx512vnni") => unsafe {
+        Kernels::Avx512 if kernels.vnni() => unsafe {
             avx2::dot_range_vnni(ty, w, row_bytes, x, out)
         },
         #[cfg(target_arch = "x86_64")]
