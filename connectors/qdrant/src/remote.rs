@@ -556,13 +556,21 @@ pub fn is_transient(e: &QdrantError) -> bool {
                     | Code::Aborted
                     | Code::ResourceExhausted
             ) || (matches!(status.code(), Code::Unknown | Code::Internal) && {
-                // A cluster node relays a peer's outage as an internal error.
+                // A cluster node relays a peer's outage as an internal error,
+                // and a node that has just come back answers from shards it
+                // has not loaded yet ("Local shard 0 not found") or replicas
+                // still recovering; both pass within seconds.
                 let m = status.message().to_lowercase();
                 [
                     "transport",
                     "unavailable",
                     "connect error",
                     "connection refused",
+                    "local shard",
+                    "no active replica",
+                    "is not active",
+                    "is dead",
+                    "not ready",
                 ]
                 .iter()
                 .any(|w| m.contains(w))
@@ -1360,6 +1368,17 @@ mod tests {
         assert!(!is_transient(&st(tonic::Code::InvalidArgument)));
         assert!(!is_transient(&st(tonic::Code::NotFound)));
         assert!(!is_transient(&st(tonic::Code::Unauthenticated)));
+        assert!(!is_transient(&st(tonic::Code::Internal)));
+        // What a node just back from an outage answered before it had loaded
+        // its shards (seen in CI): retried, not the end of an indexing run.
+        let recovering = QdrantError::ResponseError {
+            status: tonic::Status::new(
+                tonic::Code::Internal,
+                "Service internal error: 1 of 1 read operations failed:\n  \
+                 Service internal error: Local shard 0 not found",
+            ),
+        };
+        assert!(is_transient(&recovering));
         for attempt in 0..12 {
             let b = backoff(attempt);
             let base = (200u64 << attempt.min(5)).min(5_000);
