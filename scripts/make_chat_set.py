@@ -2,6 +2,7 @@
 """Build a multi-turn conversation set for `docqa eval chat` from a SQuAD-layout file.
 
     scripts/make_chat_set.py ../shared/data/squad-v1.1-dev/dev-v1.1.json target/chat-squad
+    scripts/make_chat_set.py ../shared/data/cmrc2018-dev/cmrc2018_dev.json target/chat-cmrc
 
 SQuAD asks many questions of each paragraph, and most name their subject (the
 article's title: "the Normans", "Super Bowl 50"). A conversation here is such a
@@ -27,6 +28,13 @@ turn's `kind` says which it is: first, follow-up, shift, alone.
 Writes OUT/corpus.jsonl (BEIR: _id, title, text) and OUT/conversations.jsonl
 (one line per scored turn: id, messages, gold_doc_ids, answerability,
 answers), and prints counts. Deterministic for a given seed.
+
+A Chinese file (CMRC 2018: one paragraph per article, and three questions in
+four name the article's title) gets the same construction in Chinese: the
+title, with its 《》 if it has them, becomes 它 (他 for a person: a
+transliterated name with ·, or a passage that opens with a birth date), as a
+Chinese speaker continuing the conversation would say it ("它常用的节奏型称为
+什么？"). Every held-out paragraph is then a whole article.
 """
 
 import argparse
@@ -106,6 +114,38 @@ def pronominalize(question, title):
     return None
 
 
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def is_person_zh(title, context):
+    head = context[:100]
+    return "·" in title or "出生" in head or bool(re.search(r"[（(]\d{3,4}年", head))
+
+
+def pronominalize_zh(question, title, context):
+    """The Chinese question with the article's name replaced by 它/他, or None
+    when it does not name it exactly once."""
+    base = re.split(r"\s*[(（]", title)[0].strip()
+    word = "他" if is_person_zh(title, context) else "它"
+    for a in sorted({title, base}, key=len, reverse=True):
+        if len(a) < 2 or a not in question:
+            continue
+        quoted = f"《{a}》"
+        name = quoted if quoted in question else a
+        if question.count(name) != 1:
+            return None
+        out = question.replace(name, word)
+        return out if base not in out else None
+    return None
+
+
+def refer(question, title, context):
+    """The follow-up form of a question: its subject as a pronoun."""
+    if CJK.search(title):
+        return pronominalize_zh(question, title, context)
+    return pronominalize(question, title)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("squad", help="a SQuAD-layout JSON file (dev-v1.1.json)")
@@ -146,7 +186,7 @@ def main():
             if not held_out:
                 corpus.append({"_id": doc_id, "title": title.replace("_", " "), "text": para["context"]})
             qas = [q for q in para["qas"] if q["answers"]]
-            named = [q for q in qas if pronominalize(q["question"], title)]
+            named = [q for q in qas if refer(q["question"], title, para["context"])]
             if not named:
                 continue
             first = rng.choice(qas)
@@ -154,7 +194,8 @@ def main():
             rng.shuffle(rest)
             follow = rest[: args.followups]
             label = "unanswerable" if held_out else "answerable"
-            held = ({"held_out": "article" if ai in held_articles else "paragraph"} if held_out else {})
+            whole = ai in held_articles or len(article["paragraphs"]) == 1
+            held = ({"held_out": "article" if whole else "paragraph"} if held_out else {})
             gold = [] if held_out else [doc_id]
             answers = lambda q: [] if held_out else sorted({a["text"] for a in q["answers"]})
             messages = [{"role": "user", "content": first["question"]}]
@@ -165,7 +206,7 @@ def main():
             for k, q in enumerate(follow, start=2):
                 messages = messages + [
                     {"role": "assistant", "content": prev["answers"][0]["text"]},
-                    {"role": "user", "content": pronominalize(q["question"], title)},
+                    {"role": "user", "content": refer(q["question"], title, para["context"])},
                 ]
                 turns.append({"id": f"{q['id']}-t{k}", "messages": list(messages), "gold_doc_ids": gold,
                               "answerability": label, "answers": answers(q), "turn": k, "kind": "follow-up", **held})
@@ -190,7 +231,7 @@ def main():
             # The same follow-up with no history: nothing says what it refers to.
             if follow and not held_out and rng.random() < 0.25:
                 q = follow[0]
-                turns.append({"id": f"{q['id']}-alone", "messages": [{"role": "user", "content": pronominalize(q["question"], title)}],
+                turns.append({"id": f"{q['id']}-alone", "messages": [{"role": "user", "content": refer(q["question"], title, para["context"])}],
                               "gold_doc_ids": gold, "answerability": "underspecified",
                               "answers": sorted({a["text"] for a in q["answers"]}), "turn": 1, "kind": "alone"})
                 counts["underspecified"] += 1
