@@ -22,7 +22,7 @@ use crate::Setup;
 pub struct ChatArgs {
     /// A folder with corpus.jsonl (BEIR) and conversations.jsonl (one scored
     /// turn per line: id, messages, gold_doc_ids, answerability, answers);
-    /// scripts/make_chat_set.py builds one from SQuAD.
+    /// scripts/make_chat_set.py builds one from SQuAD or CMRC 2018.
     pub dir: PathBuf,
     /// Score only the first N turns.
     #[arg(long)]
@@ -92,7 +92,7 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         if !p.is_file() {
             bail!(
                 "{} is missing: a chat set holds corpus.jsonl and conversations.jsonl \
-                 (scripts/make_chat_set.py builds one from SQuAD)",
+                 (scripts/make_chat_set.py builds one from SQuAD or CMRC 2018)",
                 p.display()
             );
         }
@@ -268,6 +268,16 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
                 println!(
                     "{group:<30} {label:<10} {:>7} {:>10.4} {:>9.4}",
                     s.turns, s.recall5, s.ndcg10
+                );
+            }
+        }
+    }
+    if let Some(f) = sums.get("follow-ups") {
+        if let (Some(last), Some(fused)) = (f.get("last turn"), f.get("fused")) {
+            if last.recall5 > 0.0 {
+                println!(
+                    "follow-ups: Recall@5 with the history (fused) is {:.2}× the last turn's alone",
+                    fused.recall5 / last.recall5
                 );
             }
         }

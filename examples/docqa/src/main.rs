@@ -263,6 +263,8 @@ The first --docs documents are indexed into .magpie-eval/<dataset>-qa-<docs>/ an
 Example:
   scripts/make_chat_set.py ../shared/data/squad-v1.1-dev/dev-v1.1.json target/chat-squad
   docqa eval chat target/chat-squad
+  scripts/make_chat_set.py ../shared/data/cmrc2018-dev/cmrc2018_dev.json target/chat-cmrc
+  docqa eval chat target/chat-cmrc
 
 The corpus is indexed into --index (default .magpie-eval/<dataset>) once; later runs reuse it.")]
     Chat(magpie_eval::chat::ChatArgs),
