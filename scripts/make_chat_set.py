@@ -31,10 +31,13 @@ answers), and prints counts. Deterministic for a given seed.
 
 A Chinese file (CMRC 2018: one paragraph per article, and three questions in
 four name the article's title) gets the same construction in Chinese: the
-title, with its 《》 if it has them, becomes 它 (他 for a person: a
-transliterated name with ·, or a passage that opens with a birth date), as a
-Chinese speaker continuing the conversation would say it ("它常用的节奏型称为
-什么？"). Every held-out paragraph is then a whole article.
+title, with its 《》 if it has them, becomes 它 (他 or 她 for a person: a
+transliterated name with ·, or a passage whose opening gives a lifespan, a
+courtesy name, a home town, a birth, a parent, a spouse or a trade), as a
+Chinese speaker continuing the conversation would say
+it ("它常用的节奏型称为什么？"). Every held-out paragraph is then a whole
+article. (Where the name modified a noun, "它海军" should read "它的海军": a
+few percent of follow-ups; telling them apart needs a word segmenter.)
 """
 
 import argparse
@@ -99,10 +102,22 @@ def pronominalize(question, title):
         if m.group(2):
             word = poss
         else:
-            # After a verb or preposition the object form reads better.
-            last = prev
+            # A preposition takes the object form ("other than him"); a name
+            # that a verb follows ("that he believed", "Edison and he were"),
+            # or that opens the question or follows an auxiliary, is the
+            # subject; elsewhere the object form reads better.
             verbs = {"did", "does", "do", "was", "is", "were", "are", "has", "have", "had"}
-            word = subj if (not before or last in verbs) else obj
+            aux = verbs | {"can", "could", "would", "will", "should", "may", "might", "must"}
+            preps = {"of", "in", "on", "at", "to", "for", "from", "with", "by", "about", "than",
+                     "into", "within", "without", "under", "over", "between", "against", "among",
+                     "through", "during", "after", "before", "since"}
+            verb_next = nxt in aux or (nxt.endswith("ed") and nxt not in preps)
+            if prev in preps and not (prev == "since" and verb_next):
+                word = obj
+            elif verb_next or not before or prev in verbs:
+                word = subj
+            else:
+                word = obj
         out = question[:start] + word + question[m.end():]
         out = re.sub(r"\s+", " ", out).strip()
         if out and out[0].islower() and start == 0:
@@ -117,16 +132,38 @@ def pronominalize(question, title):
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-def is_person_zh(title, context):
-    head = context[:100]
-    return "·" in title or "出生" in head or bool(re.search(r"[（(]\d{3,4}年", head))
+PERSON_CUES_ZH = [
+    r"[（(][^）)]{0,15}(\d{3,4}年[^）)]{0,10}[－—–-]|[－—–-][^）)]{0,4}\d{3,4}年)",  # a lifespan
+    r"[，,）)]字[\u4e00-\u9fff]{1,3}[，。；]",  # a courtesy name: ，字子文，
+    r"^[^。]{0,60}[）)，,][^。，、]{2,30}人[。，；]",  # a home town: （），广东开平人。
+    r"^[^。]{0,40}(出生|(?<!发)生于)",
+    r"之子|之女|之妻|生母|第[一二三四五六七八九十]+子|她",
+]
+WOMAN_CUES_ZH = r"之女|之妻|皇后|夫人|妃|女演员|女歌手|女子|她"
+PERSON_TRADES_ZH = (
+    "演员|歌手|运动员|球员|作家|政治家|画家|诗人|导演|主持人|模特|艺人|教练|将领|官员|学者|"
+    "科学家|哲学家|政治人物|人物"
+)
+
+
+def person_pronoun_zh(title, context):
+    """他 or 她 when the article is about a person (a transliterated name with
+    ·; in its opening a lifespan, courtesy name, home town, birth, parent or
+    spouse, or a trade ending a clause), else None."""
+    head = context[:80]
+    trade = re.search(r"(" + PERSON_TRADES_ZH + r")[。，；]", context[:60] + "。")
+    if "·" in title or trade or any(re.search(c, head) for c in PERSON_CUES_ZH):
+        early = context[:300]
+        woman = re.search(WOMAN_CUES_ZH, head) or ("她" in early and "他" not in early)
+        return "她" if woman else "他"
+    return None
 
 
 def pronominalize_zh(question, title, context):
-    """The Chinese question with the article's name replaced by 它/他, or None
-    when it does not name it exactly once."""
+    """The Chinese question with the article's name replaced by 它/他/她, or
+    None when it does not name it exactly once."""
     base = re.split(r"\s*[(（]", title)[0].strip()
-    word = "他" if is_person_zh(title, context) else "它"
+    word = person_pronoun_zh(title, context) or "它"
     for a in sorted({title, base}, key=len, reverse=True):
         if len(a) < 2 or a not in question:
             continue
