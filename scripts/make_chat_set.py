@@ -192,9 +192,12 @@ def main():
     ap.add_argument("--followups", type=int, default=2, help="follow-up turns per conversation, at most")
     ap.add_argument("--shift", type=float, default=0.3, help="share of conversations that change the subject at the end")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--articles", type=int, default=0, help="only the first N articles (0: all; small sets for tests)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     data = json.load(open(args.squad, encoding="utf-8"))["data"]
+    if args.articles:
+        data = data[: args.articles]
     os.makedirs(args.out, exist_ok=True)
     corpus, turns = [], []
     held_set = set()
