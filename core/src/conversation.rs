@@ -154,7 +154,17 @@ mod tests {
     use crate::types::{chunk_id_for, Chunk};
 
     /// Ranks fixed passages by the words they share with the query.
-    struct Overlap(Vec<(&'static str, &'static str)>);
+    struct Overlap(Vec<(String, String)>);
+
+    impl Overlap {
+        fn new(docs: &[(&str, &str)]) -> Self {
+            Self(
+                docs.iter()
+                    .map(|(id, t)| (id.to_string(), t.to_string()))
+                    .collect(),
+            )
+        }
+    }
 
     #[async_trait]
     impl Retriever for Overlap {
@@ -183,7 +193,7 @@ mod tests {
                             doc_hash: "h".into(),
                             source: format!("{id}.txt"),
                             index: 0,
-                            text: text.to_string(),
+                            text: text.clone(),
                             span: Default::default(),
                             heading_path: vec![],
                             title: None,
@@ -203,7 +213,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_follow_up_finds_what_the_conversation_is_about() {
-        let docs: Arc<dyn Retriever> = Arc::new(Overlap(vec![
+        let docs: Arc<dyn Retriever> = Arc::new(Overlap::new(&[
             (
                 "magpie",
                 "the magpie tail is long and it sounds like a chatter",
@@ -238,17 +248,16 @@ mod tests {
     /// half weight, it did not).
     #[tokio::test]
     async fn generic_follow_up_words_do_not_bury_the_conversation_s_passage() {
-        let decoys: Vec<(&'static str, &'static str)> = (0..8)
+        let mut docs: Vec<(String, String)> = (0..8)
             .map(|i| {
-                let id: &'static str = Box::leak(format!("decoy{i}").into_boxed_str());
-                let text: &'static str = Box::leak(
-                    format!("what is it called when form {i} falls due").into_boxed_str(),
-                );
-                (id, text)
+                let text = format!("what is it called when form {i} falls due");
+                (format!("decoy{i}"), text)
             })
             .collect();
-        let mut docs = decoys;
-        docs.push(("magpie", "magpie chatter songs at dawn sound like a rattle"));
+        docs.push((
+            "magpie".into(),
+            "magpie chatter songs at dawn sound like a rattle".into(),
+        ));
         let docs: Arc<dyn Retriever> = Arc::new(Overlap(docs));
         let convo = [
             ChatMessage::new(Role::User, "tell me about magpie chatter songs at dawn"),
@@ -286,7 +295,7 @@ mod tests {
         assert_eq!(history_queries(&m[..1], 2).unwrap().1, Vec::<String>::new());
         assert!(history_queries(&[said("x")], 2).is_none());
         // The same context when the question is not among the messages.
-        let inner: Arc<dyn Retriever> = Arc::new(Overlap(vec![]));
+        let inner: Arc<dyn Retriever> = Arc::new(Overlap::new(&[]));
         let r = ConversationRetriever::after(inner, &m[..m.len() - 1], HistoryMode::Fused);
         assert_eq!(r.history, ["two", "three"]);
     }

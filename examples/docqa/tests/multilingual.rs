@@ -150,7 +150,7 @@ fn hybrid_is_never_worse_than_its_best_part_in_either_language() {
 /// `docqa eval chat` on conversations built from CMRC 2018 by
 /// scripts/make_chat_set.py (200 articles): follow-ups that call the
 /// article 它 or 他 are found through the history, and a change of subject is
-/// not dragged back to the old one. On these 314 follow-ups the last turn
+/// not dragged back to the old one. On these follow-ups the last turn
 /// alone finds 0.63 (Recall@5); fused with RRF's usual constant 60 and the
 /// last turn at half weight, 0.84; the fusion that ships, 0.99.
 #[test]
