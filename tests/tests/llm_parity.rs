@@ -2,12 +2,13 @@
 //! Reference logits: tests/fixtures/*_llamacpp.json, written by
 //! scripts/make_llm_fixture.py with llama-cpp-python.
 
+use magpie_candle::llm::AttentionKernel;
 use magpie_candle::{LlmOptions, LocalLlm};
 use magpie_tests::{check_greedy, check_logits, gemma_path, greedy_tokens, logit_fixture};
 
 #[test]
 fn gemma3_matches_llama_cpp() {
-    gemma3_against_llama_cpp(false);
+    gemma3_against_llama_cpp(Path::Own);
 }
 
 /// The KV cache in f32 (`LlmOptions::kv_cache`, `--kv-cache f32`) against
@@ -76,8 +77,19 @@ fn gemma3_tokenizer_matches_llama_cpp_on_varied_text() {
 /// every tiny layout. `scripts/gpu_check.sh` runs the same models on a GPU.
 #[test]
 fn the_gpu_code_path_matches_llama_cpp_too() {
-    gemma3_against_llama_cpp(true);
-    tiny_models_against_llama_cpp(true);
+    gemma3_against_llama_cpp(Path::Candle);
+    tiny_models_against_llama_cpp(Path::Candle);
+}
+
+/// The GPU's code path with attention as one fused kernel
+/// (`MAGPIE_ATTENTION=fused`; flash.cu, whose algorithm runs here on the
+/// CPU step for step): the same fixtures hold, Gemma 3's sliding window
+/// (512 positions, prompts past it) and every tiny layout's greedy tokens
+/// included. `scripts/gpu_check.sh` runs the kernel itself on a GPU.
+#[test]
+fn fused_attention_on_the_gpu_code_path_matches_llama_cpp() {
+    gemma3_against_llama_cpp(Path::CandleFused);
+    tiny_models_against_llama_cpp(Path::CandleFused);
 }
 
 /// The q8_0 KV cache (34 bytes per 32 values) against llama.cpp with one
@@ -133,17 +145,32 @@ fn gemma_with_cache(
     (llm, fx)
 }
 
-fn options(candle_kernels: bool) -> LlmOptions {
+/// Which code path a test runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// magpie's CPU kernels (the default on a CPU).
+    Own,
+    /// candle's kernels throughout, attention as matrix products (a GPU's
+    /// default).
+    Candle,
+    /// candle's kernels, attention as one fused kernel.
+    CandleFused,
+}
+
+fn options(path: Path) -> LlmOptions {
     LlmOptions {
-        candle_kernels,
+        candle_kernels: path != Path::Own,
+        attention: (path == Path::CandleFused).then_some(AttentionKernel::Fused),
         ..Default::default()
     }
 }
 
-fn gemma3_against_llama_cpp(candle_kernels: bool) {
+fn gemma3_against_llama_cpp(path: Path) {
     let fx = logit_fixture("gemma3_270m_llamacpp.json");
-    let llm = LocalLlm::load(&gemma_path(), options(candle_kernels)).unwrap();
-    assert_eq!(llm.model().own_kernels(), !candle_kernels);
+    let llm = LocalLlm::load(&gemma_path(), options(path)).unwrap();
+    assert_eq!(llm.model().own_kernels(), path == Path::Own);
+    let fused = path == Path::CandleFused;
+    assert_eq!(llm.model().attention() == AttentionKernel::Fused, fused);
     for case in &fx.cases {
         let ours = llm.encode_prompt(&case.prompt).unwrap();
         assert_eq!(ours, case.tokens, "tokens differ for {:?}", case.prompt);
@@ -163,10 +190,10 @@ fn gemma3_against_llama_cpp(candle_kernels: bool) {
 /// the same greedy continuation.
 #[test]
 fn tiny_models_match_llama_cpp() {
-    tiny_models_against_llama_cpp(false);
+    tiny_models_against_llama_cpp(Path::Own);
 }
 
-fn tiny_models_against_llama_cpp(candle_kernels: bool) {
+fn tiny_models_against_llama_cpp(code: Path) {
     use magpie_tests::tiny::{sha256_file, write_tiny, Tiny};
     let dir = tempfile::tempdir().unwrap();
     for kind in Tiny::ALL {
@@ -179,7 +206,7 @@ fn tiny_models_against_llama_cpp(candle_kernels: bool) {
             "the tiny {} model is not the file the fixture was made from: rerun scripts/make_llm_fixture.py (see its header)",
             kind.arch()
         );
-        let llm = LocalLlm::load(&path, options(candle_kernels)).unwrap();
+        let llm = LocalLlm::load(&path, options(code)).unwrap();
         let (mut agree, mut total) = (0, 0);
         for case in &fx.cases {
             let ours = llm.encode_prompt(&case.prompt).unwrap();

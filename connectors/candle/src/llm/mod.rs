@@ -6,6 +6,7 @@
 mod attn;
 pub mod chat;
 mod decode;
+pub mod flash;
 pub mod generator;
 pub mod gguf;
 pub mod info;
@@ -22,6 +23,7 @@ mod weights;
 
 use std::path::{Path, PathBuf};
 
+pub use flash::AttentionKernel;
 pub use generator::{LlmOptions, LocalLlm};
 pub use gguf::{Arch, LlmConfig, ModelFile, SUPPORTED_ARCHITECTURES};
 pub use info::{model_info, ModelInfo};

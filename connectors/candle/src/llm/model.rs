@@ -9,6 +9,7 @@ use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
 
 use super::decode::Decoder;
+use super::flash::{AttentionKernel, FlashAttention};
 use super::gguf::{Arch, LlmConfig, ModelFile};
 use super::kv;
 pub use super::kv::KvCacheType;
@@ -84,6 +85,9 @@ pub struct Transformer {
     fused: std::sync::atomic::AtomicBool,
     /// New caches' type: 0 f16, 1 f32, 2 q8_0.
     kv: std::sync::atomic::AtomicU8,
+    /// candle's path attends with one fused kernel (flash/) instead of
+    /// matrix products.
+    fused_attention: std::sync::atomic::AtomicBool,
 }
 
 impl Transformer {
@@ -196,6 +200,7 @@ impl Transformer {
                 std::env::var("MAGPIE_LLM_FUSED").as_deref() != Ok("0"),
             ),
             kv: std::sync::atomic::AtomicU8::new(0),
+            fused_attention: std::sync::atomic::AtomicBool::new(false),
             cfg,
             embed,
             layers,
@@ -210,6 +215,11 @@ impl Transformer {
             if let Err(e) = KvCacheType::parse(&v).and_then(|k| model.set_kv_cache(k)) {
                 tracing::warn!("MAGPIE_KV_CACHE: {e}; keeping f16");
             }
+        }
+        match AttentionKernel::from_env() {
+            Ok(Some(k)) => model.set_attention(k),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("MAGPIE_ATTENTION: {e}; keeping matmul"),
         }
         Ok(model)
     }
@@ -304,6 +314,27 @@ impl Transformer {
         };
         self.kv.store(v, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How candle's path (a GPU's) attends: matrix products (the default) or
+    /// one fused kernel (`MAGPIE_ATTENTION=fused` from outside). magpie's own
+    /// CPU path has its own and ignores this.
+    pub fn set_attention(&self, kind: AttentionKernel) {
+        let fused = kind == AttentionKernel::Fused;
+        self.fused_attention
+            .store(fused, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The attention [`Transformer::set_attention`] chose.
+    pub fn attention(&self) -> AttentionKernel {
+        if self
+            .fused_attention
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            AttentionKernel::Fused
+        } else {
+            AttentionKernel::Matmul
+        }
     }
 
     fn ensure_capacity(&self, cache: &mut KvCache, need: usize) -> CResult<()> {
@@ -499,39 +530,25 @@ impl Transformer {
                 h = self.mlp(layer, h, loras)?;
                 continue;
             }
-            let hd = c.head_dim;
-            let keys = kv::load(&cache.k[li].narrow(2, first, kl)?, cache.kind, hd)?;
-            let vals = kv::load(&cache.v[li].narrow(2, first, kl)?, cache.kind, hd)?;
-            // group the query heads that share a key/value head: [1, kv, groups*t, hd]
-            let qg = q.reshape((1, c.n_head_kv, groups * t, c.head_dim))?;
-            // the queries as llama.cpp multiplies this cache (see kv.rs)
-            let half = cache.kind == KvCacheType::F16;
-            let qg = match cache.kind {
-                KvCacheType::F32 => qg,
-                KvCacheType::F16 => qg.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
-                KvCacheType::Q8_0 => {
-                    let mut v = qg.flatten_all()?.to_vec1::<f32>()?;
-                    cache.kind.round_queries(&mut v);
-                    Tensor::from_vec(v, qg.shape(), qg.device())?
-                }
-            };
-            let att = (qg.matmul(&keys.t()?)? * scale)?;
-            let att = if t > 1 {
-                let window = if layer.local { c.sliding_window } else { None };
-                let mask = build_mask(start, t, first, kl, window, groups, &self.device)?;
-                att.broadcast_add(&mask)?
-            } else {
-                att
-            };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let att = if half {
-                att.to_dtype(DType::F16)?.to_dtype(DType::F32)?
-            } else {
-                att
-            };
-            let out = att.matmul(&vals.contiguous()?)?; // [1, kv, groups*t, hd]
+            let out =
+                if self.attention() == AttentionKernel::Fused && cache.kind != KvCacheType::Q8_0 {
+                    // one kernel over the cache as it lies (flash/)
+                    let op = FlashAttention {
+                        start,
+                        window: if layer.local {
+                            c.sliding_window.unwrap_or(0)
+                        } else {
+                            0
+                        },
+                        groups,
+                        scale: scale as f32,
+                        half: cache.kind == KvCacheType::F16,
+                    };
+                    op.attend(&q, &cache.k[li], &cache.v[li])?
+                } else {
+                    self.attend_matmul(&q, cache, li, start, first, layer.local)?
+                };
             let out = out
-                .reshape((1, c.n_head, t, c.head_dim))?
                 .transpose(1, 2)?
                 .reshape((1, t, c.n_head * c.head_dim))?;
             let mut o = layer.o.forward_lora(&out, loras)?;
@@ -550,6 +567,58 @@ impl Transformer {
         } else {
             logits.squeeze(0)
         }
+    }
+
+    /// Attention as matrix products (candle's kernels): the rows of `q`
+    /// (`[1, heads, t, hd]`, from cache position `start`) against the cached
+    /// keys from `first` on, masked, softmax, times the values. `[1, heads,
+    /// t, hd]`.
+    fn attend_matmul(
+        &self,
+        q: &Tensor,
+        cache: &KvCache,
+        li: usize,
+        start: usize,
+        first: usize,
+        local: bool,
+    ) -> CResult<Tensor> {
+        let c = &self.cfg;
+        let t = q.dim(2)?;
+        let kl = start + t - first;
+        let groups = c.n_head / c.n_head_kv;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let hd = c.head_dim;
+        let keys = kv::load(&cache.k[li].narrow(2, first, kl)?, cache.kind, hd)?;
+        let vals = kv::load(&cache.v[li].narrow(2, first, kl)?, cache.kind, hd)?;
+        // group the query heads that share a key/value head: [1, kv, groups*t, hd]
+        let qg = q.reshape((1, c.n_head_kv, groups * t, c.head_dim))?;
+        // the queries as llama.cpp multiplies this cache (see kv.rs)
+        let half = cache.kind == KvCacheType::F16;
+        let qg = match cache.kind {
+            KvCacheType::F32 => qg,
+            KvCacheType::F16 => qg.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
+            KvCacheType::Q8_0 => {
+                let mut v = qg.flatten_all()?.to_vec1::<f32>()?;
+                cache.kind.round_queries(&mut v);
+                Tensor::from_vec(v, qg.shape(), qg.device())?
+            }
+        };
+        let att = (qg.matmul(&keys.t()?)? * scale)?;
+        let att = if t > 1 {
+            let window = if local { c.sliding_window } else { None };
+            let mask = build_mask(start, t, first, kl, window, groups, &self.device)?;
+            att.broadcast_add(&mask)?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = if half {
+            att.to_dtype(DType::F16)?.to_dtype(DType::F32)?
+        } else {
+            att
+        };
+        let out = att.matmul(&vals.contiguous()?)?; // [1, kv, groups*t, hd]
+        out.reshape((1, c.n_head, t, c.head_dim))
     }
 
     /// The feed-forward half of a block, residual included.

@@ -46,6 +46,10 @@ pub struct LlmOptions {
     /// What the KV cache holds keys and values in (default f16, as
     /// llama.cpp; f32, or q8_0 on the CPU; `MAGPIE_KV_CACHE` from outside).
     pub kv_cache: Option<KvCacheType>,
+    /// How candle's path (a GPU's) attends: matrix products (the default) or
+    /// one fused kernel (`MAGPIE_ATTENTION=fused` from outside). The CPU's own
+    /// path has its own fused attention and ignores this.
+    pub attention: Option<super::AttentionKernel>,
 }
 
 impl Default for LlmOptions {
@@ -59,6 +63,7 @@ impl Default for LlmOptions {
             chat_template: None,
             candle_kernels: false,
             kv_cache: None,
+            attention: None,
         }
     }
 }
@@ -162,6 +167,9 @@ impl LocalLlm {
             });
         if let Some(kind) = opts.kv_cache {
             model.set_kv_cache(kind)?;
+        }
+        if let Some(kind) = opts.attention {
+            model.set_attention(kind);
         }
         let cache = model.new_cache(window);
         // the parsed header (the vocabulary's strings), the tokenizer's
