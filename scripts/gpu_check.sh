@@ -18,6 +18,9 @@
 # real libraries are loaded at run time. What travels (64 MiB at most): the
 # stripped binary, the tiny models and MiniLM's files without its weights.
 set -euo pipefail
+# where this script lies, before the cd below (on the GPU machine it runs as
+# target/gpu-check/gpu_check.sh, beside what it needs)
+HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$(dirname "$0")/.."
 GATHER=target/gpu-check
 
@@ -75,7 +78,6 @@ case "${1:-}" in
   run)
     # the CUDA libraries the binary needs, from wherever the machine keeps
     # them (PyTorch's wheels, a toolkit)
-    HERE=$(cd "$(dirname "$0")" && pwd)
     for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
       if ! ldconfig -p | grep -q "$lib"; then
         d=$(find / -xdev -name "$lib*" -not -path '*/proc/*' 2>/dev/null | head -1 || true)
@@ -91,7 +93,7 @@ case "${1:-}" in
     RUST_BACKTRACE=1 "$BIN" --models "$HERE" --work /tmp/magpie-gpu-check --report "$REPORT"
     ;;
   *)
-    sed -n '2,20p' "$0"
+    sed -n '2,20p' "$HERE/$(basename "$0")"
     exit 2
     ;;
 esac

@@ -332,6 +332,9 @@ struct LlmBench {
     device: String,
     /// What the KV cache held keys and values in (`--kv-cache`).
     kv_cache: String,
+    /// How attention ran: "own" (magpie's CPU kernels), else candle's path
+    /// with "matmul" or "fused" (`MAGPIE_ATTENTION`).
+    attention: &'static str,
     /// Device memory in use after the runs (GPUs only).
     device_memory_used_mib: Option<f64>,
     /// Bytes one generated token reads (weights once, plus the KV cache at
@@ -414,6 +417,11 @@ pub fn bench_llm(args: &LlmBenchArgs, models: &ModelArgs) -> Result<()> {
         peak_rss_mib: magpie_core::guard::peak_rss_mib().unwrap_or(0.0),
         device: dev.name,
         kv_cache: model.kv_cache().to_string(),
+        attention: if model.own_kernels() {
+            "own"
+        } else {
+            model.attention().name()
+        },
         device_memory_used_mib: dev.memory_used_bytes.map(|b| b as f64 / (1 << 20) as f64),
         decode_bytes_per_token: decode_bytes,
         decode_read_gb_s: decode_bytes.map(|b| b as f64 * decode_rate / 1e9),

@@ -348,6 +348,20 @@ fn bench_llm_and_memory_report_rates_and_bytes_per_token() {
     );
     assert!(v["decode_read_gb_s"].as_f64().unwrap() > 0.0, "{v}");
     assert_eq!(v["kv_cache"], "f16", "{v}");
+    assert_eq!(v["attention"], "own", "{v}");
+    // the GPU's code path on the CPU, attending with the fused kernel
+    let fused = json(&run_ok(
+        docqa(Path::new("unused"))
+            .args(["bench", "llm", "--prompt-tokens", "24", "--gen-tokens", "3"])
+            .args(["--repeat", "1"])
+            .env("MAGPIE_LLM_KERNELS", "candle")
+            .env("MAGPIE_ATTENTION", "fused"),
+    ));
+    assert_eq!(fused["attention"], "fused", "{fused}");
+    assert!(
+        fused["decode_tokens_per_sec"].as_f64().unwrap() > 0.0,
+        "{fused}"
+    );
     // a q8_0 KV cache: the same run reading fewer bytes a token
     let q8 = bench(&["--kv-cache", "q8_0"]);
     assert_eq!(q8["kv_cache"], "q8_0", "{q8}");

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use magpie_candle::llm::model::Transformer;
+use magpie_candle::llm::AttentionKernel;
 use magpie_candle::{BertEmbedder, LlmOptions, LocalLlm};
 use serde::Serialize;
 
@@ -15,14 +16,16 @@ fn e(x: impl std::fmt::Display) -> String {
     x.to_string()
 }
 
-/// On the CPU with magpie's kernels, or on the device under test with
-/// candle's (a GPU's only path; on the CPU the dry run takes it too).
-fn load(path: &Path, dev: &Device, under_test: bool) -> Res<LocalLlm> {
+/// On the CPU with magpie's kernels (`attention` None), or on the device
+/// under test with candle's (a GPU's only path; on the CPU the dry run takes
+/// it too), attending as `attention` says.
+fn load(path: &Path, dev: &Device, attention: Option<AttentionKernel>) -> Res<LocalLlm> {
     LocalLlm::load(
         path,
         LlmOptions {
             device: Some(dev.clone()),
-            candle_kernels: under_test,
+            candle_kernels: attention.is_some(),
+            attention,
             ..Default::default()
         },
     )
@@ -79,6 +82,8 @@ pub struct Case {
 #[derive(Debug, Serialize)]
 pub struct Parity {
     pub model: String,
+    /// How the device attended: matrix products or the fused kernel.
+    pub attention: &'static str,
     pub cases: Vec<Case>,
     /// The logits after a context shift, the device's against the CPU's.
     pub shift_diff: Option<f32>,
@@ -96,13 +101,13 @@ const LOGIT_TOLERANCE: f32 = 0.4;
 /// paths' different orders of sums reach 0.4 between them on the tiny models.
 const DEVICE_TOLERANCE: f32 = 2.0 * LOGIT_TOLERANCE;
 
-pub fn parity(path: &Path, dev: &Device, prompts: &[String]) -> Parity {
+pub fn parity(path: &Path, dev: &Device, prompts: &[String], attention: AttentionKernel) -> Parity {
     let model = path
         .file_name()
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
-    match parity_inner(path, dev, prompts) {
+    match parity_inner(path, dev, prompts, attention) {
         Ok((cases, shift)) => {
             // the continuations may part only at a near tie (the CPU's pick
             // leading by less than the tolerance allows the two to differ)
@@ -113,6 +118,7 @@ pub fn parity(path: &Path, dev: &Device, prompts: &[String]) -> Parity {
             }) && shift.is_some_and(|d| d <= DEVICE_TOLERANCE);
             Parity {
                 model,
+                attention: attention.name(),
                 cases,
                 shift_diff: shift,
                 ok,
@@ -121,6 +127,7 @@ pub fn parity(path: &Path, dev: &Device, prompts: &[String]) -> Parity {
         }
         Err(err) => Parity {
             model,
+            attention: attention.name(),
             cases: vec![],
             shift_diff: None,
             ok: false,
@@ -129,9 +136,20 @@ pub fn parity(path: &Path, dev: &Device, prompts: &[String]) -> Parity {
     }
 }
 
-fn parity_inner(path: &Path, dev: &Device, prompts: &[String]) -> Res<(Vec<Case>, Option<f32>)> {
-    let cpu = load(path, &Device::Cpu, false)?;
-    let on = load(path, dev, true)?;
+fn parity_inner(
+    path: &Path,
+    dev: &Device,
+    prompts: &[String],
+    attention: AttentionKernel,
+) -> Res<(Vec<Case>, Option<f32>)> {
+    let cpu = load(path, &Device::Cpu, None)?;
+    let on = load(path, dev, Some(attention))?;
+    if on.model().attention() != attention {
+        return Err(format!(
+            "the model did not take {} attention",
+            attention.name()
+        ));
+    }
     if on.model().own_kernels() || !cpu.model().own_kernels() {
         return Err(
             "the device under test must run candle's kernels, the reference magpie's".into(),
@@ -177,6 +195,8 @@ fn parity_inner(path: &Path, dev: &Device, prompts: &[String]) -> Res<(Vec<Case>
 #[derive(Debug, Serialize)]
 pub struct Speed {
     pub model: String,
+    /// How the device attended: matrix products or the fused kernel.
+    pub attention: &'static str,
     pub parameters: u64,
     pub load_s: f64,
     pub prompt_tokens: usize,
@@ -195,7 +215,12 @@ pub struct Speed {
     pub error: Option<String>,
 }
 
-pub fn speed(path: &Path, dev: &Device, prompt: usize, generate: usize, rounds: usize) -> Speed {
+pub fn speed(
+    path: &Path,
+    dev: &Device,
+    (prompt, generate, rounds): (usize, usize, usize),
+    attention: AttentionKernel,
+) -> Speed {
     let info = magpie_candle::llm::model_info(path).ok();
     let mut s = Speed {
         model: path
@@ -203,6 +228,7 @@ pub fn speed(path: &Path, dev: &Device, prompt: usize, generate: usize, rounds: 
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned(),
+        attention: attention.name(),
         parameters: info.as_ref().map_or(0, |i| i.parameters),
         load_s: 0.0,
         prompt_tokens: prompt,
@@ -216,15 +242,21 @@ pub fn speed(path: &Path, dev: &Device, prompt: usize, generate: usize, rounds: 
         estimate_bytes: 0,
         error: None,
     };
-    if let Err(err) = speed_inner(path, dev, rounds, &mut s) {
+    if let Err(err) = speed_inner(path, dev, rounds, attention, &mut s) {
         s.error = Some(err);
     }
     s
 }
 
-fn speed_inner(path: &Path, dev: &Device, rounds: usize, s: &mut Speed) -> Res<()> {
+fn speed_inner(
+    path: &Path,
+    dev: &Device,
+    rounds: usize,
+    attention: AttentionKernel,
+    s: &mut Speed,
+) -> Res<()> {
     let t = Instant::now();
-    let llm = load(path, dev, true)?;
+    let llm = load(path, dev, Some(attention))?;
     dev.synchronize().map_err(e)?;
     s.load_s = t.elapsed().as_secs_f64();
     let m = llm.model();

@@ -3,10 +3,12 @@
 //! 1. Parity: every tiny model of the tests (llama, qwen2, qwen3, chatglm,
 //!    glm4) and a tiny gemma3 written here, on the GPU against the CPU: the
 //!    logits of each prompt, the top choice, 16 greedy tokens, and the
-//!    logits after a context shift (the cache moved and re-rotated there).
+//!    logits after a context shift (the cache moved and re-rotated there);
+//!    with attention as matrix products and as the fused kernel (flash.cu).
 //! 2. Speed: a llama of Llama 3.2 1B's shape (Q4_K, Q6_K embedding, random
 //!    weights, written here): load, prompt and generation tokens/s, and the
-//!    bytes a generated token reads against the GPU's memory bandwidth.
+//!    bytes a generated token reads against the GPU's memory bandwidth; with
+//!    each attention.
 //! 3. The embedder in f16 on the GPU (a BERT of MiniLM's shape, random
 //!    weights) against magpie's CPU encoder: sentences/s and agreement.
 //!
@@ -26,6 +28,7 @@ mod models;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use magpie_candle::llm::AttentionKernel;
 use serde::Serialize;
 
 struct Args {
@@ -74,6 +77,10 @@ struct Report {
     gpu: bool,
     parity: Vec<checks::Parity>,
     speed: Option<checks::Speed>,
+    /// The same with the fused attention kernel.
+    speed_fused: Option<checks::Speed>,
+    /// Its bytes/s against the rated bandwidth.
+    bandwidth_fraction_fused: Option<f64>,
     /// The GPU's memory bandwidth as its maker states it, bytes/s.
     rated_bandwidth: Option<f64>,
     /// A device-to-device copy, bytes read + written per second.
@@ -135,10 +142,12 @@ fn main() -> ExitCode {
                 .expect("prompts"),
         )
         .expect("prompts JSON");
-        let p = checks::parity(&path, &dev, &prompts);
-        println!(
-            "parity {}: {} (max |diff| {:.4}, top-1 same {}/{}, greedy {}/{}, after a shift {:?}){}",
+        for attention in [AttentionKernel::Matmul, AttentionKernel::Fused] {
+            let p = checks::parity(&path, &dev, &prompts, attention);
+            println!(
+            "parity {} ({} attention): {} (max |diff| {:.4}, top-1 same {}/{}, greedy {}/{}, after a shift {:?}){}",
             p.model,
+            p.attention,
             if p.ok { "ok" } else { "FAILED" },
             p.cases.iter().map(|c| c.max_abs_diff).fold(0.0, f32::max),
             p.cases.iter().filter(|c| c.top1_same).count(),
@@ -148,7 +157,8 @@ fn main() -> ExitCode {
             p.shift_diff,
             p.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default(),
         );
-        parity.push(p);
+            parity.push(p);
+        }
     }
 
     // 2. speed
@@ -169,33 +179,16 @@ fn main() -> ExitCode {
         shape.parameters() as f64 / 1e9,
         t.elapsed().as_secs_f64()
     );
-    let speed = checks::speed(&big, &dev, 512, 128, 3);
     let rated_bw = rated(&device.name);
     let copy_bw = if gpu {
         checks::copy_rate(&dev, 1 << 30).ok()
     } else {
         None
     };
-    let fraction = rated_bw.map(|bw| speed.read_bytes_per_s / bw);
-    println!(
-        "speed {}: load {:.2} s, prompt {:?} tokens/s, generation {:?} tokens/s, {:.0} MB read per token, {:.0} GB/s{}{}{}",
-        speed.model,
-        speed.load_s,
-        speed.prompt_tok_s.iter().map(|x| x.round()).collect::<Vec<_>>(),
-        speed.generate_tok_s.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
-        (speed.weight_bytes + speed.kv_bytes) as f64 / 1e6,
-        speed.read_bytes_per_s / 1e9,
-        fraction.map(|f| format!(", {:.0}% of the rated bandwidth", f * 100.0)).unwrap_or_default(),
-        copy_bw.map(|c| format!(" (a copy moves {:.0} GB/s)", c / 1e9)).unwrap_or_default(),
-        speed.error.as_ref().map(|e| format!(": ERROR {e}")).unwrap_or_default(),
-    );
-    if let (Some(used), est) = (speed.device_memory_used, speed.estimate_bytes) {
-        println!(
-            "device memory in use {:.2} GB, estimate {:.2} GB (weights + cache)",
-            used as f64 / 1e9,
-            est as f64 / 1e9
-        );
-    }
+    let speed = checks::speed(&big, &dev, (512, 128, 3), AttentionKernel::Matmul);
+    let fraction = print_speed(&speed, rated_bw, copy_bw);
+    let speed_fused = checks::speed(&big, &dev, (512, 128, 3), AttentionKernel::Fused);
+    let fraction_fused = print_speed(&speed_fused, rated_bw, copy_bw);
 
     // 3. embedder
     let bert = a.work.join("minilm-random");
@@ -226,15 +219,20 @@ fn main() -> ExitCode {
             .unwrap_or_default(),
     );
 
-    let ok = parity.iter().all(|p| p.ok) && speed.error.is_none() && embed.error.is_none();
+    let ok = parity.iter().all(|p| p.ok)
+        && speed.error.is_none()
+        && speed_fused.error.is_none()
+        && embed.error.is_none();
     let report = Report {
         device,
         gpu,
         parity,
         speed: Some(speed),
+        speed_fused: Some(speed_fused),
         rated_bandwidth: rated_bw,
         copy_bandwidth: copy_bw,
         bandwidth_fraction: fraction,
+        bandwidth_fraction_fused: fraction_fused,
         embed: Some(embed),
     };
     if let Some(p) = &a.report {
@@ -250,4 +248,30 @@ fn main() -> ExitCode {
         println!("FAILED: see above");
         ExitCode::from(1)
     }
+}
+
+/// Print one speed run; its bytes/s against the rated bandwidth.
+fn print_speed(speed: &checks::Speed, rated_bw: Option<f64>, copy_bw: Option<f64>) -> Option<f64> {
+    let fraction = rated_bw.map(|bw| speed.read_bytes_per_s / bw);
+    println!(
+        "speed {} ({} attention): load {:.2} s, prompt {:?} tokens/s, generation {:?} tokens/s, {:.0} MB read per token, {:.0} GB/s{}{}{}",
+        speed.model,
+        speed.attention,
+        speed.load_s,
+        speed.prompt_tok_s.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        speed.generate_tok_s.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        (speed.weight_bytes + speed.kv_bytes) as f64 / 1e6,
+        speed.read_bytes_per_s / 1e9,
+        fraction.map(|f| format!(", {:.0}% of the rated bandwidth", f * 100.0)).unwrap_or_default(),
+        copy_bw.map(|c| format!(" (a copy moves {:.0} GB/s)", c / 1e9)).unwrap_or_default(),
+        speed.error.as_ref().map(|e| format!(": ERROR {e}")).unwrap_or_default(),
+    );
+    if let (Some(used), est) = (speed.device_memory_used, speed.estimate_bytes) {
+        println!(
+            "device memory in use {:.2} GB, estimate {:.2} GB (weights + cache)",
+            used as f64 / 1e9,
+            est as f64 / 1e9
+        );
+    }
+    fraction
 }
