@@ -29,6 +29,14 @@ pub enum HistoryMode {
     /// this keeps most of both (BENCHMARKS.md, "Conversations").
     #[default]
     Fused,
+    /// The model's rewrite of the last message as a question that stands
+    /// alone ([`crate::condense`]), searched alone; the caller condenses and
+    /// hands the rewrite over ([`ConversationRetriever::with_rewrite`]),
+    /// else this searches as [`HistoryMode::Fused`].
+    Condensed,
+    /// The rewrite's search fused with [`HistoryMode::Fused`]'s two, the
+    /// rewrite's list first.
+    CondensedFused,
 }
 
 /// The retrieval queries for a conversation: the last user message, and the
@@ -51,6 +59,8 @@ pub struct ConversationRetriever {
     inner: Arc<dyn Retriever>,
     history: Vec<String>,
     mode: HistoryMode,
+    /// The model's standalone rewrite of the question (condensed modes).
+    rewrite: Option<String>,
 }
 
 impl ConversationRetriever {
@@ -67,7 +77,15 @@ impl ConversationRetriever {
             inner,
             history,
             mode,
+            rewrite: None,
         }
+    }
+
+    /// The model's standalone rewrite of the question ([`crate::condense`]),
+    /// which the condensed modes search with.
+    pub fn with_rewrite(mut self, rewrite: impl Into<String>) -> Self {
+        self.rewrite = Some(rewrite.into());
+        self
     }
 
     /// For `messages`: the last user message (the question) and a retriever
@@ -130,9 +148,26 @@ impl Retriever for ConversationRetriever {
             return self.inner.retrieve_filtered(&joined, k, filter).await;
         }
         let deep = (k * 2).max(20);
-        let (last, with_history) = futures::join!(
+        let rewrite = match (self.mode, &self.rewrite) {
+            (HistoryMode::Condensed, Some(r)) => {
+                return self.inner.retrieve_filtered(r, k, filter).await;
+            }
+            (HistoryMode::CondensedFused, Some(r)) => Some(r),
+            _ => None,
+        };
+        let (last, with_history, rewritten) = futures::join!(
             self.inner.retrieve_filtered(query, deep, filter),
-            self.inner.retrieve_filtered(&joined, deep, filter)
+            self.inner.retrieve_filtered(&joined, deep, filter),
+            async {
+                match rewrite {
+                    Some(r) => self
+                        .inner
+                        .retrieve_filtered(r, deep, filter)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                }
+            }
         );
         // Equal weights and a small rank constant, so the top of either list
         // leads: with the usual 60 every passage in both lists beat one that
@@ -142,7 +177,13 @@ impl Retriever for ConversationRetriever {
         // scripts/make_chat_set.py's sets (BENCHMARKS.md, "Conversations");
         // constants 1 to 5 score within 0.01 of 2. The history's list comes
         // first, so a tie goes to what the conversation is about.
-        let mut fused = reciprocal_rank_fusion(&[(1.0, with_history?), (1.0, last?)], Self::RRF_K);
+        let mut lists = Vec::with_capacity(3);
+        if let Some(r) = rewritten? {
+            lists.push((1.0, r));
+        }
+        lists.push((1.0, with_history?));
+        lists.push((1.0, last?));
+        let mut fused = reciprocal_rank_fusion(&lists, Self::RRF_K);
         fused.truncate(k);
         Ok(fused)
     }
@@ -273,6 +314,50 @@ mod tests {
             .map(|h| h.chunk.doc_id)
             .collect();
         assert!(top.iter().any(|d| d == "magpie"), "{top:?}");
+    }
+
+    /// The condensed modes search with the model's rewrite, which names what
+    /// the history only described: alone, its list as it is; fused, its
+    /// passages join the history's and the last message's; without a
+    /// rewrite both search as Fused.
+    #[tokio::test]
+    async fn condensed_modes_search_with_the_rewrite() {
+        let docs: Arc<dyn Retriever> = Arc::new(Overlap::new(&[
+            ("magpie", "the magpie song sounds like a chatter"),
+            ("crow", "crows remember faces and hold grudges"),
+            ("faq", "what does error E42 mean and what does it do"),
+        ]));
+        let convo = [
+            ChatMessage::new(Role::User, "which black bird chatters at dawn"),
+            ChatMessage::new(Role::Assistant, "the magpie"),
+            ChatMessage::new(Role::User, "what does it do"),
+        ];
+        let top = |mode, rewrite: Option<&str>| {
+            let docs = docs.clone();
+            let convo = convo.clone();
+            let rewrite = rewrite.map(str::to_string);
+            async move {
+                let (q, mut r) = ConversationRetriever::for_messages(docs, &convo, mode).unwrap();
+                if let Some(w) = rewrite {
+                    r = r.with_rewrite(w);
+                }
+                let hits = r.retrieve(&q, 3).await.unwrap();
+                hits.into_iter().map(|h| h.chunk.doc_id).collect::<Vec<_>>()
+            }
+        };
+        let rewrite = Some("what does the magpie song sound like");
+        assert_eq!(top(HistoryMode::Fused, rewrite).await, ["faq"]);
+        assert_eq!(
+            top(HistoryMode::Condensed, rewrite).await,
+            ["magpie", "faq"]
+        );
+        assert_eq!(
+            top(HistoryMode::CondensedFused, rewrite).await,
+            ["faq", "magpie"]
+        );
+        // no rewrite handed over: the fused search
+        assert_eq!(top(HistoryMode::Condensed, None).await, ["faq"]);
+        assert_eq!(top(HistoryMode::CondensedFused, None).await, ["faq"]);
     }
 
     #[test]

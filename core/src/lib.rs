@@ -52,6 +52,7 @@ pub mod adapters;
 pub mod answer;
 pub mod batch;
 pub mod catalog;
+pub mod condense;
 pub mod conversation;
 pub mod error;
 pub mod filter;
@@ -81,6 +82,7 @@ pub use batch::BatchingEmbedder;
 pub use catalog::{
     atomic_write, CasOutcome, Catalog, CatalogEntry, CatalogStore, Settled, Versioned,
 };
+pub use condense::condense;
 pub use conversation::{history_queries, ConversationRetriever, HistoryMode};
 pub use error::{error_chain, BoxError, Error, Result};
 pub use filter::{Bounds, Clause, Filter, FilterField};

@@ -42,6 +42,38 @@ pub struct AnswerFlags {
     /// rather than asking back what it refers to.
     #[arg(long)]
     pub no_clarify: bool,
+    /// How a follow-up's search reads the conversation (`ask --session`,
+    /// `chat`): `fused` (the recent user turns' search and the last
+    /// message's, fused: measured best with the default models),
+    /// `last-turn`, `joined`, `condensed` (the model first rewrites the
+    /// follow-up as a question that stands alone, and that is searched: for
+    /// larger models; the default one rewrites badly, BENCHMARKS.md
+    /// "Condensing"), or `condensed-fused` (the rewrite's search fused with
+    /// `fused`'s two).
+    #[arg(long, value_enum, default_value = "fused")]
+    pub history: History,
+}
+
+/// [`magpie_core::HistoryMode`], as the command line names it.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    LastTurn,
+    Joined,
+    Fused,
+    Condensed,
+    CondensedFused,
+}
+
+impl From<History> for magpie_core::HistoryMode {
+    fn from(h: History) -> Self {
+        match h {
+            History::LastTurn => Self::LastTurn,
+            History::Joined => Self::Joined,
+            History::Fused => Self::Fused,
+            History::Condensed => Self::Condensed,
+            History::CondensedFused => Self::CondensedFused,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,11 +144,27 @@ async fn answer_turn(
     args: &AskArgs,
     history: Vec<magpie_core::ChatMessage>,
 ) -> Result<magpie_core::Answer> {
-    let retriever = std::sync::Arc::new(magpie_core::ConversationRetriever::after(
+    let mode = magpie_core::HistoryMode::from(args.answer.history);
+    let mut retriever = magpie_core::ConversationRetriever::after(
         engine.retriever(args.answer.mode),
         &history,
-        magpie_core::HistoryMode::default(),
-    ));
+        mode,
+    );
+    let turns = magpie_core::conversation::recent_user_turns(&history);
+    if matches!(
+        mode,
+        magpie_core::HistoryMode::Condensed | magpie_core::HistoryMode::CondensedFused
+    ) && !turns.is_empty()
+    {
+        match magpie_core::condense(llm, &turns, &args.question).await? {
+            Some(rewrite) => {
+                tracing::info!(%rewrite, "the follow-up condensed by the model");
+                retriever = retriever.with_rewrite(rewrite);
+            }
+            None => tracing::info!("the model's rewrite was no question; searching as fused"),
+        }
+    }
+    let retriever = std::sync::Arc::new(retriever);
     let pipeline = QueryPipeline::new(retriever)
         .top_k(args.answer.k)
         .filter(magpie_core::Filter::parse_all(&args.filters)?);

@@ -841,6 +841,34 @@ fn ask_with_a_session_reads_the_conversation() {
         .map(|m| m["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+    // --history: the last message alone finds what it finds asked alone; the
+    // model's rewrite fused with the history still brings the magpie's notes
+    let mut c = docqa(&idx);
+    c.args(["ask", "--json", "--max-tokens", "6", "--temperature", "0"]);
+    c.args(["--session", "birds", "--history", "last-turn"]);
+    let last = json(&run_ok(c.arg("What does it sound like?")));
+    assert_eq!(first_source(&last), first_source(&alone), "{last}");
+    let mut c = docqa(&idx);
+    c.args(["ask", "--json", "--max-tokens", "6", "--temperature", "0"]);
+    c.args(["--session", "birds", "--history", "condensed-fused"]);
+    let condensed = json(&run_ok(c.arg("What does it sound like?")));
+    let sources: Vec<String> = condensed["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        sources.iter().any(|s| s.ends_with("species-notes.html")),
+        "{condensed}"
+    );
+    let out = docqa(&idx)
+        .args(["ask", "--history", "rewrite", "hello?"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("condensed-fused"), "{err}");
     let out = docqa(&idx)
         .args(["ask", "--session", "../escape", "hello?"])
         .output()

@@ -1,7 +1,9 @@
 //! `eval chat`: retrieval in conversations. Each scored turn is
 //! searched three ways (the last message alone, the recent user messages
 //! joined, and the two fused) and scored against its gold passages: Recall@5
-//! and nDCG@10, first turns and follow-ups apart.
+//! and nDCG@10, first turns and follow-ups apart. `--condense N` also asks the
+//! model to rewrite N follow-ups as standalone questions and scores searching
+//! with the rewrite; `--answers N` answers turns end to end.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,6 +18,12 @@ use magpie::progress::{bar, BarProgress};
 use magpie::{OpenOptions, SearchMode as Mode};
 
 use crate::Setup;
+
+mod answers;
+mod condense;
+
+use answers::answer_turns;
+use condense::{condense_turns, CONDENSED_MODES};
 
 /// What `eval chat` scores, and how.
 #[derive(clap::Args, Debug)]
@@ -36,6 +44,13 @@ pub struct ChatArgs {
     /// and, wrongly, on answerable ones. A few seconds per answer.
     #[arg(long, default_value_t = 0)]
     pub answers: usize,
+    /// Also condense up to N turns that have a history with the language
+    /// model (its standalone rewrite of the last message, as LlamaIndex's
+    /// condense-question engine) and score searching with the rewrite, alone
+    /// and fused with the history, against the other modes on the same
+    /// turns. About a second per turn.
+    #[arg(long, default_value_t = 0)]
+    pub condense: usize,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -155,17 +170,7 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         else {
             bail!("turn {}: no user message", t.id);
         };
-        let group = match (
-            t.kind.as_deref(),
-            history.is_empty(),
-            t.answerability.as_str(),
-        ) {
-            (_, _, "underspecified") | (Some("alone"), _, _) => "underspecified (no history)",
-            (_, _, "unanswerable") => "unanswerable",
-            (Some("shift"), _, _) => "changes of subject",
-            (_, true, _) => "first turns",
-            (_, false, _) => "follow-ups",
-        };
+        let group = group_of(t, history.is_empty());
         let c = clarified.entry(group.to_string()).or_default();
         c.0 += 1;
         c.1 += (history.is_empty() && magpie_core::unresolved_reference(&last).is_some()) as usize;
@@ -218,6 +223,11 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     let curve = abstention_curve(&signals);
+    let condensed = if args.condense > 0 {
+        Some(condense_turns(setup, &inner, &turns, args.condense, !args.json).await?)
+    } else {
+        None
+    };
     let answered = if args.answers > 0 {
         Some(
             answer_turns(
@@ -237,7 +247,7 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"retrieval": sums, "abstention": curve, "threshold": threshold, "clarified": clarified, "answers": answered})
+                &serde_json::json!({"retrieval": sums, "abstention": curve, "threshold": threshold, "clarified": clarified, "answers": answered, "condensed": condensed})
             )?
         );
         return Ok(());
@@ -282,6 +292,32 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
             }
         }
     }
+    if let Some(c) = &condensed {
+        let n: usize = c
+            .retrieval
+            .values()
+            .filter_map(|m| m.get("fused"))
+            .map(|s| s.turns)
+            .sum();
+        println!(
+            "\ncondensed by the model ({n} turns with a history; {} rewritten, {} replies no \
+             usable rewrite, searched as fused):",
+            c.rewritten, c.unusable
+        );
+        for (group, by_mode) in &c.retrieval {
+            for (_, label) in CONDENSED_MODES {
+                if let Some(s) = by_mode.get(label) {
+                    println!(
+                        "{group:<30} {label:<10} {:>7} {:>10.4} {:>9.4}",
+                        s.turns, s.recall5, s.ndcg10
+                    );
+                }
+            }
+        }
+        for (q, r) in &c.examples {
+            println!("  {q:?} → {r:?}");
+        }
+    }
     let kinds: Vec<String> = {
         let mut k: Vec<String> = signals
             .iter()
@@ -324,6 +360,17 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         );
     }
     Ok(())
+}
+
+/// The group a turn is scored in.
+fn group_of(t: &Turn, no_history: bool) -> &'static str {
+    match (t.kind.as_deref(), no_history, t.answerability.as_str()) {
+        (_, _, "underspecified") | (Some("alone"), _, _) => "underspecified (no history)",
+        (_, _, "unanswerable") => "unanswerable",
+        (Some("shift"), _, _) => "changes of subject",
+        (_, true, _) => "first turns",
+        (_, false, _) => "follow-ups",
+    }
 }
 
 /// One turn's retrieval, as JSON: its label, question, history, and the top
@@ -393,104 +440,4 @@ fn abstention_curve(signals: &[(String, f32)]) -> Vec<AbstainPoint> {
             }
         })
         .collect()
-}
-
-#[derive(Debug, Serialize)]
-struct Answered {
-    answerable: usize,
-    unanswerable: usize,
-    f1: f64,
-    abstain: f64,
-    false_abstain: f64,
-}
-
-/// Whether an answer says the documents do not hold it (the prompt asks the
-/// model to say it does not know).
-fn says_unknown(text: &str) -> bool {
-    let t = text.to_lowercase();
-    [
-        "don't know",
-        "do not know",
-        "don’t know",
-        "not contain",
-        "no information",
-        "not mentioned",
-        "cannot answer",
-        "can't answer",
-    ]
-    .iter()
-    .any(|p| t.contains(p))
-}
-
-/// Answer up to `n` turns (a third unanswerable where the set has them) in
-/// their conversations, greedily.
-async fn answer_turns(
-    setup: &dyn Setup,
-    inner: &std::sync::Arc<dyn magpie_core::Retriever>,
-    turns: &[Turn],
-    n: usize,
-    abstention: Option<magpie_core::AbstentionPolicy>,
-    progress: bool,
-) -> Result<Answered> {
-    let llm = setup.generator()?;
-    let unans: Vec<&Turn> = turns
-        .iter()
-        .filter(|t| t.answerability == "unanswerable")
-        .take(n / 3)
-        .collect();
-    let ans: Vec<&Turn> = turns
-        .iter()
-        .filter(|t| t.answerability == "answerable" && !t.answers.is_empty())
-        .take(n - unans.len())
-        .collect();
-    let pb = bar((unans.len() + ans.len()) as u64, "answering", progress);
-    let (mut f1, mut false_abstain, mut abstain) = (0.0, 0usize, 0usize);
-    for (t, answerable) in ans
-        .iter()
-        .map(|t| (*t, true))
-        .chain(unans.iter().map(|t| (*t, false)))
-    {
-        pb.inc(1);
-        let Some((last, retriever)) =
-            ConversationRetriever::for_messages(inner.clone(), &t.messages, HistoryMode::default())
-        else {
-            continue;
-        };
-        let earlier: Vec<ChatMessage> = t.messages[..t.messages.len() - 1].to_vec();
-        let opts = magpie_core::AnswerOptions {
-            k: 6,
-            max_context_tokens: 1000,
-            few_shot: true,
-            generation: magpie_core::GenerationOptions {
-                max_tokens: 48,
-                ..magpie_core::GenerationOptions::greedy()
-            },
-            history: earlier,
-            clarify: true,
-            abstention: abstention.clone(),
-        };
-        let answer = magpie_core::QueryPipeline::new(std::sync::Arc::new(retriever))
-            .top_k(6)
-            .answer(&last, llm.as_ref(), &opts)
-            .await?;
-        let unknown = !answer.decision.answers() || says_unknown(&answer.text);
-        if answerable {
-            false_abstain += unknown as usize;
-            f1 += t
-                .answers
-                .iter()
-                .map(|g| crate::qa::token_f1(&answer.text, g))
-                .fold(0.0, f64::max);
-        } else {
-            abstain += unknown as usize;
-        }
-    }
-    pb.finish_and_clear();
-    Ok(Answered {
-        answerable: ans.len(),
-        unanswerable: unans.len(),
-        f1: f1 / ans.len().max(1) as f64,
-        abstain: abstain as f64 / unans.len().max(1) as f64,
-        false_abstain: false_abstain as f64 / ans.len().max(1) as f64,
-    })
 }
