@@ -157,11 +157,23 @@ impl App {
         };
         let filter = parse_filter(req.filter.as_ref())?;
         let _slot = self.search_slot().await?;
-        let retriever = Arc::new(ConversationRetriever::after(
-            self.retriever(mode),
-            &opts.history,
-            HistoryMode::default(),
-        ));
+        let history_mode = self.cfg.answer.history;
+        let mut retriever =
+            ConversationRetriever::after(self.retriever(mode), &opts.history, history_mode);
+        let turns = magpie_core::conversation::recent_user_turns(&opts.history);
+        if matches!(
+            history_mode,
+            HistoryMode::Condensed | HistoryMode::CondensedFused
+        ) && !turns.is_empty()
+        {
+            if let Some(rewrite) =
+                magpie_core::condense(self.llm.as_ref(), &turns, question).await?
+            {
+                tracing::debug!(%rewrite, "the follow-up condensed by the model");
+                retriever = retriever.with_rewrite(rewrite);
+            }
+        }
+        let retriever = Arc::new(retriever);
         let pipeline = QueryPipeline::new(retriever).top_k(k).filter(filter);
         Ok(pipeline
             .prepare_answer(question, self.llm.as_ref(), &opts)

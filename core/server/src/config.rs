@@ -65,6 +65,11 @@ pub struct AnswerConfig {
     pub context_tokens: usize,
     /// When an answer says the documents do not cover the question.
     pub abstain: magpie::AbstainSetting,
+    /// How a follow-up's search reads the conversation (chat completions,
+    /// conversations): `fused` (the default), `last-turn`, `joined`,
+    /// `condensed` or `condensed-fused` (the model rewrites the follow-up
+    /// first; as `docqa ask --history`).
+    pub history: magpie_core::HistoryMode,
 }
 
 impl Default for AnswerConfig {
@@ -75,6 +80,7 @@ impl Default for AnswerConfig {
             temperature: 0.2,
             context_tokens: 1200,
             abstain: magpie::AbstainSetting::Measured,
+            history: magpie_core::HistoryMode::Fused,
         }
     }
 }
@@ -225,11 +231,12 @@ mod tests {
         std::fs::write(
             &p,
             "bind = \"127.0.0.1:9000\"\nllm_queue = 3\nrate_limit = 2.0\n[answer]\nk = 4\n\
-             [[keys]]\nkey = \"0123456789abcdef0123\"\nrole = \"admin\"\n",
+             history = \"condensed-fused\"\n[[keys]]\nkey = \"0123456789abcdef0123\"\nrole = \"admin\"\n",
         )
         .unwrap();
         let c = ServeConfig::resolve(Some(&p), FileConfig::default()).unwrap();
         assert_eq!((c.bind.port(), c.llm_queue, c.answer.k), (9000, 3, 4));
+        assert_eq!(c.answer.history, magpie_core::HistoryMode::CondensedFused);
         assert_eq!(c.rate_limit, Some(2.0));
         let layer = FileConfig {
             llm_queue: Some(1),

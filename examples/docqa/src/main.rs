@@ -178,6 +178,7 @@ file looks like:
   k = 6
   max_tokens = 200
   temperature = 0.2
+  history = \"fused\"          # a follow-up's search: fused, last-turn, joined, condensed, condensed-fused
 Without keys the server only listens on loopback addresses. Ctrl-C or SIGTERM stops it
 gracefully: uploads already acknowledged are indexed at the next start if not before.")]
     Serve(serve::ServeArgs),
