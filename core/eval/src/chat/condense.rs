@@ -2,16 +2,15 @@
 //! searched alone and fused with the history, against the other modes on
 //! the same turns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use anyhow::Result;
-use magpie_core::metrics::{docs_by_best_chunk, ndcg_at, recall_at};
 use magpie_core::{history_queries, ConversationRetriever, HistoryMode};
 use serde::Serialize;
 
 use magpie::progress::bar;
 
-use super::{group_of, Scores, Turn};
+use super::{average, group_of, score_search, Table, Turn};
 use crate::Setup;
 
 /// The modes scored on condensed turns: the three above and the two that
@@ -28,7 +27,7 @@ pub(super) const CONDENSED_MODES: [(HistoryMode, &str); 5] = [
 #[derive(Debug, Serialize)]
 pub(super) struct Condensed {
     /// group → mode → scores, on the condensed turns only.
-    pub retrieval: BTreeMap<String, BTreeMap<&'static str, Scores>>,
+    pub retrieval: Table,
     /// Turns whose rewrite differs from the message as asked.
     pub rewritten: usize,
     /// Turns whose reply was no usable rewrite (searched as fused).
@@ -58,7 +57,7 @@ pub(super) async fn condense_turns(
         .collect();
     let pb = bar(chosen.len() as u64, "condensing", progress);
     let mut out = Condensed {
-        retrieval: BTreeMap::new(),
+        retrieval: Table::new(),
         rewritten: 0,
         unusable: 0,
         examples: Vec::new(),
@@ -82,26 +81,18 @@ pub(super) async fn condense_turns(
             if let Some(w) = &rewrite {
                 r = r.with_rewrite(w.clone());
             }
-            let hits = magpie_core::Retriever::retrieve(&r, &last, 30).await?;
-            let ranked = docs_by_best_chunk(&hits);
-            let s = out
-                .retrieval
-                .entry(group_of(t, false).to_string())
-                .or_default()
-                .entry(label)
-                .or_default();
-            s.turns += 1;
-            s.recall5 += recall_at(&ranked, &rels, 5);
-            s.ndcg10 += ndcg_at(&ranked, &rels, 10);
+            score_search(
+                &mut out.retrieval,
+                group_of(t, false),
+                label,
+                &r,
+                &last,
+                &rels,
+            )
+            .await?;
         }
     }
     pb.finish_and_clear();
-    for by_mode in out.retrieval.values_mut() {
-        for s in by_mode.values_mut() {
-            let n = s.turns.max(1) as f64;
-            s.recall5 /= n;
-            s.ndcg10 /= n;
-        }
-    }
+    average(&mut out.retrieval);
     Ok(out)
 }

@@ -160,8 +160,7 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
     // Clarifying questions asked, per group: (turns, asked).
     let mut clarified: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut dump = Vec::new();
-    // group → history mode → sums
-    let mut sums: BTreeMap<String, BTreeMap<&'static str, Scores>> = BTreeMap::new();
+    let mut sums = Table::new();
     let pb = bar(turns.len() as u64, "searching", !args.json);
     for t in &turns {
         pb.inc(1);
@@ -198,26 +197,11 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         let rels: HashMap<String, i32> = t.gold_doc_ids.iter().map(|d| (d.clone(), 1)).collect();
         for (mode, label) in MODES {
             let r = ConversationRetriever::new(inner.clone(), history.clone(), mode);
-            let hits = magpie_core::Retriever::retrieve(&r, &last, 30).await?;
-            let ranked = docs_by_best_chunk(&hits);
-            let s = sums
-                .entry(group.to_string())
-                .or_default()
-                .entry(label)
-                .or_default();
-            s.turns += 1;
-            s.recall5 += recall_at(&ranked, &rels, 5);
-            s.ndcg10 += ndcg_at(&ranked, &rels, 10);
+            score_search(&mut sums, group, label, &r, &last, &rels).await?;
         }
     }
     pb.finish_and_clear();
-    for by_mode in sums.values_mut() {
-        for s in by_mode.values_mut() {
-            let n = s.turns.max(1) as f64;
-            s.recall5 /= n;
-            s.ndcg10 /= n;
-        }
-    }
+    average(&mut sums);
     if let Some(path) = &args.signals {
         let text: String = dump.iter().map(|v| format!("{v}\n")).collect();
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -360,6 +344,41 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         );
     }
     Ok(())
+}
+
+/// group → history mode → scores (sums, then means).
+type Table = BTreeMap<String, BTreeMap<&'static str, Scores>>;
+
+/// Search for `last` with `r` and add the result's scores against `rels`
+/// to `table` under `group` and `label`.
+async fn score_search(
+    table: &mut Table,
+    group: &str,
+    label: &'static str,
+    r: &ConversationRetriever,
+    last: &str,
+    rels: &HashMap<String, i32>,
+) -> Result<()> {
+    let hits = magpie_core::Retriever::retrieve(r, last, 30).await?;
+    let ranked = docs_by_best_chunk(&hits);
+    let s = table
+        .entry(group.to_string())
+        .or_default()
+        .entry(label)
+        .or_default();
+    s.turns += 1;
+    s.recall5 += recall_at(&ranked, rels, 5);
+    s.ndcg10 += ndcg_at(&ranked, rels, 10);
+    Ok(())
+}
+
+/// A table's sums turned into means.
+fn average(table: &mut Table) {
+    for s in table.values_mut().flat_map(|m| m.values_mut()) {
+        let n = s.turns.max(1) as f64;
+        s.recall5 /= n;
+        s.ndcg10 /= n;
+    }
 }
 
 /// The group a turn is scored in.
