@@ -166,11 +166,12 @@ impl App {
             HistoryMode::Condensed | HistoryMode::CondensedFused
         ) && !turns.is_empty()
         {
-            if let Some(rewrite) =
-                magpie_core::condense(self.llm.as_ref(), &turns, question).await?
-            {
-                tracing::debug!(%rewrite, "the follow-up condensed by the model");
-                retriever = retriever.with_rewrite(rewrite);
+            match magpie_core::condense(self.llm.as_ref(), &turns, question).await? {
+                Some(rewrite) => {
+                    tracing::debug!(%rewrite, "the follow-up condensed by the model");
+                    retriever = retriever.with_rewrite(rewrite);
+                }
+                None => tracing::debug!("the model's rewrite was no question; searching as fused"),
             }
         }
         let retriever = Arc::new(retriever);
