@@ -14,7 +14,7 @@ use super::gguf::{Arch, LlmConfig, ModelFile};
 use super::kv;
 pub use super::kv::KvCacheType;
 use super::lora::{ActiveLoras, LoraAdapter, TargetShapes};
-use super::ops::{attend_one, build_mask, owned, rms, rope_tables};
+use super::ops::{attend_matmul, attend_one, owned, rms, rope_tables};
 use super::weights::{
     build_decoder, cerr, own_kernels, Embedding, Layer, Linear, Weight, WeightLoader,
 };
@@ -479,7 +479,6 @@ impl Transformer {
         } else {
             None
         };
-        let groups = c.n_head / c.n_head_kv;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let residual = h.clone();
@@ -530,24 +529,7 @@ impl Transformer {
                 h = self.mlp(layer, h, loras)?;
                 continue;
             }
-            let out =
-                if self.attention() == AttentionKernel::Fused && cache.kind != KvCacheType::Q8_0 {
-                    // one kernel over the cache as it lies (flash/)
-                    let op = FlashAttention {
-                        start,
-                        window: if layer.local {
-                            c.sliding_window.unwrap_or(0)
-                        } else {
-                            0
-                        },
-                        groups,
-                        scale: scale as f32,
-                        half: cache.kind == KvCacheType::F16,
-                    };
-                    op.attend(&q, &cache.k[li], &cache.v[li])?
-                } else {
-                    self.attend_matmul(&q, cache, li, start, first, layer.local)?
-                };
+            let out = self.attend(&q, cache, li, start, layer.local)?;
             let out = out
                 .transpose(1, 2)?
                 .reshape((1, t, c.n_head * c.head_dim))?;
@@ -569,56 +551,38 @@ impl Transformer {
         }
     }
 
-    /// Attention as matrix products (candle's kernels): the rows of `q`
-    /// (`[1, heads, t, hd]`, from cache position `start`) against the cached
-    /// keys from `first` on, masked, softmax, times the values. `[1, heads,
-    /// t, hd]`.
-    fn attend_matmul(
+    /// Attention of the rows of `q` (`[1, heads, t, hd]`, from cache
+    /// position `start`) over layer `li`'s cache, as candle's path (a GPU's)
+    /// runs it: the fused kernel where chosen (and the cache is f16 or
+    /// f32), else matrix products. `[1, heads, t, hd]`.
+    fn attend(
         &self,
         q: &Tensor,
         cache: &KvCache,
         li: usize,
         start: usize,
-        first: usize,
         local: bool,
     ) -> CResult<Tensor> {
         let c = &self.cfg;
-        let t = q.dim(2)?;
-        let kl = start + t - first;
-        let groups = c.n_head / c.n_head_kv;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let hd = c.head_dim;
-        let keys = kv::load(&cache.k[li].narrow(2, first, kl)?, cache.kind, hd)?;
-        let vals = kv::load(&cache.v[li].narrow(2, first, kl)?, cache.kind, hd)?;
-        // group the query heads that share a key/value head: [1, kv, groups*t, hd]
-        let qg = q.reshape((1, c.n_head_kv, groups * t, c.head_dim))?;
-        // the queries as llama.cpp multiplies this cache (see kv.rs)
-        let half = cache.kind == KvCacheType::F16;
-        let qg = match cache.kind {
-            KvCacheType::F32 => qg,
-            KvCacheType::F16 => qg.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
-            KvCacheType::Q8_0 => {
-                let mut v = qg.flatten_all()?.to_vec1::<f32>()?;
-                cache.kind.round_queries(&mut v);
-                Tensor::from_vec(v, qg.shape(), qg.device())?
-            }
-        };
-        let att = (qg.matmul(&keys.t()?)? * scale)?;
-        let att = if t > 1 {
-            let window = if local { c.sliding_window } else { None };
-            let mask = build_mask(start, t, first, kl, window, groups, &self.device)?;
-            att.broadcast_add(&mask)?
-        } else {
-            att
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let att = if half {
-            att.to_dtype(DType::F16)?.to_dtype(DType::F32)?
-        } else {
-            att
-        };
-        let out = att.matmul(&vals.contiguous()?)?; // [1, kv, groups*t, hd]
-        out.reshape((1, c.n_head, t, c.head_dim))
+        let window = if local { c.sliding_window } else { None };
+        if self.attention() == AttentionKernel::Fused && cache.kind != KvCacheType::Q8_0 {
+            let op = FlashAttention {
+                start,
+                window: window.unwrap_or(0),
+                groups: c.n_head / c.n_head_kv,
+                scale: (1.0 / (c.head_dim as f64).sqrt()) as f32,
+                half: cache.kind == KvCacheType::F16,
+            };
+            return op.attend(q, &cache.k[li], &cache.v[li]);
+        }
+        attend_matmul(
+            q,
+            (&cache.k[li], &cache.v[li]),
+            cache.kind,
+            start,
+            window,
+            c,
+        )
     }
 
     /// The feed-forward half of a block, residual included.

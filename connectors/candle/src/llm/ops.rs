@@ -1,10 +1,12 @@
 //! The small steps of the generic forward pass: RMS norm, RoPE tables, the
-//! one-row attention over the cache, and the causal/window mask.
+//! one-row attention over the cache, attention as matrix products, and the
+//! causal/window mask.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::attn;
 use super::gguf::LlmConfig;
+use super::kv::{self, KvCacheType};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -114,6 +116,55 @@ pub(super) fn owned(t: &Tensor) -> CResult<Tensor> {
 /// Additive mask `[groups*t, kl]`: query `i` (position `start+i`) sees key `j`
 /// (position `first+j`) when it is not in the future and, for local layers,
 /// within the window.
+/// Attention as matrix products (candle's kernels): the rows of `q`
+/// (`[1, heads, t, hd]`, from cache position `start`) against the cached
+/// keys and values (`kv`, of type `kind`) they see (causal; the last
+/// `window` positions on a local layer), masked, softmax, times the values.
+/// `[1, heads, t, hd]`.
+pub(super) fn attend_matmul(
+    q: &Tensor,
+    (k, v): (&Tensor, &Tensor),
+    kind: KvCacheType,
+    start: usize,
+    window: Option<usize>,
+    c: &LlmConfig,
+) -> CResult<Tensor> {
+    let (t, hd) = (q.dim(2)?, c.head_dim);
+    let groups = c.n_head / c.n_head_kv;
+    let first = window.map_or(0, |w| (start + 1).saturating_sub(w));
+    let kl = start + t - first;
+    let keys = kv::load(&k.narrow(2, first, kl)?, kind, hd)?;
+    let vals = kv::load(&v.narrow(2, first, kl)?, kind, hd)?;
+    // group the query heads that share a key/value head: [1, kv, groups*t, hd]
+    let qg = q.reshape((1, c.n_head_kv, groups * t, hd))?;
+    // the queries as llama.cpp multiplies this cache (see kv.rs)
+    let qg = match kind {
+        KvCacheType::F32 => qg,
+        KvCacheType::F16 => qg.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
+        KvCacheType::Q8_0 => {
+            let mut v = qg.flatten_all()?.to_vec1::<f32>()?;
+            kind.round_queries(&mut v);
+            Tensor::from_vec(v, qg.shape(), qg.device())?
+        }
+    };
+    let att = (qg.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let att = if t > 1 {
+        let mask = build_mask(start, t, first, kl, window, groups, q.device())?;
+        att.broadcast_add(&mask)?
+    } else {
+        att
+    };
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    // and the weights as it multiplies them by an f16 cache's values
+    let att = if kind == KvCacheType::F16 {
+        att.to_dtype(DType::F16)?.to_dtype(DType::F32)?
+    } else {
+        att
+    };
+    let out = att.matmul(&vals.contiguous()?)?; // [1, kv, groups*t, hd]
+    out.reshape((1, c.n_head, t, hd))
+}
+
 pub(super) fn build_mask(
     start: usize,
     t: usize,
