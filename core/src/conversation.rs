@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::filter::Filter;
-use crate::generate::{ChatMessage, Role};
+use crate::generate::{ChatMessage, Generator, Role};
 use crate::retrieve::reciprocal_rank_fusion;
 use crate::traits::Retriever;
 use crate::types::Hit;
@@ -86,6 +86,27 @@ impl ConversationRetriever {
     pub fn with_rewrite(mut self, rewrite: impl Into<String>) -> Self {
         self.rewrite = Some(rewrite.into());
         self
+    }
+
+    /// For the condensed modes, ask `generator` for the question's
+    /// standalone rewrite ([`crate::condense`]) and search with it; other
+    /// modes, or no history, leave the retriever as it is, and so does a
+    /// reply that is no question (the search is then Fused's).
+    pub async fn condensed_by(mut self, generator: &dyn Generator, question: &str) -> Result<Self> {
+        let condensed = matches!(
+            self.mode,
+            HistoryMode::Condensed | HistoryMode::CondensedFused
+        );
+        if condensed && !self.history.is_empty() {
+            match crate::condense(generator, &self.history, question).await? {
+                Some(rewrite) => {
+                    tracing::debug!(%rewrite, "the follow-up condensed by the model");
+                    self.rewrite = Some(rewrite);
+                }
+                None => tracing::debug!("the model's rewrite was no question; searching as fused"),
+            }
+        }
+        Ok(self)
     }
 
     /// For `messages`: the last user message (the question) and a retriever
@@ -358,6 +379,40 @@ mod tests {
         // no rewrite handed over: the fused search
         assert_eq!(top(HistoryMode::Condensed, None).await, ["faq"]);
         assert_eq!(top(HistoryMode::CondensedFused, None).await, ["faq"]);
+    }
+
+    /// `condensed_by` asks the model only in a condensed mode with a
+    /// history, and searches with what it wrote.
+    #[tokio::test]
+    async fn only_condensed_modes_ask_the_model_for_a_rewrite() {
+        let docs: Arc<dyn Retriever> = Arc::new(Overlap::new(&[
+            ("magpie", "the magpie song sounds like a chatter"),
+            ("faq", "what does error E42 mean and what does it do"),
+        ]));
+        let history = [
+            ChatMessage::new(Role::User, "which black bird chatters at dawn"),
+            ChatMessage::new(Role::Assistant, "the magpie"),
+        ];
+        let q = "what does it do";
+        for (mode, asked, first) in [
+            (HistoryMode::Fused, 0, "faq"),
+            (HistoryMode::Condensed, 1, "magpie"),
+        ] {
+            let model = crate::testing::ScriptedGenerator::new(["how does the magpie song sound"]);
+            let r = ConversationRetriever::after(docs.clone(), &history, mode)
+                .condensed_by(&model, q)
+                .await
+                .unwrap();
+            assert_eq!(model.prompts().len(), asked, "{mode:?}");
+            assert_eq!(r.retrieve(q, 2).await.unwrap()[0].chunk.doc_id, first);
+        }
+        // no history: nothing to condense
+        let model = crate::testing::ScriptedGenerator::new(["anything"]);
+        ConversationRetriever::after(docs, &[], HistoryMode::Condensed)
+            .condensed_by(&model, q)
+            .await
+            .unwrap();
+        assert!(model.prompts().is_empty());
     }
 
     #[test]

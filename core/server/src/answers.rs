@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use magpie_core::{
     AdapterChoice, Answer, AnswerOptions, ConversationRetriever, GenerationOptions,
-    GenerationSummary, HistoryMode, PreparedAnswer, QueryPipeline,
+    GenerationSummary, PreparedAnswer, QueryPipeline,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -157,23 +157,13 @@ impl App {
         };
         let filter = parse_filter(req.filter.as_ref())?;
         let _slot = self.search_slot().await?;
-        let history_mode = self.cfg.answer.history;
-        let mut retriever =
-            ConversationRetriever::after(self.retriever(mode), &opts.history, history_mode);
-        let turns = magpie_core::conversation::recent_user_turns(&opts.history);
-        if matches!(
-            history_mode,
-            HistoryMode::Condensed | HistoryMode::CondensedFused
-        ) && !turns.is_empty()
-        {
-            match magpie_core::condense(self.llm.as_ref(), &turns, question).await? {
-                Some(rewrite) => {
-                    tracing::debug!(%rewrite, "the follow-up condensed by the model");
-                    retriever = retriever.with_rewrite(rewrite);
-                }
-                None => tracing::debug!("the model's rewrite was no question; searching as fused"),
-            }
-        }
+        let retriever = ConversationRetriever::after(
+            self.retriever(mode),
+            &opts.history,
+            self.cfg.answer.history,
+        )
+        .condensed_by(self.llm.as_ref(), question)
+        .await?;
         let retriever = Arc::new(retriever);
         let pipeline = QueryPipeline::new(retriever).top_k(k).filter(filter);
         Ok(pipeline

@@ -144,26 +144,13 @@ async fn answer_turn(
     args: &AskArgs,
     history: Vec<magpie_core::ChatMessage>,
 ) -> Result<magpie_core::Answer> {
-    let mode = magpie_core::HistoryMode::from(args.answer.history);
-    let mut retriever = magpie_core::ConversationRetriever::after(
+    let retriever = magpie_core::ConversationRetriever::after(
         engine.retriever(args.answer.mode),
         &history,
-        mode,
-    );
-    let turns = magpie_core::conversation::recent_user_turns(&history);
-    if matches!(
-        mode,
-        magpie_core::HistoryMode::Condensed | magpie_core::HistoryMode::CondensedFused
-    ) && !turns.is_empty()
-    {
-        match magpie_core::condense(llm, &turns, &args.question).await? {
-            Some(rewrite) => {
-                tracing::info!(%rewrite, "the follow-up condensed by the model");
-                retriever = retriever.with_rewrite(rewrite);
-            }
-            None => tracing::info!("the model's rewrite was no question; searching as fused"),
-        }
-    }
+        args.answer.history.into(),
+    )
+    .condensed_by(llm, &args.question)
+    .await?;
     let retriever = std::sync::Arc::new(retriever);
     let pipeline = QueryPipeline::new(retriever)
         .top_k(args.answer.k)
