@@ -8,17 +8,28 @@
 use crate::error::Result;
 use crate::generate::{ChatMessage, GenerationOptions, Generator, Prompt, Role};
 
+/// The most characters of one turn a condensing prompt carries.
+pub const TURN_CHARS: usize = 600;
+
 /// The prompt that asks a model to rewrite `question`, asked after the user
 /// turns `history` (oldest first), as a question that stands alone.
+/// Each turn is cut to its first [`TURN_CHARS`] characters, so a pasted
+/// document in the conversation cannot fill the model's context.
 pub fn condense_prompt(history: &[String], question: &str) -> String {
+    let line = |t: &str| {
+        t.chars()
+            .take(TURN_CHARS)
+            .collect::<String>()
+            .replace('\n', " ")
+    };
     let mut p = String::from("Earlier questions:\n");
     for h in history {
         p.push_str("- ");
-        p.push_str(&h.replace('\n', " "));
+        p.push_str(&line(h));
         p.push('\n');
     }
     p.push_str("\nNew question: ");
-    p.push_str(&question.replace('\n', " "));
+    p.push_str(&line(question));
     p.push_str(
         "\n\nRewrite the new question so that it names what its \"it\", \"they\", \"he\" \
          or \"she\" refers to in the earlier questions. Reply with the rewritten question only.",
@@ -101,6 +112,14 @@ mod tests {
             panic!("a chat prompt")
         };
         assert_eq!(m[0].content, condense_prompt(&history, q));
+    }
+
+    #[test]
+    fn a_pasted_document_does_not_fill_the_prompt() {
+        let pasted = "长文".repeat(50_000);
+        let p = condense_prompt(&[pasted.clone(), pasted.clone()], &pasted);
+        assert!(p.chars().count() < 3 * TURN_CHARS + 400, "{}", p.len());
+        assert!(p.ends_with("Reply with the rewritten question only."));
     }
 
     #[test]
