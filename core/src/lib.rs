@@ -71,7 +71,8 @@ pub mod traits;
 pub mod types;
 
 pub use abstain::{
-    sentences, unresolved_reference, AbstentionPolicy, AnswerabilityScorer, Decision, SentenceMatch,
+    sentences, term_coverage, unresolved_reference, AbstentionPolicy, Answerability,
+    AnswerabilityParts, AnswerabilityScorer, Decision, SentenceMatch,
 };
 pub use adapters::{check_adapter_name, check_choices, AdapterChoice, WithAdapters};
 pub use answer::{

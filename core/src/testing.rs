@@ -249,6 +249,27 @@ impl KeywordStore for MemoryStore {
     async fn list_chunks(&self) -> Result<Vec<StoredChunk>> {
         self.listed()
     }
+    /// Lower-cased words (no stemming, no stop words), each with BM25's
+    /// inverse document frequency over the live chunks.
+    fn weighted_terms(&self, text: &str) -> Option<Vec<(String, f32)>> {
+        let s = self.lock();
+        let docs: Vec<std::collections::HashSet<String>> = s
+            .live
+            .values()
+            .map(|(c, _)| words(&c.text).into_iter().collect())
+            .collect();
+        let n = docs.len() as f32;
+        Some(
+            words(text)
+                .into_iter()
+                .map(|w| {
+                    let df = docs.iter().filter(|d| d.contains(&w)).count() as f32;
+                    let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                    (w, idf)
+                })
+                .collect(),
+        )
+    }
 }
 
 fn words(text: &str) -> Vec<String> {

@@ -172,6 +172,14 @@ pub trait KeywordStore: Send + Sync {
             self.list_chunks().await?,
         ))
     }
+    /// `text` as this store analyses it (its terms in order: split, stemmed,
+    /// stop words dropped), each with its inverse document frequency among
+    /// the stored chunks; `None` where the store cannot say (the default).
+    /// Answerability weighs a question's words with it
+    /// ([`crate::TermCoverage`]).
+    fn weighted_terms(&self, _text: &str) -> Option<Vec<(String, f32)>> {
+        None
+    }
 }
 
 /// Finds chunks for a query.

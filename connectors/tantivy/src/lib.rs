@@ -548,6 +548,32 @@ impl KeywordStore for TantivyStore {
         }
         Ok(health)
     }
+
+    /// BM25's inverse document frequency over chunk text:
+    /// ln(1 + (N − df + ½) / (df + ½)).
+    fn weighted_terms(&self, text: &str) -> Option<Vec<(String, f32)>> {
+        let searcher = self.reader.searcher();
+        let n = searcher.num_docs() as f32;
+        let mut analyzer = tokenizer::analyzer();
+        let terms = tokenizer::terms(&mut analyzer, text);
+        let mut idf: std::collections::HashMap<String, f32> = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(terms.len());
+        for t in terms {
+            let w = match idf.get(&t) {
+                Some(&w) => w,
+                None => {
+                    let df = searcher
+                        .doc_freq(&Term::from_field_text(self.fields.text, &t))
+                        .unwrap_or(0) as f32;
+                    let w = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                    idf.insert(t.clone(), w);
+                    w
+                }
+            };
+            out.push((t, w));
+        }
+        Some(out)
+    }
 }
 
 impl TantivyStore {

@@ -317,20 +317,24 @@ impl Index {
     }
 
     /// Abstention for answers over this index: "the documents do not cover
-    /// this question" when no sentence of the passages found matches the
-    /// question closely enough ([`magpie_core::SentenceMatch`], with this
-    /// index's embedder), at the threshold measured for the embedder or the
-    /// one given; `None` when none is known (the embedder was not
-    /// calibrated: measure one with `docqa eval chat`) or `Off`.
+    /// this question" when the passages found answer it too poorly
+    /// ([`magpie_core::Answerability`]: the best sentence's cosine with this
+    /// index's embedder, where it was measured, and how much of the
+    /// question's rare words the best sentence holds, by the keyword store's
+    /// term weights), at the measured threshold or the one given; `None` when
+    /// `Off`, or when neither signal can be read (an embedder that was not
+    /// measured, over a store that cannot weigh terms).
     pub fn abstention(&self, setting: AbstainSetting) -> Option<magpie_core::AbstentionPolicy> {
+        let scorer = magpie_core::Answerability::new(
+            self.embedder.clone() as Arc<dyn Embedder>,
+            Some(self.keywords.clone()),
+        );
         let threshold = match setting {
             AbstainSetting::Off => return None,
             AbstainSetting::Below(t) => t,
-            AbstainSetting::Measured => {
-                magpie_core::SentenceMatch::threshold_for(self.embedder.model_id())?
-            }
+            AbstainSetting::Measured if scorer.can_score() => magpie_core::Answerability::THRESHOLD,
+            AbstainSetting::Measured => return None,
         };
-        let scorer = magpie_core::SentenceMatch::new(self.embedder.clone() as Arc<dyn Embedder>);
         Some(magpie_core::AbstentionPolicy::new(
             Arc::new(scorer),
             threshold,
@@ -450,13 +454,13 @@ fn check_settings(
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum AbstainSetting {
-    /// At the threshold measured for the index's embedder (none for an
-    /// embedder that was not measured: always answer).
+    /// At the measured threshold ([`magpie_core::Answerability::THRESHOLD`]).
     #[default]
     Measured,
     /// Always answer.
     Off,
-    /// Below this sentence-match score.
+    /// Below this answerability (between 0 and 1; ½ is the measured
+    /// threshold, higher abstains more often).
     Below(f32),
 }
 
@@ -468,11 +472,11 @@ impl std::str::FromStr for AbstainSetting {
             "measured" | "default" => Ok(Self::Measured),
             "off" | "never" => Ok(Self::Off),
             n => match n.parse::<f32>() {
-                Ok(t) if (-1.0..=1.0).contains(&t) => Ok(Self::Below(t)),
+                Ok(t) if (0.0..=1.0).contains(&t) => Ok(Self::Below(t)),
                 _ => Err(format!(
-                    "`{n}` is not a setting: give `measured` (the threshold measured for the \
-                     embedder), `off`, or a sentence-match score between -1 and 1 \
-                     (`docqa eval chat` prints how each one trades abstentions against false ones)"
+                    "`{n}` is not a setting: give `measured` (the measured threshold, 0.5), \
+                     `off`, or an answerability between 0 and 1 (higher abstains more often; \
+                     `docqa eval chat` prints how each one trades abstentions against false ones)"
                 )),
             },
         }

@@ -82,7 +82,6 @@ fn contains_words(text: &str, phrase: &str) -> bool {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +111,4 @@ mod tests {
             assert_eq!(unresolved_reference(q), None, "{q}");
         }
     }
-
 }

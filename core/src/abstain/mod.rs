@@ -2,12 +2,17 @@
 //! gets a clarifying question, and one the passages do not hold gets "the
 //! documents do not say", with the nearest passages, instead of an invention.
 
+mod answerability;
 mod clarify;
+mod coverage;
 mod sentence;
 
+pub use answerability::{Answerability, AnswerabilityParts};
 pub use clarify::unresolved_reference;
+pub use coverage::term_coverage;
+#[cfg(feature = "testing")]
 pub(crate) use sentence::normalize;
-pub use sentence::{sentences, SentenceMatch};
+pub use sentence::{passage_sentences, sentences, SentenceMatch};
 
 use std::sync::Arc;
 

@@ -25,7 +25,7 @@ impl SentenceMatch {
     /// Passages whose sentences are read.
     pub const PASSAGES: usize = 5;
     /// Sentences read per passage.
-    const SENTENCES: usize = 24;
+    pub const SENTENCES: usize = 24;
 
     /// Match with `embedder` (the index's, so the sentences embed as the
     /// passages did).
@@ -35,6 +35,7 @@ impl SentenceMatch {
 
     /// The threshold measured for an embedding model (by its id), where one
     /// was: below it, abstaining refused at most 10% of answerable turns.
+    /// (docqa abstains on [`super::Answerability`], which adds term coverage.)
     pub fn threshold_for(model_id: &str) -> Option<f32> {
         let id = model_id.to_lowercase();
         id.contains("all-minilm-l6-v2").then_some(MINILM_THRESHOLD)
@@ -81,6 +82,70 @@ pub(crate) fn normalize(v: &mut [f32]) {
     }
 }
 
+/// The passages answerability reads: the first [`SentenceMatch::PASSAGES`]
+/// distinct ones of `hits`.
+pub fn first_passages(hits: &[Hit]) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for h in hits {
+        if seen.len() == SentenceMatch::PASSAGES {
+            break;
+        }
+        if seen.insert(&h.chunk.id) {
+            out.push(h.chunk.text.as_str());
+        }
+    }
+    out
+}
+
+/// The sentences answerability reads: those of [`first_passages`], at most
+/// [`SentenceMatch::SENTENCES`] from each.
+pub fn passage_sentences(hits: &[Hit]) -> Vec<&str> {
+    first_passages(hits)
+        .into_iter()
+        .flat_map(|p| sentences(p).into_iter().take(SentenceMatch::SENTENCES))
+        .collect()
+}
+
+impl SentenceMatch {
+    /// Whether the embedder reads the question's language: an English model
+    /// puts any two Chinese sentences close together, and its cosines say
+    /// nothing about a language it was not trained on.
+    pub fn reads(&self, question: &str) -> bool {
+        let support = self.embedder.languages();
+        support.coverage(crate::lang::detect(question).as_ref()).0 >= 1.0
+    }
+
+    /// The best cosine between the question (alone, and joined with the
+    /// recent user turns of `history`) and one of `texts`; 0 without texts.
+    pub async fn best_cosine(
+        &self,
+        question: &str,
+        history: &[ChatMessage],
+        texts: &[&str],
+    ) -> Result<f32> {
+        if texts.is_empty() {
+            return Ok(0.0);
+        }
+        let mut queries = vec![question.trim().to_string()];
+        let turns = crate::conversation::recent_user_turns(history);
+        if !turns.is_empty() {
+            queries.push(crate::conversation::joined_query(&turns, question.trim()));
+        }
+        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        let mut q = self.embedder.embed_queries(&queries).await?;
+        let mut s = self.embedder.embed(&texts).await?;
+        q.iter_mut().chain(s.iter_mut()).for_each(|v| normalize(v));
+        let mut best = f32::NEG_INFINITY;
+        for qv in &q {
+            for sv in &s {
+                best = best.max(qv.iter().zip(sv).map(|(a, b)| a * b).sum::<f32>());
+            }
+        }
+        Ok(best)
+    }
+}
+
 #[async_trait]
 impl AnswerabilityScorer for SentenceMatch {
     fn name(&self) -> &str {
@@ -93,45 +158,11 @@ impl AnswerabilityScorer for SentenceMatch {
         history: &[ChatMessage],
         hits: &[Hit],
     ) -> Result<Option<f32>> {
-        // An English model puts any two Chinese sentences close together: its
-        // cosines say nothing about a language it was not trained on.
-        let support = self.embedder.languages();
-        if support.coverage(crate::lang::detect(question).as_ref()).0 < 1.0 {
+        if !self.reads(question) {
             return Ok(None);
         }
-        let mut queries = vec![question.trim().to_string()];
-        let turns = crate::conversation::recent_user_turns(history);
-        if !turns.is_empty() {
-            queries.push(crate::conversation::joined_query(&turns, question.trim()));
-        }
-        let mut seen = std::collections::HashSet::new();
-        let mut texts: Vec<String> = Vec::new();
-        for h in hits {
-            if seen.len() == Self::PASSAGES {
-                break;
-            }
-            if seen.insert(&h.chunk.id) {
-                texts.extend(
-                    sentences(&h.chunk.text)
-                        .into_iter()
-                        .take(Self::SENTENCES)
-                        .map(str::to_string),
-                );
-            }
-        }
-        if texts.is_empty() {
-            return Ok(Some(0.0));
-        }
-        let mut q = self.embedder.embed_queries(&queries).await?;
-        let mut s = self.embedder.embed(&texts).await?;
-        q.iter_mut().chain(s.iter_mut()).for_each(|v| normalize(v));
-        let mut best = f32::NEG_INFINITY;
-        for qv in &q {
-            for sv in &s {
-                best = best.max(qv.iter().zip(sv).map(|(a, b)| a * b).sum::<f32>());
-            }
-        }
-        Ok(Some(best))
+        let texts = passage_sentences(hits);
+        Ok(Some(self.best_cosine(question, history, &texts).await?))
     }
 }
 
@@ -186,5 +217,4 @@ mod tests {
         );
         assert_eq!(SentenceMatch::threshold_for("intfloat/e5-small"), None);
     }
-
 }

@@ -32,10 +32,13 @@ pub struct AnswerFlags {
     #[arg(long, default_value_t = 1200)]
     pub context_tokens: usize,
     /// When to answer "the documents do not cover this question" (with the
-    /// nearest passages) instead of letting the model guess: `measured` (below
-    /// the sentence-match score measured for the embedder, see BENCHMARKS.md
-    /// "Conversations"; none for an embedder not measured), `off`, or a score
-    /// between -1 and 1 (`docqa eval chat` shows what each one costs).
+    /// nearest passages) instead of letting the model guess, by how well the
+    /// passages found match the question (the best sentence's cosine, where
+    /// the embedder was measured, and how much of the question's rare words
+    /// one passage holds): `measured` (the threshold measured on SQuAD and
+    /// CMRC conversations, BENCHMARKS.md "Knowing when not to answer"), `off`,
+    /// or an answerability between 0 and 1, 0.5 being the measured one (higher
+    /// abstains more; `docqa eval chat` shows what each one costs).
     #[arg(long, default_value = "measured", env = "DOCQA_ABSTAIN")]
     pub abstain: magpie::AbstainSetting,
     /// Answer a first question that says "it" or "they" without naming what,

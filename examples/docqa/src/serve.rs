@@ -80,8 +80,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DOCQA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
     /// When answers say "the documents do not cover this question" instead of
-    /// letting the model guess: `measured` (the threshold measured for the
-    /// embedder), `off`, or a sentence-match score (as `docqa ask --abstain`;
+    /// letting the model guess: `measured` (the measured threshold), `off`,
+    /// or an answerability between 0 and 1 (as `docqa ask --abstain`;
     /// `abstain` under [answer] in the settings file). Default: measured.
     #[arg(long, env = "DOCQA_ABSTAIN")]
     pub abstain: Option<magpie::AbstainSetting>,

@@ -881,7 +881,7 @@ fn ask_with_a_session_reads_the_conversation() {
 /// the sample corpus does not cover gets "the documents do not cover this
 /// question" and the nearest passages, without running the model; a first
 /// question whose "it" names nothing gets a clarifying question; both can be
-/// turned off; a language the embedder does not read is answered.
+/// turned off; a language the embedder does not read is judged by its words.
 #[test]
 fn ask_abstains_off_the_documents_and_asks_back_what_it_means() {
     let tmp = tempfile::tempdir().unwrap();
@@ -919,9 +919,17 @@ fn ask_abstains_off_the_documents_and_asks_back_what_it_means() {
     assert!(vague["text"].as_str().unwrap().contains("“it”"), "{vague}");
     let as_asked = ask(&["--no-clarify"], "What does it sound like?");
     assert_ne!(as_asked["decision"]["kind"], "clarify", "{as_asked}");
-    // An English embedder cannot tell for Chinese: answered, not refused.
+    // Chinese, which the English embedder cannot read, is judged by its
+    // words alone: what the Chinese notes hold is answered, what nothing
+    // names is declined, in Chinese.
     let zh = ask(&[], "秘鲁的首都是哪里？");
-    assert_eq!(zh["decision"]["kind"], "answer", "{zh}");
+    assert_eq!(zh["decision"]["kind"], "abstain", "{zh}");
+    assert!(
+        zh["text"].as_str().unwrap().starts_with("文档中没有"),
+        "{zh}"
+    );
+    let zh_on = ask(&[], "喜鹊能在镜子里认出自己吗？");
+    assert_eq!(zh_on["decision"]["kind"], "answer", "{zh_on}");
     let bad = docqa(&idx)
         .args(["ask", "--abstain", "often", "hello?"])
         .output()

@@ -54,8 +54,8 @@ pub struct ChatArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// When the answers of --answers abstain: `measured` (the threshold
-    /// measured for the embedder), `off`, or a sentence-match score.
+    /// When the answers of --answers abstain: `measured` (the measured
+    /// threshold, 0.5), `off`, or an answerability between 0 and 1.
     #[arg(long, default_value = "measured")]
     pub abstain: magpie::AbstainSetting,
     /// Write each answerable and unanswerable turn's retrieval signals (the
@@ -150,12 +150,13 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
     let inner = engine.retriever(args.mode);
     let dense = engine.retriever(magpie::SearchMode::Dense);
     let bm25 = engine.retriever(magpie::SearchMode::Bm25);
-    let scorer = magpie_core::SentenceMatch::new(engine.embedder.clone());
-    let threshold = magpie_core::SentenceMatch::threshold_for(magpie_core::Embedder::model_id(
-        engine.embedder.as_ref(),
-    ));
+    let embedder: std::sync::Arc<dyn magpie_core::Embedder> = engine.embedder.clone();
+    let scorer = magpie_core::Answerability::new(embedder.clone(), Some(engine.keywords.clone()));
+    let threshold = scorer
+        .can_score()
+        .then_some(magpie_core::Answerability::THRESHOLD);
     // Answerability per answerable or unanswerable turn: (what was held out,
-    // or "" when answerable; the sentence-match score).
+    // or "" when answerable; the score, +∞ where none could be read).
     let mut signals: Vec<(String, f32)> = Vec::new();
     // Clarifying questions asked, per group: (turns, asked).
     let mut clarified: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -177,9 +178,8 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
             let r = ConversationRetriever::new(inner.clone(), history.clone(), HistoryMode::Fused);
             let hits = magpie_core::Retriever::retrieve(&r, &last, 8).await?;
             let earlier = &t.messages[..t.messages.len() - 1];
-            let score = magpie_core::AnswerabilityScorer::score(&scorer, &last, earlier, &hits)
-                .await?
-                .unwrap_or(f32::INFINITY);
+            let parts = scorer.parts(&last, earlier, &hits).await?;
+            let score = scorer.combine(parts).unwrap_or(f32::INFINITY);
             let held = match t.answerability.as_str() {
                 "unanswerable" => t.held_out.clone().unwrap_or_else(|| "paragraph".into()),
                 _ => String::new(),
@@ -187,7 +187,9 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
             signals.push((held, score));
             if args.signals.is_some() {
                 let mut v = signal_record(&inner, &dense, &bm25, t, &last, &history).await?;
-                v["sentence_match"] = serde_json::json!(score);
+                v["score"] = serde_json::json!(score.is_finite().then_some(score));
+                v["parts"] = serde_json::json!(parts);
+                v["sentences"] = sentence_cosines(&embedder, &last, earlier, &hits).await?;
                 dump.push(v);
             }
         }
@@ -313,9 +315,10 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         k
     };
     println!(
-        "\nabstaining below a sentence-match score (the best cosine between the question, alone \
-         or with the history, and a sentence of the top passages), over {} answerable turns \
-         and unanswerable ones by what was held out:",
+        "\nabstaining below an answerability (the best cosine between the question, alone or \
+         with the history, and one sentence of the top passages, with how much of the \
+         conversation's rare words one passage holds; ½ at the measured threshold), over {} \
+         answerable turns and unanswerable ones by what was held out:",
         signals.iter().filter(|s| s.0.is_empty()).count()
     );
     print!("{:>9} {:>18}", "score <", "false (answerable)");
@@ -323,6 +326,8 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         let n = signals.iter().filter(|s| &s.0 == k).count();
         print!(" {:>22}", format!("{k} held out ({n})"));
     }
+    let unanswerable = signals.iter().filter(|s| !s.0.is_empty()).count();
+    print!(" {:>22}", format!("all unanswerable ({unanswerable})"));
     println!();
     for p in &curve {
         let mark = if threshold.is_some_and(|t| (t - p.threshold).abs() < 1e-4) {
@@ -334,6 +339,7 @@ pub async fn run(args: &ChatArgs, index: Option<&Path>, setup: &dyn Setup) -> Re
         for k in &kinds {
             print!(" {:>22.3}", p.abstain.get(k).copied().unwrap_or(0.0));
         }
+        print!(" {:>22.3}", p.abstain_all);
         println!("{mark}");
     }
     println!("\nclarifying questions (a pronoun nothing before it names, no history):");
@@ -426,6 +432,75 @@ async fn signal_record(
     }))
 }
 
+/// Every sentence sentence-match reads for a turn, with its cosine to the
+/// question alone and to the question joined with the recent user turns (the
+/// same as the question alone without a history).
+async fn sentence_cosines(
+    embedder: &std::sync::Arc<dyn magpie_core::Embedder>,
+    question: &str,
+    earlier: &[ChatMessage],
+    hits: &[magpie_core::Hit],
+) -> Result<serde_json::Value> {
+    let turns = magpie_core::conversation::recent_user_turns(earlier);
+    let mut queries = vec![question.trim().to_string()];
+    if !turns.is_empty() {
+        queries.push(magpie_core::conversation::joined_query(
+            &turns,
+            question.trim(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut texts = Vec::new();
+    for h in hits {
+        if seen.len() == magpie_core::SentenceMatch::PASSAGES {
+            break;
+        }
+        if seen.insert(&h.chunk.id) {
+            for s in magpie_core::abstain::sentences(&h.chunk.text)
+                .into_iter()
+                .take(24)
+            {
+                texts.push((h.chunk.doc_id.clone(), s.to_string()));
+            }
+        }
+    }
+    if texts.is_empty() {
+        return Ok(serde_json::json!([]));
+    }
+    let unit = |mut v: Vec<f32>| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    };
+    let q: Vec<Vec<f32>> = embedder
+        .embed_queries(&queries)
+        .await?
+        .into_iter()
+        .map(unit)
+        .collect();
+    let plain: Vec<String> = texts.iter().map(|t| t.1.clone()).collect();
+    let s: Vec<Vec<f32>> = embedder
+        .embed(&plain)
+        .await?
+        .into_iter()
+        .map(unit)
+        .collect();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    Ok(serde_json::Value::Array(
+        texts
+            .iter()
+            .zip(&s)
+            .map(|((doc, text), sv)| {
+                serde_json::json!({
+                    "doc": doc, "text": text,
+                    "alone": dot(&q[0], sv),
+                    "joined": dot(q.last().expect("one query at least"), sv),
+                })
+            })
+            .collect(),
+    ))
+}
+
 #[derive(Debug, Serialize)]
 struct AbstainPoint {
     threshold: f32,
@@ -433,15 +508,18 @@ struct AbstainPoint {
     false_abstain: f64,
     /// Abstentions on unanswerable turns, by what was held out.
     abstain: BTreeMap<String, f64>,
+    /// Abstentions on all unanswerable turns.
+    abstain_all: f64,
 }
 
-/// Abstention rates for sentence-match thresholds from 0.30 to 0.75: on
-/// answerable turns (false) and on unanswerable ones by what was held out.
+/// Abstention rates for answerability thresholds from 0.20 to 0.80: on
+/// answerable turns (false), on unanswerable ones by what was held out, and
+/// on all unanswerable ones.
 fn abstention_curve(signals: &[(String, f32)]) -> Vec<AbstainPoint> {
-    let rate = |kind: &str, t: f32| {
-        let all: Vec<_> = signals.iter().filter(|s| s.0 == kind).collect();
+    let rate_of = |all: Vec<&(String, f32)>, t: f32| {
         all.iter().filter(|s| s.1 < t).count() as f64 / all.len().max(1) as f64
     };
+    let rate = |kind: &str, t: f32| rate_of(signals.iter().filter(|s| s.0 == kind).collect(), t);
     let mut kinds: Vec<&str> = signals
         .iter()
         .map(|s| s.0.as_str())
@@ -449,13 +527,14 @@ fn abstention_curve(signals: &[(String, f32)]) -> Vec<AbstainPoint> {
         .collect();
     kinds.sort();
     kinds.dedup();
-    (0..=18)
+    (0..=12)
         .map(|i| {
-            let t = 0.30 + 0.025 * i as f32;
+            let t = 0.20 + 0.05 * i as f32;
             AbstainPoint {
                 threshold: t,
                 false_abstain: rate("", t),
                 abstain: kinds.iter().map(|k| (k.to_string(), rate(k, t))).collect(),
+                abstain_all: rate_of(signals.iter().filter(|s| !s.0.is_empty()).collect(), t),
             }
         })
         .collect()
