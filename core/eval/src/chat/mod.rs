@@ -60,7 +60,8 @@ pub struct ChatArgs {
     pub abstain: magpie::AbstainSetting,
     /// Write each answerable and unanswerable turn's retrieval signals (the
     /// question, its history, the top passages with their dense and BM25
-    /// scores) to this JSONL file, for calibrating abstention.
+    /// scores, each sentence's cosines to the question, and answerability's
+    /// two parts and score) to this JSONL file, for calibrating abstention.
     #[arg(long)]
     pub signals: Option<PathBuf>,
 }
@@ -449,21 +450,7 @@ async fn sentence_cosines(
             question.trim(),
         ));
     }
-    let mut seen = std::collections::HashSet::new();
-    let mut texts = Vec::new();
-    for h in hits {
-        if seen.len() == magpie_core::SentenceMatch::PASSAGES {
-            break;
-        }
-        if seen.insert(&h.chunk.id) {
-            for s in magpie_core::abstain::sentences(&h.chunk.text)
-                .into_iter()
-                .take(24)
-            {
-                texts.push((h.chunk.doc_id.clone(), s.to_string()));
-            }
-        }
-    }
+    let texts = magpie_core::abstain::passage_sentences(hits);
     if texts.is_empty() {
         return Ok(serde_json::json!([]));
     }
@@ -478,7 +465,7 @@ async fn sentence_cosines(
         .into_iter()
         .map(unit)
         .collect();
-    let plain: Vec<String> = texts.iter().map(|t| t.1.clone()).collect();
+    let plain: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
     let s: Vec<Vec<f32>> = embedder
         .embed(&plain)
         .await?
@@ -490,9 +477,9 @@ async fn sentence_cosines(
         texts
             .iter()
             .zip(&s)
-            .map(|((doc, text), sv)| {
+            .map(|(text, sv)| {
                 serde_json::json!({
-                    "doc": doc, "text": text,
+                    "text": text,
                     "alone": dot(&q[0], sv),
                     "joined": dot(q.last().expect("one query at least"), sv),
                 })
