@@ -168,7 +168,6 @@ impl AnswerabilityScorer for Answerability {
 mod tests {
     use super::*;
     use crate::testing::{HashingEmbedder, MemoryStore};
-    use crate::types::test_hit as hit;
 
     fn scorer(measured: bool, terms: bool) -> Answerability {
         let store = MemoryStore::new();
@@ -206,30 +205,17 @@ mod tests {
 
     #[tokio::test]
     async fn coverage_alone_scores_where_the_embedder_was_not_measured() {
-        let store = MemoryStore::new();
-        let chunks: Vec<_> = [
+        let (store, hits) = super::super::coverage::indexed(&[
             "Magpies recognise themselves in mirrors.",
             "Magpies build domed nests.",
             "Magpies eat beetles and grain.",
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| hit(&format!("c{i}"), t).chunk)
-        .collect();
-        KeywordStore::upsert(&store, &chunks).await.unwrap();
+        ])
+        .await;
         let a = Answerability::new(
             Arc::new(HashingEmbedder::new(64)),
             Some(Arc::new(store) as Arc<dyn KeywordStore>),
         );
         assert!(a.can_score());
-        let hits: Vec<Hit> = chunks
-            .iter()
-            .map(|c| Hit {
-                chunk: c.clone(),
-                score: 1.0,
-                snippet: None,
-            })
-            .collect();
         let parts = a.parts("magpies mirrors", &[], &hits).await.unwrap();
         assert_eq!(
             parts.sentence, None,

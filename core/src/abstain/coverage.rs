@@ -38,25 +38,34 @@ pub fn term_coverage(store: &dyn KeywordStore, asked: &str, texts: &[&str]) -> O
     Some(best)
 }
 
+/// An in-memory keyword store holding `texts` (chunks `c0`, `c1`, …), and a
+/// hit on each, for tests.
+#[cfg(test)]
+pub(super) async fn indexed(texts: &[&str]) -> (crate::testing::MemoryStore, Vec<crate::Hit>) {
+    let store = crate::testing::MemoryStore::new();
+    let hits: Vec<_> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| crate::types::test_hit(&format!("c{i}"), t))
+        .collect();
+    let chunks: Vec<_> = hits.iter().map(|h| h.chunk.clone()).collect();
+    KeywordStore::upsert(&store, &chunks).await.unwrap();
+    (store, hits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryStore;
 
     #[tokio::test]
     async fn rare_words_weigh_more_than_the_topic() {
-        let store = MemoryStore::new();
-        let chunks: Vec<_> = [
+        let (store, _) = indexed(&[
             "Tesla built a tower at Wardenclyffe.",
             "Tesla was born in Smiljan.",
             "Tesla moved to New York.",
             "Tesla worked for Edison.",
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| crate::types::test_hit(&format!("c{i}"), t).chunk)
-        .collect();
-        KeywordStore::upsert(&store, &chunks).await.unwrap();
+        ])
+        .await;
         // (this store keeps every word: a question of content words only)
         let q = "tower Tesla built";
         let on = term_coverage(&store, q, &["Tesla built a tower at Wardenclyffe."]).unwrap();
