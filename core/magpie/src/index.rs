@@ -320,7 +320,7 @@ impl Index {
     /// this question" when the passages found answer it too poorly
     /// ([`magpie_core::Answerability`]: the best sentence's cosine with this
     /// index's embedder, where it was measured, and how much of the
-    /// question's rare words the best sentence holds, by the keyword store's
+    /// conversation's rare words one passage holds, by the keyword store's
     /// term weights), at the measured threshold or the one given; `None` when
     /// `Off`, or when neither signal can be read (an embedder that was not
     /// measured, over a store that cannot weigh terms).

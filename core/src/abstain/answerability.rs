@@ -72,8 +72,9 @@ const COVERAGE: Line = Line {
 /// of the passages ([`SentenceMatch`], where the embedder was measured and
 /// reads the question's language), and how much of the question's rare words
 /// (with the recent user turns') one passage holds ([`term_coverage`], where
-/// the keyword store can weigh terms). A passage that only shares the question's topic matches it loosely
-/// and holds its common words, not the rare ones that say what is asked.
+/// the keyword store can weigh terms). A passage that only shares the
+/// question's topic matches it loosely and holds its common words, not the
+/// rare ones that say what is asked.
 ///
 /// The score is logistic around the measured threshold: ½ there, towards 1
 /// for passages that answer. [`Answerability::THRESHOLD`] is the measured
