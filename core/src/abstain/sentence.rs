@@ -116,6 +116,34 @@ impl SentenceMatch {
         support.coverage(crate::lang::detect(question).as_ref()).0 >= 1.0
     }
 
+    /// Each of `texts`' cosine with the question alone and with the question
+    /// joined with the recent user turns of `history` (the same as alone
+    /// without a history), in order.
+    pub async fn cosines(
+        &self,
+        question: &str,
+        history: &[ChatMessage],
+        texts: &[&str],
+    ) -> Result<Vec<[f32; 2]>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut queries = vec![question.trim().to_string()];
+        let turns = crate::conversation::recent_user_turns(history);
+        if !turns.is_empty() {
+            queries.push(crate::conversation::joined_query(&turns, question.trim()));
+        }
+        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        let mut q = self.embedder.embed_queries(&queries).await?;
+        let mut s = self.embedder.embed(&texts).await?;
+        q.iter_mut().chain(s.iter_mut()).for_each(|v| normalize(v));
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let (alone, joined) = (&q[0], q.last().expect("one query at least"));
+        Ok(s.iter()
+            .map(|sv| [dot(alone, sv), dot(joined, sv)])
+            .collect())
+    }
+
     /// The best cosine between the question (alone, and joined with the
     /// recent user turns of `history`) and one of `texts`; 0 without texts.
     pub async fn best_cosine(
@@ -127,22 +155,11 @@ impl SentenceMatch {
         if texts.is_empty() {
             return Ok(0.0);
         }
-        let mut queries = vec![question.trim().to_string()];
-        let turns = crate::conversation::recent_user_turns(history);
-        if !turns.is_empty() {
-            queries.push(crate::conversation::joined_query(&turns, question.trim()));
-        }
-        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
-        let mut q = self.embedder.embed_queries(&queries).await?;
-        let mut s = self.embedder.embed(&texts).await?;
-        q.iter_mut().chain(s.iter_mut()).for_each(|v| normalize(v));
-        let mut best = f32::NEG_INFINITY;
-        for qv in &q {
-            for sv in &s {
-                best = best.max(qv.iter().zip(sv).map(|(a, b)| a * b).sum::<f32>());
-            }
-        }
-        Ok(best)
+        let all = self.cosines(question, history, texts).await?;
+        Ok(all
+            .iter()
+            .flatten()
+            .fold(f32::NEG_INFINITY, |b, &c| b.max(c)))
     }
 }
 

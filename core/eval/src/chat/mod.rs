@@ -434,55 +434,23 @@ async fn signal_record(
 }
 
 /// Every sentence sentence-match reads for a turn, with its cosine to the
-/// question alone and to the question joined with the recent user turns (the
-/// same as the question alone without a history).
+/// question alone and to the question joined with the recent user turns.
 async fn sentence_cosines(
     embedder: &std::sync::Arc<dyn magpie_core::Embedder>,
     question: &str,
     earlier: &[ChatMessage],
     hits: &[magpie_core::Hit],
 ) -> Result<serde_json::Value> {
-    let turns = magpie_core::conversation::recent_user_turns(earlier);
-    let mut queries = vec![question.trim().to_string()];
-    if !turns.is_empty() {
-        queries.push(magpie_core::conversation::joined_query(
-            &turns,
-            question.trim(),
-        ));
-    }
     let texts = magpie_core::abstain::passage_sentences(hits);
-    if texts.is_empty() {
-        return Ok(serde_json::json!([]));
-    }
-    let unit = |mut v: Vec<f32>| {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        v.iter_mut().for_each(|x| *x /= n);
-        v
-    };
-    let q: Vec<Vec<f32>> = embedder
-        .embed_queries(&queries)
-        .await?
-        .into_iter()
-        .map(unit)
-        .collect();
-    let plain: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
-    let s: Vec<Vec<f32>> = embedder
-        .embed(&plain)
-        .await?
-        .into_iter()
-        .map(unit)
-        .collect();
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let cosines = magpie_core::SentenceMatch::new(embedder.clone())
+        .cosines(question, earlier, &texts)
+        .await?;
     Ok(serde_json::Value::Array(
         texts
             .iter()
-            .zip(&s)
-            .map(|(text, sv)| {
-                serde_json::json!({
-                    "text": text,
-                    "alone": dot(&q[0], sv),
-                    "joined": dot(q.last().expect("one query at least"), sv),
-                })
+            .zip(&cosines)
+            .map(|(text, [alone, joined])| {
+                serde_json::json!({"text": text, "alone": alone, "joined": joined})
             })
             .collect(),
     ))
