@@ -8,6 +8,10 @@
 # Sentences: the first WORDS (default 40) words of the first N SciFact abstracts
 # that are at least that long (../shared/data).
 # sentence-transformers is installed in target/st-venv (about 6 GB with torch).
+#
+# BENCH_ISA=avx2 runs both sides as on a CPU without AVX-512 (the machine the
+# project targets): magpie's encoder on its AVX2 kernels, torch, MKL and oneDNN
+# capped at AVX2 (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, DNNL_MAX_CPU_ISA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BATCH=${1:-16}
@@ -33,6 +37,9 @@ if [ ! -x target/st-venv/bin/python ]; then
 fi
 cargo build --locked -p docqa
 export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+if [ "${BENCH_ISA:-}" = avx2 ]; then
+  export MAGPIE_ENCODER_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 DNNL_MAX_CPU_ISA=AVX2
+fi
 run_magpie() { target/debug/docqa bench embed --sentences target/bench/sentences.txt --batch "$BATCH" --repeat 1; }
 run_st() {
   # OPENBLAS_CORETYPE slows current numpy here; torch does not use it, unset it for this run only

@@ -17,6 +17,7 @@ use crate::candle_bert::CandleBert;
 use crate::card::{card_languages, pooling_of, sentence_bert_max_len, Prompts};
 use crate::device::select_device;
 use crate::encoder::gemm::Isa;
+use crate::encoder::int8::Int8Isa;
 use crate::encoder::{BertEncoder, EncoderConfig, EncoderOptions, Pooling};
 use crate::resolve::resolve_model_dir;
 use crate::CandleError;
@@ -82,7 +83,7 @@ impl BertEmbedderBuilder {
 
     /// Run the linear layers in int8 (weights quantized per output channel
     /// at load, activations per row) where the CPU has AVX-512 VNNI (on AMX
-    /// tiles where it has AMX-INT8); f32 elsewhere. On by default: about 1.5×
+    /// tiles where it has AMX-INT8) or AVX2 without AVX-512; f32 elsewhere. On by default: about 1.5×
     /// faster with VNNI, 2× with AMX, and SciFact nDCG@10 within 0.004 of f32
     /// (BENCHMARKS.md). `int8(false)` gives sentence-transformers' vectors
     /// (cosine ≥ 0.9999).
@@ -297,12 +298,13 @@ enum Backend {
 impl Backend {
     fn name(&self) -> &'static str {
         match self {
-            Backend::Owned(e) => match (e.isa(), e.is_int8()) {
-                (_, true) if e.is_amx() => "magpie-int8-amx",
-                (_, true) => "magpie-int8-vnni",
-                (Isa::Avx512, false) => "magpie-avx512",
-                (Isa::Avx2, false) => "magpie-avx2",
-                (Isa::Portable, false) => "magpie-portable",
+            Backend::Owned(e) => match (e.isa(), e.int8_isa()) {
+                (_, Some(Int8Isa::Amx)) => "magpie-int8-amx",
+                (_, Some(Int8Isa::Vnni)) => "magpie-int8-vnni",
+                (_, Some(Int8Isa::Avx2)) => "magpie-int8-avx2",
+                (Isa::Avx512, None) => "magpie-avx512",
+                (Isa::Avx2, None) => "magpie-avx2",
+                (Isa::Portable, None) => "magpie-portable",
             },
             Backend::Candle { f16: true, .. } => "candle-f16",
             Backend::Candle { .. } => "candle",

@@ -24,10 +24,10 @@ pub struct ModelArgs {
     #[arg(long, global = true, env = "MAGPIE_EMBED_MODEL")]
     pub embed_model: Option<String>,
     /// Precision of the embedding model's linear layers: `int8` (weights per
-    /// channel and activations per row in 8 bits, on CPUs with AVX-512 VNNI or
-    /// AMX, f32 elsewhere; about twice as fast, SciFact nDCG@10 within 0.004 of
-    /// f32, see BENCHMARKS.md) or `f32` (vectors as sentence-transformers gives
-    /// them).
+    /// channel and activations per row in 8 bits, on AMX, AVX-512 VNNI or AVX2;
+    /// f32 on AVX-512 CPUs without VNNI; 1.3–2× as fast, SciFact nDCG@10
+    /// within 0.004 of f32, see BENCHMARKS.md) or `f32` (vectors as
+    /// sentence-transformers gives them).
     #[arg(long, global = true, env = "MAGPIE_EMBED_PRECISION", default_value = "int8", value_parser = ["f32", "int8"])]
     pub embed_precision: String,
     /// Language model: a .gguf file, a directory holding one, a Hugging Face

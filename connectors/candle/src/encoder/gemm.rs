@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::int8::{self, with_quantized, PackedI8, QuantRows};
+use super::int8::{self, with_quantized, Int8Isa, PackedI8, QuantRows};
 use super::kernels::kernel;
 use super::math;
 
@@ -164,18 +164,19 @@ pub enum Epilogue<'a> {
 
 impl PackedLinear {
     /// Pack `weight` (`n` rows of `k`, row-major) and its bias for `isa`; in
-    /// int8 when `int8` is asked and the CPU has AVX-512 VNNI.
+    /// int8 when `int8` is asked and `isa` has an int8 kernel
+    /// ([`Int8Isa::pick`]: AMX, AVX-512 VNNI, or AVX2).
     pub fn new(weight: &[f32], bias: &[f32], n: usize, k: usize, isa: Isa, int8: bool) -> Self {
         assert_eq!(weight.len(), n * k, "weight shape");
         assert_eq!(bias.len(), n, "bias shape");
-        if int8 && isa == Isa::Avx512 && super::int8::available() {
+        if let Some(kernel) = Int8Isa::pick(isa).filter(|_| int8) {
             return Self {
                 k,
                 n,
                 isa,
                 panels: Aligned::zeros(0),
                 bias: bias.to_vec(),
-                int8: Some(PackedI8::new(weight, n, k)),
+                int8: Some(PackedI8::new(weight, n, k, kernel)),
             };
         }
         let nr = isa.nr();
@@ -202,6 +203,23 @@ impl PackedLinear {
         }
     }
 
+    /// An int8 layer on `kernel` (for comparing kernels; the CPU must run it).
+    #[cfg(test)]
+    fn with_int8(weight: &[f32], bias: &[f32], n: usize, k: usize, kernel: Int8Isa) -> Self {
+        let isa = match kernel {
+            Int8Isa::Avx2 => Isa::Avx2,
+            Int8Isa::Vnni | Int8Isa::Amx => Isa::Avx512,
+        };
+        Self {
+            k,
+            n,
+            isa,
+            panels: Aligned::zeros(0),
+            bias: bias.to_vec(),
+            int8: Some(PackedI8::new(weight, n, k, kernel)),
+        }
+    }
+
     /// True when this layer runs in int8.
     pub fn is_int8(&self) -> bool {
         self.int8.is_some()
@@ -212,16 +230,23 @@ impl PackedLinear {
         self.int8.as_ref().is_some_and(|w| w.is_amx())
     }
 
-    /// Keep an int8 layer on VNNI even where AMX is ready.
-    pub fn without_amx(mut self) -> Self {
-        self.int8 = self.int8.map(PackedI8::without_amx);
-        self
+    /// The int8 kernel this layer runs on (`None`: f32).
+    pub fn int8_isa(&self) -> Option<Int8Isa> {
+        self.int8.as_ref().map(|w| w.isa())
     }
 
     fn rows_per_tile(&self) -> usize {
         match &self.int8 {
             Some(w) => w.rows_per_tile(),
             None => self.isa.mr(),
+        }
+    }
+
+    /// Outputs per panel.
+    fn nr(&self) -> usize {
+        match &self.int8 {
+            Some(w) => w.nr(),
+            None => self.isa.nr(),
         }
     }
 
@@ -239,9 +264,7 @@ impl PackedLinear {
     pub fn forward(&self, a: &[f32], m: usize, c: &mut [f32], epi: Epilogue<'_>) {
         assert!(a.len() >= m * self.k, "matmul shapes");
         match &self.int8 {
-            Some(q) => with_quantized(a, m, self.k, q.row_bytes(), |rows| {
-                self.run(Src::I8(rows), m, c, epi)
-            }),
+            Some(q) => with_quantized(a, m, self.k, q, |rows| self.run(Src::I8(rows), m, c, epi)),
             None => self.run(Src::F32(a), m, c, epi),
         }
     }
@@ -256,7 +279,7 @@ impl PackedLinear {
             return;
         }
         let mr = self.rows_per_tile();
-        let nr = self.isa.nr();
+        let nr = self.nr();
         let panels = n.div_ceil(nr);
         let threads = rayon::current_num_threads().max(1);
         let c_ptr = SendPtr(c.as_mut_ptr());
@@ -334,7 +357,7 @@ impl PackedLinear {
     ) {
         let (k, n) = (self.k, self.n);
         let mr = self.rows_per_tile();
-        let nr = self.isa.nr();
+        let nr = self.nr();
         let mut tile = [0f32; 32 * 32];
         let amx = self.is_amx();
         if amx {
@@ -469,49 +492,80 @@ mod tests {
         }
     }
 
+    /// The int8 kernels this CPU runs.
+    fn int8_kernels() -> Vec<Int8Isa> {
+        let mut out = Vec::new();
+        if Isa::available().contains(&Isa::Avx2) {
+            out.push(Int8Isa::Avx2);
+        }
+        if int8::available() {
+            out.push(Int8Isa::Vnni);
+        }
+        if int8::amx_ready() {
+            out.push(Int8Isa::Amx);
+        }
+        out
+    }
+
     #[test]
     fn int8_products_stay_within_quantization_error() {
-        if !crate::encoder::int8::available() {
-            // No VNNI: asking for int8 must give the f32 layer, exactly.
+        let kernels = int8_kernels();
+        if kernels.is_empty() {
+            // No int8 kernel: asking for int8 must give the f32 layer, exactly.
             let (a, w, bias, want) = case(40, 100, 33, 4);
             let p = PackedLinear::new(&w, &bias, 100, 33, Isa::detect(None), true);
-            assert!(!p.is_int8(), "int8 without VNNI");
+            assert!(!p.is_int8(), "int8 without an int8 kernel");
             let mut got = vec![f32::NAN; 40 * 100];
             p.forward(&a, 40, &mut got, Epilogue::Bias);
             assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-4));
-            eprintln!("no AVX-512 VNNI here: checked the f32 fallback only");
+            eprintln!("no AVX2 here: checked the f32 fallback only");
             return;
         }
+        eprintln!("int8 kernels checked on this CPU: {kernels:?}");
         for &(m, n, k) in &[
             (1, 32, 4),
             (7, 40, 19),
             (17, 64, 130),
             (30, 96, 384),
             (200, 33, 61),
+            (13, 16, 1),
         ] {
             let (a, w, bias, want) = case(m, n, k, 4);
-            let p = PackedLinear::new(&w, &bias, n, k, Isa::Avx512, true);
-            assert!(p.is_int8());
-            let mut got = vec![f32::NAN; m * n];
-            p.forward(&a, m, &mut got, Epilogue::Bias);
-            if p.is_amx() {
-                // AMX and VNNI sum the same integers: the same outputs, bit for bit
-                let vnni = PackedLinear::new(&w, &bias, n, k, Isa::Avx512, true).without_amx();
-                let mut other = vec![f32::NAN; m * n];
-                vnni.forward(&a, m, &mut other, Epilogue::Bias);
-                assert_eq!(got, other, "{m}x{n}x{k}: AMX and VNNI differ");
-            } else {
-                eprintln!("no AMX here: the int8 test covers VNNI only");
+            let mut first: Option<Vec<f32>> = None;
+            for &kernel in &kernels {
+                let p = PackedLinear::with_int8(&w, &bias, n, k, kernel);
+                assert_eq!(p.int8_isa(), Some(kernel));
+                let mut got = vec![f32::NAN; m * n];
+                p.forward(&a, m, &mut got, Epilogue::Bias);
+                // every kernel sums the same integers: the same outputs, bit for bit
+                match &first {
+                    Some(f) => assert_eq!(&got, f, "{m}x{n}x{k}: {kernel:?} differs"),
+                    None => first = Some(got.clone()),
+                }
+                // each product term is off by at most (|a|+|w|)/254 of its scale;
+                // with values in [-1, 1] the sum is off by well under k/127
+                let tol = 2.0 * (k as f32).sqrt() / 127.0;
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() < tol,
+                        "{kernel:?} {m}x{n}x{k} at {i}: {g} vs {w} (tol {tol})"
+                    );
+                }
             }
-            // each product term is off by at most (|a|+|w|)/254 of its scale;
-            // with values in [-1, 1] the sum is off by well under k/127
-            let tol = 2.0 * (k as f32).sqrt() / 127.0;
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() < tol,
-                    "{m}x{n}x{k} at {i}: {g} vs {w} (tol {tol})"
-                );
-            }
+        }
+    }
+
+    #[test]
+    fn int8_follows_the_f32_kernel_family() {
+        let (w, bias) = (noise(64 * 48, 9), noise(64, 10));
+        // the portable family stays in f32 whatever is asked
+        let p = PackedLinear::new(&w, &bias, 64, 48, Isa::Portable, true);
+        assert_eq!(p.int8_isa(), None);
+        if Isa::available().contains(&Isa::Avx2) {
+            let p = PackedLinear::new(&w, &bias, 64, 48, Isa::Avx2, true);
+            assert_eq!(p.int8_isa(), Some(Int8Isa::Avx2));
+            let p = PackedLinear::new(&w, &bias, 64, 48, Isa::Avx2, false);
+            assert_eq!(p.int8_isa(), None, "f32 asked");
         }
     }
 }

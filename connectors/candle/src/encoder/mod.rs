@@ -330,6 +330,11 @@ impl BertEncoder {
         self.layers.first().is_some_and(|l| l.qkv.is_amx())
     }
 
+    /// The int8 kernel the linear layers run on (`None`: f32).
+    pub fn int8_isa(&self) -> Option<int8::Int8Isa> {
+        self.layers.first().and_then(|l| l.qkv.int8_isa())
+    }
+
     /// Width of the output vectors.
     pub fn hidden(&self) -> usize {
         self.cfg.hidden
