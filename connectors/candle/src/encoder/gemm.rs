@@ -170,14 +170,7 @@ impl PackedLinear {
         assert_eq!(weight.len(), n * k, "weight shape");
         assert_eq!(bias.len(), n, "bias shape");
         if let Some(kernel) = Int8Isa::pick(isa).filter(|_| int8) {
-            return Self {
-                k,
-                n,
-                isa,
-                panels: Aligned::zeros(0),
-                bias: bias.to_vec(),
-                int8: Some(PackedI8::new(weight, n, k, kernel)),
-            };
+            return Self::int8_layer(weight, bias, n, k, isa, kernel);
         }
         let nr = isa.nr();
         let panels_n = n.div_ceil(nr);
@@ -203,13 +196,15 @@ impl PackedLinear {
         }
     }
 
-    /// An int8 layer on `kernel` (for comparing kernels; the CPU must run it).
-    #[cfg(test)]
-    fn with_int8(weight: &[f32], bias: &[f32], n: usize, k: usize, kernel: Int8Isa) -> Self {
-        let isa = match kernel {
-            Int8Isa::Avx2 => Isa::Avx2,
-            Int8Isa::Vnni | Int8Isa::Amx => Isa::Avx512,
-        };
+    /// An int8 layer on `kernel`, its epilogues on `isa`.
+    fn int8_layer(
+        weight: &[f32],
+        bias: &[f32],
+        n: usize,
+        k: usize,
+        isa: Isa,
+        kernel: Int8Isa,
+    ) -> Self {
         Self {
             k,
             n,
@@ -220,6 +215,16 @@ impl PackedLinear {
         }
     }
 
+    /// An int8 layer on `kernel` (for comparing kernels; the CPU must run it).
+    #[cfg(test)]
+    fn with_int8(weight: &[f32], bias: &[f32], n: usize, k: usize, kernel: Int8Isa) -> Self {
+        let isa = match kernel {
+            Int8Isa::Avx2 => Isa::Avx2,
+            Int8Isa::Vnni | Int8Isa::Amx => Isa::Avx512,
+        };
+        Self::int8_layer(weight, bias, n, k, isa, kernel)
+    }
+
     /// True when this layer runs in int8.
     pub fn is_int8(&self) -> bool {
         self.int8.is_some()
@@ -227,7 +232,7 @@ impl PackedLinear {
 
     /// True when this layer runs in int8 on AMX tiles.
     pub fn is_amx(&self) -> bool {
-        self.int8.as_ref().is_some_and(|w| w.is_amx())
+        self.int8_isa() == Some(Int8Isa::Amx)
     }
 
     /// The int8 kernel this layer runs on (`None`: f32).

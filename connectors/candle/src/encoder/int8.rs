@@ -199,18 +199,13 @@ impl PackedI8 {
         self.isa
     }
 
-    /// True when this matrix runs on AMX.
-    pub fn is_amx(&self) -> bool {
-        self.isa == Int8Isa::Amx
-    }
-
     /// One tile: `rows` (≤ [`Self::rows_per_tile`]) quantized rows `lda`
     /// bytes apart against panel `p`, scaled back to f32 into `tile` (row
     /// stride [`Self::nr`]).
     ///
     /// # Safety
     /// The CPU runs this matrix's [`Int8Isa`] (and the thread's AMX tiles are
-    /// configured by [`amx_begin`] when [`Self::is_amx`]); `a` holds `rows`
+    /// configured by [`amx_begin`] when it runs on [`Int8Isa::Amx`]); `a` holds `rows`
     /// rows of [`Self::row_bytes`] (readable up to a whole 32-row block);
     /// `a_scale` and `a_min` have `rows` entries; `tile` room for 32 × 32.
     #[allow(clippy::too_many_arguments)]
@@ -320,6 +315,12 @@ fn quantize_row(row: &[f32], dst: &mut [u8], isa: Int8Isa) -> (f32, f32) {
         let _ = (row, dst, isa);
         unreachable!("the int8 path is only chosen on x86-64")
     }
+}
+
+/// The code of `v` in a row quantized from `min` by `step`, where the vector
+/// loops leave a tail (rounded half away from zero, as `f32::round` does).
+fn code(v: f32, min: f32, step: f32) -> u16 {
+    ((v - min) / step).round().clamp(0.0, 255.0) as u16
 }
 
 /// Configure this thread's AMX tiles (8 tiles of 16 rows × 64 bytes).
@@ -543,7 +544,7 @@ mod vnni {
             );
         }
         for (d, v) in dst[full..k].iter_mut().zip(&row[full..]) {
-            *d = ((v - min) / step).round().clamp(0.0, 255.0) as u8;
+            *d = super::code(*v, min, step) as u8;
         }
         dst[k..].fill(0);
         (step, min)
@@ -629,7 +630,7 @@ mod avx2 {
             _mm256_storeu_si256(dst.as_mut_ptr().add(2 * c) as *mut __m256i, packed);
         }
         for (i, v) in row.iter().enumerate().skip(full) {
-            let q = ((v - min) / step).round().clamp(0.0, 255.0) as u16;
+            let q = super::code(*v, min, step);
             dst[2 * i..2 * i + 2].copy_from_slice(&q.to_le_bytes());
         }
         dst[2 * k..].fill(0);
