@@ -18,6 +18,8 @@
 
 use half::f16;
 
+use crate::llm::quant::Kernels;
+
 /// Keys or values as the cache stores them.
 #[derive(Clone, Copy)]
 pub(super) enum Kv<'a> {
@@ -143,29 +145,19 @@ impl Elem for f16 {
     }
 }
 
-/// Whether the vector tiles run (AVX2, FMA, F16C).
+/// Whether the vector tiles run (AVX2, FMA, F16C): the kernels chosen
+/// ([`Kernels::detect`]) are not the portable ones.
 #[inline(always)]
 fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Kernels::detect() != Kernels::Portable
 }
 
-/// Whether AVX-512's 32 registers are there for the bigger tiles.
+/// Whether AVX-512's 32 registers are there for the bigger tiles and the
+/// kernels chosen use them (`MAGPIE_LLM_KERNELS=avx2` keeps AVX2's tiles, as
+/// on a CPU without AVX-512).
 #[inline(always)]
 fn wide() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Kernels::detect() == Kernels::Avx512
 }
 
 /// The tree that adds 8 partial sums.
@@ -188,7 +180,7 @@ fn tile<T: Elem, const Q: usize, const K: usize>(
 ) -> [[f32; K]; Q] {
     #[cfg(target_arch = "x86_64")]
     if simd() {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
+        // SAFETY: the CPU has AVX2, FMA and F16C (simd(): Kernels::detect checked them).
         return unsafe { vector::tile(q, k, n) };
     }
     tile_portable(q, k, n)
@@ -280,7 +272,7 @@ pub(super) fn score_block(
     let keys = keys.widened(&mut buf);
     #[cfg(target_arch = "x86_64")]
     if wide() {
-        // SAFETY: the CPU has AVX-512 F and VL (checked just above).
+        // SAFETY: the CPU has AVX-512 F and VL (wide(): Kernels::detect checked them).
         return unsafe {
             match keys {
                 Kv::F32(k) => score_block_512(rows, k, n, span, scale, out),
@@ -350,7 +342,7 @@ pub(super) fn axpy(y: &mut [f32], w: f32, x: Kv<'_>) {
 fn axpy_in<T: Elem>(y: &mut [f32], w: f32, x: &[T]) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
+        // SAFETY: the CPU has AVX2, FMA and F16C (simd(): Kernels::detect checked them).
         return unsafe { vector::axpy(y, w, x) };
     }
     for (o, v) in y.iter_mut().zip(x) {
@@ -373,7 +365,7 @@ pub(super) fn weighted_block(
     let vals = vals.widened(&mut buf);
     #[cfg(target_arch = "x86_64")]
     if wide() {
-        // SAFETY: the CPU has AVX-512 F and VL (checked just above).
+        // SAFETY: the CPU has AVX-512 F and VL (wide(): Kernels::detect checked them).
         return unsafe {
             match vals {
                 Kv::F32(v) => weighted_block_512(outs, weights, v, n, span),
