@@ -7,8 +7,17 @@
 #   scripts/bench_llm.sh [PROMPT_TOKENS] [GEN_TOKENS] [ROUNDS]
 #
 # llama-cpp-python is built in target/llama-venv by scripts/setup_llama_ref.sh.
+#
+# BENCH_ISA=avx2 runs both as on a CPU without AVX-512: magpie with
+# MAGPIE_LLM_KERNELS=avx2, llama.cpp built for AVX2 + FMA only
+# (target/llama-venv-avx2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+LLAMA_PY=target/llama-venv/bin/python
+if [ "${BENCH_ISA:-}" = avx2 ]; then
+  export MAGPIE_LLM_KERNELS=avx2
+  LLAMA_PY=target/llama-venv-avx2/bin/python
+fi
 NP=${1:-384}
 NG=${2:-128}
 ROUNDS=${3:-3}
@@ -25,7 +34,7 @@ PY
 for _ in $(seq "$ROUNDS"); do
   target/debug/docqa bench llm --prompt-tokens "$NP" --gen-tokens "$NG" --repeat 1 \
     --prompt-file target/bench/llm_prompt.txt | tee -a target/bench/llm.jsonl
-  target/llama-venv/bin/python scripts/bench_llamacpp.py "$MODEL" target/bench/llm_prompt.txt "$NP" "$NG" 1 \
+  $LLAMA_PY scripts/bench_llamacpp.py "$MODEL" target/bench/llm_prompt.txt "$NP" "$NG" 1 \
     | tee -a target/bench/llm.jsonl
 done
 python3 - <<'PY'
