@@ -57,6 +57,22 @@ impl Int8Isa {
             Isa::Portable => None,
         }
     }
+
+    /// Outputs per panel.
+    fn nr(self) -> usize {
+        match self {
+            Int8Isa::Avx2 => NR_AVX2,
+            Int8Isa::Amx | Int8Isa::Vnni => NR,
+        }
+    }
+
+    /// Bytes per code, of weights and activations alike.
+    fn code_bytes(self) -> usize {
+        match self {
+            Int8Isa::Avx2 => 2,
+            Int8Isa::Amx | Int8Isa::Vnni => 1,
+        }
+    }
 }
 
 /// True when this CPU has AMX-INT8 and the kernel lets this process use it
@@ -125,13 +141,14 @@ pub struct PackedI8 {
 impl PackedI8 {
     /// Quantize and pack `weight` (`n` rows of `k`) for `isa`.
     pub fn new(weight: &[f32], n: usize, k: usize, isa: Int8Isa) -> Self {
-        let (nr, kp, code_bytes) = match isa {
+        let kp = match isa {
             // whole 64-byte steps, as AMX tiles take them (zeros past k)
-            Int8Isa::Amx | Int8Isa::Vnni => (NR, k.div_ceil(64) * 64, 1),
-            Int8Isa::Avx2 => (NR_AVX2, k.div_ceil(2) * 2, 2),
+            Int8Isa::Amx | Int8Isa::Vnni => k.div_ceil(64) * 64,
+            Int8Isa::Avx2 => k.div_ceil(2) * 2,
         };
+        let nr = isa.nr();
         let panels_n = n.div_ceil(nr);
-        let len = panels_n * kp * nr * code_bytes;
+        let len = panels_n * kp * nr * isa.code_bytes();
         let mut panels = vec![0i8; len + 64];
         let off = (64 - panels.as_ptr() as usize % 64) % 64;
         let mut scale = Aligned::zeros(panels_n * nr);
@@ -171,10 +188,7 @@ impl PackedI8 {
 
     /// Bytes per quantized activation row.
     pub fn row_bytes(&self) -> usize {
-        match self.isa {
-            Int8Isa::Avx2 => 2 * self.kp,
-            _ => self.kp,
-        }
+        self.kp * self.isa.code_bytes()
     }
 
     /// Rows per micro-kernel call.
@@ -188,10 +202,7 @@ impl PackedI8 {
 
     /// Outputs per panel (the tile's row stride).
     pub fn nr(&self) -> usize {
-        match self.isa {
-            Int8Isa::Avx2 => NR_AVX2,
-            _ => NR,
-        }
+        self.isa.nr()
     }
 
     /// The kernel this matrix runs on.
@@ -222,8 +233,10 @@ impl PackedI8 {
         #[cfg(target_arch = "x86_64")]
         {
             let nr = self.nr();
-            let panel_bytes = self.kp * nr * if self.isa == Int8Isa::Avx2 { 2 } else { 1 };
-            let b = self.panels.as_ptr().add(self.off + p * panel_bytes);
+            let b = self
+                .panels
+                .as_ptr()
+                .add(self.off + p * nr * self.row_bytes());
             let sw = self.scale.as_slice().as_ptr().add(p * nr);
             let ws = self.wsum.as_slice().as_ptr().add(p * nr);
             let o = Operands {
