@@ -52,38 +52,19 @@ unsafe fn portable_tile(rows: usize, (k, a, lda, b, tile): Operands) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    macro_rules! dispatch {
-        ($f:ident, $rows:expr, $($arg:expr),*) => {
-            match $rows {
-                1 => $f::<1>($($arg),*),
-                2 => $f::<2>($($arg),*),
-                3 => $f::<3>($($arg),*),
-                4 => $f::<4>($($arg),*),
-                5 => $f::<5>($($arg),*),
-                6 => $f::<6>($($arg),*),
-                7 => $f::<7>($($arg),*),
-                8 => $f::<8>($($arg),*),
-                9 => $f::<9>($($arg),*),
-                10 => $f::<10>($($arg),*),
-                11 => $f::<11>($($arg),*),
-                _ => $f::<12>($($arg),*),
-            }
-        };
-    }
-
     pub(super) unsafe fn tile_avx2(rows: usize, (k, a, lda, b, t): super::Operands) {
-        dispatch!(avx2_mr, rows.min(6), k, a, lda, b, t)
+        by_rows!(avx2_mr, rows, [1, 2, 3, 4, 5; 6], (k, a, lda, b, t))
     }
 
     pub(super) unsafe fn tile_avx512(rows: usize, (k, a, lda, b, t): super::Operands) {
-        dispatch!(avx512_mr, rows, k, a, lda, b, t)
+        by_rows!(avx512_mr, rows, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11; 12], (k, a, lda, b, t))
     }
 
     /// An `MR × 2W` microkernel for one vector width `W`: each step loads two
     /// vectors of the panel row and broadcasts one value of each of the `MR`
     /// rows against them.
     macro_rules! microkernel {
-        ($name:ident, $feature:literal, $w:literal, $max_rows:literal,
+        ($name:ident, $feature:literal, $w:literal,
          $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident) => {
             #[target_feature(enable = $feature)]
             unsafe fn $name<const MR: usize>(
@@ -93,9 +74,6 @@ mod x86 {
                 b: *const f32,
                 t: *mut f32,
             ) {
-                if MR > $max_rows {
-                    return;
-                }
                 let mut c0 = [$zero(); MR];
                 let mut c1 = [$zero(); MR];
                 let mut bp = b;
@@ -119,8 +97,8 @@ mod x86 {
         };
     }
 
-    microkernel! { avx2_mr, "avx2,fma", 8, 6, _mm256_setzero_ps, _mm256_load_ps,
+    microkernel! { avx2_mr, "avx2,fma", 8, _mm256_setzero_ps, _mm256_load_ps,
     _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps }
-    microkernel! { avx512_mr, "avx512f", 16, 12, _mm512_setzero_ps, _mm512_load_ps,
+    microkernel! { avx512_mr, "avx512f", 16, _mm512_setzero_ps, _mm512_load_ps,
     _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps }
 }

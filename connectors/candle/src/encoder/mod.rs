@@ -13,6 +13,18 @@
 //!   output rows right after it is computed;
 //! - buffers live in a workspace reused across layers and calls.
 
+/// `$f::<R>(args…)` for a micro-kernel generic over its row count `R`: the
+/// counts listed before `;` each get their own instance, and any other count
+/// (the full tile) the one after it.
+macro_rules! by_rows {
+    ($f:ident, $rows:expr, [$($r:literal),+; $full:literal], $args:tt) => {
+        match $rows {
+            $($r => $f::<$r> $args,)+
+            _ => $f::<$full> $args,
+        }
+    };
+}
+
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_amx;

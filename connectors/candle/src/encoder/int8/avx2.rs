@@ -56,21 +56,8 @@ pub(super) unsafe fn quantize_row(row: &[f32], dst: &mut [u8]) -> (f32, f32) {
     (step, min)
 }
 
-macro_rules! dispatch {
-    ($rows:expr, $($arg:expr),*) => {
-        match $rows {
-            1 => mr::<1>($($arg),*),
-            2 => mr::<2>($($arg),*),
-            3 => mr::<3>($($arg),*),
-            4 => mr::<4>($($arg),*),
-            5 => mr::<5>($($arg),*),
-            _ => mr::<6>($($arg),*),
-        }
-    };
-}
-
 pub(super) unsafe fn tile(rows: usize, pairs: usize, o: super::Operands) {
-    dispatch!(rows, pairs, o)
+    by_rows!(mr, rows, [1, 2, 3, 4, 5; 6], (pairs, o))
 }
 
 /// `MR` rows × 16 columns: each step broadcasts two 16-bit codes of a row

@@ -3,25 +3,6 @@
 
 use std::arch::x86_64::*;
 
-macro_rules! dispatch {
-    ($rows:expr, $($arg:expr),*) => {
-        match $rows {
-            1 => mr::<1>($($arg),*),
-            2 => mr::<2>($($arg),*),
-            3 => mr::<3>($($arg),*),
-            4 => mr::<4>($($arg),*),
-            5 => mr::<5>($($arg),*),
-            6 => mr::<6>($($arg),*),
-            7 => mr::<7>($($arg),*),
-            8 => mr::<8>($($arg),*),
-            9 => mr::<9>($($arg),*),
-            10 => mr::<10>($($arg),*),
-            11 => mr::<11>($($arg),*),
-            _ => mr::<12>($($arg),*),
-        }
-    };
-}
-
 /// # Safety
 /// The CPU has AVX-512F; `dst` is at least `row.len()` bytes.
 #[target_feature(enable = "avx512f")]
@@ -66,7 +47,7 @@ pub(super) unsafe fn quantize_row(row: &[f32], dst: &mut [u8]) -> (f32, f32) {
 }
 
 pub(super) unsafe fn tile(rows: usize, groups: usize, o: super::Operands) {
-    dispatch!(rows, groups, o)
+    by_rows!(mr, rows, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11; 12], (groups, o))
 }
 
 #[target_feature(enable = "avx512f,avx512vnni")]
